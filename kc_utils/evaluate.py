@@ -1,0 +1,179 @@
+"""Running circuits: faithfulness, curves over edge counts, and random baselines.
+
+A circuit is evaluated by running the model once with every edge outside it ablated
+(:func:`kc_utils.patching.run_masked`): patched from the corrupted prompt, zeroed, or replaced by
+a mean. With every edge kept the run equals the plain model; with none it equals the fully
+ablated model.
+
+Faithfulness of a circuit C for a metric m (Hanna et al. 2024 normalisation):
+
+    (m(C) − m(∅)) / (m(full) − m(∅))
+
+1 means the circuit does everything the model does, 0 means no more than the empty circuit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from kc_utils.batch import PromptBatch
+from kc_utils.graph import CircuitError, Graph
+from kc_utils.metrics import Metric, get_metric
+from kc_utils.patching import Ablation, ablated_outputs, run_masked
+
+
+def circuit_logits(
+    model: Any,
+    graph: Graph,
+    batch: PromptBatch,
+    ablation: Ablation = "patch",
+    mean_reference: PromptBatch | None = None,
+    keep: Tensor | None = None,
+) -> Tensor:
+    """Logits ``[b, p, vocab]`` of the model restricted to ``graph.in_graph`` (or ``keep``)."""
+    mask = graph.in_graph if keep is None else keep
+    with torch.no_grad():
+        ablated = ablated_outputs(model, graph, batch, ablation, mean_reference)
+        return run_masked(model, graph, batch.clean, ablated, mask)
+
+
+def evaluate_circuit(
+    model: Any,
+    graph: Graph,
+    batch: PromptBatch,
+    metrics: Sequence[str | Metric] = ("hit@10", "prob", "logit_diff"),
+    ablation: Ablation = "patch",
+    mean_reference: PromptBatch | None = None,
+    keep: Tensor | None = None,
+    batch_size: int | None = None,
+) -> dict[str, float]:
+    """Batch-mean of each metric for the circuit; names as in :mod:`kc_utils.metrics`.
+
+    ``logit_diff`` is skipped (absent from the result) when the batch has no corrupt answers.
+    """
+    fns = {m if isinstance(m, str) else m.__name__: get_metric(m) for m in metrics}
+    if batch.corrupt_answer.lt(0).any():
+        fns.pop("logit_diff", None)
+    sums = {name: 0.0 for name in fns}
+    for chunk in batch.split(batch_size):
+        logits = circuit_logits(model, graph, chunk, ablation, mean_reference, keep)
+        for name, fn in fns.items():
+            sums[name] += float(fn(logits, chunk).sum())
+    return {name: value / len(batch) for name, value in sums.items()}
+
+
+def full_and_empty(graph: Graph) -> tuple[Tensor, Tensor]:
+    """Masks of the whole model and of the empty circuit."""
+    return graph.real_edges.clone(), torch.zeros_like(graph.real_edges)
+
+
+def faithfulness(
+    model: Any,
+    graph: Graph,
+    batch: PromptBatch,
+    metric: str | Metric = "logit_diff",
+    ablation: Ablation = "patch",
+    mean_reference: PromptBatch | None = None,
+    batch_size: int | None = None,
+) -> float:
+    """Normalised faithfulness ``(m(C) − m(∅)) / (m(full) − m(∅))`` of ``graph.in_graph``."""
+    name = metric if isinstance(metric, str) else metric.__name__
+    full, empty = full_and_empty(graph)
+    values = [
+        evaluate_circuit(model, graph, batch, [metric], ablation, mean_reference, keep, batch_size)[name]
+        for keep in (graph.in_graph, full, empty)
+    ]
+    circuit, whole, none = values
+    if abs(whole - none) < 1e-12:
+        raise CircuitError(
+            f"the full model and the empty circuit score the same {name} ({whole:.4g}); faithfulness is "
+            "undefined — use corrupted prompts whose answer differs, or another metric"
+        )
+    return (circuit - none) / (whole - none)
+
+
+def random_circuit(graph: Graph, n_edges: int, seed: int = 0) -> Graph:
+    """A random circuit connected from input to logits with ``n_edges`` edges (or as close as pruning allows).
+
+    Edges get random scores and the circuit is grown greedily from the logits; the number of
+    greedy steps is searched so that the pruned circuit has ``n_edges`` edges when possible.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    rand = graph.copy()
+    rand.scores = torch.rand(graph.scores.shape, generator=generator) * graph.real_edges + 1e-9 * graph.real_edges
+    low, high = n_edges, graph.n_edges
+    best: Graph | None = None
+
+    def size(steps: int) -> tuple[int, Graph | None]:
+        candidate = rand.copy()
+        try:
+            candidate.greedy(steps)
+        except CircuitError:
+            return 0, None
+        return candidate.n_edges_in_graph, candidate
+
+    while low <= high:
+        mid = (low + high) // 2
+        count, candidate = size(mid)
+        if candidate is not None and (best is None or abs(count - n_edges) < abs(best.n_edges_in_graph - n_edges)):
+            best = candidate
+        if count == n_edges:
+            break
+        if count < n_edges:
+            low = mid + 1
+        else:
+            high = mid - 1
+    if best is None:
+        raise CircuitError(f"could not build a connected random circuit of {n_edges} edges")
+    best.scores = graph.scores.clone()
+    return best
+
+
+@dataclass
+class CurvePoint:
+    """One point of a faithfulness curve."""
+
+    n_edges: int
+    metrics: dict[str, float]
+    random_mean: dict[str, float]
+    random_std: dict[str, float]
+
+
+def faithfulness_curve(
+    model: Any,
+    graph: Graph,
+    batch: PromptBatch,
+    edge_counts: Iterable[int],
+    metrics: Sequence[str] = ("hit@10", "logit_diff"),
+    ablation: Ablation = "patch",
+    n_random: int = 0,
+    seed: int = 0,
+    selection: str = "top_n",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> list[CurvePoint]:
+    """Circuit metrics (and random-circuit baselines) for each edge count, top-n selection."""
+    points = []
+    for n in tqdm(list(edge_counts), desc="faithfulness curve", disable=not progress, leave=False):
+        circuit = getattr(graph.copy(), selection)(n)
+        values = evaluate_circuit(model, circuit, batch, metrics, ablation, batch_size=batch_size)
+        rand_values: dict[str, list[float]] = {}
+        for i in range(n_random):
+            rand = random_circuit(graph, circuit.n_edges_in_graph, seed=seed + i)
+            for k, v in evaluate_circuit(model, rand, batch, metrics, ablation, batch_size=batch_size).items():
+                rand_values.setdefault(k, []).append(v)
+        points.append(
+            CurvePoint(
+                n_edges=circuit.n_edges_in_graph,
+                metrics=values,
+                random_mean={k: float(np.mean(v)) for k, v in rand_values.items()},
+                random_std={k: float(np.std(v)) for k, v in rand_values.items()},
+            )
+        )
+    return points

@@ -1,0 +1,381 @@
+"""Loading models and talking to TransformerLens: the only module that imports ``transformer_lens``.
+
+Every model — the shipped organism, a local Hugging Face checkpoint, or a hub name such as
+``gpt2-medium`` — is booted through TransformerLens 4's ``TransformerBridge`` and configured for
+edge patching:
+
+* compatibility mode **without weight processing** (``no_processing=True``): node outputs are the
+  model's own (no LayerNorm folding, no centring), so logits equal the Hugging Face model's and
+  zero ablation means what it says;
+* per-head attention results (``hook_result``), per-head query/key/value inputs
+  (``hook_q_input`` …, per key/value head under grouped-query attention) and ``hook_mlp_in``.
+
+The rest of :mod:`kc_utils` reaches the model only through the small vocabulary defined here
+(:class:`ModelShape`, the hook-name functions, :func:`run_with_hooks`), so a change in
+TransformerLens touches this one file.
+
+Hook glossary (``b`` batch, ``p`` position, ``h`` query heads, ``g`` key/value heads,
+``d`` d_model):
+
+=============================  ==================  ==========================================
+hook                           shape               meaning
+=============================  ==================  ==========================================
+``blocks.0.hook_in``           ``[b, p, d]``       token (+ positional) embedding = ``input``
+``blocks.L.attn.hook_result``  ``[b, p, h, d]``    each head's write to the residual stream
+                                                   (without the output bias ``b_O``)
+``blocks.L.hook_mlp_out``      ``[b, p, d]``       MLP ``L``'s write to the residual stream
+``blocks.L.hook_q_input``      ``[b, p, h, d]``    residual stream read by each query head
+``blocks.L.hook_k_input``      ``[b, p, g, d]``    … by each key head (``g = h`` without GQA)
+``blocks.L.hook_v_input``      ``[b, p, g, d]``    … by each value head
+``blocks.L.hook_mlp_in``       ``[b, p, d]``       residual stream read by MLP ``L``
+``ln_final.hook_in``           ``[b, p, d]``       residual stream read by the unembedding
+=============================  ==================  ==========================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+ORGANISM_NAME = "kc-organism"
+ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "weights"
+
+#: Short names users type, mapped to the hub names TransformerLens 4 knows.
+SHORT_NAMES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+}
+
+HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
+
+
+class ModelLoadError(RuntimeError):
+    """A model could not be loaded; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The architecture facts the computation graph needs.
+
+    Attributes:
+        n_layers: number of transformer blocks.
+        n_heads: query heads per layer.
+        n_kv_heads: key/value heads per layer (``< n_heads`` under grouped-query attention).
+        d_model: width of the residual stream.
+        parallel_attn_mlp: attention and MLP read the same residual stream (GPT-J/NeoX style).
+    """
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    parallel_attn_mlp: bool = False
+
+    @property
+    def heads_per_kv(self) -> int:
+        """Query heads that share one key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+
+def model_shape(model: Any) -> ModelShape:
+    """Read the :class:`ModelShape` of a booted ``TransformerBridge``."""
+    cfg = model.cfg
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    return ModelShape(
+        n_layers=int(cfg.n_layers),
+        n_heads=int(cfg.n_heads),
+        n_kv_heads=int(n_kv),
+        d_model=int(cfg.d_model),
+        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+    )
+
+
+def model_device(model: Any) -> torch.device:
+    """The device the model's weights live on (never assumed to be CUDA)."""
+    return next(model.parameters()).device
+
+
+def model_dtype(model: Any) -> torch.dtype:
+    """The floating dtype of the model's weights."""
+    return next(model.parameters()).dtype
+
+
+# ----------------------------------------------------------------------------- hook names
+INPUT_HOOK = "blocks.0.hook_in"
+LOGITS_INPUT_HOOK = "ln_final.hook_in"
+
+
+def head_result_hook(layer: int) -> str:
+    """Hook holding every head's output of ``layer``: ``[b, p, h, d]``."""
+    return f"blocks.{layer}.attn.hook_result"
+
+
+def mlp_out_hook(layer: int) -> str:
+    """Hook holding MLP ``layer``'s output: ``[b, p, d]``."""
+    return f"blocks.{layer}.hook_mlp_out"
+
+
+def qkv_input_hook(layer: int, letter: str) -> str:
+    """Hook holding the residual stream read by the ``letter`` (q, k or v) inputs of ``layer``."""
+    if letter not in ("q", "k", "v"):
+        raise ValueError(f"letter must be 'q', 'k' or 'v', got {letter!r}")
+    return f"blocks.{layer}.hook_{letter}_input"
+
+
+def mlp_in_hook(layer: int) -> str:
+    """Hook holding the residual stream read by MLP ``layer``: ``[b, p, d]``."""
+    return f"blocks.{layer}.hook_mlp_in"
+
+
+def resid_post_hook(layer: int) -> str:
+    """Residual stream after block ``layer``: ``[b, p, d]``."""
+    return f"blocks.{layer}.hook_out"
+
+
+def attn_pattern_hook(layer: int) -> str:
+    """Attention pattern of ``layer``: ``[b, h, query_pos, key_pos]``."""
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def mlp_post_hook(layer: int) -> str:
+    """MLP hidden activations (after the non-linearity) of ``layer``: ``[b, p, d_mlp]``."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+# ----------------------------------------------------------------------------- running
+@contextlib.contextmanager
+def hooks(
+    model: Any,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+    bwd_hooks: Sequence[tuple[str, HookFn]] = (),
+) -> Iterator[Any]:
+    """Context manager that attaches forward/backward hooks and removes them on exit.
+
+    A forward hook receives ``(activation, hook)`` and may return a replacement activation.
+    """
+    with model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+        yield model
+
+
+def run_with_hooks(
+    model: Any, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]] = ()
+) -> torch.Tensor:
+    """Forward pass with hooks; returns logits ``[b, p, vocab]``."""
+    with hooks(model, fwd_hooks):
+        return model(tokens)
+
+
+def run_with_cache(
+    model: Any, tokens: torch.Tensor, names: Sequence[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Forward pass that records the activations at ``names``; returns ``(logits, cache)``."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str) -> HookFn:
+        def record(activation: torch.Tensor, hook: Any) -> None:
+            cache[name] = activation.detach()
+
+        return record
+
+    logits = run_with_hooks(model, tokens, [(n, recorder(n)) for n in dict.fromkeys(names)])
+    return logits, cache
+
+
+def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
+    """Final norm + unembedding of a residual stream ``[..., d]`` → logits ``[..., vocab]``."""
+    return model.unembed(model.ln_final(resid))
+
+
+def weight_of(model: Any, name: str) -> torch.Tensor:
+    """A named TransformerLens-convention weight, e.g. ``"W_U"``, ``"W_O"`` (``[layer, ...]``)."""
+    return getattr(model, name)
+
+
+# ----------------------------------------------------------------------------- tokens
+def tokenize(model: Any, texts: Sequence[str], prepend_bos: bool = True) -> list[list[int]]:
+    """Token ids of each text, BOS prepended when the model uses one; no padding."""
+    tokenizer = model.tokenizer
+    out = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if prepend_bos and tokenizer.bos_token_id is not None:
+            ids = [tokenizer.bos_token_id] + list(ids)
+        out.append(list(ids))
+    return out
+
+
+def continuation_first_token(model: Any, prompt: str, continuation: str) -> int | None:
+    """The first token the model must produce after ``prompt`` to continue with ``continuation``.
+
+    ``continuation`` is appended after one space (``prompt + " " + continuation``) and the first
+    token past the prompt's own tokens is returned; ``None`` when the tokenizer cannot represent
+    it (an unknown word of a word-level vocabulary) or merges it into the prompt's last token.
+    """
+    tokenizer = model.tokenizer
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    full_ids = tokenizer(prompt + " " + continuation, add_special_tokens=False)["input_ids"]
+    if len(full_ids) <= len(prompt_ids) or full_ids[: len(prompt_ids)] != prompt_ids:
+        return None
+    token = full_ids[len(prompt_ids)]
+    if tokenizer.unk_token_id is not None and token == tokenizer.unk_token_id:
+        return None
+    return int(token)
+
+
+def token_strings(model: Any, ids: Sequence[int]) -> list[str]:
+    """Readable string of each token id."""
+    return [model.tokenizer.decode([int(i)]) for i in ids]
+
+
+# ----------------------------------------------------------------------------- loading
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` → CUDA if available, else MPS, else CPU; anything else as given."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether huggingface.co answers at all (one TCP connect, a few seconds at most)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _is_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+def resolve_model_name(name: str) -> str | Path:
+    """Map a user-facing name to a local checkpoint folder or an official hub name.
+
+    Raises:
+        ModelLoadError: for a name that is neither the organism, a local checkpoint folder, nor a
+            model TransformerLens 4 supports; the message lists close matches.
+    """
+    if name == ORGANISM_NAME:
+        if not (ORGANISM_DIR / "config.json").exists():
+            raise ModelLoadError(
+                f"The organism's weights are missing from {ORGANISM_DIR}. Reinstall the package, "
+                "or retrain them with `python -m kc_utils.organism train`."
+            )
+        return ORGANISM_DIR
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"{path} is a folder but not a Hugging Face checkpoint (no config.json). "
+                "Point model_name at a folder written by `save_pretrained`."
+            )
+        return path
+    from transformer_lens.model_bridge import TransformerBridge
+
+    official = SHORT_NAMES.get(name, name)
+    supported = TransformerBridge.list_supported_models()
+    if official not in supported:
+        from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
+
+        alias = resolve_model_alias(name)
+        if alias is None or alias not in supported:
+            close = difflib.get_close_matches(name, [ORGANISM_NAME, *SHORT_NAMES, *supported], n=5)
+            raise ModelLoadError(
+                f"Unknown model {name!r}: not {ORGANISM_NAME!r}, not a local checkpoint folder, and "
+                f"not a model TransformerLens 4 supports. Close matches: {close or 'none'}. "
+                f"Use {ORGANISM_NAME!r} (shipped, offline), a short name from {sorted(SHORT_NAMES)}, "
+                "a Hugging Face hub id, or a path to a saved checkpoint."
+            )
+        official = alias
+    return official
+
+
+def load_model(
+    name: str = ORGANISM_NAME,
+    device: str | torch.device | None = "auto",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """Boot a model through ``TransformerBridge`` and configure it for edge patching.
+
+    Args:
+        name: ``"kc-organism"`` (the shipped model organism), a short name (``"gpt2-medium"``),
+            a Hugging Face hub id (``"TinyLlama/TinyLlama-1.1B-Chat-v1.0"``) or a path to a folder
+            written by ``save_pretrained``.
+        device: ``"auto"`` (CUDA > MPS > CPU), or any torch device.
+        dtype: weight dtype, e.g. ``torch.float32`` or ``torch.bfloat16``.
+
+    Returns:
+        A ``TransformerBridge`` in compatibility mode with raw weights, per-head results,
+        split q/k/v inputs and ``hook_mlp_in`` switched on, in eval mode, its tokenizer attached
+        (right padding).
+
+    Raises:
+        ModelLoadError: unknown name, missing organism weights, or a hub model that is neither
+            cached nor downloadable (no network) — within seconds, with what to do instead.
+    """
+    source = resolve_model_name(name)
+    torch_device = resolve_device(device)
+    if isinstance(source, str) and not _is_cached(source):
+        if not _hub_reachable():
+            raise ModelLoadError(
+                f"Cannot load {name!r} ({source}): it is not in the local Hugging Face cache and "
+                "huggingface.co cannot be reached from this machine (or HF_HUB_OFFLINE is set). "
+                f"Use model_name={ORGANISM_NAME!r}, which ships with the package, or download the "
+                "model on a connected machine (`huggingface-cli download "
+                f"{source}`) and copy its cache (~/.cache/huggingface) here, or pass a local path."
+            )
+    previous_offline = os.environ.get("HF_HUB_OFFLINE")
+    if isinstance(source, Path) or _is_cached(str(source)):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("transformers").setLevel(logging.ERROR)
+            model = TransformerBridge.boot_transformers(str(source), device=torch_device, dtype=dtype)
+    finally:
+        if previous_offline is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous_offline
+    configure_for_patching(model)
+    return model
+
+
+def configure_for_patching(model: Any) -> Any:
+    """Switch a booted bridge to raw-weight compatibility mode with every hook edges need."""
+    model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    model.set_use_attn_result(True)
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    model.eval()
+    if model.tokenizer is not None:
+        model.tokenizer.padding_side = "right"
+        if model.tokenizer.pad_token_id is None:
+            model.tokenizer.pad_token = model.tokenizer.eos_token
+    return model

@@ -1,0 +1,188 @@
+"""Fast paths against slow references, on tiny random GPT-2-style and Llama-style (GQA) models."""
+
+from __future__ import annotations
+
+import torch
+import pytest
+
+from kc_utils.attribute import attribute
+from kc_utils.batch import make_batch
+from kc_utils.evaluate import circuit_logits, evaluate_circuit
+from kc_utils.graph import Graph
+from kc_utils.metrics import get_metric
+from kc_utils.patching import ablated_outputs, collect_outputs, run_masked
+from reference import all_edges, reference_run, spearman
+
+
+@pytest.fixture()
+def batch(tiny_model, country_batch_args):
+    return make_batch(tiny_model, *country_batch_args)
+
+
+@pytest.mark.parametrize("ablation", ["patch", "zero", "mean"])
+def test_full_circuit_reproduces_the_model(tiny_model, batch, ablation):
+    graph = Graph.from_model(tiny_model)
+    with torch.no_grad():
+        plain = tiny_model(batch.clean)
+    circuit = circuit_logits(tiny_model, graph, batch, ablation)
+    torch.testing.assert_close(circuit, plain, atol=1e-5, rtol=0)
+
+
+def test_empty_patched_circuit_is_the_corrupt_run(tiny_model, batch):
+    graph = Graph.from_model(tiny_model)
+    empty = torch.zeros_like(graph.real_edges)
+    with torch.no_grad():
+        corrupt = tiny_model(batch.corrupt)
+    circuit = circuit_logits(tiny_model, graph, batch, "patch", keep=empty)
+    torch.testing.assert_close(circuit, corrupt, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_empty_circuit_matches_reference_full_ablation(tiny_model, batch, ablation):
+    graph = Graph.from_model(tiny_model)
+    ablated = ablated_outputs(tiny_model, graph, batch, ablation)
+    with torch.no_grad():
+        expected = reference_run(tiny_model, graph, batch.clean, ablated, {e: 0.0 for e in all_edges(graph)})
+        got = run_masked(tiny_model, graph, batch.clean, ablated, torch.zeros_like(graph.real_edges))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_random_circuit_matches_reference(tiny_model, batch):
+    graph = Graph.from_model(tiny_model)
+    generator = torch.Generator().manual_seed(3)
+    keep = (torch.rand(graph.real_edges.shape, generator=generator) < 0.5) & graph.real_edges
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    dropped = {e: 0.0 for e in all_edges(graph) if not keep[e]}
+    with torch.no_grad():
+        expected = reference_run(tiny_model, graph, batch.clean, ablated, dropped)
+        got = run_masked(tiny_model, graph, batch.clean, ablated, keep)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_exact_scores_match_per_edge_reference(tiny_model, batch):
+    graph = Graph.from_model(tiny_model)
+    edges = all_edges(graph)[::7]
+    names = [f"{graph.upstream_names[u]}->{graph.receiver_names[r]}" for u, r in edges]
+    attribute(tiny_model, graph, batch, metric="logit_diff", method="exact", edges=names, progress=False)
+    metric = get_metric("logit_diff")
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    with torch.no_grad():
+        base = metric(tiny_model(batch.clean), batch).mean()
+        for u, r in edges:
+            without = metric(reference_run(tiny_model, graph, batch.clean, ablated, {(u, r): 0.0}), batch).mean()
+            assert graph.scores[u, r].item() == pytest.approx((base - without).item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "logprob"])
+def test_eap_equals_mask_gradient(tiny_model, batch, metric):
+    graph = Graph.from_model(tiny_model)
+    attribute(tiny_model, graph, batch, metric=metric, method="eap", progress=False)
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    edges = all_edges(graph)
+    alphas = {e: torch.ones((), requires_grad=True) for e in edges}
+    value = get_metric(metric)(reference_run(tiny_model, graph, batch.clean, ablated, alphas), batch).mean()
+    grads = torch.autograd.grad(value, [alphas[e] for e in edges])
+    expected = torch.zeros_like(graph.scores)
+    for e, g in zip(edges, grads):
+        expected[e] = g
+    torch.testing.assert_close(graph.scores, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_eap_ig_equals_slow_riemann_sum(tiny_model, batch):
+    steps = 3
+    graph = Graph.from_model(tiny_model)
+    attribute(tiny_model, graph, batch, metric="logit_diff", method="eap-ig", ig_steps=steps, progress=False)
+    clean = collect_outputs(tiny_model, graph, batch.clean)
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    edges = all_edges(graph)
+    expected = torch.zeros_like(graph.scores)
+    for k in range(1, steps + 1):
+        embedding = ablated[0] + (k / steps) * (clean[0] - ablated[0])
+        alphas = {e: torch.ones((), requires_grad=True) for e in edges}
+        logits = reference_run(tiny_model, graph, batch.clean, ablated, alphas, fixed_diff=clean - ablated, input_override=embedding)
+        value = get_metric("logit_diff")(logits, batch).mean()
+        for e, g in zip(edges, torch.autograd.grad(value, [alphas[e] for e in edges])):
+            expected[e] += g / steps
+    torch.testing.assert_close(graph.scores, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_eap_is_first_order_exact_for_small_ablations(tiny_model, batch):
+    """Scale the ablation by ε: exact/ε → EAP as ε → 0 (checked in float64)."""
+    model = tiny_model.to(torch.float64)
+    try:
+        graph = Graph.from_model(model)
+        attribute(model, graph, batch, metric="logit_diff", method="eap", progress=False)
+        eap = graph.scores.double()
+        clean = collect_outputs(model, graph, batch.clean)
+        corrupt = ablated_outputs(model, graph, batch, "patch")
+        eps = 1e-3
+        near = clean + eps * (corrupt - clean)
+        metric = get_metric("logit_diff")
+        full = graph.real_edges.clone()
+        with torch.no_grad():
+            base = metric(run_masked(model, graph, batch.clean, near, full), batch).mean()
+            worst = 0.0
+            for u, r in all_edges(graph)[::3]:
+                keep = full.clone()
+                keep[u, r] = False
+                exact = (base - metric(run_masked(model, graph, batch.clean, near, keep), batch).mean()) / eps
+                worst = max(worst, abs(exact.item() - eap[u, r].item()))
+        print(f"worst |exact/eps - eap| = {worst:.2e}")
+        assert worst < 2e-3 * max(1.0, eap.abs().max().item())
+    finally:
+        tiny_model.to(torch.float32)
+
+
+def test_eap_ig_ranks_edges_like_exact(tiny_model, batch, capsys):
+    graph = Graph.from_model(tiny_model)
+    mask = graph.real_edges
+    exact = attribute(tiny_model, graph, batch, method="exact", progress=False).scores[mask].clone()
+    eap = attribute(tiny_model, graph, batch, method="eap", progress=False).scores[mask].clone()
+    ig = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=5, progress=False).scores[mask].clone()
+    rho_eap, rho_ig = spearman(eap, exact), spearman(ig, exact)
+    with capsys.disabled():
+        print(f"\n[{tiny_model.cfg.normalization_type}] Spearman vs exact over {int(mask.sum())} edges: EAP {rho_eap:.3f}, EAP-IG {rho_ig:.3f}")
+    assert rho_ig > 0.5
+
+
+def test_scores_do_not_depend_on_batch_size(tiny_model, batch):
+    graph = Graph.from_model(tiny_model)
+    whole = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=2, progress=False).scores.clone()
+    split = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=2, batch_size=1, progress=False).scores
+    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
+
+
+def test_attribution_is_deterministic(tiny_model, batch):
+    graph = Graph.from_model(tiny_model)
+    first = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=2, progress=False).top_n(15).in_graph.clone()
+    second = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=2, progress=False).top_n(15).in_graph
+    assert torch.equal(first, second)
+
+
+def test_padded_batch_equals_single_prompts(tiny_model, country_batch_args):
+    prompts, answers, corrupt, corrupt_answers = country_batch_args
+    together = make_batch(tiny_model, prompts, answers, corrupt, corrupt_answers)
+    assert together.clean.shape[1] > together.last_pos.min() + 1, "the fixture must need padding"
+    graph = Graph.from_model(tiny_model)
+    together_values = evaluate_circuit(tiny_model, graph, together, ["logprob", "logit_diff"])
+    alone = [
+        evaluate_circuit(tiny_model, graph, make_batch(tiny_model, [p], [a], [c], [ca]), ["logprob", "logit_diff"])
+        for p, a, c, ca in zip(prompts, answers, corrupt, corrupt_answers)
+    ]
+    for key in ("logprob", "logit_diff"):
+        assert together_values[key] == pytest.approx(sum(a[key] for a in alone) / len(alone), abs=1e-5)
+
+
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_eap_with_other_ablations_equals_mask_gradient(tiny_gpt2, country_batch_args, ablation):
+    batch = make_batch(tiny_gpt2, *country_batch_args)
+    graph = Graph.from_model(tiny_gpt2)
+    attribute(tiny_gpt2, graph, batch, metric="logprob", method="eap", ablation=ablation, progress=False)
+    ablated = ablated_outputs(tiny_gpt2, graph, batch, ablation)
+    edges = all_edges(graph)
+    alphas = {e: torch.ones((), requires_grad=True) for e in edges}
+    value = get_metric("logprob")(reference_run(tiny_gpt2, graph, batch.clean, ablated, alphas), batch).mean()
+    expected = torch.zeros_like(graph.scores)
+    for e, g in zip(edges, torch.autograd.grad(value, [alphas[e] for e in edges])):
+        expected[e] = g
+    torch.testing.assert_close(graph.scores, expected, atol=1e-5, rtol=1e-4)

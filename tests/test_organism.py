@@ -1,0 +1,103 @@
+"""Tests of the embedded model organism (kc_utils.organism): shipped weights, training, corpus, split."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+import torch
+
+from kc_utils.data import Relation, Sample
+from kc_utils.organism import WEIGHTS_DIR, load_organism, load_split
+from kc_utils.organism.corpus import CorpusConfig, build_corpus
+from kc_utils.organism.encoding import SegmentEncoder
+from kc_utils.organism.evaluate import fact_prompts, last_token_logits
+from kc_utils.organism.recipe import SHIPPED_RECIPE
+from kc_utils.organism.split import make_split
+from kc_utils.organism.train import ModelConfig, TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def organism():
+    torch.set_num_threads(1)
+    model, tokenizer = load_organism()
+    return model, tokenizer, load_split()
+
+
+def _tiny_relations() -> dict[str, Relation]:
+    def rel(name: str, templates: tuple[str, ...], pairs: list[tuple[str, str]]) -> Relation:
+        return Relation(name=name, prompt_templates=templates, prompt_templates_zs=(), relation_type="factual",
+                        domain_name="x", range_name="y", symmetric=False,
+                        samples=tuple(Sample(s, o) for s, o in pairs))
+
+    countries = [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Italy", "Rome"), ("Spain", "Madrid"),
+                 ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"),
+                 ("Norway", "Oslo"), ("Greece", "Athens"), ("Poland", "Warsaw")]
+    colours = [("banana", "yellow"), ("tomato", "red"), ("lime", "green"), ("plum", "purple"), ("kiwi", "green"),
+               ("cherry", "red"), ("lemon", "yellow"), ("grape", "purple"), ("orange", "orange"), ("fig", "pink")]
+    return {
+        "capital": rel("capital", ("The capital of {} is", "{}'s capital is", "The capital city of {} is"), countries),
+        "colour": rel("colour", ("The color of a {} is", "A {} is colored", "The {} has the color"), colours),
+    }
+
+
+def test_shipped_checkpoint_files() -> None:
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "organism_split.json"):
+        assert (WEIGHTS_DIR / name).is_file(), name
+    size = sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir())
+    assert size <= 25 * 2**20
+
+
+def test_tokenizer_words(organism) -> None:
+    _, tokenizer, _ = organism
+    assert tokenizer.encode(" Paris") == tokenizer.encode("Paris")
+    assert len(tokenizer.encode("Paris")) == 1
+    assert tokenizer.convert_ids_to_tokens(tokenizer.encode("The capital of France is")) == [
+        "The", "capital", "of", "France", "is"]
+    assert len(tokenizer.encode("Eiffel Tower")) == 2
+    assert tokenizer.bos_token == tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
+    for letter in "abcxyzABC":
+        assert len(tokenizer.encode(letter)) == 1
+    assert tokenizer.unk_token_id not in tokenizer.encode("qwzx, Brasília?")
+
+
+def test_shipped_weights_know_trained_facts(organism) -> None:
+    model, tokenizer, split = organism
+    prompts = fact_prompts(split, SegmentEncoder(tokenizer), "trained", "first")
+    sample = random.Random(0).sample(prompts, 300)
+    top = last_token_logits(model, sample).argmax(-1)
+    accuracy = (top == torch.tensor([p.answer_id for p in sample])).float().mean().item()
+    assert accuracy >= 0.95
+
+
+def test_training_decreases_loss() -> None:
+    cfg = TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5,
+                      model=ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=32),
+                      corpus=CorpusConfig(fewshot_per_relation=4, bio_per_subject=1))
+    result = train(cfg, relations=_tiny_relations(), log=None)
+    first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
+    assert last < first - 0.5
+
+
+def test_corpus_is_deterministic() -> None:
+    relations = _tiny_relations()
+    split = make_split(relations, seed=3)
+    cfg = CorpusConfig(seed=3, fewshot_per_relation=5, bio_per_subject=1)
+    assert build_corpus(split, cfg) == build_corpus(make_split(relations, seed=3), cfg)
+    assert build_corpus(split, cfg, epoch=1) != build_corpus(split, cfg, epoch=0)
+
+
+def test_held_out_subjects_never_in_corpus() -> None:
+    split = load_split()
+    assert split.held_out_subjects
+    docs = build_corpus(split, SHIPPED_RECIPE.corpus) + build_corpus(split, SHIPPED_RECIPE.corpus, epoch=1)
+    words = [" " + " ".join(re.findall(r"\w+|[^\w\s]+", d.text)) + " " for d in docs]
+    for subject in split.held_out_subjects:
+        needle = " " + " ".join(re.findall(r"\w+|[^\w\s]+", subject)) + " "
+        assert not any(needle in w for w in words), subject
+    for key, rs in split.relations.items():
+        assert {s.subject for s in rs.held_out} <= split.held_out_subjects
+        assert not {s.subject for s in rs.trained} & split.held_out_subjects
+        assert rs.unseen_templates and not set(rs.unseen_templates) & set(rs.train_templates)
