@@ -39,6 +39,8 @@ class PromptBatch:
         corrupt_answer: ``Int[b]`` first token of each corrupt answer (``-1`` where unknown).
         prompts: the clean prompt strings.
         answers: the clean answer strings.
+        mean_fallback: ``Bool[b]`` examples without a corrupt twin: under patch ablation their
+            ablated activations are the batch mean (see :func:`kc_utils.patching.ablated_outputs`).
     """
 
     clean: Int[Tensor, "b p"]
@@ -48,6 +50,7 @@ class PromptBatch:
     corrupt_answer: Int[Tensor, "b"]
     prompts: tuple[str, ...]
     answers: tuple[str, ...]
+    mean_fallback: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.clean.shape[0])
@@ -83,6 +86,7 @@ class PromptBatch:
             corrupt_answer=self.corrupt_answer[idx],
             prompts=tuple(self.prompts[i] for i in idx.tolist()),
             answers=tuple(self.answers[i] for i in idx.tolist()),
+            mean_fallback=None if self.mean_fallback is None else self.mean_fallback[idx],
         )
 
     def to(self, device: torch.device | str) -> "PromptBatch":
@@ -93,6 +97,7 @@ class PromptBatch:
             last_pos=self.last_pos.to(device),
             answer=self.answer.to(device),
             corrupt_answer=self.corrupt_answer.to(device),
+            mean_fallback=None if self.mean_fallback is None else self.mean_fallback.to(device),
         )
 
 
@@ -122,7 +127,7 @@ def make_batch(
     model: Any,
     prompts: Sequence[str],
     answers: Sequence[str],
-    corrupt_prompts: Sequence[str] | None = None,
+    corrupt_prompts: Sequence[str | None] | None = None,
     corrupt_answers: Sequence[str | None] | None = None,
 ) -> PromptBatch:
     """Tokenise prompts (BOS prepended, right-padded) and their answers onto the model's device.
@@ -130,7 +135,8 @@ def make_batch(
     Args:
         prompts: clean prompts, e.g. ``"The capital of France is"``.
         answers: their answers, e.g. ``"Paris"`` (first token counts).
-        corrupt_prompts: the same prompts with another subject of the same token length.
+        corrupt_prompts: the same prompts with another subject of the same token length; ``None``
+            for an example without a twin (patch ablation then uses the batch mean for it).
         corrupt_answers: the corrupt prompts' answers (needed for the logit-difference metric).
 
     Raises:
@@ -144,13 +150,17 @@ def make_batch(
     clean_ids = tokenize(model, prompts)
     answer_ids = [answer_token(model, p, a) for p, a in zip(prompts, answers)]
     corrupt_tensor = None
+    fallback = None
     corrupt_answer_ids = [-1] * len(prompts)
     if corrupt_prompts is not None:
         if len(corrupt_prompts) != len(prompts):
             raise PromptError(
                 f"{len(prompts)} clean prompts but {len(corrupt_prompts)} corrupt prompts; pair each clean prompt with one corrupt prompt"
             )
-        corrupt_ids = tokenize(model, corrupt_prompts)
+        fallback = torch.tensor([c is None for c in corrupt_prompts], dtype=torch.bool)
+        corrupt_ids = [
+            clean if text is None else tokenize(model, [text])[0] for clean, text in zip(clean_ids, corrupt_prompts)
+        ]
         for i, (c, k) in enumerate(zip(clean_ids, corrupt_ids)):
             if len(c) != len(k):
                 raise PromptError(
@@ -163,7 +173,8 @@ def make_batch(
             if len(corrupt_answers) != len(prompts):
                 raise PromptError("give one corrupt answer per corrupt prompt")
             corrupt_answer_ids = [
-                -1 if a is None else answer_token(model, p, a) for p, a in zip(corrupt_prompts, corrupt_answers)
+                -1 if a is None else answer_token(model, p if c is None else c, a)
+                for p, c, a in zip(prompts, corrupt_prompts, corrupt_answers)
             ]
     device = model_device(model)
     return PromptBatch(
@@ -174,4 +185,5 @@ def make_batch(
         corrupt_answer=torch.tensor(corrupt_answer_ids, dtype=torch.long),
         prompts=tuple(prompts),
         answers=tuple(answers),
+        mean_fallback=fallback,
     ).to(device)

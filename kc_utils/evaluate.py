@@ -20,7 +20,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from kc_utils.batch import PromptBatch
 from kc_utils.graph import CircuitError, Graph
@@ -43,6 +42,35 @@ def circuit_logits(
         return run_masked(model, graph, batch.clean, ablated, mask)
 
 
+def evaluate_masks(
+    model: Any,
+    graph: Graph,
+    batch: PromptBatch,
+    masks: Sequence[Tensor],
+    metrics: Sequence[str | Metric] = ("hit@10", "prob", "logit_diff"),
+    ablation: Ablation = "patch",
+    mean_reference: PromptBatch | None = None,
+    batch_size: int | None = None,
+) -> list[dict[str, float]]:
+    """Batch-mean of each metric for several circuits (``[up, rx]`` masks) on the same prompts.
+
+    The ablated activations are computed once per chunk and shared by every mask.
+    ``logit_diff`` is skipped (absent from the result) when the batch has no corrupt answers.
+    """
+    fns = {m if isinstance(m, str) else m.__name__: get_metric(m) for m in metrics}
+    if batch.corrupt_answer.lt(0).any():
+        fns.pop("logit_diff", None)
+    sums = [{name: 0.0 for name in fns} for _ in masks]
+    with torch.no_grad():
+        for chunk in batch.split(batch_size):
+            ablated = ablated_outputs(model, graph, chunk, ablation, mean_reference)
+            for totals, mask in zip(sums, masks):
+                logits = run_masked(model, graph, chunk.clean, ablated, mask)
+                for name, fn in fns.items():
+                    totals[name] += float(fn(logits, chunk).sum())
+    return [{name: value / len(batch) for name, value in totals.items()} for totals in sums]
+
+
 def evaluate_circuit(
     model: Any,
     graph: Graph,
@@ -53,19 +81,9 @@ def evaluate_circuit(
     keep: Tensor | None = None,
     batch_size: int | None = None,
 ) -> dict[str, float]:
-    """Batch-mean of each metric for the circuit; names as in :mod:`kc_utils.metrics`.
-
-    ``logit_diff`` is skipped (absent from the result) when the batch has no corrupt answers.
-    """
-    fns = {m if isinstance(m, str) else m.__name__: get_metric(m) for m in metrics}
-    if batch.corrupt_answer.lt(0).any():
-        fns.pop("logit_diff", None)
-    sums = {name: 0.0 for name in fns}
-    for chunk in batch.split(batch_size):
-        logits = circuit_logits(model, graph, chunk, ablation, mean_reference, keep)
-        for name, fn in fns.items():
-            sums[name] += float(fn(logits, chunk).sum())
-    return {name: value / len(batch) for name, value in sums.items()}
+    """Batch-mean of each metric for the circuit ``graph.in_graph`` (or ``keep``); see :func:`evaluate_masks`."""
+    mask = graph.in_graph if keep is None else keep
+    return evaluate_masks(model, graph, batch, [mask], metrics, ablation, mean_reference, batch_size)[0]
 
 
 def full_and_empty(graph: Graph) -> tuple[Tensor, Tensor]:
@@ -85,11 +103,8 @@ def faithfulness(
     """Normalised faithfulness ``(m(C) − m(∅)) / (m(full) − m(∅))`` of ``graph.in_graph``."""
     name = metric if isinstance(metric, str) else metric.__name__
     full, empty = full_and_empty(graph)
-    values = [
-        evaluate_circuit(model, graph, batch, [metric], ablation, mean_reference, keep, batch_size)[name]
-        for keep in (graph.in_graph, full, empty)
-    ]
-    circuit, whole, none = values
+    values = evaluate_masks(model, graph, batch, [graph.in_graph, full, empty], [metric], ablation, mean_reference, batch_size)
+    circuit, whole, none = (v[name] for v in values)
     if abs(whole - none) < 1e-12:
         raise CircuitError(
             f"the full model and the empty circuit score the same {name} ({whole:.4g}); faithfulness is "
@@ -156,24 +171,21 @@ def faithfulness_curve(
     seed: int = 0,
     selection: str = "top_n",
     batch_size: int | None = None,
-    progress: bool = True,
 ) -> list[CurvePoint]:
     """Circuit metrics (and random-circuit baselines) for each edge count, top-n selection."""
+    circuits = [getattr(graph.copy(), selection)(n) for n in edge_counts]
+    randoms = [[random_circuit(graph, c.n_edges_in_graph, seed=seed + i) for i in range(n_random)] for c in circuits]
+    masks = [c.in_graph for c in circuits] + [r.in_graph for rs in randoms for r in rs]
+    values = evaluate_masks(model, graph, batch, masks, metrics, ablation, batch_size=batch_size)
     points = []
-    for n in tqdm(list(edge_counts), desc="faithfulness curve", disable=not progress, leave=False):
-        circuit = getattr(graph.copy(), selection)(n)
-        values = evaluate_circuit(model, circuit, batch, metrics, ablation, batch_size=batch_size)
-        rand_values: dict[str, list[float]] = {}
-        for i in range(n_random):
-            rand = random_circuit(graph, circuit.n_edges_in_graph, seed=seed + i)
-            for k, v in evaluate_circuit(model, rand, batch, metrics, ablation, batch_size=batch_size).items():
-                rand_values.setdefault(k, []).append(v)
+    for i, circuit in enumerate(circuits):
+        rand = values[len(circuits) + i * n_random : len(circuits) + (i + 1) * n_random]
         points.append(
             CurvePoint(
                 n_edges=circuit.n_edges_in_graph,
-                metrics=values,
-                random_mean={k: float(np.mean(v)) for k, v in rand_values.items()},
-                random_std={k: float(np.std(v)) for k, v in rand_values.items()},
+                metrics=values[i],
+                random_mean={k: float(np.mean([r[k] for r in rand])) for k in values[i]} if rand else {},
+                random_std={k: float(np.std([r[k] for r in rand])) for k in values[i]} if rand else {},
             )
         )
     return points

@@ -155,6 +155,14 @@ def mlp_post_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def final_norm_scale_hook() -> str:
+    """Divisor of the final norm (LayerNorm std or RMS, eps included): ``[b, p, 1]``.
+
+    Replacing it with a fixed value makes ``unembed`` an affine map of the residual stream.
+    """
+    return "ln_final.hook_scale"
+
+
 # ----------------------------------------------------------------------------- running
 @contextlib.contextmanager
 def hooks(

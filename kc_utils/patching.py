@@ -63,7 +63,8 @@ def ablated_outputs(
 ) -> Float[Tensor, "up b p d"]:
     """The outputs ``ẑ`` that replace ablated edges' upstream outputs, shaped like the batch.
 
-    * ``patch``: outputs on the corrupted prompts (same token length as the clean ones);
+    * ``patch``: outputs on the corrupted prompts (same token length as the clean ones); examples
+      flagged in ``batch.mean_fallback`` (no corrupt twin) get the mean over the batch's clean tokens;
     * ``zero``: zeros;
     * ``mean``: each node's output averaged over every real (non-pad) token of
       ``mean_reference`` (default: the clean prompts of ``batch``), the same at every position.
@@ -77,14 +78,22 @@ def ablated_outputs(
                 "ablation='patch' needs corrupted prompts; build the batch with corrupt_prompts, "
                 "or use ablation='mean' or 'zero'"
             )
-        return collect_outputs(model, graph, batch.corrupt)
+        outputs = collect_outputs(model, graph, batch.corrupt)
+        if batch.mean_fallback is not None and bool(batch.mean_fallback.any()):
+            mean = _token_mean(collect_outputs(model, graph, batch.clean), batch.padding_mask)
+            outputs[:, batch.mean_fallback] = mean[:, None, None, :]
+        return outputs
     if ablation == "zero":
         return torch.zeros(graph.n_upstream, b, p, graph.shape.d_model, device=batch.clean.device, dtype=models.model_dtype(model))
     reference = mean_reference if mean_reference is not None else batch
-    outputs = collect_outputs(model, graph, reference.clean)
-    mask = reference.padding_mask.to(outputs.dtype)  # [b', p']
-    mean = torch.einsum("ubpd,bp->ud", outputs, mask) / mask.sum()
+    mean = _token_mean(collect_outputs(model, graph, reference.clean), reference.padding_mask)
     return mean[:, None, None, :].expand(-1, b, p, -1).contiguous()
+
+
+def _token_mean(outputs: Float[Tensor, "up b p d"], real: Tensor) -> Float[Tensor, "up d"]:
+    """Mean of each node's output over the real (non-pad) tokens ``real`` ``[b, p]``."""
+    mask = real.to(outputs.dtype)
+    return torch.einsum("ubpd,bp->ud", outputs, mask) / mask.sum()
 
 
 def receiver_hooks(graph: Graph, delta: Tensor, drop: Tensor) -> list[tuple[str, Any]]:

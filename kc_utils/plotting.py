@@ -1,0 +1,163 @@
+"""Plotly figures for circuits, curves and overlaps; saving to ``figures/``.
+
+Figures are interactive in Jupyter and saved as standalone HTML (plotly.js from its CDN, so
+files stay small) and as PNG when the optional ``kaleido`` package can render one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from kc_utils.graph import Graph
+from kc_utils.paths import figures_dir
+
+POSITIVE, NEGATIVE = "#2166ac", "#b2182b"
+
+
+def save_figure(fig: go.Figure, name: str, folder: str | Path | None = None, png: bool = True) -> list[Path]:
+    """Write ``<name>.html`` (and ``<name>.png`` when kaleido works) into ``folder`` (default ``figures/``).
+
+    Returns the paths written; a PNG that cannot be rendered is reported with a warning, not hidden.
+    """
+    folder = Path(folder) if folder is not None else figures_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    html = folder / f"{name}.html"
+    fig.write_html(html, include_plotlyjs="cdn", full_html=True)
+    written = [html]
+    if png:
+        try:
+            import kaleido  # noqa: F401
+        except ImportError:
+            return written
+        try:
+            fig.write_image(folder / f"{name}.png", scale=2)
+            written.append(folder / f"{name}.png")
+        except Exception as error:  # kaleido needs a Chrome; say so rather than fail the notebook
+            warnings.warn(f"PNG for {name} not written ({type(error).__name__}: {error}); the HTML is saved")
+    return written
+
+
+def _node_xy(graph: Graph, node: str) -> tuple[float, float]:
+    """Layer on x (input at −1, logits at n_layers); heads by index on y, MLPs above them."""
+    H = graph.shape.n_heads
+    if node == "input":
+        return -1.0, (H - 1) / 2
+    if node == "logits":
+        return float(graph.shape.n_layers), (H - 1) / 2
+    if node.startswith("m"):
+        return int(node[1:]) + 0.35, H + 0.5
+    layer, head = node[1:].split(".h")
+    return float(layer), float(head)
+
+
+def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figure:
+    """The circuit in ``graph.in_graph``: layers left to right, heads and MLPs as nodes.
+
+    Edge colour: blue for positive scores (the edge helps the metric), red for negative; width
+    grows with ``|score|``. Hover over a node or an edge's midpoint for names and scores.
+    """
+    fig = go.Figure()
+    edges = list(graph.edges(only_in_graph=True))
+    if edges:
+        magnitudes = np.array([abs(e.score) for e in edges])
+        edges_bins = np.quantile(magnitudes, np.linspace(0, 1, width_bins + 1)[1:-1]) if len(edges) > width_bins else []
+        for sign, colour in ((1, POSITIVE), (-1, NEGATIVE)):
+            for b in range(width_bins):
+                xs: list[float | None] = []
+                ys: list[float | None] = []
+                for e, mag in zip(edges, magnitudes):
+                    if (e.score >= 0) != (sign > 0) or int(np.searchsorted(edges_bins, mag, side="right")) != b:
+                        continue
+                    x0, y0 = _node_xy(graph, e.upstream)
+                    for target in graph._receiver_targets(e.receiver):
+                        x1, y1 = _node_xy(graph, target)
+                        xs += [x0, x1, None]
+                        ys += [y0, y1, None]
+                if xs:
+                    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=0.6 + 1.4 * b), opacity=0.55, hoverinfo="skip", showlegend=False))
+        mids = []
+        for e in edges:
+            (x0, y0), (x1, y1) = _node_xy(graph, e.upstream), _node_xy(graph, graph._receiver_targets(e.receiver)[0])
+            mids.append(((x0 + x1) / 2, (y0 + y1) / 2))
+        fig.add_trace(go.Scatter(
+            x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", marker=dict(size=5, color="rgba(0,0,0,0.01)"),
+            hovertext=[f"{e.name}<br>score {e.score:+.4f}" for e in edges], hoverinfo="text", showlegend=False,
+        ))
+    nodes = graph.nodes_in_graph()
+    xy = [_node_xy(graph, n) for n in nodes]
+    colour = ["#636363" if n in ("input", "logits") else "#fd8d3c" if n.startswith("m") else "#6baed6" for n in nodes]
+    fig.add_trace(go.Scatter(
+        x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", text=nodes, textposition="top center",
+        textfont=dict(size=9), marker=dict(size=14, color=colour, line=dict(color="black", width=1)),
+        hovertext=[f"{n}" for n in nodes], hoverinfo="text", showlegend=False,
+    ))
+    fig.update_layout(
+        title=title or f"circuit: {graph.n_edges_in_graph} of {graph.n_edges} edges, {len(nodes)} nodes",
+        xaxis=dict(title="layer", tickmode="array", tickvals=list(range(-1, graph.shape.n_layers + 1)),
+                   ticktext=["input", *map(str, range(graph.shape.n_layers)), "logits"], zeroline=False),
+        yaxis=dict(title="head (MLPs on top)", zeroline=False), height=520, template="plotly_white",
+    )
+    return fig
+
+
+def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
+    """ipywidgets: a relation dropdown and an edge-count slider that redraw the circuit live.
+
+    ``graphs`` hold scored graphs (``graph.scores`` set); the slider re-selects the top ``n``.
+    """
+    import ipywidgets as widgets
+    from IPython.display import display
+
+    first = next(iter(graphs.values()))
+    dropdown = widgets.Dropdown(options=list(graphs), description="relation")
+    slider = widgets.IntSlider(value=initial_edges, min=5, max=min(first.n_edges, max(50, 4 * initial_edges)), step=5, description="edges", continuous_update=False)
+    out = widgets.Output()
+
+    def redraw(*_: Any) -> None:
+        graph = graphs[dropdown.value].copy()
+        with out:
+            out.clear_output(wait=True)
+            try:
+                graph.top_n(slider.value)
+                display(plot_circuit(graph, title=f"{dropdown.value}: top {slider.value} edges → {graph.n_edges_in_graph} after pruning"))
+            except Exception as error:  # an empty circuit at tiny budgets: show why
+                print(f"{type(error).__name__}: {error}")
+
+    dropdown.observe(redraw, names="value")
+    slider.observe(redraw, names="value")
+    redraw()
+    return widgets.VBox([widgets.HBox([dropdown, slider]), out])
+
+
+def plot_faithfulness_curves(curves: dict[str, Sequence[Any]], total_edges: int, metric: str = "hit@10") -> go.Figure:
+    """Circuit ``metric`` against the number of edges (log x), with random-circuit baselines dashed."""
+    fig = go.Figure()
+    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+    for i, (name, points) in enumerate(curves.items()):
+        colour = palette[i % len(palette)]
+        xs = [p.n_edges for p in points]
+        fig.add_trace(go.Scatter(x=xs, y=[p.metrics[metric] for p in points], mode="lines+markers", name=name, line=dict(color=colour)))
+        if points and points[0].random_mean:
+            fig.add_trace(go.Scatter(
+                x=xs, y=[p.random_mean[metric] for p in points], mode="lines", name=f"{name} (random)",
+                line=dict(color=colour, dash="dot"), error_y=dict(array=[p.random_std[metric] for p in points], visible=True),
+            ))
+    fig.update_layout(
+        xaxis=dict(type="log", title=f"edges kept (of {total_edges})"), yaxis=dict(title=f"Dval {metric}"),
+        template="plotly_white", height=450, title=f"faithfulness curve: circuit vs random circuits ({metric})",
+    )
+    return fig
+
+
+def plot_overlap(overlap: pd.DataFrame, title: str = "node overlap between relations' circuits (Jaccard)") -> go.Figure:
+    """Heatmap of a square overlap table."""
+    fig = go.Figure(go.Heatmap(z=overlap.values, x=list(overlap.columns), y=list(overlap.index), colorscale="Blues", zmin=0, zmax=1,
+                               text=np.round(overlap.values, 2), texttemplate="%{text}"))
+    fig.update_layout(title=title, height=150 + 40 * len(overlap), template="plotly_white")
+    return fig

@@ -1,0 +1,84 @@
+"""Circuit-finding datasets (known facts, corrupt twins, splits) and the Table-1 pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kc_utils.batch import PromptError
+from kc_utils.circuits import edge_budget, find_relation_circuit, node_overlap, shared_nodes, table1
+from kc_utils.data import Relation, Sample
+from kc_utils.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
+from kc_utils.graph import CircuitError, Graph
+from kc_utils.metrics import rank
+from kc_utils.models import tokenize
+
+CAPITALS = Relation(
+    name="tiny capital", prompt_templates=("the capital of {} is",), prompt_templates_zs=(), relation_type="factual",
+    domain_name="country", range_name="city", symmetric=False,
+    samples=(
+        Sample("France", "Paris"), Sample("Spain", "Madrid"), Sample("Japan", "Tokyo"), Sample("Peru", "Lima"),
+        Sample("Italy", "Rome"), Sample("Chile", "Santiago"), Sample("Kenya", "Nairobi"),
+        Sample("New Zealand", "Wellington"), Sample("South Korea", "Seoul"),
+    ),
+)
+
+
+def test_corrupt_twins_have_equal_length_and_another_answer(tiny_gpt2):
+    facts = pair_corrupt(tiny_gpt2, CAPITALS.prompt_templates[0], CAPITALS.samples, CAPITALS.samples, seed=0)
+    for f in facts:
+        assert f.corrupt_subject != f.subject and f.corrupt_object != f.object
+        assert len(tokenize(tiny_gpt2, [f.prompt])[0]) == len(tokenize(tiny_gpt2, [f.corrupt_prompt])[0])
+    assert pair_corrupt(tiny_gpt2, CAPITALS.prompt_templates[0], CAPITALS.samples, CAPITALS.samples, seed=0) == facts
+
+
+def test_fact_without_same_length_twin_falls_back_to_mean(tiny_gpt2):
+    pool = [Sample("France", "Paris"), Sample("Spain", "Madrid"), Sample("New Zealand", "Wellington")]
+    facts = pair_corrupt(tiny_gpt2, "the capital of {} is", pool, pool, seed=0)
+    lonely = [f for f in facts if f.subject == "New Zealand"][0]
+    assert lonely.corrupt_prompt is None and lonely.corrupt_object in ("Paris", "Madrid")
+    batch = facts_to_batch(tiny_gpt2, facts)
+    assert batch.mean_fallback.tolist() == [f.corrupt_prompt is None for f in facts]
+
+
+def test_dataset_split_is_seeded_and_disjoint(tiny_gpt2):
+    a = build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=3, n_test=3, top_k=1000, seed=1)
+    b = build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=3, n_test=3, top_k=1000, seed=1)
+    assert a.val == b.val and a.test == b.test
+    assert not {f.subject for f in a.val} & {f.subject for f in a.test}
+    assert a.n_candidates == len(CAPITALS.samples) and len(a.known) == len(CAPITALS.samples)
+
+
+def test_known_fact_filter_can_reject_everything(tiny_gpt2):
+    with pytest.raises(PromptError, match="known to the model"):
+        build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=3, n_test=3, top_k=0)
+
+
+def test_edge_budget():
+    graph = Graph.from_json({"format": "kc_utils.graph/1", "shape": {"n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "d_model": 8, "parallel_attn_mlp": False}, "edges": {}})
+    assert edge_budget(0.1, graph) == round(0.1 * graph.n_edges)
+    assert edge_budget(7, graph) == 7
+    with pytest.raises(CircuitError, match="only"):
+        edge_budget(graph.n_edges + 1, graph)
+    with pytest.raises(CircuitError, match="positive int"):
+        edge_budget(0, graph)
+
+
+def test_find_relation_circuit_end_to_end(tiny_gpt2, tmp_path):
+    dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=4, n_test=4, top_k=1000, seed=0)
+    result = find_relation_circuit(tiny_gpt2, dataset, "factual", n_edges=30, n_random=2, curve_points=[10, 30])
+    assert result.n_edges <= 30 and result.graph.n_edges_in_graph == result.n_edges
+    assert set(result.metrics) == {"val", "test"} and set(result.metrics["val"]) == {"full", "circuit", "random"}
+    val = facts_to_batch(tiny_gpt2, dataset.val)
+    with torch.no_grad():
+        plain_hits = (rank(tiny_gpt2(val.clean), val) < 10).float().mean().item()
+    assert result.metrics["val"]["full"]["hit@10"] == pytest.approx(plain_hits)
+    assert len(result.curve) == 2
+    json_path, gv_path = result.save(tmp_path)
+    assert (Graph.from_json(json_path).in_graph == result.graph.in_graph).all()
+    assert gv_path.read_text().startswith("digraph")
+    table = table1([result, result])
+    assert list(table["relation"]) == ["tiny_capital", "tiny_capital", "average"]
+    overlap = node_overlap({"a": result.graph, "b": result.graph})
+    assert overlap.loc["a", "b"] == pytest.approx(1.0)
+    assert shared_nodes({"a": result.graph}).max() == 1
