@@ -24,7 +24,7 @@ score all edges at the end with one einsum per receiver hook — no Python loop 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Sequence
 
 import torch
 from jaxtyping import Float
@@ -35,7 +35,7 @@ from kc_utils import models
 from kc_utils.batch import PromptBatch
 from kc_utils.graph import Graph
 from kc_utils.metrics import Metric, get_metric
-from kc_utils.patching import Ablation, ablated_outputs, collect_outputs, run_masked
+from kc_utils.patching import Ablation, ablated_outputs, run_masked, upstream_hooks
 
 Method = Literal["eap", "eap-ig", "exact"]
 METHODS = ("eap", "eap-ig", "exact")
@@ -69,21 +69,31 @@ def receiver_gradients(
     model: Any,
     graph: Graph,
     tokens: Tensor,
-    inputs: list[Tensor],
+    alphas: Sequence[float],
+    ablated_input: Tensor | None,
     objective: Any,
-) -> dict[tuple[int, str], Tensor]:
-    """Sum over ``inputs`` of ∂objective/∂(each receiver's input).
+) -> tuple[dict[tuple[int, str], Tensor], Float[Tensor, "up b p d"]]:
+    """Sum over ``alphas`` of ∂objective/∂(each receiver's input), and the clean node outputs.
+
+    The input embedding of the pass for ``α`` is ``ablated_input + α·(clean_input − ablated_input)``.
+    The ``α = 1`` pass (the clean run, which must be among ``alphas``) runs first and also records
+    every upstream node's clean output, so no separate clean forward pass is needed.
 
     Args:
-        tokens: ``[b, p]`` token ids (they fix everything but the input embedding).
-        inputs: input-node outputs ``[b, p, d]`` to substitute at ``blocks.0.hook_in``, one
-            forward/backward pass each.
+        tokens: ``[b, p]`` clean token ids (they fix everything but the input embedding).
+        alphas: interpolation points, e.g. ``[1.0]`` for EAP or ``[k/m for k in 1..m]`` for EAP-IG.
+        ablated_input: ``[b, p, d]`` the input node's ablated output (needed when any ``α ≠ 1``).
         objective: ``logits → scalar`` to differentiate.
 
     Returns:
-        ``{(layer, "q"|"k"|"v"): [b, p, heads, d], (layer, "mlp"): [b, p, d], (-1, "logits"): [b, p, d]}``.
+        ``(grads, clean)``: ``grads`` maps ``(layer, "q"|"k"|"v")`` to ``[b, p, heads, d]``,
+        ``(layer, "mlp")`` and ``(-1, "logits")`` to ``[b, p, d]``; ``clean`` is ``[up, b, p, d]``.
     """
+    if 1.0 not in alphas:
+        raise ValueError("alphas must include 1.0 (the clean run)")
     grads: dict[tuple[int, str], Tensor] = {}
+    b, p = tokens.shape
+    clean = torch.zeros(graph.n_upstream, b, p, graph.shape.d_model, device=tokens.device, dtype=models.model_dtype(model))
 
     def capture(key: tuple[int, str]):
         def store(grad: Tensor) -> None:
@@ -100,15 +110,26 @@ def receiver_gradients(
 
         return hook
 
+    def record(s: slice, z: Tensor) -> None:
+        clean[s] = z.detach()
+
     capture_hooks = [(name, capture(key)) for name, key in _receiver_keys(graph)]
+    ordered = [1.0] + [a for a in alphas if a != 1.0] + [1.0] * (list(alphas).count(1.0) - 1)
     with frozen_parameters(model):
-        for embedding in inputs:
-            leaf = embedding.detach().clone().requires_grad_(True)
-            hooks = [(models.INPUT_HOOK, lambda act, hook, leaf=leaf: leaf)] + capture_hooks
+        for i, alpha in enumerate(ordered):
+            if i == 0:
+                hooks = [(models.INPUT_HOOK, lambda act, hook: act.detach().clone().requires_grad_(True))]
+                hooks += upstream_hooks(graph, record)[1:] + [(models.INPUT_HOOK, lambda act, hook: record(slice(0, 1), act[None]))]
+            else:
+                if ablated_input is None:
+                    raise ValueError("ablated_input is needed for interpolation steps α ≠ 1")
+                embedding = ablated_input + alpha * (clean[0] - ablated_input)
+                leaf = embedding.detach().clone().requires_grad_(True)
+                hooks = [(models.INPUT_HOOK, lambda act, hook, leaf=leaf: leaf)]
             with torch.enable_grad():
-                logits = models.run_with_hooks(model, tokens, hooks)
+                logits = models.run_with_hooks(model, tokens, hooks + capture_hooks)
                 objective(logits).backward()
-    return grads
+    return grads, clean
 
 
 def scores_from_gradients(
@@ -143,13 +164,11 @@ def _eap_scores(
     mean_reference: PromptBatch | None,
     n_total: int,
 ) -> Tensor:
-    clean = collect_outputs(model, graph, batch.clean)
     ablated = ablated_outputs(model, graph, batch, ablation, mean_reference)
-    delta = clean - ablated
-    start, end = ablated[0], clean[0]
-    inputs = [start + (k / ig_steps) * (end - start) for k in range(1, ig_steps + 1)]
-    grads = receiver_gradients(model, graph, batch.clean, inputs, lambda logits: metric(logits, batch).sum() / n_total)
-    return scores_from_gradients(graph, delta, grads) / ig_steps
+    alphas = [k / ig_steps for k in range(1, ig_steps + 1)]
+    objective = lambda logits: metric(logits, batch).sum() / n_total  # noqa: E731
+    grads, clean = receiver_gradients(model, graph, batch.clean, alphas, ablated[0], objective)
+    return scores_from_gradients(graph, clean - ablated, grads) / ig_steps
 
 
 def _exact_scores(

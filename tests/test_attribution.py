@@ -186,3 +186,24 @@ def test_eap_with_other_ablations_equals_mask_gradient(tiny_gpt2, country_batch_
     for e, g in zip(edges, torch.autograd.grad(value, [alphas[e] for e in edges])):
         expected[e] = g
     torch.testing.assert_close(graph.scores, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bfloat16_models_patch_and_attribute(tmp_path, arch, country_batch_args):
+    """Weights in bfloat16: the full circuit still equals the model, and EAP-IG agrees with float32."""
+    from conftest import save_tiny_model
+    from kc_utils.models import load_model
+
+    folder = save_tiny_model(tmp_path / arch, arch)
+    scores = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = load_model(str(folder), device="cpu", dtype=dtype)
+        assert next(model.parameters()).dtype == dtype
+        batch = make_batch(model, *country_batch_args)
+        graph = Graph.from_model(model)
+        with torch.no_grad():
+            plain = model(batch.clean)
+        assert torch.equal(circuit_logits(model, graph, batch), plain)
+        scores[dtype] = attribute(model, graph, batch, method="eap-ig", progress=False).scores[graph.real_edges]
+    agreement = torch.corrcoef(torch.stack([scores[torch.float32], scores[torch.bfloat16]]))[0, 1]
+    assert agreement > 0.98
