@@ -6,6 +6,7 @@ files stay small) and as PNG when the optional ``kaleido`` package can render on
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,13 +107,32 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
     return fig
 
 
+def show_in_output(out: Any, content: go.Figure | str) -> None:
+    """Replace an ``ipywidgets.Output``'s content with a figure (or a line of text).
+
+    Sets the widget's ``outputs`` directly instead of capturing ``display`` inside ``with out:``:
+    capture goes through the kernel's output hooks, which headless runners (papermill/nbclient)
+    intermittently stall on (jupyter/nbclient#312); setting the state is a plain widget update.
+    The bundle holds plotly's JSON mimetype (what JupyterLab renders) plus whatever the active
+    plotly renderer adds, as a plain ``display`` would.
+    """
+    if isinstance(content, str):
+        out.outputs = ({"output_type": "stream", "name": "stdout", "text": content + "\n"},)
+        return
+    bundle = {
+        "text/plain": f"<plotly figure: {content.layout.title.text or ''}>",
+        "application/vnd.plotly.v1+json": json.loads(content.to_json()),
+        **content._repr_mimebundle_(),
+    }
+    out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
+
+
 def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
     """ipywidgets: a relation dropdown and an edge-count slider that redraw the circuit live.
 
     ``graphs`` hold scored graphs (``graph.scores`` set); the slider re-selects the top ``n``.
     """
     import ipywidgets as widgets
-    from IPython.display import display
 
     first = next(iter(graphs.values()))
     dropdown = widgets.Dropdown(options=list(graphs), description="relation")
@@ -121,13 +141,12 @@ def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
 
     def redraw(*_: Any) -> None:
         graph = graphs[dropdown.value].copy()
-        with out:
-            out.clear_output(wait=True)
-            try:
-                graph.top_n(slider.value)
-                display(plot_circuit(graph, title=f"{dropdown.value}: top {slider.value} edges → {graph.n_edges_in_graph} after pruning"))
-            except Exception as error:  # an empty circuit at tiny budgets: show why
-                print(f"{type(error).__name__}: {error}")
+        try:
+            graph.top_n(slider.value)
+        except Exception as error:  # an empty circuit at tiny budgets: say why
+            show_in_output(out, f"{type(error).__name__}: {error}")
+            return
+        show_in_output(out, plot_circuit(graph, title=f"{dropdown.value}: top {slider.value} edges → {graph.n_edges_in_graph} after pruning"))
 
     dropdown.observe(redraw, names="value")
     slider.observe(redraw, names="value")

@@ -208,3 +208,44 @@ def test_attention_patterns_bad_prompt_index(tiny_gpt2, country_batch_args):
     batch = make_batch(tiny_gpt2, *country_batch_args)
     with pytest.raises(ValueError, match="prompt_index 4 out of range"):
         heads.attention_patterns(tiny_gpt2, batch, 4, ["a0.h0"])
+
+
+# ----------------------------------------------------------------------------- figures of notebook 02
+def test_head_figures_build_from_the_tables(tiny_gpt2, country_batch_args):
+    from kc_utils import plotting_heads
+
+    batch = make_batch(tiny_gpt2, *country_batch_args)
+    table = lens.logit_lens(tiny_gpt2, batch, SUBJECTS)
+    fig = plotting_heads.plot_logit_lens(table, 1)
+    assert [t.name for t in fig.data] == ["last position", "last position", "best subject position", "best subject position"]
+    with pytest.raises(ValueError, match="prompt_index 9 is not in the table"):
+        plotting_heads.plot_logit_lens(table, 9)
+    roles = heads.head_roles(tiny_gpt2, batch, SUBJECTS, ["a0.h0", "a1.h1"], subject_threshold=0.0, max_answer_rank=10**6)
+    assert len(plotting_heads.plot_head_roles(roles).data) == roles["role"].nunique()
+    pattern = heads.attention_patterns(tiny_gpt2, batch, 0, ["a0.h0"])["a0.h0"]
+    assert plotting_heads.plot_attention(pattern).data[0].z.shape == pattern.shape
+    counts = pd.crosstab(roles["layer"], roles["role"])
+    assert len(plotting_heads.plot_role_counts(counts).data) == counts.shape[1]
+    effects = ablation.head_ablation_effects(tiny_gpt2, batch, ["a0.h0", "a1.h1"], "zero", k=3, object_tokens=set(batch.answer.tolist()), progress=False)
+    by_role = ablation.ablation_by_role(effects, roles).assign(relation="r")
+    assert len(plotting_heads.plot_ablation_by_role(by_role, k=3).data) == 2 * by_role["role"].nunique() + 1
+
+
+def test_explorers_redraw_on_selection(tiny_gpt2, country_batch_args, monkeypatch):
+    import plotly.io as pio
+
+    from kc_utils import plotting_heads
+
+    monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
+    batch = make_batch(tiny_gpt2, *country_batch_args)
+    box = plotting_heads.logit_lens_explorer(lens.logit_lens(tiny_gpt2, batch, SUBJECTS), initial=1)
+    dropdown, out = box.children
+    title = lambda: out.outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"]  # noqa: E731
+    assert "New Zealand" in title()
+    dropdown.value = 2
+    assert "Japan" in title() and len(out.outputs) == 1
+    patterns = heads.attention_patterns(tiny_gpt2, batch, 0, ["a0.h0", "a1.h1"])
+    dropdown, out = plotting_heads.attention_explorer(patterns, prompt=batch.prompts[0]).children
+    assert title().startswith("a0.h0")
+    dropdown.value = "a1.h1"
+    assert title().startswith("a1.h1")
