@@ -1,7 +1,8 @@
 """Plotly figures for circuits, curves and overlaps; saving to ``figures/``.
 
-Figures are interactive in Jupyter and saved as standalone HTML (plotly.js from its CDN, so
-files stay small) and as PNG when the optional ``kaleido`` package can render one.
+Figures are interactive in Jupyter and saved as HTML that works offline (one shared
+``plotly.min.js`` beside them, so each file stays small) and as PNG when the optional ``kaleido``
+package can render one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def save_figure(fig: go.Figure, name: str, folder: str | Path | None = None, png
     folder = Path(folder) if folder is not None else figures_dir()
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / f"{name}.html"
-    fig.write_html(html, include_plotlyjs="cdn", full_html=True)
+    fig.write_html(html, include_plotlyjs="directory", full_html=True)
     written = [html]
     if png:
         try:
