@@ -135,22 +135,31 @@ def receiver_gradients(
 def scores_from_gradients(
     graph: Graph, delta: Float[Tensor, "up b p d"], grads: dict[tuple[int, str], Tensor]
 ) -> Float[Tensor, "up rx"]:
-    """``S[u, v] = Σ_{b,p,d} delta[u] · grad[v]`` for every real edge, one einsum per hook."""
-    scores = torch.zeros(graph.n_upstream, graph.n_receivers, device=delta.device, dtype=torch.float32)
-    delta = delta.float()
+    """``S[u, v] = Σ_{b,p,d} delta[u] · grad[v]`` for every real edge.
+
+    One matrix product per layer: the layer's q, k, v gradients and its MLP gradient are stacked
+    as columns of ``[b·p·d, receivers]`` and multiplied by the flattened deltas of the upstream
+    nodes the MLP sees (attention receivers see a prefix of those; the extra rows are masked by
+    ``real_edges``).
+    """
+    up = graph.n_upstream
+    flat = delta.float().reshape(up, -1)
+    scores = torch.zeros(up, graph.n_receivers, device=delta.device, dtype=torch.float32)
     for layer in range(graph.shape.n_layers):
-        visible = graph.n_upstream_before_attention(layer)
+        columns = []
         for letter in ("q", "k", "v"):
             g = grads.get((layer, letter))
-            if g is not None:
-                scores[:visible, graph.receiver_slice(layer, letter)] = torch.einsum("ubpd,bphd->uh", delta[:visible], g.float())
+            n = graph.receiver_slice(layer, letter).stop - graph.receiver_slice(layer, letter).start
+            columns.append(g.float().permute(0, 1, 3, 2).reshape(-1, n) if g is not None else flat.new_zeros(flat.shape[1], n))
         g = grads.get((layer, "mlp"))
-        if g is not None:
-            visible = graph.n_upstream_before_mlp(layer)
-            scores[:visible, graph.receiver_slice(layer, "mlp")] = torch.einsum("ubpd,bpd->u", delta[:visible], g.float())[:, None]
+        columns.append(g.float().reshape(-1, 1) if g is not None else flat.new_zeros(flat.shape[1], 1))
+        visible = graph.n_upstream_before_mlp(layer)
+        start = graph.receiver_slice(layer, "q").start
+        block = torch.cat(columns, dim=1)
+        scores[:visible, start : start + block.shape[1]] = flat[:visible] @ block
     g = grads.get((-1, "logits"))
     if g is not None:
-        scores[:, graph.logits_receiver] = torch.einsum("ubpd,bpd->u", delta, g.float())
+        scores[:, graph.logits_receiver] = flat @ g.float().reshape(-1)
     return scores * graph.real_edges.to(scores.device)
 
 

@@ -7,7 +7,8 @@ or a mean). Since the residual stream already holds ``Σ_u z_u``, each receiver 
 
     Σ_u (1 − keep[u, v]) · (z_u − ẑ_u)
 
-with one einsum per hook over a buffer ``delta[u] = z_u − ẑ_u`` filled as the forward pass goes.
+with one matrix product per hook over a buffer ``delta[u] = z_u − ẑ_u`` filled as the forward
+pass goes (for a 0/1 mask: a running sum minus the few kept rows, see :class:`_MaskedRun`).
 ``keep`` may be a float tensor that requires grad: that gives the mask-gradient view of EAP.
 """
 
@@ -96,42 +97,91 @@ def _token_mean(outputs: Float[Tensor, "up b p d"], real: Tensor) -> Float[Tenso
     return torch.einsum("ubpd,bp->ud", outputs, mask) / mask.sum()
 
 
-def receiver_hooks(graph: Graph, delta: Tensor, drop: Tensor) -> list[tuple[str, Any]]:
-    """Forward hooks that subtract ``Σ_u drop[u, v]·delta[u]`` from each receiver's input.
+class _MaskedRun:
+    """State of one masked forward pass: the ``delta`` buffer and the receiver corrections.
 
-    Args:
-        delta: ``[up, b, p, d]`` buffer of ``z_u − ẑ_u``, filled by the upstream hooks.
-        drop: ``[up, rx]`` weight of each edge's ablation (``1 − keep``).
+    Two ways to form ``Σ_u drop[u, v]·delta[u]`` at a receiver:
+
+    * dense — one matrix product over every visible upstream node (used when ``keep`` is a float
+      mask, e.g. one that requires grad);
+    * sparse — for a 0/1 mask, ``Σ_{u visible} delta[u] − Σ_{u kept} delta[u]``: a running sum
+      of the deltas written so far, minus the few rows with a kept edge. A circuit keeps a tiny
+      fraction of the edges, so this touches a few rows instead of every upstream node.
     """
 
-    def correction(visible: int, rx: slice, per_head: bool):
-        weights = drop[:visible, rx]
-        if not bool(weights.detach().any()) and not weights.requires_grad:
-            return None
+    def __init__(self, graph: Graph, ablated: Tensor, keep: Tensor):
+        self.graph = graph
+        self.ablated = ablated
+        real = graph.real_edges.to(ablated.device)
+        keep = keep.to(ablated.device)
+        binary = not keep.dtype.is_floating_point or bool(((keep == 0) | (keep == 1)).all())
+        self.dense = keep.requires_grad or not binary
+        self.drop = (1 - keep.to(ablated.dtype)) * real.to(ablated.dtype) if self.dense else None
+        self.keep = None if self.dense else keep.bool() & real
+        self.delta = torch.zeros_like(ablated)
+        self.running = torch.zeros_like(ablated[0])
+        self.written = 0
 
-        def hook(act: Tensor, hook: Any) -> Tensor:
-            d = delta[:visible].to(act.dtype)
-            w = weights.to(act.dtype)
-            if per_head:
-                return act - torch.einsum("ubpd,uh->bphd", d, w)
-            return act - torch.einsum("ubpd,u->bpd", d, w[:, 0])
+    def write(self, s: slice, z: Tensor) -> None:
+        update = z - self.ablated[s]
+        if update.requires_grad or self.delta.requires_grad:
+            # out of place, so autograd can follow z through the buffer (mask gradients)
+            self.delta = torch.cat([self.delta[: s.start], update, self.delta[s.stop :]], dim=0)
+        else:
+            self.delta[s] = update
+            if not self.dense:
+                self.running += update.sum(0)
+        self.written = max(self.written, s.stop)
 
-        return hook
+    def needs_hook(self, visible: int, rx: slice) -> bool:
+        if self.dense:
+            weights = self.drop[:visible, rx]
+            return weights.requires_grad or bool(weights.any())
+        return not bool(self.keep[:visible, rx].all())
 
-    hooks: list[tuple[str, Any]] = []
-    for layer in range(graph.shape.n_layers):
-        visible = graph.n_upstream_before_attention(layer)
-        for letter in ("q", "k", "v"):
-            fn = correction(visible, graph.receiver_slice(layer, letter), per_head=True)
-            if fn is not None:
-                hooks.append((models.qkv_input_hook(layer, letter), fn))
-        fn = correction(graph.n_upstream_before_mlp(layer), graph.receiver_slice(layer, "mlp"), per_head=False)
-        if fn is not None:
-            hooks.append((models.mlp_in_hook(layer), fn))
-    fn = correction(graph.n_upstream, slice(graph.logits_receiver, graph.logits_receiver + 1), per_head=False)
-    if fn is not None:
-        hooks.append((models.LOGITS_INPUT_HOOK, fn))
-    return hooks
+    def correction(self, visible: int, rx: slice) -> Float[Tensor, "rx b p d"]:
+        """``Σ_u drop[u, v]·delta[u]`` for each receiver ``v`` in ``rx``."""
+        if self.written < visible:
+            raise RuntimeError("a receiver ran before all of its upstream nodes: hook order is not causal")
+        n_rx = rx.stop - rx.start
+        shape = (n_rx, *self.delta.shape[1:])
+        if self.dense:
+            weights = self.drop[:visible, rx]
+            flat = self.delta[:visible].reshape(visible, -1)
+            return (weights.T.to(flat.dtype) @ flat).reshape(shape)
+        total = self.running
+        if self.written > visible:  # nodes written after this receiver's visible prefix
+            total = total - self.delta[visible : self.written].sum(0)
+        kept = self.keep[:visible, rx]
+        rows = kept.any(1).nonzero().flatten()
+        if len(rows) == 0:
+            return total.expand(shape)
+        kept_part = kept[rows].T.to(self.delta.dtype) @ self.delta[rows].reshape(len(rows), -1)
+        return total[None] - kept_part.reshape(shape)
+
+    def hooks(self) -> list[tuple[str, Any]]:
+        graph = self.graph
+        hooks = upstream_hooks(graph, self.write)
+
+        def per_head(visible: int, rx: slice):
+            return lambda act, hook: act - self.correction(visible, rx).permute(1, 2, 0, 3).to(act.dtype)
+
+        def single(visible: int, rx: slice):
+            return lambda act, hook: act - self.correction(visible, rx)[0].to(act.dtype)
+
+        for layer in range(graph.shape.n_layers):
+            visible = graph.n_upstream_before_attention(layer)
+            for letter in ("q", "k", "v"):
+                rx = graph.receiver_slice(layer, letter)
+                if self.needs_hook(visible, rx):
+                    hooks.append((models.qkv_input_hook(layer, letter), per_head(visible, rx)))
+            visible, rx = graph.n_upstream_before_mlp(layer), graph.receiver_slice(layer, "mlp")
+            if self.needs_hook(visible, rx):
+                hooks.append((models.mlp_in_hook(layer), single(visible, rx)))
+        rx = slice(graph.logits_receiver, graph.logits_receiver + 1)
+        if self.needs_hook(graph.n_upstream, rx):
+            hooks.append((models.LOGITS_INPUT_HOOK, single(graph.n_upstream, rx)))
+        return hooks
 
 
 def run_masked(
@@ -149,28 +199,4 @@ def run_masked(
         keep: ``[up, rx]`` bool or float mask (float with ``requires_grad`` for mask gradients);
             entries outside ``graph.real_edges`` are ignored.
     """
-    keep = keep.to(tokens.device)
-    real = graph.real_edges.to(tokens.device)
-    drop = (1 - keep.to(ablated.dtype)) * real.to(ablated.dtype)
-    delta = torch.zeros_like(ablated)
-    if delta.requires_grad:  # pragma: no cover - ablated values are always detached
-        delta = delta.detach()
-    buffers: dict[str, Tensor] = {"delta": delta}
-
-    def write(s: slice, z: Tensor) -> None:
-        # out-of-place so autograd can track z through the buffer when gradients are needed
-        current = buffers["delta"]
-        update = z - ablated[s]
-        if update.requires_grad or current.requires_grad:
-            buffers["delta"] = torch.cat([current[: s.start], update, current[s.stop :]], dim=0)
-        else:
-            current[s] = update
-
-    class _Lazy:
-        """Receivers must read the buffer as it is when they run, not when hooks are built."""
-
-        def __getitem__(self, item: Any) -> Tensor:
-            return buffers["delta"][item]
-
-    hooks = upstream_hooks(graph, write) + receiver_hooks(graph, _Lazy(), drop)  # type: ignore[arg-type]
-    return models.run_with_hooks(model, tokens, hooks)
+    return models.run_with_hooks(model, tokens, _MaskedRun(graph, ablated.to(tokens.device), keep).hooks())

@@ -207,3 +207,20 @@ def test_bfloat16_models_patch_and_attribute(tmp_path, arch, country_batch_args)
         scores[dtype] = attribute(model, graph, batch, method="eap-ig", progress=False).scores[graph.real_edges]
     agreement = torch.corrcoef(torch.stack([scores[torch.float32], scores[torch.bfloat16]]))[0, 1]
     assert agreement > 0.98
+
+
+def test_fractional_masks_and_their_gradients(tiny_model, batch):
+    """The dense path: a float mask α mixes clean and ablated outputs; d m/dα at 1 is EAP."""
+    graph = Graph.from_model(tiny_model)
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    generator = torch.Generator().manual_seed(5)
+    alpha = torch.rand(graph.real_edges.shape, generator=generator) * graph.real_edges
+    with torch.no_grad():
+        expected = reference_run(tiny_model, graph, batch.clean, ablated, {e: float(alpha[e]) for e in all_edges(graph)})
+        got = run_masked(tiny_model, graph, batch.clean, ablated, alpha)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    ones = torch.ones(graph.real_edges.shape, requires_grad=True)
+    value = get_metric("logit_diff")(run_masked(tiny_model, graph, batch.clean, ablated, ones), batch).mean()
+    (grad,) = torch.autograd.grad(value, ones)
+    eap = attribute(tiny_model, graph, batch, method="eap", progress=False).scores
+    torch.testing.assert_close(grad * graph.real_edges, eap, atol=1e-5, rtol=1e-4)
