@@ -81,6 +81,15 @@ def test_training_decreases_loss() -> None:
     assert last < first - 0.5
 
 
+def test_training_is_deterministic() -> None:
+    cfg = TrainConfig(steps=8, batch_size=16, warmup=2, penalty_layers=1,
+                      model=ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=32),
+                      corpus=CorpusConfig(fewshot_per_relation=2, tag_per_fact=1))
+    a = train(cfg, relations=_tiny_relations(), log=None).model.state_dict()
+    b = train(cfg, relations=_tiny_relations(), log=None).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_corpus_is_deterministic() -> None:
     relations = _tiny_relations()
     split = make_split(relations, seed=3)
