@@ -97,13 +97,19 @@ def receiver_gradients(
 
     def capture(key: tuple[int, str]):
         def store(grad: Tensor) -> None:
-            grad = grad.detach()
-            grads[key] = grads[key] + grad if key in grads else grad.clone()
+            if key in grads:
+                grads[key].add_(grad.detach())
+            else:
+                grads[key] = grad.detach().clone()
+
+        # hook_mlp_in hands on the very tensor that also carries the residual stream onwards:
+        # a fresh copy makes only the MLP's own branch count. The per-head q/k/v inputs are
+        # fresh per-head tensors already.
+        fresh_copy = key[1] in ("mlp", "logits")
 
         def hook(act: Tensor, hook: Any) -> Tensor:
-            # A fresh tensor: the same object may also carry the residual stream onwards
-            # (hook_mlp_in does), and only the receiver's own branch may count.
-            act = act.clone()
+            if fresh_copy:
+                act = act.clone()
             if act.requires_grad:
                 act.register_hook(store)
             return act
