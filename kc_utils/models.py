@@ -150,11 +150,6 @@ def attn_pattern_hook(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
-def mlp_post_hook(layer: int) -> str:
-    """MLP hidden activations (after the non-linearity) of ``layer``: ``[b, p, d_mlp]``."""
-    return f"blocks.{layer}.mlp.hook_post"
-
-
 def final_norm_scale_hook() -> str:
     """Divisor of the final norm (LayerNorm std or RMS, eps included): ``[b, p, 1]``.
 
@@ -207,12 +202,6 @@ def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
     return model.unembed(model.ln_final(resid))
 
 
-def weight_of(model: Any, name: str) -> torch.Tensor:
-    """A named TransformerLens-convention weight, e.g. ``"W_U"``, ``"W_O"`` (``[layer, ...]``)."""
-    return getattr(model, name)
-
-
-# ----------------------------------------------------------------------------- tokens
 def tokenize(model: Any, texts: Sequence[str], prepend_bos: bool = True) -> list[list[int]]:
     """Token ids of each text, BOS prepended when the model uses one; no padding."""
     tokenizer = model.tokenizer
