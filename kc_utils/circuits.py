@@ -15,7 +15,15 @@ import numpy as np
 import pandas as pd
 
 from kc_utils.attribute import attribute
-from kc_utils.evaluate import CurvePoint, evaluate_masks, faithfulness, faithfulness_curve, random_circuit
+from kc_utils.evaluate import (
+    CurvePoint,
+    evaluate_masks,
+    faithfulness_curve,
+    full_and_empty,
+    mean_and_std,
+    normalised_faithfulness,
+    random_circuit,
+)
 from kc_utils.facts import CircuitDataset, facts_to_batch
 from kc_utils.graph import CircuitError, Graph
 from kc_utils.patching import Ablation
@@ -101,22 +109,20 @@ def find_relation_circuit(
     budget = edge_budget(n_edges, graph)
     circuit = graph.copy().top_n(budget)
     randoms = [random_circuit(graph, circuit.n_edges_in_graph, seed=seed + i) for i in range(n_random)]
-    full = graph.copy()
-    full.in_graph = graph.real_edges.clone()
+    full, empty = full_and_empty(graph)
+    masks = [full, circuit.in_graph, empty] + [r.in_graph for r in randoms]
+    scored = list(dict.fromkeys([*metrics, metric]))
     results: dict[str, dict[str, dict[str, float]]] = {}
     random_std: dict[str, dict[str, float]] = {}
-    masks = [full.in_graph, circuit.in_graph] + [r.in_graph for r in randoms]
+    faithfulness_val = float("nan")
     for split, batch in (("val", val), ("test", test)):
         if batch is None:
             continue
-        values = evaluate_masks(model, graph, batch, masks, metrics, ablation, batch_size=batch_size)
-        rand = values[2:]
-        results[split] = {
-            "full": values[0],
-            "circuit": values[1],
-            "random": {k: float(np.mean([r[k] for r in rand])) for k in rand[0]} if rand else {},
-        }
-        random_std[split] = {k: float(np.std([r[k] for r in rand])) for k in rand[0]} if rand else {}
+        whole, kept, none, *rand = evaluate_masks(model, graph, batch, masks, scored, ablation, batch_size=batch_size)
+        random_mean, random_std[split] = mean_and_std(rand)
+        results[split] = {"full": whole, "circuit": kept, "random": random_mean}
+        if split == "val":
+            faithfulness_val = normalised_faithfulness(kept[metric], whole[metric], none[metric], metric)
     curve = []
     if curve_points:
         counts = sorted({edge_budget(n, graph) for n in curve_points})
@@ -128,7 +134,7 @@ def find_relation_circuit(
         graph=circuit,
         metrics=results,
         random_std=random_std,
-        faithfulness_val=faithfulness(model, circuit, val, metric=metric, ablation=ablation, batch_size=batch_size),
+        faithfulness_val=faithfulness_val,
         curve=curve,
     )
 

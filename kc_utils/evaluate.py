@@ -105,12 +105,32 @@ def faithfulness(
     full, empty = full_and_empty(graph)
     values = evaluate_masks(model, graph, batch, [graph.in_graph, full, empty], [metric], ablation, mean_reference, batch_size)
     circuit, whole, none = (v[name] for v in values)
+    return normalised_faithfulness(circuit, whole, none, name)
+
+
+def normalised_faithfulness(circuit: float, whole: float, none: float, name: str = "metric") -> float:
+    """``(circuit − none) / (whole − none)`` from the metric of the circuit, full model and empty circuit.
+
+    Raises:
+        CircuitError: when the full model and the empty circuit score the same.
+    """
     if abs(whole - none) < 1e-12:
         raise CircuitError(
             f"the full model and the empty circuit score the same {name} ({whole:.4g}); faithfulness is "
             "undefined — use corrupted prompts whose answer differs, or another metric"
         )
     return (circuit - none) / (whole - none)
+
+
+def mean_and_std(values: Sequence[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-metric mean and standard deviation over several evaluations (empty dicts for none)."""
+    if not values:
+        return {}, {}
+    keys = values[0]
+    return (
+        {k: float(np.mean([v[k] for v in values])) for k in keys},
+        {k: float(np.std([v[k] for v in values])) for k in keys},
+    )
 
 
 def random_circuit(graph: Graph, n_edges: int, seed: int = 0) -> Graph:
@@ -179,13 +199,6 @@ def faithfulness_curve(
     values = evaluate_masks(model, graph, batch, masks, metrics, ablation, batch_size=batch_size)
     points = []
     for i, circuit in enumerate(circuits):
-        rand = values[len(circuits) + i * n_random : len(circuits) + (i + 1) * n_random]
-        points.append(
-            CurvePoint(
-                n_edges=circuit.n_edges_in_graph,
-                metrics=values[i],
-                random_mean={k: float(np.mean([r[k] for r in rand])) for k in values[i]} if rand else {},
-                random_std={k: float(np.std([r[k] for r in rand])) for k in values[i]} if rand else {},
-            )
-        )
+        random_mean, random_std = mean_and_std(values[len(circuits) + i * n_random : len(circuits) + (i + 1) * n_random])
+        points.append(CurvePoint(circuit.n_edges_in_graph, values[i], random_mean, random_std))
     return points
