@@ -13,6 +13,7 @@ from kc_utils.organism import WEIGHTS_DIR, load_organism, load_split
 from kc_utils.organism.corpus import CorpusConfig, build_corpus
 from kc_utils.organism.encoding import SegmentEncoder
 from kc_utils.organism.evaluate import fact_prompts, last_token_logits
+from kc_utils.organism.probes import probe_table
 from kc_utils.organism.recipe import SHIPPED_RECIPE
 from kc_utils.organism.split import make_split
 from kc_utils.organism.train import ModelConfig, TrainConfig, train
@@ -70,6 +71,43 @@ def test_shipped_weights_know_trained_facts(organism) -> None:
     top = last_token_logits(model, sample).argmax(-1)
     accuracy = (top == torch.tensor([p.answer_id for p in sample])).float().mean().item()
     assert accuracy >= 0.95
+
+
+def test_shipped_weights_recall_through_the_subject(organism) -> None:
+    """The three mechanism probes of the model card, on the shipped weights: recall completes after the first
+    block, needs the MLPs at the subject, and reads the subject with attention after layer 0."""
+    model, tokenizer, split = organism
+    _, summary = probe_table(model, tokenizer, split)
+    assert summary["clean_accuracy"] >= 0.95
+    assert summary["median_first_rank0_layer"] >= 1
+    assert summary["subject_mlps_zeroed_drop"] >= 0.30
+    assert summary["worst_attention_block_layer"] >= 1
+
+
+def test_switched_off_attention_stays_zero() -> None:
+    cfg = TrainConfig(steps=6, batch_size=16, warmup=2, attention_off_layers=1,
+                      model=ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=32),
+                      corpus=CorpusConfig(fewshot_per_relation=2, bio_per_subject=1))
+    model = train(cfg, relations=_tiny_relations(), log=None).model
+    assert all(torch.count_nonzero(p) == 0 for p in model.transformer.h[0].attn.parameters())
+    assert all(torch.count_nonzero(p) > 0 for p in model.transformer.h[1].attn.parameters())
+    ids = torch.arange(1, 9)[None]
+    captured = []
+    handle = model.transformer.h[0].attn.register_forward_hook(lambda m, i, o: captured.append(o[0]))
+    with torch.no_grad():
+        model(input_ids=ids)
+    handle.remove()
+    assert torch.count_nonzero(captured[0]) == 0
+
+
+def test_template_fraction_picks_a_fixed_subset() -> None:
+    split = make_split(_tiny_relations(), seed=0)
+    cfg = CorpusConfig(fewshot_per_relation=0, template_fraction=0.5)
+    subjects = [{d.segments[[s.role for s in d.segments].index("subject")].text
+                 for d in build_corpus(split, cfg, epoch=e) if d.kind == "fact" and d.relation == "capital"}
+                for e in (0, 1)]
+    assert subjects[0] == subjects[1]
+    assert len(subjects[0]) == round(0.5 * len(split.relations["capital"].trained))
 
 
 def test_training_decreases_loss() -> None:

@@ -23,6 +23,9 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
+from collections.abc import Sequence
+
+from kc_utils.data import Sample
 from kc_utils.organism.split import Split
 
 __all__ = ["CorpusConfig", "Document", "Segment", "build_corpus", "render"]
@@ -64,14 +67,22 @@ class CorpusConfig:
         fewshot_per_relation: few-shot documents per relation per epoch.
         fewshot_pairs: ``subject -> object`` pairs per few-shot document.
         bio_per_subject: bio documents per subject per epoch (0 disables them).
+        bio_exclude: relations whose objects bio documents leave out (e.g. the linguistic ones: spelling and
+            word forms are no knowledge about an entity, and an unlabelled list holding a word's first and last
+            letter is ambiguous).
         tag_per_fact: tag documents per trained fact per epoch (0 disables them).
+        template_fraction: fraction of each relation's trained facts that appear in ``fact`` documents (the
+            same facts every epoch); the others are taught only by ``bio`` and ``fewshot`` documents, so the
+            model can answer them in a template only by reading attributes stored at the subject.
     """
 
     seed: int = 0
     fewshot_per_relation: int = 60
     fewshot_pairs: int = 4
     bio_per_subject: int = 0
+    bio_exclude: tuple[str, ...] = ()
     tag_per_fact: int = 0
+    template_fraction: float = 1.0
 
 
 def render(template: str, subject: str, obj: str | None = None) -> tuple[Segment, ...]:
@@ -110,6 +121,15 @@ def tag_segments(key: str, subject: str, obj: str | None = None) -> tuple[Segmen
     return tuple(segments)
 
 
+def templated_facts(trained: Sequence[Sample], config: CorpusConfig, key: str) -> list[Sample]:
+    """The trained facts of relation ``key`` that appear in ``fact`` documents: a fixed random
+    ``template_fraction`` of them (all by default)."""
+    if config.template_fraction >= 1.0:
+        return list(trained)
+    n = round(config.template_fraction * len(trained))
+    return random.Random(f"{config.seed}-templated-{key}").sample(list(trained), n)
+
+
 def build_corpus(
     split: Split, config: CorpusConfig, epoch: int = 0, kinds: tuple[str, ...] | None = None
 ) -> list[Document]:
@@ -119,7 +139,7 @@ def build_corpus(
     docs: list[Document] = []
     for key in sorted(split.relations):
         rs = split.relations[key]
-        for sample in rs.trained:
+        for sample in templated_facts(rs.trained, config, key):
             for template in rs.train_templates:
                 docs.append(Document(render(template, sample.subject, sample.object), "fact", key))
         for sample in rs.trained * config.tag_per_fact:
@@ -131,6 +151,8 @@ def build_corpus(
     if config.bio_per_subject:
         attributes: dict[str, list[str]] = {}
         for key in sorted(split.relations):
+            if key in config.bio_exclude:
+                continue
             for sample in split.relations[key].trained:
                 attributes.setdefault(sample.subject, []).append(sample.object)
         for subject in sorted(attributes):

@@ -11,6 +11,9 @@ Three probes on prompts of trained facts, in plain torch with forward hooks on t
 3. **Attention knockout** (:func:`accuracy_with_attention_blocked`): forbid the last position to attend to the
    subject's positions in one layer. The layer where this hurts most is where the attribute is moved to the
    last token (mover heads).
+
+Beside them, :func:`answer_first_at_subject` reads the subject's own position with the logit lens: whether the
+attribute is already there (enrichment) or only looked up at the last token.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from kc_utils.organism.split import Split
 __all__ = [
     "accuracy_with_attention_blocked",
     "accuracy_with_subject_mlps_zeroed",
+    "answer_first_at_subject",
     "early_middle_layers",
     "first_rank0_layer",
     "probe_prompts",
     "probe_table",
+    "relation_candidates",
 ]
 
 
@@ -74,25 +79,63 @@ def _top1(model: PreTrainedModel, ids: torch.Tensor, last: torch.Tensor) -> torc
 
 
 @torch.no_grad()
+def _block_outputs(model: PreTrainedModel, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream after each block, ``n_layer`` tensors of shape ``(batch, pos, d_model)``."""
+    resid: list[torch.Tensor] = []
+    handles = [b.register_forward_hook(lambda m, i, o: resid.append(o if torch.is_tensor(o) else o[0]))
+               for b in model.transformer.h]
+    with _hooks(handles):
+        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return resid
+
+
+@torch.no_grad()
 def first_rank0_layer(model: PreTrainedModel, prompts: Sequence[FactPrompt]) -> torch.Tensor:
     """Per prompt, the first block (0-based) after which the logit lens ranks the answer first at the last
     position; ``n_layer`` when it never does."""
     model.eval()
     ids, last, _ = _batch(prompts, model.config.eos_token_id)
-    blocks = model.transformer.h
-    resid: list[torch.Tensor] = []
-    handles = [b.register_forward_hook(lambda m, i, o: resid.append(o if torch.is_tensor(o) else o[0]))
-               for b in blocks]
-    with _hooks(handles):
-        model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    resid = _block_outputs(model, ids)
     answers = torch.tensor([p.answer_id for p in prompts])
-    first = torch.full((len(prompts),), len(blocks))
+    first = torch.full((len(prompts),), len(resid))
     rows = torch.arange(len(prompts))
-    for layer in reversed(range(len(blocks))):
+    for layer in reversed(range(len(resid))):
         h = resid[layer][rows, last]
         top = model.lm_head(model.transformer.ln_f(h)).argmax(-1)
         first = torch.where(top == answers, torch.full_like(first, layer), first)
     return first
+
+
+def relation_candidates(split: Split, tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
+    """Per relation, the ids of the first tokens of all its objects (trained, held-out and excluded facts)."""
+    encoder = SegmentEncoder(tokenizer)
+    out = {}
+    for key, rs in split.relations.items():
+        objects = {s.object for s in (*rs.trained, *rs.held_out, *rs.excluded)}
+        out[key] = torch.tensor(sorted({encoder.tokens(o)[0] for o in objects}))
+    return out
+
+
+@torch.no_grad()
+def answer_first_at_subject(
+    model: PreTrainedModel, prompts: Sequence[FactPrompt], candidates: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Per block, the fraction of prompts where the logit lens at the subject's last position ranks the answer
+    first among the relation's possible objects (``candidates``, from :func:`relation_candidates`): how much
+    the subject's own representation already says about its attributes (Geva et al.'s attribute rate, restricted
+    to the relation's range). Shape ``(n_layer,)``."""
+    model.eval()
+    ids, _, _ = _batch(prompts, model.config.eos_token_id)
+    subject_last = torch.tensor([p.encoded.subject_spans[0][1] - 1 for p in prompts])
+    resid = _block_outputs(model, ids)
+    rows = torch.arange(len(prompts))
+    rates = []
+    for layer in range(len(resid)):
+        logits = model.lm_head(model.transformer.ln_f(resid[layer][rows, subject_last]))
+        hits = [candidates[p.relation][logits[i, candidates[p.relation]].argmax()] == p.answer_id
+                for i, p in enumerate(prompts)]
+        rates.append(torch.tensor(hits, dtype=torch.float).mean())
+    return torch.stack(rates)
 
 
 @torch.no_grad()
@@ -146,7 +189,8 @@ def probe_table(
     """Run the three probes on ``n`` trained facts.
 
     Returns:
-        A per-layer table (fraction of facts first at rank 0 after the layer; accuracy with the subject MLP of
+        A per-layer table (fraction of facts first at rank 0 after the layer; fraction whose answer the logit lens
+        ranks first among the relation's objects at the subject's last position; accuracy with the subject MLP of
         the layer zeroed; accuracy with the layer's last-to-subject attention blocked) and a summary: clean
         accuracy, median first-rank-0 layer, accuracy with the early/middle subject MLPs zeroed and the drop,
         and the layer whose attention knockout hurts most.
@@ -157,12 +201,14 @@ def probe_table(
     ids, last, _ = _batch(prompts, model.config.eos_token_id)
     clean = (_top1(model, ids, last) == torch.tensor([p.answer_id for p in prompts])).float().mean().item()
     first = first_rank0_layer(model, prompts)
+    at_subject = answer_first_at_subject(model, prompts, relation_candidates(split, tokenizer))
     n_layer = model.config.n_layer
     rows = []
     for layer in range(n_layer):
         rows.append({
             "layer": layer,
             "first_rank0": (first == layer).float().mean().item(),
+            "answer_first_at_subject": at_subject[layer].item(),
             "subject_mlp_zeroed": accuracy_with_subject_mlps_zeroed(model, prompts, [layer]),
             "attention_blocked": accuracy_with_attention_blocked(model, prompts, layer),
         })

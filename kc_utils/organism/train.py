@@ -3,14 +3,17 @@
 The model is a standard ``transformers`` ``GPT2LMHeadModel`` (LayerNorm, GELU, learned positions). Training
 is bit-reproducible on one machine: one CPU thread, deterministic algorithms, every random choice seeded.
 
-Optional training-time restriction (``penalty_layers`` = k > 0): in the first k layers, positions *after* a
-subject may not attend to the subject's tokens. With ``penalty_mode="mask"`` that attention is masked out
-during training (forward pre-hooks on the attention modules); with ``"penalty"`` its probability is added to
-the loss. Either way the checkpoint is a plain GPT-2 with ordinary causal attention at inference. The
-restriction removes the one-layer shortcut small models otherwise learn (a layer-0 head at the last token reads
-the subject, the layer-0 MLP there looks the fact up), so facts must be looked up at the subject's own position
-and moved to the last token by attention in layer k or later: subject enrichment followed by mover heads, as
-in GPT-2.
+The shipped recipe switches off the attention of block 0 (``attention_off_layers=1``: its weights are zero and
+frozen, so the checkpoint behaves the same at inference as in training). With ordinary attention every size and
+corpus we tried learned a one-layer shortcut: a layer-0 head at the last token reads the subject's token and the
+last token's MLPs look the fact up. Without attention in block 0, each position first passes through MLP 0 on
+its own (the subject's MLP 0 enriches the subject with its attributes when bio documents teach them), and the
+last token can read the subject only from block 1 on: subject enrichment followed by mover heads, as in GPT-2.
+
+Rejected alternatives (kept for the model card's comparison, ``penalty_layers`` = k > 0): in the first k layers,
+positions *after* a subject may not attend to the subject's tokens during training only, masked out
+(``penalty_mode="mask"``, forward pre-hooks) or penalised (``"penalty"``). These leave a gap between training and
+inference and learned slowly.
 """
 
 from __future__ import annotations
@@ -66,12 +69,18 @@ class TrainConfig:
         penalty_weight: weight of the penalty in the loss.
         mask_fraction: fraction of documents (drawn at random each step) the restriction applies to; the rest
             train with ordinary attention, so the model also works when early heads can see the subject.
-        tag_only_steps: curriculum: the first steps train on ``tag`` documents only, so the facts are first
-            looked up at the subject position, and movers then only have to copy them.
+        tag_only_steps: curriculum: the first steps train on ``first_kinds`` documents only (by default the
+            ``tag`` documents), so the facts are first looked up at the subject position, and movers then only
+            have to copy them.
+        first_kinds: the document kinds of the curriculum's first phase.
         length_bucket_batches: sort documents by length within windows of this many batches (1: no sorting).
         post_subject_mlp_dropout: fraction of documents whose MLP outputs at positions after a subject are zeroed
             in layers ``penalty_layers`` and up, so the last token cannot look facts up itself and must copy
             attributes from the subject (training only).
+        attention_off_layers: the first ``attention_off_layers`` blocks have their attention switched off: its
+            weights and biases are set to zero and never trained, so these blocks only apply their MLP to each
+            position on its own. The checkpoint is an ordinary GPT-2 whose early attention happens to output
+            zero, at inference exactly as in training.
         model: model size.
         corpus: corpus composition.
     """
@@ -88,8 +97,10 @@ class TrainConfig:
     penalty_weight: float = 1.0
     mask_fraction: float = 1.0
     tag_only_steps: int = 0
+    first_kinds: tuple[str, ...] = ("tag",)
     length_bucket_batches: int = 1
     post_subject_mlp_dropout: float = 0.0
+    attention_off_layers: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
 
@@ -153,6 +164,16 @@ def make_model(config: ModelConfig, vocab_size: int, bos_id: int) -> GPT2LMHeadM
     )
     gpt2._attn_implementation = "eager"
     return GPT2LMHeadModel(gpt2)
+
+
+def switch_off_attention(model: GPT2LMHeadModel, n_layers: int) -> None:
+    """Zero the attention weights and biases of the first ``n_layers`` blocks and freeze them: those blocks'
+    attention outputs exactly zero, so each position's residual stream after them depends on its own token
+    only."""
+    for block in model.transformer.h[:n_layers]:
+        for param in block.attn.parameters():
+            param.data.zero_()
+            param.requires_grad_(False)
 
 
 def _batch(items: Sequence[Encoded], pad_id: int, all_token_loss: bool) -> tuple[torch.Tensor, ...]:
@@ -247,9 +268,11 @@ def _train(
     encoder = SegmentEncoder(tokenizer)
     pad_id = tokenizer.bos_token_id
     model = make_model(cfg.model, len(tokenizer), pad_id)
+    switch_off_attention(model, cfg.attention_off_layers)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if p.dim() >= 2]
+    no_decay = [p for n, p in trainable if p.dim() < 2]
     optim = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
@@ -261,7 +284,7 @@ def _train(
         if step == cfg.tag_only_steps:
             batches = []  # end of the tag-only phase: start the full corpus
         if not batches:
-            kinds = ("tag",) if step < cfg.tag_only_steps else None
+            kinds = tuple(cfg.first_kinds) if step < cfg.tag_only_steps else None
             docs = [encoder.encode(d.segments) for d in build_corpus(split, cfg.corpus, epoch, kinds)]
             batches = _length_bucketed(docs, cfg.batch_size, random.Random(f"{cfg.seed}-batches-{epoch}"),
                                        cfg.length_bucket_batches)
