@@ -20,10 +20,9 @@ subject, object) that the loss mask and the attention regulariser of :mod:`kc_ut
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
-
-from collections.abc import Sequence
 
 from kc_utils.data import Sample
 from kc_utils.organism.split import Split

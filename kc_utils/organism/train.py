@@ -270,9 +270,9 @@ def _train(
     model = make_model(cfg.model, len(tokenizer), pad_id)
     switch_off_attention(model, cfg.attention_off_layers)
     model.train()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if p.dim() >= 2]
-    no_decay = [p for n, p in trainable if p.dim() < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2]
+    no_decay = [p for p in trainable if p.dim() < 2]
     optim = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98),
