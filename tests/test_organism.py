@@ -110,6 +110,15 @@ def test_template_fraction_picks_a_fixed_subset() -> None:
     assert len(subjects[0]) == round(0.5 * len(split.relations["capital"].trained))
 
 
+def test_corpus_options_reject_bad_values() -> None:
+    split = make_split(_tiny_relations(), seed=0)
+    with pytest.raises(ValueError, match=r"bio_exclude names relations the split does not have: \['captial'\]"):
+        build_corpus(split, CorpusConfig(bio_per_subject=1, bio_exclude=("captial",)))
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="template_fraction must be in"):
+            CorpusConfig(template_fraction=bad)
+
+
 def test_training_decreases_loss() -> None:
     cfg = TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5,
                       model=ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=32),

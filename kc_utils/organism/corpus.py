@@ -83,6 +83,11 @@ class CorpusConfig:
     tag_per_fact: int = 0
     template_fraction: float = 1.0
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.template_fraction <= 1.0:
+            raise ValueError(f"template_fraction must be in (0, 1], got {self.template_fraction}: it is the "
+                             "fraction of each relation's trained facts rendered in templates")
+
 
 def render(template: str, subject: str, obj: str | None = None) -> tuple[Segment, ...]:
     """Split ``template`` (one ``{}``) around the subject; append the object when given."""
@@ -134,6 +139,10 @@ def build_corpus(
 ) -> list[Document]:
     """One epoch of documents (only those of ``kinds`` if given), shuffled; the same arguments always give the
     same list."""
+    unknown = sorted(set(config.bio_exclude) - set(split.relations))
+    if unknown:
+        raise ValueError(f"bio_exclude names relations the split does not have: {unknown}; "
+                         f"use keys among {sorted(split.relations)}")
     rng = random.Random(f"{config.seed}-{epoch}")
     docs: list[Document] = []
     for key in sorted(split.relations):
