@@ -229,10 +229,11 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
     torch.set_num_threads(THREADS)
     from kc_utils import Graph, attribute, make_batch
     from kc_utils import models as kc_models
-    from kc_utils.attribute import frozen_parameters
-    from kc_utils.evaluate import circuit_logits
-    from kc_utils.metrics import logit_diff
-    from kc_utils.patching import ablated_outputs, run_masked
+    from kc_utils.circuits.attribute import frozen_parameters
+    from kc_utils.circuits.evaluate import circuit_logits
+    from kc_utils.data.metrics import logit_diff
+    from kc_utils.circuits.ablation import ablated_outputs
+    from kc_utils.circuits.patching import run_masked
 
     res: dict[str, Any] = {"shape": shape, "load_start": load_avg()}
     res["rss_before_load_gb"] = peak_rss_gb()

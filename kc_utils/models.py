@@ -40,14 +40,15 @@ import logging
 import os
 import socket
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
+from kc_utils.organism.paths import WEIGHTS_DIR as ORGANISM_DIR
+from kc_utils.shape import ModelShape
+
 ORGANISM_NAME = "kc-organism"
-ORGANISM_DIR = Path(__file__).resolve().parent / "organism" / "weights"
 
 #: Short names users type, mapped to the hub names TransformerLens 4 knows.
 SHORT_NAMES = {
@@ -66,41 +67,9 @@ class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message says why and what to do instead."""
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The architecture facts the computation graph needs.
-
-    Attributes:
-        n_layers: number of transformer blocks.
-        n_heads: query heads per layer.
-        n_kv_heads: key/value heads per layer (``< n_heads`` under grouped-query attention).
-        d_model: width of the residual stream.
-        parallel_attn_mlp: attention and MLP read the same residual stream (GPT-J/NeoX style).
-    """
-
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_model: int
-    parallel_attn_mlp: bool = False
-
-    @property
-    def heads_per_kv(self) -> int:
-        """Query heads that share one key/value head."""
-        return self.n_heads // self.n_kv_heads
-
-
 def model_shape(model: Any) -> ModelShape:
-    """Read the :class:`ModelShape` of a booted ``TransformerBridge``."""
-    cfg = model.cfg
-    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-    return ModelShape(
-        n_layers=int(cfg.n_layers),
-        n_heads=int(cfg.n_heads),
-        n_kv_heads=int(n_kv),
-        d_model=int(cfg.d_model),
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-    )
+    """Read the :class:`~kc_utils.shape.ModelShape` of a booted ``TransformerBridge``."""
+    return ModelShape.from_config(model.cfg)
 
 
 def model_device(model: Any) -> torch.device:
@@ -342,7 +311,7 @@ def load_model(
                 f"Cannot load {name!r} ({source}): it is not in the local Hugging Face cache and "
                 "huggingface.co cannot be reached from this machine (or HF_HUB_OFFLINE is set). "
                 f"Use model_name={ORGANISM_NAME!r}, which ships with the package, or download the "
-                "model on a connected machine (`huggingface-cli download "
+                "model on a connected machine (`hf download "
                 f"{source}`) and copy its cache (~/.cache/huggingface) here, or pass a local path."
             )
     previous_offline = os.environ.get("HF_HUB_OFFLINE")

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from kc_utils import models
-from kc_utils.graph import Graph
+from kc_utils.circuits.graph import Graph
 
 
 def reference_run(

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 import pytest
 
-from kc_utils.attribute import attribute
-from kc_utils.batch import make_batch
-from kc_utils.evaluate import circuit_logits, evaluate_circuit
-from kc_utils.graph import Graph
-from kc_utils.metrics import get_metric
-from kc_utils.patching import ablated_outputs, collect_outputs, run_masked
+from kc_utils.circuits.attribute import attribute
+from kc_utils.data.prompts import make_batch
+from kc_utils.circuits.evaluate import circuit_logits, evaluate_circuit
+from kc_utils.circuits.graph import Graph
+from kc_utils.data.metrics import get_metric
+from kc_utils.circuits.ablation import ablated_outputs
+from kc_utils.circuits.patching import collect_outputs, run_masked
 from reference import all_edges, reference_run, spearman
 
 

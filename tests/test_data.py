@@ -1,4 +1,4 @@
-"""Tests for kc_utils.data: the shipped relation files and the loader's validation."""
+"""Tests for kc_utils.data.relations: the shipped relation files and the loader's validation."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kc_utils.data import (
+from kc_utils.data.relations import (
     RELATIONS_DIR,
     Relation,
     RelationFileError,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kc_utils.batch import PromptError
-from kc_utils.circuits import edge_budget, find_relation_circuit, node_overlap, shared_nodes, table1
-from kc_utils.data import Relation, Sample
-from kc_utils.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
-from kc_utils.graph import CircuitError, Graph
-from kc_utils.metrics import rank
+from kc_utils.data.prompts import PromptError
+from kc_utils.circuits.table1 import edge_budget, find_relation_circuit, node_overlap, shared_nodes, table1
+from kc_utils.data.relations import Relation, Sample
+from kc_utils.data.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
+from kc_utils.circuits.graph import CircuitError, Graph
+from kc_utils.data.metrics import rank
 from kc_utils.models import tokenize
 
 CAPITALS = Relation(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kc_utils.graph import CircuitError, Graph
+from kc_utils.circuits.graph import CircuitError, Graph
 from kc_utils.models import ModelShape
 
 

@@ -7,10 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from kc_utils import ablation, heads, lens
-from kc_utils.batch import make_batch
-from kc_utils.data import Relation, Sample
-from kc_utils.graph import Graph
+from kc_utils.analysis import head_ablation as ablation, heads, lens
+from kc_utils.viz import lens as viz_lens
+from kc_utils.data.prompts import make_batch
+from kc_utils.data.relations import Relation, Sample
+from kc_utils.circuits.graph import Graph
 
 SUBJECTS = ["France", "New Zealand", "Japan", "South Korea"]
 
@@ -212,14 +213,14 @@ def test_attention_patterns_bad_prompt_index(tiny_gpt2, country_batch_args):
 
 # ----------------------------------------------------------------------------- figures of notebook 02
 def test_head_figures_build_from_the_tables(tiny_gpt2, country_batch_args):
-    from kc_utils import plotting_heads
+    from kc_utils.viz import heads as plotting_heads
 
     batch = make_batch(tiny_gpt2, *country_batch_args)
     table = lens.logit_lens(tiny_gpt2, batch, SUBJECTS)
-    fig = plotting_heads.plot_logit_lens(table, 1)
+    fig = viz_lens.plot_logit_lens(table, 1)
     assert [t.name for t in fig.data] == ["last position", "last position", "best subject position", "best subject position"]
     with pytest.raises(ValueError, match="prompt_index 9 is not in the table"):
-        plotting_heads.plot_logit_lens(table, 9)
+        viz_lens.plot_logit_lens(table, 9)
     roles = heads.head_roles(tiny_gpt2, batch, SUBJECTS, ["a0.h0", "a1.h1"], subject_threshold=0.0, max_answer_rank=10**6)
     assert len(plotting_heads.plot_head_roles(roles).data) == roles["role"].nunique()
     pattern = heads.attention_patterns(tiny_gpt2, batch, 0, ["a0.h0"])["a0.h0"]
@@ -234,11 +235,11 @@ def test_head_figures_build_from_the_tables(tiny_gpt2, country_batch_args):
 def test_explorers_redraw_on_selection(tiny_gpt2, country_batch_args, monkeypatch):
     import plotly.io as pio
 
-    from kc_utils import plotting_heads
+    from kc_utils.viz import heads as plotting_heads
 
     monkeypatch.setattr(pio.renderers, "default", "plotly_mimetype")
     batch = make_batch(tiny_gpt2, *country_batch_args)
-    box = plotting_heads.logit_lens_explorer(lens.logit_lens(tiny_gpt2, batch, SUBJECTS), initial=1)
+    box = viz_lens.logit_lens_explorer(lens.logit_lens(tiny_gpt2, batch, SUBJECTS), initial=1)
     dropdown, out = box.children
     title = lambda: out.outputs[0]["data"]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"]  # noqa: E731
     assert "New Zealand" in title()

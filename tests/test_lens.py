@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kc_utils import lens
-from kc_utils.batch import make_batch
-from kc_utils.metrics import prob, rank
+from kc_utils.analysis import lens
+from kc_utils.data.prompts import make_batch
+from kc_utils.data.metrics import prob, rank
 
 SUBJECTS = ["France", "New Zealand", "Japan", "South Korea"]
 

@@ -7,10 +7,10 @@ import time
 import pytest
 import torch
 
-from kc_utils.attribute import attribute
-from kc_utils.batch import PromptError, make_batch
-from kc_utils.evaluate import evaluate_circuit, faithfulness, random_circuit
-from kc_utils.graph import Graph
+from kc_utils.circuits.attribute import attribute
+from kc_utils.data.prompts import PromptError, make_batch
+from kc_utils.circuits.evaluate import evaluate_circuit, faithfulness, random_circuit
+from kc_utils.circuits.graph import Graph
 from kc_utils.models import ModelLoadError, load_model, model_shape
 
 

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from kc_utils.data import Relation, Sample
+from kc_utils.data.relations import Relation, Sample
 from kc_utils.organism import WEIGHTS_DIR, load_organism, load_split
 from kc_utils.organism.corpus import CorpusConfig, build_corpus
 from kc_utils.organism.encoding import SegmentEncoder

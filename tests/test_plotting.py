@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from kc_utils.graph import Graph
+from kc_utils.circuits.graph import Graph
 from kc_utils.models import ModelShape
-from kc_utils.plotting import circuit_explorer, plot_circuit, plot_overlap, save_figure
+from kc_utils.viz.circuits import circuit_explorer, plot_circuit, plot_overlap
+from kc_utils.viz.save import save_figure
 
 
 def _scored_graph() -> Graph:
@@ -27,7 +28,7 @@ def test_plot_circuit_draws_every_node_and_hovers_every_edge():
 def test_circuit_explorer_shows_a_figure_and_reports_empty_circuits():
     connected = _scored_graph()
     for name in ("input->a0.h0<q>", "a0.h0->m1", "m1->logits", "input->a1.h1<q>", "a1.h1->logits"):
-        u, r = connected._edge_indices(name)
+        u, r = connected.edge_indices(name)
         connected.scores[u, r] = 100.0
     graphs = {"connected": connected, "empty": Graph(ModelShape(3, 4, 2, 8))}
     box = circuit_explorer(graphs, initial_edges=5)

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kc_utils.data import Sample
+from kc_utils.data.relations import Sample
 from kc_utils.organism.split import Split
 
 __all__ = ["CorpusConfig", "Document", "Segment", "build_corpus", "render"]

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kc_utils.data import Relation, Sample
+from kc_utils.data.relations import Relation, Sample
 
 __all__ = ["SPLIT_FILE", "RelationSplit", "Split", "make_split", "load_split", "save_split"]
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from kc_utils.data import Relation, load_relations
+from kc_utils.data.relations import Relation, load_relations
 from kc_utils.organism.corpus import CorpusConfig, build_corpus
 from kc_utils.organism.encoding import Encoded, SegmentEncoder
 from kc_utils.organism.split import Split, make_split, save_split

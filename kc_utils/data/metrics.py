@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from kc_utils.batch import PromptBatch
+from kc_utils.data.prompts import PromptBatch
 
 Metric = Callable[[Tensor, PromptBatch], Tensor]
 
@@ -55,11 +55,18 @@ def prob(logits: Tensor, batch: PromptBatch) -> Tensor:
     return logprob(logits, batch).exp()
 
 
+def rank_of(logits: Float[Tensor, "... v"], target: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
+    """The one definition of rank: tokens with a strictly higher logit than ``target`` (0 = top-1).
+
+    Ties count in the target's favour. ``logits`` ``[..., vocab]``, ``target`` ``[...]`` token ids.
+    """
+    target_logit = logits.gather(-1, target[..., None])
+    return (logits > target_logit).sum(-1)
+
+
 def rank(logits: Tensor, batch: PromptBatch) -> Tensor:
-    """Number of tokens with a strictly higher logit than the answer (0 = top-1)."""
-    final = answer_logits(logits, batch)
-    target = final.gather(1, batch.answer[:, None])
-    return (final > target).sum(-1).float()
+    """Rank of the answer among all tokens at each example's last position (0 = top-1), as float."""
+    return rank_of(answer_logits(logits, batch), batch.answer).float()
 
 
 def hit_at(k: int) -> Metric:

@@ -40,7 +40,7 @@ class PromptBatch:
         prompts: the clean prompt strings.
         answers: the clean answer strings.
         mean_fallback: ``Bool[b]`` examples without a corrupt twin: under patch ablation their
-            ablated activations are the batch mean (see :func:`kc_utils.patching.ablated_outputs`).
+            ablated activations are the batch mean (see :mod:`kc_utils.circuits.ablation`).
     """
 
     clean: Int[Tensor, "b p"]

@@ -32,10 +32,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
-from kc_utils.batch import PromptBatch
-from kc_utils.graph import Graph
-from kc_utils.metrics import Metric, get_metric
-from kc_utils.patching import Ablation, ablated_outputs, run_masked, upstream_hooks
+from kc_utils.data.prompts import PromptBatch
+from kc_utils.circuits.graph import Graph
+from kc_utils.data.metrics import Metric, get_metric
+from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
+from kc_utils.circuits.patching import run_masked, upstream_hooks
 
 Method = Literal["eap", "eap-ig", "exact"]
 METHODS = ("eap", "eap-ig", "exact")
@@ -174,12 +175,11 @@ def _eap_scores(
     graph: Graph,
     batch: PromptBatch,
     metric: Metric,
-    ablation: Ablation,
+    ablation: AblationValues,
     ig_steps: int,
-    mean_reference: PromptBatch | None,
     n_total: int,
 ) -> Tensor:
-    ablated = ablated_outputs(model, graph, batch, ablation, mean_reference)
+    ablated = ablation.outputs(model, graph, batch)
     alphas = [k / ig_steps for k in range(1, ig_steps + 1)]
     objective = lambda logits: metric(logits, batch).sum() / n_total  # noqa: E731
     grads, clean = receiver_gradients(model, graph, batch.clean, alphas, ablated[0], objective)
@@ -191,14 +191,13 @@ def _exact_scores(
     graph: Graph,
     batch: PromptBatch,
     metric: Metric,
-    ablation: Ablation,
-    mean_reference: PromptBatch | None,
+    ablation: AblationValues,
     n_total: int,
     edges: Tensor,
     progress: bool,
 ) -> Tensor:
     scores = torch.zeros(graph.n_upstream, graph.n_receivers)
-    ablated = ablated_outputs(model, graph, batch, ablation, mean_reference)
+    ablated = ablation.outputs(model, graph, batch)
     full = graph.real_edges.clone()
     with torch.no_grad():
         base = metric(run_masked(model, graph, batch.clean, ablated, full), batch).sum().item()
@@ -217,7 +216,7 @@ def attribute(
     metric: str | Metric = "logit_diff",
     method: Method = "eap-ig",
     ig_steps: int = 5,
-    ablation: Ablation = "patch",
+    ablation: Ablation | AblationValues = "patch",
     mean_reference: PromptBatch | None = None,
     batch_size: int | None = None,
     edges: list[str] | None = None,
@@ -228,12 +227,14 @@ def attribute(
     Args:
         model: a model from :func:`kc_utils.models.load_model`.
         graph: ``Graph.from_model(model)``.
-        batch: prompts from :func:`kc_utils.batch.make_batch`.
+        batch: prompts from :func:`kc_utils.data.prompts.make_batch`.
         metric: a metric name (``"logit_diff"``, ``"logprob"`` …) or callable; batch mean is used.
         method: ``"eap"``, ``"eap-ig"`` or ``"exact"`` (see the module docstring).
         ig_steps: interpolation steps of EAP-IG (the paper's default is 5).
-        ablation: ``"patch"`` (corrupted prompts), ``"zero"`` or ``"mean"``.
-        mean_reference: prompts whose mean activations ``"mean"`` ablation uses (default: ``batch``).
+        ablation: ``"patch"`` (corrupted prompts), ``"zero"`` or ``"mean"``, or an
+            :class:`~kc_utils.circuits.ablation.AblationValues` prepared beforehand.
+        mean_reference: prompts whose mean activations ``"mean"`` ablation uses (default: all of
+            ``batch``; computed once before the batch loop).
         batch_size: examples per forward pass (memory); the scores do not depend on it.
         edges: with ``method="exact"``, score only these edges (names); others stay 0.
 
@@ -254,13 +255,14 @@ def attribute(
         if edges is None:
             chosen = graph.real_edges.nonzero()
         else:
-            chosen = torch.tensor([graph._edge_indices(name) for name in edges], dtype=torch.long).reshape(-1, 2)
+            chosen = torch.tensor([graph.edge_indices(name) for name in edges], dtype=torch.long).reshape(-1, 2)
+    values = prepare_ablation(model, graph, ablation, batch, mean_reference, batch_size)
     total = torch.zeros(graph.n_upstream, graph.n_receivers)
     chunks = list(batch.split(batch_size))
     for chunk in tqdm(chunks, desc=f"{method} attribution", disable=not progress or len(chunks) == 1, leave=False):
         if method == "exact":
-            total += _exact_scores(model, graph, chunk, metric_fn, ablation, mean_reference, len(batch), chosen, progress)
+            total += _exact_scores(model, graph, chunk, metric_fn, values, len(batch), chosen, progress)
         else:
-            total += _eap_scores(model, graph, chunk, metric_fn, ablation, steps, mean_reference, len(batch)).cpu()
+            total += _eap_scores(model, graph, chunk, metric_fn, values, steps, len(batch)).cpu()
     graph.scores = total
     return graph

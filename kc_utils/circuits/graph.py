@@ -30,7 +30,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from kc_utils.models import ModelShape, model_shape
+from kc_utils.circuits import nodes
+from kc_utils.shape import ModelShape
 
 
 class CircuitError(ValueError):
@@ -52,11 +53,6 @@ class Edge:
         return f"{self.upstream}->{self.receiver}"
 
 
-def _kv_letter_name(shape: ModelShape, layer: int, index: int, letter: str) -> str:
-    kind = "h" if shape.n_kv_heads == shape.n_heads else "g"
-    return f"a{layer}.{kind}{index}<{letter}>"
-
-
 class Graph:
     """Dense computation graph of one model architecture.
 
@@ -74,18 +70,16 @@ class Graph:
         L, H, G = shape.n_layers, shape.n_heads, shape.n_kv_heads
         if H % G:
             raise CircuitError(f"n_heads={H} is not a multiple of n_kv_heads={G}")
-        self.upstream_names: list[str] = ["input"]
-        for layer in range(L):
-            self.upstream_names += [f"a{layer}.h{h}" for h in range(H)] + [f"m{layer}"]
+        self.upstream_names: list[str] = nodes.upstream_node_names(shape)
         self.receiver_names: list[str] = []
         # receiver block layout per layer: q (H), k (G), v (G), mlp (1)
         self._layer_receiver_start: list[int] = []
         for layer in range(L):
             self._layer_receiver_start.append(len(self.receiver_names))
-            self.receiver_names += [f"a{layer}.h{h}<q>" for h in range(H)]
-            self.receiver_names += [_kv_letter_name(shape, layer, g, "k") for g in range(G)]
-            self.receiver_names += [_kv_letter_name(shape, layer, g, "v") for g in range(G)]
-            self.receiver_names.append(f"m{layer}")
+            self.receiver_names += [nodes.receiver_name(layer, h, "q") for h in range(H)]
+            self.receiver_names += [nodes.kv_receiver_name(shape, layer, g, "k") for g in range(G)]
+            self.receiver_names += [nodes.kv_receiver_name(shape, layer, g, "v") for g in range(G)]
+            self.receiver_names.append(nodes.mlp_name(layer))
         self.receiver_names.append("logits")
         self.upstream_index = {n: i for i, n in enumerate(self.upstream_names)}
         self.receiver_index = {n: i for i, n in enumerate(self.receiver_names)}
@@ -105,8 +99,8 @@ class Graph:
     # ------------------------------------------------------------------ layout
     @classmethod
     def from_model(cls, model: Any) -> "Graph":
-        """The graph of a booted model."""
-        return cls(model_shape(model))
+        """The graph of a booted model (its shape read from ``model.cfg``)."""
+        return cls(ModelShape.from_config(model.cfg))
 
     @property
     def n_upstream(self) -> int:
@@ -170,12 +164,13 @@ class Graph:
 
     def edge(self, name: str) -> Edge:
         """The edge called ``"upstream->receiver"``."""
-        u, r = self._edge_indices(name)
+        u, r = self.edge_indices(name)
         return Edge(self.upstream_names[u], self.receiver_names[r], float(self.scores[u, r]), bool(self.in_graph[u, r]))
 
-    def _edge_indices(self, name: str) -> tuple[int, int]:
+    def edge_indices(self, name: str) -> tuple[int, int]:
+        """``(upstream index, receiver index)`` of the edge called ``"upstream->receiver"``."""
         try:
-            up, rx = name.split("->")
+            up, rx = nodes.parse_edge(name)
             u, r = self.upstream_index[up], self.receiver_index[rx]
         except (ValueError, KeyError):
             raise CircuitError(f"{name!r} is not an edge name like 'm3->a5.h1<q>' of this graph") from None
@@ -189,27 +184,21 @@ class Graph:
             self.in_graph[:] = not in_graph
             self.in_graph &= self.real_edges
         for name in names:
-            u, r = self._edge_indices(name)
+            u, r = self.edge_indices(name)
             self.in_graph[u, r] = in_graph
         return self
 
     def receiver_node(self, receiver: int) -> str:
         """Node a receiver belongs to: ``a5.h1<q>`` → ``a5.h1``; kv receivers → their group."""
-        name = self.receiver_names[receiver]
-        return name.split("<")[0]
+        return nodes.parse_node(self.receiver_names[receiver]).node
 
     def nodes_in_graph(self) -> list[str]:
         """Names of the nodes touched by at least one edge of the circuit (``input`` … ``logits``)."""
         used_up = self.in_graph.any(dim=1)
         names = {self.upstream_names[i] for i in used_up.nonzero().flatten().tolist()}
         for r in self.in_graph.any(dim=0).nonzero().flatten().tolist():
-            node = self.receiver_node(r)
-            if ".g" in node:  # a shared key/value group: its query heads are the nodes
-                layer, group = node[1:].split(".g")
-                k = self.shape.heads_per_kv
-                names |= {f"a{layer}.h{int(group) * k + j}" for j in range(k)}
-            else:
-                names.add(node)
+            # a shared key/value group stands for the query heads that read it
+            names.update(self.receiver_targets(self.receiver_names[r]))
         order = {n: i for i, n in enumerate(self.upstream_names + ["logits"])}
         return sorted(names, key=lambda n: order[n])
 
@@ -225,7 +214,7 @@ class Graph:
 
     def _require_scores(self) -> None:
         if not bool((self.scores[self.real_edges] != 0).any()):
-            raise CircuitError("the graph has no scores yet: run kc_utils.attribute(...) first")
+            raise CircuitError("the graph has no scores yet: run kc_utils.circuits.attribute(...) first")
 
     def top_n(self, n: int, absolute: bool = True, prune: bool = True) -> "Graph":
         """Keep the ``n`` highest-scoring edges (by ``|score|`` when ``absolute``), then prune.
@@ -352,7 +341,7 @@ class Graph:
         graph = cls(ModelShape(**data["shape"]))
         graph.in_graph = torch.zeros_like(graph.real_edges)
         for name, (score, kept) in data["edges"].items():
-            u, r = graph._edge_indices(name)
+            u, r = graph.edge_indices(name)
             graph.scores[u, r] = score
             graph.in_graph[u, r] = bool(kept)
         return graph
@@ -367,9 +356,9 @@ class Graph:
         for e in self.edges(only_in_graph=True):
             colour = "#2166ac" if e.score >= 0 else "#b2182b"
             width = 0.5 + 4.5 * abs(e.score) / (max_abs or 1.0)
-            letter = e.receiver.split("<")[1][:-1] if "<" in e.receiver else ""
+            letter = nodes.parse_node(e.receiver).letter or ""
             label = f' label="{letter}"' if letter else ""
-            for target in self._receiver_targets(e.receiver):
+            for target in self.receiver_targets(e.receiver):
                 lines.append(f'  "{e.upstream}" -> "{target}" [color="{colour}", penwidth={width:.2f}{label}];')
         lines.append("}")
         text = "\n".join(lines) + "\n"
@@ -377,13 +366,9 @@ class Graph:
             Path(path).write_text(text)
         return text
 
-    def _receiver_targets(self, receiver: str) -> list[str]:
-        node = receiver.split("<")[0]
-        if ".g" not in node:
-            return [node]
-        layer, group = node[1:].split(".g")
-        k = self.shape.heads_per_kv
-        return [f"a{layer}.h{int(group) * k + j}" for j in range(k)]
+    def receiver_targets(self, receiver: str) -> list[str]:
+        """The node(s) a receiver feeds: ``a5.h1<q>`` → ``["a5.h1"]``; a key/value group → its query heads."""
+        return nodes.heads_of(receiver, self.shape)
 
     def __repr__(self) -> str:
         return (

@@ -24,9 +24,9 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from kc_utils.batch import PromptBatch, PromptError, make_batch
-from kc_utils.data import Relation, Sample
-from kc_utils.metrics import rank
+from kc_utils.data.prompts import PromptBatch, PromptError, make_batch
+from kc_utils.data.relations import Relation, Sample
+from kc_utils.data.metrics import rank
 from kc_utils.models import ORGANISM_NAME, continuation_first_token, tokenize
 
 

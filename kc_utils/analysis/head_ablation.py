@@ -14,7 +14,7 @@ ablating a relation head raises filler words — is made numeric by ``same_relat
 share of each prompt's top-``k`` gaining tokens that are first tokens of *other* objects of the
 relation (the prompt's own answer excluded), averaged over prompts, beside ``chance_share``, the
 share expected of ``k`` tokens drawn at random from the vocabulary.
-:func:`ablation_by_role` averages the effects per head role (:mod:`kc_utils.heads`).
+:func:`ablation_by_role` averages the effects per head role (:mod:`kc_utils.analysis.heads`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
-from kc_utils.batch import PromptBatch
-from kc_utils.data import Relation
-from kc_utils.graph import Graph
-from kc_utils.heads import resolve_heads
-from kc_utils.lens import parse_node
+from kc_utils.data.prompts import PromptBatch
+from kc_utils.data.relations import Relation
+from kc_utils.circuits.graph import Graph
+from kc_utils.analysis.heads import resolve_heads
+from kc_utils.analysis.lens import parse_node
 
 __all__ = [
     "HEAD_ABLATIONS",
@@ -156,7 +156,7 @@ def head_ablation_effects(
     """Ablate each head alone; what happens to the answer, and which tokens gain.
 
     Args:
-        heads: heads to ablate (:func:`kc_utils.heads.resolve_heads`; default all).
+        heads: heads to ablate (:func:`kc_utils.analysis.heads.resolve_heads`; default all).
         ablation: ``"mean"`` (over the batch's real tokens) or ``"zero"``.
         k: number of gaining tokens to keep.
         object_tokens: first tokens of the relation's objects (:func:`relation_object_tokens`);
@@ -220,7 +220,7 @@ def head_ablation_effects(
 
 
 def ablation_by_role(effects: pd.DataFrame, roles: pd.DataFrame) -> pd.DataFrame:
-    """Average :func:`head_ablation_effects` per role of :func:`kc_utils.heads.assign_head_roles`.
+    """Average :func:`head_ablation_effects` per role of :func:`kc_utils.analysis.heads.assign_head_roles`.
 
     Returns:
         One row per role present: ``role``, ``n_heads``, ``heads`` (names), and the means of

@@ -27,7 +27,7 @@ three readings that need only the unembedding:
 
 Subjects: :func:`subject_positions` finds the token positions of a subject inside a prompt with
 the tokenizer's character offsets (positions count the prepended BOS, as in
-:func:`kc_utils.batch.make_batch`).
+:func:`kc_utils.data.prompts.make_batch`).
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from kc_utils import models
-from kc_utils.batch import PromptBatch
+from kc_utils.circuits import nodes
+from kc_utils.data.metrics import rank_of
+from kc_utils.data.prompts import PromptBatch
 
 __all__ = [
     "ResidualDecomposition",
@@ -66,7 +68,6 @@ __all__ = [
     "unembedding_directions",
 ]
 
-_NODE = re.compile(r"^(?:input|a(\d+)\.h(\d+)|m(\d+))$")
 _CONSTANTS = ("attn_bias", "unembed_bias")
 
 
@@ -157,12 +158,6 @@ def residual_by_layer(model: Any, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "
     return torch.stack([cache[n] for n in names])
 
 
-def _ranks(logits: Float[Tensor, "... v"], target: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
-    """Tokens with a strictly higher logit than the target (0 = top-1)."""
-    target_logit = logits.gather(-1, target[..., None])
-    return (logits > target_logit).sum(-1)
-
-
 def logit_lens(
     model: Any,
     batch: PromptBatch,
@@ -193,7 +188,7 @@ def logit_lens(
     with torch.no_grad():
         for index in range(stack.shape[0]):
             logits = models.unembed(model, stack[index]).float()  # [b, p, v]
-            ranks = _ranks(logits, targets[:, None].expand(-1, logits.shape[1]))  # [b, p]
+            ranks = rank_of(logits, targets[:, None].expand(-1, logits.shape[1]))  # [b, p]
             probs = logits.softmax(-1).gather(-1, targets[:, None, None].expand(-1, logits.shape[1], 1))[..., 0]
             last_rank = ranks[rows, batch.last_pos]
             last_prob = probs[rows, batch.last_pos]
@@ -360,35 +355,20 @@ def unembedding_directions(
 # ----------------------------------------------------------------------------- node outputs
 def node_names(model: Any) -> list[str]:
     """Upstream node names in graph order: ``input, a0.h0 … a0.h{H-1}, m0, a1.h0 …``."""
-    shape = models.model_shape(model)
-    names = ["input"]
-    for layer in range(shape.n_layers):
-        names += [f"a{layer}.h{h}" for h in range(shape.n_heads)] + [f"m{layer}"]
-    return names
+    return nodes.upstream_node_names(models.model_shape(model))
 
 
 def parse_node(model: Any, name: str) -> tuple[str, int | None, int | None]:
     """``"a3.h5"`` → ``("head", 3, 5)``, ``"m2"`` → ``("mlp", 2, None)``, ``"input"`` → ``("input", None, None)``.
 
     Raises:
-        ValueError: a name not of the form ``input``/``a{l}.h{h}``/``m{l}``, or out of range.
+        ValueError: (:class:`~kc_utils.circuits.nodes.NodeNameError`) not an upstream node name of
+            the form ``input``/``a{l}.h{h}``/``m{l}``, or out of range for ``model``.
     """
-    match = _NODE.match(name)
-    if match is None:
-        raise ValueError(f"{name!r} is not a node name; use 'input', 'a{{layer}}.h{{head}}' or 'm{{layer}}'")
-    shape = models.model_shape(model)
-    if name == "input":
-        return "input", None, None
-    if match.group(3) is not None:
-        layer = int(match.group(3))
-        head = None
-    else:
-        layer, head = int(match.group(1)), int(match.group(2))
-        if head >= shape.n_heads:
-            raise ValueError(f"{name!r}: this model has {shape.n_heads} heads per layer (0 … {shape.n_heads - 1})")
-    if layer >= shape.n_layers:
-        raise ValueError(f"{name!r}: this model has {shape.n_layers} layers (0 … {shape.n_layers - 1})")
-    return ("head" if head is not None else "mlp"), layer, head
+    parsed = nodes.parse_node(name, models.model_shape(model))
+    if parsed.kind not in ("input", "head", "mlp") or parsed.letter is not None:
+        raise nodes.NodeNameError(f"{name!r} is not an upstream node; use 'input', 'a{{layer}}.h{{head}}' or 'm{{layer}}'")
+    return parsed.kind, parsed.layer, parsed.index
 
 
 @dataclass(frozen=True)
@@ -576,7 +556,7 @@ def project_node(
     dec = decompose_residual(model, batch, positions)
     projected = project_to_vocab(model, dec.outputs[dec.index(node)], dec.scale).float()  # [b, v]
     top = projected.topk(min(k, projected.shape[-1]), dim=-1)
-    ranks = _ranks(projected, targets)
+    ranks = rank_of(projected, targets)
     target_logits = projected.gather(-1, targets[:, None])[:, 0]
     target_strings = models.token_strings(model, targets.tolist())
     return pd.DataFrame.from_records(

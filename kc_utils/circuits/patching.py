@@ -14,19 +14,14 @@ pass goes (for a 0/1 mask: a running sum minus the few kept rows, see :class:`_M
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from kc_utils import models
-from kc_utils.batch import PromptBatch
-from kc_utils.graph import Graph
-
-Ablation = Literal["patch", "zero", "mean"]
-ABLATIONS = ("patch", "zero", "mean")
-
+from kc_utils.circuits.graph import Graph
 
 def upstream_hooks(graph: Graph, write: Any) -> list[tuple[str, Any]]:
     """Forward hooks that hand each upstream node's output to ``write(slice, z)``.
@@ -53,48 +48,6 @@ def collect_outputs(model: Any, graph: Graph, tokens: Tensor) -> Float[Tensor, "
     with torch.no_grad():
         models.run_with_hooks(model, tokens, upstream_hooks(graph, write))
     return buffer
-
-
-def ablated_outputs(
-    model: Any,
-    graph: Graph,
-    batch: PromptBatch,
-    ablation: Ablation,
-    mean_reference: PromptBatch | None = None,
-) -> Float[Tensor, "up b p d"]:
-    """The outputs ``ẑ`` that replace ablated edges' upstream outputs, shaped like the batch.
-
-    * ``patch``: outputs on the corrupted prompts (same token length as the clean ones); examples
-      flagged in ``batch.mean_fallback`` (no corrupt twin) get the mean over the batch's clean tokens;
-    * ``zero``: zeros;
-    * ``mean``: each node's output averaged over every real (non-pad) token of
-      ``mean_reference`` (default: the clean prompts of ``batch``), the same at every position.
-    """
-    if ablation not in ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; use one of {ABLATIONS}")
-    b, p = batch.clean.shape
-    if ablation == "patch":
-        if batch.corrupt is None:
-            raise ValueError(
-                "ablation='patch' needs corrupted prompts; build the batch with corrupt_prompts, "
-                "or use ablation='mean' or 'zero'"
-            )
-        outputs = collect_outputs(model, graph, batch.corrupt)
-        if batch.mean_fallback is not None and bool(batch.mean_fallback.any()):
-            mean = _token_mean(collect_outputs(model, graph, batch.clean), batch.padding_mask)
-            outputs[:, batch.mean_fallback] = mean[:, None, None, :]
-        return outputs
-    if ablation == "zero":
-        return torch.zeros(graph.n_upstream, b, p, graph.shape.d_model, device=batch.clean.device, dtype=models.model_dtype(model))
-    reference = mean_reference if mean_reference is not None else batch
-    mean = _token_mean(collect_outputs(model, graph, reference.clean), reference.padding_mask)
-    return mean[:, None, None, :].expand(-1, b, p, -1).contiguous()
-
-
-def _token_mean(outputs: Float[Tensor, "up b p d"], real: Tensor) -> Float[Tensor, "up d"]:
-    """Mean of each node's output over the real (non-pad) tokens ``real`` ``[b, p]``."""
-    mask = real.to(outputs.dtype)
-    return torch.einsum("ubpd,bp->ud", outputs, mask) / mask.sum()
 
 
 class _MaskedRun:
@@ -195,7 +148,7 @@ def run_masked(
 
     Args:
         tokens: ``[b, p]`` clean tokens.
-        ablated: ``[up, b, p, d]`` ablated outputs from :func:`ablated_outputs`.
+        ablated: ``[up, b, p, d]`` ablated outputs (:meth:`kc_utils.circuits.ablation.AblationValues.outputs`).
         keep: ``[up, rx]`` bool or float mask (float with ``requires_grad`` for mask gradients);
             entries outside ``graph.real_edges`` are ignored.
     """

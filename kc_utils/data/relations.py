@@ -37,7 +37,7 @@ __all__ = [
     "load_relations",
 ]
 
-RELATIONS_DIR: Path = Path(__file__).resolve().parent / "resources" / "relations"
+RELATIONS_DIR: Path = Path(__file__).resolve().parent.parent / "resources" / "relations"
 """Folder of the shipped relation files, one sub-folder per relation type."""
 
 _ESCAPED_UNICODE = re.compile(r"\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})")

@@ -3,13 +3,13 @@
 For each head and prompt, read at the prompt's **last token** (where the answer is predicted):
 
 * ``attn_subject`` — attention from the last token to the subject's tokens
-  (:func:`kc_utils.lens.subject_positions`);
+  (:func:`kc_utils.analysis.lens.subject_positions`);
 * ``attn_relation`` — attention to the **relation words**: the prompt's real tokens that are not
   the subject, not the prepended BOS and not the last token itself. For the template
   ``"The capital of {} is"`` these are ``The capital of``; the final ``is`` is the reading position;
 * ``attn_other`` — the rest (``1 − attn_subject − attn_relation``): the BOS (often an attention
   sink) and the last token itself;
-* ``dla`` — the head's direct logit attribution to the answer (:func:`kc_utils.lens.component_logits`);
+* ``dla`` — the head's direct logit attribution to the answer (:func:`kc_utils.analysis.lens.component_logits`);
 * ``answer_rank`` — the answer's rank among all tokens in the head's vocabulary projection
   (0 = the head promotes the answer more than any other token);
 * ``top_tokens`` — the head's ``k`` most promoted tokens, and, given the relation's object
@@ -44,9 +44,10 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from kc_utils import models
-from kc_utils.batch import PromptBatch
-from kc_utils.graph import Graph
-from kc_utils.lens import component_logits, decompose_residual_with_cache, parse_node, project_to_vocab, subject_mask
+from kc_utils.data.metrics import rank_of
+from kc_utils.data.prompts import PromptBatch
+from kc_utils.circuits.graph import Graph
+from kc_utils.analysis.lens import component_logits, decompose_residual_with_cache, parse_node, project_to_vocab, subject_mask
 
 __all__ = [
     "ROLES",
@@ -156,7 +157,7 @@ def head_scores(
         subjects: one subject per prompt, as written in the prompt.
         heads: heads to score (see :func:`resolve_heads`); default all.
         object_tokens: first tokens of the relation's objects
-            (:func:`kc_utils.ablation.relation_object_tokens`); adds ``relation_token_share``.
+            (:func:`kc_utils.analysis.head_ablation.relation_object_tokens`); adds ``relation_token_share``.
         k: number of top projected tokens to keep per head.
 
     Returns:
@@ -190,8 +191,7 @@ def head_scores(
         att_rel = (pattern * relation[:, None]).sum(-1)
         outputs = dec.outputs[[dec.index(n) for n in in_layer]]  # [h_sel, b, d]
         projected = project_to_vocab(model, outputs, dec.scale[None]).float()  # [h_sel, b, v]
-        target = projected.gather(-1, batch.answer[None, :, None].expand(len(in_layer), -1, 1))
-        ranks = (projected > target).sum(-1)  # [h_sel, b]
+        ranks = rank_of(projected, batch.answer[None, :].expand(len(in_layer), -1))  # [h_sel, b]
         top = projected.topk(min(k, projected.shape[-1]), dim=-1).indices  # [h_sel, b, k]
         share = torch.isin(top, objects).float().mean(-1) if objects is not None else None
         for j, name in enumerate(in_layer):

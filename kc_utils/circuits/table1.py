@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from kc_utils.attribute import attribute
-from kc_utils.evaluate import (
+from kc_utils.circuits.attribute import attribute
+from kc_utils.circuits.evaluate import (
     CurvePoint,
     evaluate_masks,
     faithfulness_curve,
@@ -24,9 +24,9 @@ from kc_utils.evaluate import (
     normalised_faithfulness,
     random_circuit,
 )
-from kc_utils.facts import CircuitDataset, facts_to_batch
-from kc_utils.graph import CircuitError, Graph
-from kc_utils.patching import Ablation
+from kc_utils.data.facts import CircuitDataset, facts_to_batch
+from kc_utils.circuits.graph import CircuitError, Graph
+from kc_utils.circuits.ablation import Ablation
 
 
 #: The 14 relations of the paper's Table 1, in its order.

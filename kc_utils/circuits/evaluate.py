@@ -1,7 +1,7 @@
 """Running circuits: faithfulness, curves over edge counts, and random baselines.
 
 A circuit is evaluated by running the model once with every edge outside it ablated
-(:func:`kc_utils.patching.run_masked`): patched from the corrupted prompt, zeroed, or replaced by
+(:func:`kc_utils.circuits.patching.run_masked`): patched from the corrupted prompt, zeroed, or replaced by
 a mean. With every edge kept the run equals the plain model; with none it equals the fully
 ablated model.
 
@@ -21,24 +21,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kc_utils.batch import PromptBatch
-from kc_utils.graph import CircuitError, Graph
-from kc_utils.metrics import Metric, get_metric
-from kc_utils.patching import Ablation, ablated_outputs, run_masked
+from kc_utils.data.prompts import PromptBatch
+from kc_utils.circuits.graph import CircuitError, Graph
+from kc_utils.data.metrics import Metric, get_metric
+from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
+from kc_utils.circuits.patching import run_masked
 
 
 def circuit_logits(
     model: Any,
     graph: Graph,
     batch: PromptBatch,
-    ablation: Ablation = "patch",
+    ablation: Ablation | AblationValues = "patch",
     mean_reference: PromptBatch | None = None,
     keep: Tensor | None = None,
 ) -> Tensor:
     """Logits ``[b, p, vocab]`` of the model restricted to ``graph.in_graph`` (or ``keep``)."""
     mask = graph.in_graph if keep is None else keep
     with torch.no_grad():
-        ablated = ablated_outputs(model, graph, batch, ablation, mean_reference)
+        ablated = prepare_ablation(model, graph, ablation, batch, mean_reference).outputs(model, graph, batch)
         return run_masked(model, graph, batch.clean, ablated, mask)
 
 
@@ -48,22 +49,25 @@ def evaluate_masks(
     batch: PromptBatch,
     masks: Sequence[Tensor],
     metrics: Sequence[str | Metric] = ("hit@10", "prob", "logit_diff"),
-    ablation: Ablation = "patch",
+    ablation: Ablation | AblationValues = "patch",
     mean_reference: PromptBatch | None = None,
     batch_size: int | None = None,
 ) -> list[dict[str, float]]:
     """Batch-mean of each metric for several circuits (``[up, rx]`` masks) on the same prompts.
 
-    The ablated activations are computed once per chunk and shared by every mask.
+    What the ablation needs (a reference mean) is computed once over the whole batch before the
+    chunk loop, so the result does not depend on ``batch_size``; each chunk's ablated outputs are
+    shared by every mask.
     ``logit_diff`` is skipped (absent from the result) when the batch has no corrupt answers.
     """
     fns = {m if isinstance(m, str) else m.__name__: get_metric(m) for m in metrics}
     if batch.corrupt_answer.lt(0).any():
         fns.pop("logit_diff", None)
     sums = [{name: 0.0 for name in fns} for _ in masks]
+    values = prepare_ablation(model, graph, ablation, batch, mean_reference, batch_size)
     with torch.no_grad():
         for chunk in batch.split(batch_size):
-            ablated = ablated_outputs(model, graph, chunk, ablation, mean_reference)
+            ablated = values.outputs(model, graph, chunk)
             for totals, mask in zip(sums, masks):
                 logits = run_masked(model, graph, chunk.clean, ablated, mask)
                 for name, fn in fns.items():
@@ -76,7 +80,7 @@ def evaluate_circuit(
     graph: Graph,
     batch: PromptBatch,
     metrics: Sequence[str | Metric] = ("hit@10", "prob", "logit_diff"),
-    ablation: Ablation = "patch",
+    ablation: Ablation | AblationValues = "patch",
     mean_reference: PromptBatch | None = None,
     keep: Tensor | None = None,
     batch_size: int | None = None,
@@ -96,7 +100,7 @@ def faithfulness(
     graph: Graph,
     batch: PromptBatch,
     metric: str | Metric = "logit_diff",
-    ablation: Ablation = "patch",
+    ablation: Ablation | AblationValues = "patch",
     mean_reference: PromptBatch | None = None,
     batch_size: int | None = None,
 ) -> float:
@@ -186,7 +190,7 @@ def faithfulness_curve(
     batch: PromptBatch,
     edge_counts: Iterable[int],
     metrics: Sequence[str] = ("hit@10", "logit_diff"),
-    ablation: Ablation = "patch",
+    ablation: Ablation | AblationValues = "patch",
     n_random: int = 0,
     seed: int = 0,
     selection: str = "top_n",

@@ -1,8 +1,8 @@
-"""Plotly figures for notebook 02: logit lens, attention patterns, head roles and head ablations.
+"""Plotly figures of attention heads: attention patterns, head roles and head ablations.
 
-Every function takes the tables of :mod:`kc_utils.lens`, :mod:`kc_utils.heads` and
-:mod:`kc_utils.ablation` and returns a ``go.Figure`` (or, for the explorers, an ipywidgets box
-that redraws live); save figures with :func:`kc_utils.plotting.save_figure`.
+Every function takes the tables of :mod:`kc_utils.analysis.heads` and
+:mod:`kc_utils.analysis.head_ablation` and returns a ``go.Figure`` (or, for the explorers, an
+ipywidgets box that redraws live); save figures with :func:`kc_utils.viz.save.save_figure`.
 """
 
 from __future__ import annotations
@@ -13,64 +13,19 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from kc_utils.plotting import show_in_output as _show
+from kc_utils.viz.save import show_in_output as _show
 
 __all__ = [
     "ROLE_COLOURS",
     "attention_explorer",
-    "logit_lens_explorer",
     "plot_ablation_by_role",
     "plot_attention",
     "plot_head_roles",
-    "plot_logit_lens",
     "plot_role_counts",
 ]
 
-#: One colour per head role (:data:`kc_utils.heads.ROLES`), used by every figure here.
+#: One colour per head role (:data:`kc_utils.analysis.heads.ROLES`), used by every figure here.
 ROLE_COLOURS = {"mover": "#d95f02", "mix": "#7570b3", "relation": "#1b9e77", "other": "#9e9e9e"}
-_LAST, _SUBJECT = "#2166ac", "#b2182b"
-
-
-def plot_logit_lens(table: pd.DataFrame, prompt_index: int) -> go.Figure:
-    """The target's rank (log scale, 1 = top-1) and probability after each block, for one prompt.
-
-    Two lines per panel: the last position (where the answer is predicted) and the best subject
-    position (:func:`kc_utils.lens.logit_lens`'s ``subject_rank``/``subject_prob``).
-    """
-    rows = table[table["prompt_index"] == prompt_index].sort_values("layer")
-    if rows.empty:
-        raise ValueError(f"prompt_index {prompt_index} is not in the table (0 … {table['prompt_index'].max()})")
-    labels = rows["stage"].tolist()
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("rank of the target (1 = top-1)", "probability of the target"))
-    for column, name, colour in (("rank", "last position", _LAST), ("subject_rank", "best subject position", _SUBJECT)):
-        fig.add_trace(go.Scatter(x=labels, y=rows[column] + 1, mode="lines+markers", name=name, line=dict(color=colour),
-                                 legendgroup=name), row=1, col=1)
-        prob = column.replace("rank", "prob")
-        fig.add_trace(go.Scatter(x=labels, y=rows[prob], mode="lines+markers", name=name, line=dict(color=colour),
-                                 legendgroup=name, showlegend=False), row=1, col=2)
-    fig.update_yaxes(type="log", autorange="reversed", title="rank + 1 (log)", row=1, col=1)
-    fig.update_yaxes(range=[0, 1.02], title="probability", row=1, col=2)
-    fig.update_xaxes(title="residual stream after")
-    first = rows.iloc[0]
-    fig.update_layout(title=f"logit lens: {first['prompt']!r} → {first['target']!r}", template="plotly_white", height=420)
-    return fig
-
-
-def logit_lens_explorer(table: pd.DataFrame, initial: int = 0) -> Any:
-    """ipywidgets: a dropdown over the table's prompts that redraws :func:`plot_logit_lens` live."""
-    import ipywidgets as widgets
-
-    firsts = table.sort_values("layer").groupby("prompt_index").first()
-    options = [(f"{i}: {r['prompt']} → {r['target']}", int(i)) for i, r in firsts.iterrows()]
-    dropdown = widgets.Dropdown(options=options, value=initial, description="prompt", layout=widgets.Layout(width="90%"))
-    out = widgets.Output()
-
-    def redraw(*_: Any) -> None:
-        _show(out, plot_logit_lens(table, dropdown.value))
-
-    dropdown.observe(redraw, names="value")
-    redraw()
-    return widgets.VBox([dropdown, out])
 
 
 def plot_attention(pattern: pd.DataFrame, title: str = "") -> go.Figure:
@@ -87,7 +42,7 @@ def plot_attention(pattern: pd.DataFrame, title: str = "") -> go.Figure:
 def attention_explorer(patterns: dict[str, pd.DataFrame], roles: pd.DataFrame | None = None, prompt: str = "") -> Any:
     """ipywidgets: a dropdown over heads that redraws :func:`plot_attention` live.
 
-    ``patterns`` come from :func:`kc_utils.heads.attention_patterns`; with ``roles`` the dropdown
+    ``patterns`` come from :func:`kc_utils.analysis.heads.attention_patterns`; with ``roles`` the dropdown
     labels show each head's role.
     """
     import ipywidgets as widgets
@@ -108,7 +63,7 @@ def attention_explorer(patterns: dict[str, pd.DataFrame], roles: pd.DataFrame | 
 def plot_head_roles(roles: pd.DataFrame, subject_threshold: float = 0.3, relation_threshold: float = 0.3, title: str = "") -> go.Figure:
     """Heads by attention to the subject (x) and to the relation words (y); colour = role, size = |DLA|.
 
-    ``roles`` is :func:`kc_utils.heads.head_roles` output. Dashed lines mark the role thresholds.
+    ``roles`` is :func:`kc_utils.analysis.heads.head_roles` output. Dashed lines mark the role thresholds.
     """
     fig = go.Figure()
     biggest = max(float(roles["dla"].abs().max()), 1e-9)
@@ -149,7 +104,7 @@ def plot_role_counts(counts: pd.DataFrame, title: str = "") -> go.Figure:
 def plot_ablation_by_role(by_role: pd.DataFrame, k: int = 10) -> go.Figure:
     """Per role, one point per relation: change in answer probability, and share of gaining objects.
 
-    ``by_role`` holds :func:`kc_utils.ablation.ablation_by_role` rows with a ``relation`` column.
+    ``by_role`` holds :func:`kc_utils.analysis.head_ablation.ablation_by_role` rows with a ``relation`` column.
     The right panel's crosses are the chance share of each relation.
     """
     fig = make_subplots(rows=1, cols=2, subplot_titles=(

@@ -1,61 +1,34 @@
-"""Plotly figures for circuits, curves and overlaps; saving to ``figures/``.
+"""Plotly figures of circuits: the circuit itself, a live explorer, faithfulness curves, overlaps.
 
-Figures are interactive in Jupyter and saved as HTML that works offline (one shared
-``plotly.min.js`` beside them, so each file stays small) and as PNG when the optional ``kaleido``
-package can render one.
+Save them with :func:`kc_utils.viz.save.save_figure`.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from kc_utils.graph import Graph
-from kc_utils.paths import figures_dir
+from kc_utils.circuits.graph import Graph
+from kc_utils.circuits.nodes import parse_node
+from kc_utils.viz.save import show_in_output
 
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"
-
-
-def save_figure(fig: go.Figure, name: str, folder: str | Path | None = None, png: bool = True) -> list[Path]:
-    """Write ``<name>.html`` (and ``<name>.png`` when kaleido works) into ``folder`` (default ``figures/``).
-
-    Returns the paths written; a PNG that cannot be rendered is reported with a warning, not hidden.
-    """
-    folder = Path(folder) if folder is not None else figures_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    html = folder / f"{name}.html"
-    fig.write_html(html, include_plotlyjs="directory", full_html=True)
-    written = [html]
-    if png:
-        try:
-            import kaleido  # noqa: F401
-        except ImportError:
-            return written
-        try:
-            fig.write_image(folder / f"{name}.png", scale=2)
-            written.append(folder / f"{name}.png")
-        except Exception as error:  # kaleido needs a Chrome; say so rather than fail the notebook
-            warnings.warn(f"PNG for {name} not written ({type(error).__name__}: {error}); the HTML is saved")
-    return written
 
 
 def _node_xy(graph: Graph, node: str) -> tuple[float, float]:
     """Layer on x (input at −1, logits at n_layers); heads by index on y, MLPs above them."""
     H = graph.shape.n_heads
-    if node == "input":
+    parsed = parse_node(node)
+    if parsed.kind == "input":
         return -1.0, (H - 1) / 2
-    if node == "logits":
+    if parsed.kind == "logits":
         return float(graph.shape.n_layers), (H - 1) / 2
-    if node.startswith("m"):
-        return int(node[1:]) + 0.35, H + 0.5
-    layer, head = node[1:].split(".h")
-    return float(layer), float(head)
+    if parsed.kind == "mlp":
+        return int(parsed.layer) + 0.35, H + 0.5
+    return float(parsed.layer), float(parsed.index)
 
 
 def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figure:
@@ -77,7 +50,7 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
                     if (e.score >= 0) != (sign > 0) or int(np.searchsorted(edges_bins, mag, side="right")) != b:
                         continue
                     x0, y0 = _node_xy(graph, e.upstream)
-                    for target in graph._receiver_targets(e.receiver):
+                    for target in graph.receiver_targets(e.receiver):
                         x1, y1 = _node_xy(graph, target)
                         xs += [x0, x1, None]
                         ys += [y0, y1, None]
@@ -85,7 +58,7 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
                     fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=0.6 + 1.4 * b), opacity=0.55, hoverinfo="skip", showlegend=False))
         mids = []
         for e in edges:
-            (x0, y0), (x1, y1) = _node_xy(graph, e.upstream), _node_xy(graph, graph._receiver_targets(e.receiver)[0])
+            (x0, y0), (x1, y1) = _node_xy(graph, e.upstream), _node_xy(graph, graph.receiver_targets(e.receiver)[0])
             mids.append(((x0 + x1) / 2, (y0 + y1) / 2))
         fig.add_trace(go.Scatter(
             x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", marker=dict(size=5, color="rgba(0,0,0,0.01)"),
@@ -106,26 +79,6 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
         yaxis=dict(title="head (MLPs on top)", zeroline=False), height=520, template="plotly_white",
     )
     return fig
-
-
-def show_in_output(out: Any, content: go.Figure | str) -> None:
-    """Replace an ``ipywidgets.Output``'s content with a figure (or a line of text).
-
-    Sets the widget's ``outputs`` directly instead of capturing ``display`` inside ``with out:``:
-    capture goes through the kernel's output hooks, which headless runners (papermill/nbclient)
-    intermittently stall on (jupyter/nbclient#312); setting the state is a plain widget update.
-    The bundle holds plotly's JSON mimetype (what JupyterLab renders) plus whatever the active
-    plotly renderer adds, as a plain ``display`` would.
-    """
-    if isinstance(content, str):
-        out.outputs = ({"output_type": "stream", "name": "stdout", "text": content + "\n"},)
-        return
-    bundle = {
-        "text/plain": f"<plotly figure: {content.layout.title.text or ''}>",
-        "application/vnd.plotly.v1+json": json.loads(content.to_json()),
-        **content._repr_mimebundle_(),
-    }
-    out.outputs = ({"output_type": "display_data", "data": bundle, "metadata": {}},)
 
 
 def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
