@@ -1,15 +1,21 @@
 # knowledge-circuits — the two commands a newcomer needs:
 #   make reproduce   set up .venv and run every notebook on the organism (runs/, figures/)
-#   make test        set up .venv and run the unit tests + nbval on the notebooks
+#   make test        set up .venv and run lint, architecture contracts, unit tests and nbval on the notebooks
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= kc-organism
 TORCH_VERSION ?= 2.13.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+# extra knobs for every notebook, papermill style: PAPERMILL_ARGS="-p n_edges 400 -p seed 1"
 PAPERMILL_ARGS ?=
+# only the default run on the organism refreshes the versioned tables in figures/; any other run
+# writes under runs/<notebook>/ (or where OUT_DIR says)
+OUT_DIR ?=
+PUBLISH := $(if $(and $(filter kc-organism,$(MODEL)),$(if $(strip $(PAPERMILL_ARGS) $(OUT_DIR)),,yes)),-p publish True,)
+OUT_ARG := $(if $(OUT_DIR),-p out_dir $(OUT_DIR),)
 
-.PHONY: install reproduce test test-unit test-notebooks bench clean
+.PHONY: install reproduce test lint test-unit test-notebooks bench clean
 
 install: $(VENV)/.installed
 
@@ -22,16 +28,20 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 reproduce: install
-	@mkdir -p runs figures
-	@if [ -z "$(NOTEBOOKS)" ]; then echo "no notebooks yet in notebooks/"; fi
+	@mkdir -p runs
 	@set -e; for nb in $(NOTEBOOKS); do \
 		name=$$(basename $$nb .ipynb); \
 		echo "== $$name (model_name=$(MODEL))"; \
-		$(PY) -m papermill $$nb runs/$$name.ipynb --cwd . -k python3 -p model_name $(MODEL) $(PAPERMILL_ARGS); \
+		$(PY) -m kc_utils.execute $$nb runs/$$name.ipynb --cwd . -p model_name $(MODEL) $(PUBLISH) $(OUT_ARG) $(PAPERMILL_ARGS); \
 	done
 
-test: install
+test: install lint
 	$(PY) -m pytest tests $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env)
+
+lint: install
+	$(VENV)/bin/ruff check kc_utils tests benchmarks
+	$(VENV)/bin/ruff format --check kc_utils tests benchmarks
+	$(VENV)/bin/lint-imports
 
 test-unit: install
 	$(PY) -m pytest tests

@@ -41,8 +41,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
@@ -114,8 +115,11 @@ def build_checkpoint(shape: str, folder: Path, seed: int = 0) -> None:
     tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
     )
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=VOCAB, n_positions=64, bos_token_id=0, eos_token_id=0, **SHAPES[shape])
@@ -180,7 +184,11 @@ def tl_peer(model: Any, graph_cls: Any, batch: Any, pairs: int) -> dict:
             seconds[clock] += value
         for (writer, reader), score in result.edge_scores.items():  # sum over positions
             total[graph.upstream_index[_tl_writer(writer)], graph.receiver_index[_tl_reader(reader)]] += score
-    return {"seconds_per_pair": {c: v / pairs for c, v in seconds.items()}, "pairs": pairs, "scores": (total / pairs).float()}
+    return {
+        "seconds_per_pair": {c: v / pairs for c, v in seconds.items()},
+        "pairs": pairs,
+        "scores": (total / pairs).float(),
+    }
 
 
 def _tl_writer(node: Any) -> str:
@@ -229,11 +237,11 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
     torch.set_num_threads(THREADS)
     from kc_utils import Graph, attribute, make_batch
     from kc_utils import models as kc_models
+    from kc_utils.circuits.ablation import ablated_outputs
     from kc_utils.circuits.attribute import frozen_parameters
     from kc_utils.circuits.evaluate import circuit_logits
-    from kc_utils.data.metrics import logit_diff
-    from kc_utils.circuits.ablation import ablated_outputs
     from kc_utils.circuits.patching import run_masked
+    from kc_utils.data.metrics import logit_diff
 
     res: dict[str, Any] = {"shape": shape, "load_start": load_avg()}
     res["rss_before_load_gb"] = peak_rss_gb()
@@ -298,12 +306,14 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
         with torch.no_grad():
             ablated = ablated_outputs(model, circuit, batch, "patch")
             for _ in range(EVAL_ROUNDS):
-                rounds.append({
-                    "fwd_eval": timed(forward),
-                    "corrupt_collect": timed(lambda: ablated_outputs(model, circuit, batch, "patch")),
-                    "masked_fwd": timed(lambda: run_masked(model, circuit, batch.clean, ablated, circuit.in_graph)),
-                    "circuit_logits": timed(lambda: circuit_logits(model, circuit, batch, "patch")),
-                })
+                rounds.append(
+                    {
+                        "fwd_eval": timed(forward),
+                        "corrupt_collect": timed(lambda: ablated_outputs(model, circuit, batch, "patch")),
+                        "masked_fwd": timed(lambda: run_masked(model, circuit, batch.clean, ablated, circuit.in_graph)),
+                        "circuit_logits": timed(lambda: circuit_logits(model, circuit, batch, "patch")),
+                    }
+                )
             del ablated
         for key in rounds[0]:
             times[key] = {clock: min(r[key][clock] for r in rounds) for clock in CLOCKS}
@@ -311,8 +321,12 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
             row[clock].update({k: t[clock] for k, t in times.items()})
             row[clock]["fwd_ref"] = min(row[clock]["fwd"], row[clock]["fwd_eval"])
         rows.append(row)
-        print(f"  [{shape}] repeat {rep + 1}/{repeats} (load {row['load']}): "
-              + ", ".join(f"{k} {v:.2f}/{row['cpu'][k]:.2f}" for k, v in row["wall"].items()) + "  (wall/CPU s)", flush=True)
+        print(
+            f"  [{shape}] repeat {rep + 1}/{repeats} (load {row['load']}): "
+            + ", ".join(f"{k} {v:.2f}/{row['cpu'][k]:.2f}" for k, v in row["wall"].items())
+            + "  (wall/CPU s)",
+            flush=True,
+        )
     res["rows"] = rows
     res["median"] = {clock: {k: median([r[clock][k] for r in rows]) for k in rows[0][clock]} for clock in CLOCKS}
     res["min"] = {clock: {k: min(r[clock][k] for r in rows) for k in rows[0][clock]} for clock in CLOCKS}
@@ -364,10 +378,18 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
     # scores for the auto-circuit comparison: EAP on the whole batch
     attribute(model, graph, batch, "logit_diff", method="eap", progress=False)
     torch.save(
-        {"clean": batch.clean, "corrupt": batch.corrupt, "answer": batch.answer,
-         "corrupt_answer": batch.corrupt_answer, "last_pos": batch.last_pos,
-         "scores": graph.scores, "upstream": graph.upstream_names, "receivers": graph.receiver_names,
-         "eap_seconds": res["median"]["wall"]["eap"], "eap_cpu_seconds": res["median"]["cpu"]["eap"]},
+        {
+            "clean": batch.clean,
+            "corrupt": batch.corrupt,
+            "answer": batch.answer,
+            "corrupt_answer": batch.corrupt_answer,
+            "last_pos": batch.last_pos,
+            "scores": graph.scores,
+            "upstream": graph.upstream_names,
+            "receivers": graph.receiver_names,
+            "eap_seconds": res["median"]["wall"]["eap"],
+            "eap_cpu_seconds": res["median"]["cpu"]["eap"],
+        },
         checkpoint / "kc_batch_and_scores.pt",
     )
     res["load_end"] = load_avg()
@@ -386,10 +408,21 @@ def run_shape(shape: str, args: argparse.Namespace, workdir: Path) -> dict:
     repeats = args.repeats_medium if shape == "gpt2-medium" and args.repeats_medium else args.repeats
     print(f"== {shape}: measuring ({repeats} repeats, load {load_avg()})", flush=True)
     subprocess.run(
-        [sys.executable, script, "--worker", shape, str(checkpoint), "--repeats", str(repeats),
-         "--peer-pairs", str(args.peer_pairs_medium if shape == "gpt2-medium" else args.peer_pairs),
-         "--out", str(out)],
-        check=True, env=env,
+        [
+            sys.executable,
+            script,
+            "--worker",
+            shape,
+            str(checkpoint),
+            "--repeats",
+            str(repeats),
+            "--peer-pairs",
+            str(args.peer_pairs_medium if shape == "gpt2-medium" else args.peer_pairs),
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=env,
     )
     res = json.loads(out.read_text())
     res["auto_circuit"] = run_auto_circuit(shape, checkpoint, args, env)
@@ -403,14 +436,24 @@ def run_auto_circuit(shape: str, checkpoint: Path, args: argparse.Namespace, env
         return {"skipped": "run on gpt2-small only (its memory use on medium would crowd a 24 GB machine)"}
     python = Path(AUTO_CIRCUIT_PYTHON)
     if not python.exists():
-        msg = (f"auto-circuit peer skipped: no interpreter at {python} (set KC_AUTO_CIRCUIT_PYTHON, "
-               "or see benchmarks/README.md to create /tmp/ac-venv)")
+        msg = (
+            f"auto-circuit peer skipped: no interpreter at {python} (set KC_AUTO_CIRCUIT_PYTHON, "
+            "or see benchmarks/README.md to create /tmp/ac-venv)"
+        )
         print(msg, flush=True)
         return {"skipped": msg}
     out = checkpoint / "auto_circuit.json"
     print(f"== {shape}: auto-circuit peer ({python})", flush=True)
     proc = subprocess.run(
-        [str(python), str(HERE / "peer_auto_circuit.py"), str(checkpoint), "--repeats", str(args.repeats), "--out", str(out)],
+        [
+            str(python),
+            str(HERE / "peer_auto_circuit.py"),
+            str(checkpoint),
+            "--repeats",
+            str(args.repeats),
+            "--out",
+            str(out),
+        ],
         env=env,
     )
     if proc.returncode != 0 or not out.exists():
@@ -444,8 +487,11 @@ def table(results: list[dict]) -> str:
             f"{triple(q['circuit_logits/fwd'])} | {triple(q['masked_fwd/fwd'])} | {triple(q['corrupt_collect/fwd'])} | "
             f"{r['rss_kc_gb']:.2f} |"
         )
-    peers = ["", "| shape | peer | peer s for the batch of 16, wall (CPU) | **ours / peer**, wall · CPU | Pearson | Spearman | notes |",
-             "|---|---|---|---|---|---|---|"]
+    peers = [
+        "",
+        "| shape | peer | peer s for the batch of 16, wall (CPU) | **ours / peer**, wall · CPU | Pearson | Spearman | notes |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         tl = r.get("tl")
         if tl and "skipped" not in tl:
@@ -486,8 +532,10 @@ def machine_line(results: list[dict]) -> str:
     except OSError:
         pass
     loads = ", ".join(f"{r['shape']} {r['load_start']}→{r['load_end']} ({r.get('date', '?')})" for r in results)
-    return (f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-            f"({THREADS} threads), Python {platform.python_version()}; 1-min load average at start→end: {loads}")
+    return (
+        f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
+        f"({THREADS} threads), Python {platform.python_version()}; 1-min load average at start→end: {loads}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -495,12 +543,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="GPT-2-small shape only")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported; ≥ 3)")
     parser.add_argument("--repeats-medium", type=int, help="repeats for GPT-2-medium (default: --repeats)")
-    parser.add_argument("--peer-pairs", type=int, default=4, help="prompt pairs the TransformerLens peer is timed on (0: skip)")
+    parser.add_argument(
+        "--peer-pairs", type=int, default=4, help="prompt pairs the TransformerLens peer is timed on (0: skip)"
+    )
     parser.add_argument("--peer-pairs-medium", type=int, default=1, help="the same for GPT-2-medium (its peer is slow)")
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="shapes to run (default: small and medium)")
-    parser.add_argument("--merge", action="store_true",
-                        help="keep the other shapes' rows from the last run (benchmarks/results.json) in the report")
-    parser.add_argument("--report-only", action="store_true", help="rewrite results.md from results.json, measure nothing")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other shapes' rows from the last run (benchmarks/results.json) in the report",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite results.md from results.json, measure nothing"
+    )
     parser.add_argument("--no-auto-circuit", action="store_true", help="skip the auto-circuit peer")
     parser.add_argument("--build", nargs=2, metavar=("SHAPE", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("SHAPE", "DIR"), help=argparse.SUPPRESS)
@@ -523,13 +578,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge and RAW_RESULTS.exists():
         kept = [r for r in json.loads(RAW_RESULTS.read_text()) if r["shape"] not in shapes]
     results: list[dict] = []
-    previous = {r["shape"]: r for r in json.loads(RAW_RESULTS.read_text())} if args.merge and RAW_RESULTS.exists() else {}
+    previous = (
+        {r["shape"]: r for r in json.loads(RAW_RESULTS.read_text())} if args.merge and RAW_RESULTS.exists() else {}
+    )
     with tempfile.TemporaryDirectory(prefix="kc-bench-") as tmp:
         for shape in shapes:
             res = run_shape(shape, args, Path(tmp))
             old_ac = previous.get(shape, {}).get("auto_circuit", {})
             if args.no_auto_circuit and old_ac and "skipped" not in old_ac:  # keep the last measured peer
-                res["auto_circuit"] = dict(old_ac, note=old_ac.get("note", "") + f"; kept from the run of {previous[shape].get('date', '?')}")
+                res["auto_circuit"] = dict(
+                    old_ac, note=old_ac.get("note", "") + f"; kept from the run of {previous[shape].get('date', '?')}"
+                )
             results.append(res)
             merged = sorted(kept + results, key=lambda r: list(SHAPES).index(r["shape"]))
             write_report(merged, args, time.perf_counter() - start)  # after each shape: a crash keeps the rest
@@ -541,7 +600,8 @@ def write_report(results: list[dict], args: argparse.Namespace, seconds: float) 
     notes = [
         f"Batch {N_PROMPTS} prompts × {N_TOKENS} tokens, random weights, vocabulary {VOCAB}, EAP-IG m = {IG_STEPS}, "
         f"circuit = top {CIRCUIT_EDGES} edges by |EAP score|, then pruned ({', '.join(str(r['circuit_edges']) + ' kept on ' + r['shape'] for r in results)}), "
-        f"patch ablation; {', '.join(str(len(r['rows'])) + ' repeats on ' + r['shape'] for r in results)}." + (f" Wall time of the last invocation {seconds:.0f} s." if seconds else ""),
+        f"patch ablation; {', '.join(str(len(r['rows'])) + ' repeats on ' + r['shape'] for r in results)}."
+        + (f" Wall time of the last invocation {seconds:.0f} s." if seconds else ""),
         "Times: median wall seconds (median CPU seconds of the process). Ratios: **median of the per-repeat wall-clock "
         "ratios** · ratio of the wall-clock minima · median of the per-repeat CPU-time ratios. The machine is shared, so a "
         "pass's wall time can swing several-fold; the CPU-time ratio is the steadiest estimate of the work done.",
@@ -550,10 +610,13 @@ def write_report(results: list[dict], args: argparse.Namespace, seconds: float) 
         f"eval / fwd = `circuit_logits` (corrupt collection + masked forward) over one plain forward, each the fastest of "
         f"{EVAL_ROUNDS} interleaved rounds within a repeat; masked fwd and corrupt collect are its two parts.",
         "Peak RSS = `ru_maxrss` of the measuring process (kc_utils work only; TransformerLens peer excluded: "
-        + ", ".join(f"{r['shape']} {fmt(r.get('rss_with_tl_gb'))} GB with it" for r in results) + ").",
+        + ", ".join(f"{r['shape']} {fmt(r.get('rss_with_tl_gb'))} GB with it" for r in results)
+        + ").",
     ]
     if medium is not None:
-        notes.append(f"GPT-2-medium peak RSS {medium['rss_kc_gb']:.2f} GB: {'within' if medium['rss_kc_gb'] < 24 else 'OVER'} 24 GB.")
+        notes.append(
+            f"GPT-2-medium peak RSS {medium['rss_kc_gb']:.2f} GB: {'within' if medium['rss_kc_gb'] < 24 else 'OVER'} 24 GB."
+        )
     report = f"{machine_line(results)}\n\n{text}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
     print("\n" + report)
     RESULTS.write_text("# Benchmark results (`benchmarks/attribution.py`)\n\n" + report)

@@ -73,15 +73,27 @@ def main() -> None:
     hf = GPT2LMHeadModel.from_pretrained(args.checkpoint).eval()
     c = hf.config
     cfg = tl.HookedTransformerConfig(
-        n_layers=c.n_layer, d_model=c.n_embd, n_heads=c.n_head, d_head=c.n_embd // c.n_head,
-        d_mlp=4 * c.n_embd, n_ctx=c.n_positions, d_vocab=c.vocab_size, act_fn="gelu_new",
-        normalization_type="LN", eps=c.layer_norm_epsilon, positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel", device="cpu",
+        n_layers=c.n_layer,
+        d_model=c.n_embd,
+        n_heads=c.n_head,
+        d_head=c.n_embd // c.n_head,
+        d_mlp=4 * c.n_embd,
+        n_ctx=c.n_positions,
+        d_vocab=c.vocab_size,
+        act_fn="gelu_new",
+        normalization_type="LN",
+        eps=c.layer_norm_epsilon,
+        positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel",
+        device="cpu",
     )
     model = tl.HookedTransformer(cfg)
     model.load_and_process_state_dict(
-        convert_gpt2_weights(hf, cfg), fold_ln=False, center_writing_weights=False,
-        center_unembed=False, fold_value_biases=False,
+        convert_gpt2_weights(hf, cfg),
+        fold_ln=False,
+        center_writing_weights=False,
+        center_unembed=False,
+        fold_value_biases=False,
     )
     clean, corrupt = data["clean"], data["corrupt"]
     with torch.no_grad():
@@ -107,7 +119,9 @@ def main() -> None:
         for wrapper in pm.dest_wrappers:  # mask gradients accumulate across calls
             wrapper.patch_mask.grad = None
         wall, cpu = time.perf_counter(), time.process_time()
-        scores = mask_gradient_prune_scores(pm, loader, None, grad_function="logit", answer_function="avg_diff", mask_val=0.0)
+        scores = mask_gradient_prune_scores(
+            pm, loader, None, grad_function="logit", answer_function="avg_diff", mask_val=0.0
+        )
         return (time.perf_counter() - wall, time.process_time() - cpu), scores
 
     eap()  # warm-up
@@ -142,7 +156,9 @@ def main() -> None:
         "note": f"{len(mine)} edges mapped; HookedTransformer vs HF logits max |Δ| {logits_max_diff:.1e}",
     }
     args.out.write_text(json.dumps(result, indent=1))
-    print(f"auto-circuit EAP: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU (median of {args.repeats}), r = {result['pearson']:.6f}")
+    print(
+        f"auto-circuit EAP: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU (median of {args.repeats}), r = {result['pearson']:.6f}"
+    )
 
 
 if __name__ == "__main__":

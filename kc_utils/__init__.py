@@ -10,13 +10,23 @@ A thin library behind the numbered notebooks. The main entry points:
 """
 
 from kc_utils.circuits.attribute import attribute
-from kc_utils.data.prompts import PromptBatch, PromptError, make_batch
 from kc_utils.circuits.evaluate import evaluate_circuit, faithfulness, faithfulness_curve, random_circuit
 from kc_utils.circuits.graph import CircuitError, Graph
+from kc_utils.data.prompts import PromptBatch, PromptError, make_batch
 from kc_utils.models import ModelLoadError, load_model
 
 __all__ = [
-    "attribute", "PromptBatch", "PromptError", "make_batch", "evaluate_circuit", "faithfulness",
-    "faithfulness_curve", "random_circuit", "CircuitError", "Graph", "ModelLoadError", "load_model",
+    "attribute",
+    "PromptBatch",
+    "PromptError",
+    "make_batch",
+    "evaluate_circuit",
+    "faithfulness",
+    "faithfulness_curve",
+    "random_circuit",
+    "CircuitError",
+    "Graph",
+    "ModelLoadError",
+    "load_model",
 ]
 __version__ = "0.1.0"

@@ -40,8 +40,9 @@ import logging
 import os
 import socket
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -142,9 +143,7 @@ def hooks(
         yield model
 
 
-def run_with_hooks(
-    model: Any, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]] = ()
-) -> torch.Tensor:
+def run_with_hooks(model: Any, tokens: torch.Tensor, fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> torch.Tensor:
     """Forward pass with hooks; returns logits ``[b, p, vocab]``."""
     with hooks(model, fwd_hooks):
         return model(tokens)
@@ -345,3 +344,12 @@ def configure_for_patching(model: Any) -> Any:
         if model.tokenizer.pad_token_id is None:
             model.tokenizer.pad_token = model.tokenizer.eos_token
     return model
+
+
+# ----------------------------------------------------------------------------- MLP weights (editing, notebook 03)
+# Read and write one MLP's weights in a fixed orientation, whatever the architecture stores
+# (GPT-2's Conv1D is transposed with respect to Llama's Linear).
+
+
+# ----------------------------------------------------------------------------- MLP neurons (notebook 06)
+# Hook names and interventions on the MLP's hidden activations (the "neurons").

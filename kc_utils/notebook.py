@@ -1,13 +1,59 @@
-"""Where outputs go: the project root when inside a checkout, else the working directory.
+"""Notebook support: what every numbered notebook repeats in its first cells.
 
-Notebooks are run from ``notebooks/`` (Jupyter) or from the root (``make reproduce``); both must
-write to the same ``figures/`` and ``runs/``, so paths are resolved from the checkout's root, found
-by walking up from the working directory to the ``pyproject.toml`` of this project.
+* :func:`start` — seed everything, load the model, and decide where this run's outputs go;
+* :class:`RunOutputs` — that decision: one folder per run, tables written with a fixed number of
+  decimals (a rerun is byte-identical), figures saved beside them;
+* :func:`as_list` — a list-valued knob given as one string means that one item;
+* :func:`check_choice`, :func:`check_range` — validate knobs before any expensive step;
+* :func:`load_circuit_if_matching` — reuse a circuit saved by an earlier notebook only when the
+  provenance it records matches the settings asked for.
+
+Where outputs go (``out_dir`` and ``publish``, knobs of every notebook):
+
+========================  ========================================================================
+setting                   folder
+========================  ========================================================================
+``out_dir`` given         that folder (created), whatever else is set
+``publish=True``          ``figures/`` of the checkout — the versioned tables; ``make reproduce``
+                          sets it only for the default run on the organism
+otherwise                 ``runs/<notebook>/`` of the checkout (untracked)
+========================  ========================================================================
+
+Outside a checkout (Colab, a pip install), "the checkout" is the working directory.
 """
 
 from __future__ import annotations
 
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+__all__ = [
+    "REPOSITORY_URL",
+    "RunOutputs",
+    "as_list",
+    "check_choice",
+    "check_range",
+    "figures_dir",
+    "load_circuit_if_matching",
+    "project_root",
+    "seed_everything",
+    "start",
+    "write_table",
+]
+
+#: The one place the repository's address is written (README badges and the notebooks' install cell).
+REPOSITORY_URL = "https://github.com/knowledge-circuits/knowledge-circuits"
+
+#: Decimals of every float written to a CSV table: last-digit float noise never reaches a file.
+TABLE_DECIMALS = 4
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -21,13 +67,172 @@ def project_root(start: str | Path | None = None) -> Path:
 
 
 def figures_dir() -> Path:
-    """``<root>/figures``."""
-    return project_root() / "figures"
-
-
-def output_dir(relative: str | Path) -> Path:
-    """A folder for run outputs, relative to the root unless absolute; created if missing."""
-    path = Path(relative)
-    folder = path if path.is_absolute() else project_root() / path
+    """``<root>/figures`` (created): where the versioned tables and published figures live."""
+    folder = project_root() / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def as_list(value: str | Iterable[Any] | None, name: str) -> list[Any] | None:
+    """A list-valued knob: one string means that one item (``"country_language"`` → ``["country_language"]``).
+
+    ``None`` stays ``None`` (the notebook's default set). Anything else must be iterable.
+
+    Raises:
+        ValueError: a value that is neither a string, ``None`` nor a list/tuple.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise ValueError(f"{name} must be a name or a list of names, got {type(value).__name__} {value!r}")
+
+
+def check_choice(value: Any, name: str, choices: Sequence[Any]) -> Any:
+    """``value`` if it is one of ``choices``.
+
+    Raises:
+        ValueError: naming the knob, the value and the choices.
+    """
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
+    return value
+
+
+def check_range(
+    value: float, name: str, low: float | None = None, high: float | None = None, integer: bool = False
+) -> float:
+    """``value`` if ``low ≤ value ≤ high`` (and an integer when asked).
+
+    Raises:
+        ValueError: naming the knob, the value and the allowed range.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if integer and int(value) != value:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ValueError(f"{name}={value!r} is outside {bounds}")
+    return value
+
+
+def write_table(table: pd.DataFrame, path: str | Path, decimals: int = TABLE_DECIMALS) -> Path:
+    """Write ``table`` as CSV with floats rounded to ``decimals`` and ``\\n`` line ends; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rounded = table.copy()
+    for column in rounded.columns:
+        if pd.api.types.is_float_dtype(rounded[column]):
+            rounded[column] = rounded[column].round(decimals)
+    rounded.to_csv(path, index=False, lineterminator="\n", float_format=f"%.{decimals}f")
+    return path
+
+
+@dataclass
+class RunOutputs:
+    """Where one notebook run writes its tables, figures and circuits.
+
+    Attributes:
+        folder: the run's folder (exists).
+        published: the folder is ``figures/`` (the versioned tables are being refreshed).
+        model_tag: the model name made safe for file names.
+    """
+
+    folder: Path
+    published: bool
+    model_tag: str
+    written: list[Path] = field(default_factory=list)
+
+    def path(self, name: str) -> Path:
+        """``folder / name``."""
+        return self.folder / name
+
+    def table(self, table: pd.DataFrame, name: str) -> Path:
+        """Write ``<name>_<model>.csv`` (rounded; see :func:`write_table`)."""
+        path = write_table(table, self.folder / f"{name}_{self.model_tag}.csv")
+        self.written.append(path)
+        return path
+
+    def figure(self, fig: Any, name: str, self_contained: bool = False) -> list[Path]:
+        """Save a plotly figure as ``<name>_<model>.html`` (+ PNG when cheap) in the run's folder."""
+        from kc_utils.viz.save import save_figure
+
+        paths = save_figure(fig, f"{name}_{self.model_tag}", self.folder, self_contained=self_contained)
+        self.written.extend(paths)
+        return paths
+
+
+def run_outputs(notebook: str, model_name: str, out_dir: str | Path | None, publish: bool) -> RunOutputs:
+    """Decide the run's folder (module table) and create it."""
+    tag = str(model_name).replace("/", "_").replace("\\", "_")
+    if out_dir not in (None, ""):
+        folder = Path(out_dir).expanduser()
+        folder = folder if folder.is_absolute() else Path.cwd() / folder
+        published = False
+    elif publish:
+        folder, published = figures_dir(), True
+    else:
+        folder, published = project_root() / "runs" / notebook, False
+    folder.mkdir(parents=True, exist_ok=True)
+    return RunOutputs(folder.resolve(), published, tag)
+
+
+def start(
+    notebook: str,
+    model_name: str,
+    seed: int = 0,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    publish: bool = False,
+) -> tuple[Any, RunOutputs]:
+    """Seed, load the model and create the run's output folder; prints one line saying where.
+
+    Args:
+        notebook: the notebook's short name (``"01_knowledge_circuits"``), used for ``runs/<notebook>``.
+        model_name: anything :func:`kc_utils.models.load_model` accepts.
+
+    Returns:
+        ``(model, outputs)``.
+    """
+    from kc_utils.models import load_model
+
+    seed_everything(seed)
+    model = load_model(model_name, device=device)
+    outputs = run_outputs(notebook, model_name, out_dir, publish)
+    cfg = model.cfg
+    where = "figures/ (versioned tables refreshed)" if outputs.published else str(outputs.folder)
+    print(f"{model_name}: {cfg.n_layers} layers x {cfg.n_heads} heads on {cfg.device}; outputs -> {where}")
+    return model, outputs
+
+
+def load_circuit_if_matching(path: str | Path, expected: dict[str, Any]) -> tuple[Any | None, str]:
+    """The circuit saved at ``path`` if its recorded provenance matches ``expected``, else ``None``.
+
+    Returns ``(graph or None, reason)``; the reason says which happened (missing file, a
+    mismatching setting by name, or a match), so the notebook can print it.
+    """
+    from kc_utils.circuits.graph import CircuitError, Graph
+
+    path = Path(path)
+    if not path.exists():
+        return None, f"no saved circuit at {path}"
+    try:
+        graph = Graph.from_json(path)
+    except (CircuitError, json.JSONDecodeError, KeyError) as error:
+        return None, f"{path} is not a usable circuit file ({error})"
+    recorded = graph.provenance
+    differing = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
+    if differing:
+        detail = ", ".join(f"{k}: saved {a!r} vs asked {b!r}" for k, (a, b) in differing.items())
+        return None, f"the circuit at {path} was made with other settings ({detail})"
+    return graph, f"reused the circuit at {path} (its recorded settings match)"

@@ -42,7 +42,7 @@ class ModelShape:
         return self.n_kv_heads != self.n_heads
 
     @classmethod
-    def from_config(cls, cfg: Any) -> "ModelShape":
+    def from_config(cls, cfg: Any) -> ModelShape:
         """Read the shape off a TransformerLens-style config (``n_layers``, ``n_heads``, ``d_model`` …)."""
         n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
         return cls(

@@ -32,8 +32,11 @@ def build_tokenizer():
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
     )
 
 
@@ -52,13 +55,26 @@ def save_tiny_model(folder: Path, arch: str, seed: int = 0, n_layers: int = 2) -
     torch.manual_seed(seed)
     vocab = len(tokenizer)
     if arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=32, n_embd=32, n_layer=n_layers, n_head=4, bos_token_id=0, eos_token_id=0))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab, n_positions=32, n_embd=32, n_layer=n_layers, n_head=4, bos_token_id=0, eos_token_id=0
+            )
+        )
     elif arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-            bos_token_id=0, eos_token_id=0, pad_token_id=0,
-        ))
+        model = LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=n_layers,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=32,
+                bos_token_id=0,
+                eos_token_id=0,
+                pad_token_id=0,
+            )
+        )
     else:
         raise ValueError(arch)
     _randomise(model, seed, scale=0.2)

@@ -47,11 +47,13 @@ def reference_run(
             start = graph.head_upstream_slice(layer).start
             for h in range(graph.shape.n_heads):
                 current[start + h] = act[:, :, h]
+
         return hook
 
     def record_mlp(layer):
         def hook(act, hook):
             current[graph.mlp_upstream_index(layer)] = act
+
         return hook
 
     def fix_single(receiver: int):
@@ -61,10 +63,12 @@ def reference_run(
                 if (u, receiver) in alphas:
                     out = out - (1 - alphas[(u, receiver)]) * diff(u)
             return out
+
         return hook
 
     def fix_heads(layer, letter):
         rx = graph.receiver_slice(layer, letter)
+
         def hook(act, hook):
             columns = []
             for i, receiver in enumerate(range(rx.start, rx.stop)):
@@ -74,6 +78,7 @@ def reference_run(
                         col = col - (1 - alphas[(u, receiver)]) * diff(u)
                 columns.append(col)
             return torch.stack(columns, dim=2)
+
         return hook
 
     hooks = [(models.INPUT_HOOK, record_input)]

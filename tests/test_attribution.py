@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import torch
 import pytest
+import torch
+from reference import all_edges, reference_run, spearman
 
+from kc_utils.circuits.ablation import ablated_outputs
 from kc_utils.circuits.attribute import attribute
-from kc_utils.data.prompts import make_batch
 from kc_utils.circuits.evaluate import circuit_logits, evaluate_circuit
 from kc_utils.circuits.graph import Graph
-from kc_utils.data.metrics import get_metric
-from kc_utils.circuits.ablation import ablated_outputs
 from kc_utils.circuits.patching import collect_outputs, run_masked
-from reference import all_edges, reference_run, spearman
+from kc_utils.data.metrics import get_metric
+from kc_utils.data.prompts import make_batch
 
 
 @pytest.fixture()
@@ -100,7 +100,9 @@ def test_eap_ig_equals_slow_riemann_sum(tiny_model, batch):
     for k in range(1, steps + 1):
         embedding = ablated[0] + (k / steps) * (clean[0] - ablated[0])
         alphas = {e: torch.ones((), requires_grad=True) for e in edges}
-        logits = reference_run(tiny_model, graph, batch.clean, ablated, alphas, fixed_diff=clean - ablated, input_override=embedding)
+        logits = reference_run(
+            tiny_model, graph, batch.clean, ablated, alphas, fixed_diff=clean - ablated, input_override=embedding
+        )
         value = get_metric("logit_diff")(logits, batch).mean()
         for e, g in zip(edges, torch.autograd.grad(value, [alphas[e] for e in edges])):
             expected[e] += g / steps
@@ -142,7 +144,10 @@ def test_eap_ig_ranks_edges_like_exact(tiny_model, batch, capsys):
     ig = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=5, progress=False).scores[mask].clone()
     rho_eap, rho_ig = spearman(eap, exact), spearman(ig, exact)
     with capsys.disabled():
-        print(f"\n[{tiny_model.cfg.normalization_type}] Spearman vs exact over {int(mask.sum())} edges: EAP {rho_eap:.3f}, EAP-IG {rho_ig:.3f}")
+        print(
+            f"\n[{tiny_model.cfg.normalization_type}] Spearman vs exact over {int(mask.sum())} edges: "
+            f"EAP {rho_eap:.3f}, EAP-IG {rho_ig:.3f}"
+        )
     assert rho_ig > 0.5
 
 
@@ -193,6 +198,7 @@ def test_eap_with_other_ablations_equals_mask_gradient(tiny_gpt2, country_batch_
 def test_bfloat16_models_patch_and_attribute(tmp_path, arch, country_batch_args):
     """Weights in bfloat16: the full circuit still equals the model, and EAP-IG agrees with float32."""
     from conftest import save_tiny_model
+
     from kc_utils.models import load_model
 
     folder = save_tiny_model(tmp_path / arch, arch)
@@ -217,7 +223,9 @@ def test_fractional_masks_and_their_gradients(tiny_model, batch):
     generator = torch.Generator().manual_seed(5)
     alpha = torch.rand(graph.real_edges.shape, generator=generator) * graph.real_edges
     with torch.no_grad():
-        expected = reference_run(tiny_model, graph, batch.clean, ablated, {e: float(alpha[e]) for e in all_edges(graph)})
+        expected = reference_run(
+            tiny_model, graph, batch.clean, ablated, {e: float(alpha[e]) for e in all_edges(graph)}
+        )
         got = run_masked(tiny_model, graph, batch.clean, ablated, alpha)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     ones = torch.ones(graph.real_edges.shape, requires_grad=True)

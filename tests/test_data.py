@@ -24,8 +24,14 @@ EXPECTED = {
     "linguistic": {"adj_antonym", "word_first_letter", "word_last_letter", "adj_comparative"},
     "commonsense": {"object_superclass", "fruit_inside_color", "work_location", "substance_phase", "word_sentiment"},
     "factual": {
-        "country_capital_city", "landmark_in_country", "country_language", "person_native_language",
-        "country_currency", "person_occupation", "company_hq", "product_by_company",
+        "country_capital_city",
+        "landmark_in_country",
+        "country_language",
+        "person_native_language",
+        "country_currency",
+        "person_occupation",
+        "company_hq",
+        "product_by_company",
     },
     "bias": {"name_religion", "occupation_age", "occupation_gender", "name_birthplace"},
 }

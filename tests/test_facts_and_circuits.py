@@ -5,21 +5,32 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kc_utils.data.prompts import PromptError
-from kc_utils.circuits.table1 import edge_budget, find_relation_circuit, node_overlap, shared_nodes, table1
-from kc_utils.data.relations import Relation, Sample
-from kc_utils.data.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
 from kc_utils.circuits.graph import CircuitError, Graph
+from kc_utils.circuits.table1 import edge_budget, find_relation_circuit, node_overlap, shared_nodes, table1
+from kc_utils.data.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
 from kc_utils.data.metrics import rank
+from kc_utils.data.prompts import PromptError
+from kc_utils.data.relations import Relation, Sample
 from kc_utils.models import tokenize
 
 CAPITALS = Relation(
-    name="tiny capital", prompt_templates=("the capital of {} is",), prompt_templates_zs=(), relation_type="factual",
-    domain_name="country", range_name="city", symmetric=False,
+    name="tiny capital",
+    prompt_templates=("the capital of {} is",),
+    prompt_templates_zs=(),
+    relation_type="factual",
+    domain_name="country",
+    range_name="city",
+    symmetric=False,
     samples=(
-        Sample("France", "Paris"), Sample("Spain", "Madrid"), Sample("Japan", "Tokyo"), Sample("Peru", "Lima"),
-        Sample("Italy", "Rome"), Sample("Chile", "Santiago"), Sample("Kenya", "Nairobi"),
-        Sample("New Zealand", "Wellington"), Sample("South Korea", "Seoul"),
+        Sample("France", "Paris"),
+        Sample("Spain", "Madrid"),
+        Sample("Japan", "Tokyo"),
+        Sample("Peru", "Lima"),
+        Sample("Italy", "Rome"),
+        Sample("Chile", "Santiago"),
+        Sample("Kenya", "Nairobi"),
+        Sample("New Zealand", "Wellington"),
+        Sample("South Korea", "Seoul"),
     ),
 )
 
@@ -55,7 +66,13 @@ def test_known_fact_filter_can_reject_everything(tiny_gpt2):
 
 
 def test_edge_budget():
-    graph = Graph.from_json({"format": "kc_utils.graph/1", "shape": {"n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "d_model": 8, "parallel_attn_mlp": False}, "edges": {}})
+    graph = Graph.from_json(
+        {
+            "format": "kc_utils.graph/1",
+            "shape": {"n_layers": 2, "n_heads": 2, "n_kv_heads": 2, "d_model": 8, "parallel_attn_mlp": False},
+            "edges": {},
+        }
+    )
     assert edge_budget(0.1, graph) == round(0.1 * graph.n_edges)
     assert edge_budget(7, graph) == 7
     with pytest.raises(CircuitError, match="only"):

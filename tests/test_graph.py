@@ -19,7 +19,12 @@ def expected_edges(L: int, H: int, G: int, parallel: bool = False) -> int:
 
 @pytest.mark.parametrize(
     "shape",
-    [ModelShape(12, 12, 12, 768), ModelShape(24, 16, 16, 1024), ModelShape(4, 8, 2, 64), ModelShape(3, 4, 4, 32, parallel_attn_mlp=True)],
+    [
+        ModelShape(12, 12, 12, 768),
+        ModelShape(24, 16, 16, 1024),
+        ModelShape(4, 8, 2, 64),
+        ModelShape(3, 4, 4, 32, parallel_attn_mlp=True),
+    ],
 )
 def test_edge_counts(shape):
     graph = Graph(shape)
@@ -50,11 +55,15 @@ def test_edges_respect_causality():
 
 def test_prune_removes_dangling_nodes():
     graph = Graph(ModelShape(2, 2, 2, 8))
-    graph.set_edges([
-        "input->a0.h0<q>", "a0.h0->m0", "m0->logits",      # a connected path
-        "a0.h1->m1",                                        # a0.h1 has no input, m1 no output
-        "input->a1.h0<v>",                                  # a1.h0 never reaches the logits
-    ])
+    graph.set_edges(
+        [
+            "input->a0.h0<q>",
+            "a0.h0->m0",
+            "m0->logits",  # a connected path
+            "a0.h1->m1",  # a0.h1 has no input, m1 no output
+            "input->a1.h0<v>",  # a1.h0 never reaches the logits
+        ]
+    )
     graph.prune()
     kept = {e.name for e in graph.edges(only_in_graph=True)}
     assert kept == {"input->a0.h0<q>", "a0.h0->m0", "m0->logits"}

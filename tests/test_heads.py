@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from kc_utils.analysis import head_ablation as ablation, heads, lens
-from kc_utils.viz import lens as viz_lens
+from kc_utils.analysis import head_ablation as ablation
+from kc_utils.analysis import heads, lens
+from kc_utils.circuits.graph import Graph
 from kc_utils.data.prompts import make_batch
 from kc_utils.data.relations import Relation, Sample
-from kc_utils.circuits.graph import Graph
+from kc_utils.viz import lens as viz_lens
 
 SUBJECTS = ["France", "New Zealand", "Japan", "South Korea"]
 
@@ -141,7 +142,9 @@ def test_mean_ablation_uses_the_mean_over_real_tokens(tiny_gpt2, country_batch_a
 
 def test_head_ablation_effects(tiny_model, batch):
     objects = set(batch.answer.tolist())
-    effects = ablation.head_ablation_effects(tiny_model, batch, ["a0.h0", "a1.h2"], "zero", k=4, object_tokens=objects, progress=False)
+    effects = ablation.head_ablation_effects(
+        tiny_model, batch, ["a0.h0", "a1.h2"], "zero", k=4, object_tokens=objects, progress=False
+    )
     assert effects["head"].tolist() == ["a0.h0", "a1.h2"]
     logits = ablation.run_with_heads_ablated(tiny_model, batch, ["a1.h2"], "zero")
     rows = torch.arange(len(batch))
@@ -168,8 +171,13 @@ def test_object_share_on_hand_made_tokens():
 
 def test_relation_object_tokens(tiny_gpt2):
     relation = Relation(
-        name="country capital city", prompt_templates=("the capital of {} is",), prompt_templates_zs=(),
-        relation_type="factual", domain_name="country", range_name="city", symmetric=False,
+        name="country capital city",
+        prompt_templates=("the capital of {} is",),
+        prompt_templates_zs=(),
+        relation_type="factual",
+        domain_name="country",
+        range_name="city",
+        symmetric=False,
         samples=(Sample("France", "Paris"), Sample("Japan", "Tokyo"), Sample("Germany", "Berlin")),
     )
     tokens = ablation.relation_object_tokens(tiny_gpt2, relation)
@@ -218,16 +226,25 @@ def test_head_figures_build_from_the_tables(tiny_gpt2, country_batch_args):
     batch = make_batch(tiny_gpt2, *country_batch_args)
     table = lens.logit_lens(tiny_gpt2, batch, SUBJECTS)
     fig = viz_lens.plot_logit_lens(table, 1)
-    assert [t.name for t in fig.data] == ["last position", "last position", "best subject position", "best subject position"]
+    assert [t.name for t in fig.data] == [
+        "last position",
+        "last position",
+        "best subject position",
+        "best subject position",
+    ]
     with pytest.raises(ValueError, match="prompt_index 9 is not in the table"):
         viz_lens.plot_logit_lens(table, 9)
-    roles = heads.head_roles(tiny_gpt2, batch, SUBJECTS, ["a0.h0", "a1.h1"], subject_threshold=0.0, max_answer_rank=10**6)
+    roles = heads.head_roles(
+        tiny_gpt2, batch, SUBJECTS, ["a0.h0", "a1.h1"], subject_threshold=0.0, max_answer_rank=10**6
+    )
     assert len(plotting_heads.plot_head_roles(roles).data) == roles["role"].nunique()
     pattern = heads.attention_patterns(tiny_gpt2, batch, 0, ["a0.h0"])["a0.h0"]
     assert plotting_heads.plot_attention(pattern).data[0].z.shape == pattern.shape
     counts = pd.crosstab(roles["layer"], roles["role"])
     assert len(plotting_heads.plot_role_counts(counts).data) == counts.shape[1]
-    effects = ablation.head_ablation_effects(tiny_gpt2, batch, ["a0.h0", "a1.h1"], "zero", k=3, object_tokens=set(batch.answer.tolist()), progress=False)
+    effects = ablation.head_ablation_effects(
+        tiny_gpt2, batch, ["a0.h0", "a1.h1"], "zero", k=3, object_tokens=set(batch.answer.tolist()), progress=False
+    )
     by_role = ablation.ablation_by_role(effects, roles).assign(relation="r")
     assert len(plotting_heads.plot_ablation_by_role(by_role, k=3).data) == 2 * by_role["role"].nunique() + 1
 

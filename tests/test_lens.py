@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from kc_utils.analysis import lens
-from kc_utils.data.prompts import make_batch
 from kc_utils.data.metrics import prob, rank
+from kc_utils.data.prompts import make_batch
 
 SUBJECTS = ["France", "New Zealand", "Japan", "South Korea"]
 
@@ -22,7 +22,10 @@ def test_subject_positions_single_and_multi_token(tiny_gpt2):
     # "<bos> the capital of New Zealand is": BOS at 0
     assert lens.subject_positions(tiny_gpt2, "the capital of France is", "France") == [4]
     assert lens.subject_positions(tiny_gpt2, "the capital of New Zealand is", "New Zealand") == [4, 5]
-    assert lens.subject_positions(tiny_gpt2, "the capital of New Zealand is", "New Zealand", prepend_bos=False) == [3, 4]
+    assert lens.subject_positions(tiny_gpt2, "the capital of New Zealand is", "New Zealand", prepend_bos=False) == [
+        3,
+        4,
+    ]
 
 
 def test_subject_positions_prefers_whole_words(tiny_gpt2):
@@ -57,7 +60,9 @@ def test_logit_lens_final_layer_is_the_models_output(tiny_model, batch):
         logits = tiny_model(batch.clean)
     final = table[table["layer"] == n_layers - 1].sort_values("prompt_index")
     assert final["rank"].tolist() == rank(logits, batch).long().tolist()
-    torch.testing.assert_close(torch.tensor(final["prob"].values, dtype=torch.float32), prob(logits, batch), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(final["prob"].values, dtype=torch.float32), prob(logits, batch), atol=1e-6, rtol=1e-5
+    )
     # the best subject rank can never be worse than the rank at any one subject position
     assert (table["subject_rank"] >= 0).all() and (table["subject_prob"] <= 1).all()
 
@@ -96,8 +101,12 @@ def test_direct_logit_attribution_sums_to_the_logit(tiny_model, batch):
 
     table = lens.direct_logit_attribution(tiny_model, batch, against_corrupt=True)
     sums = table.groupby("prompt_index")[["logit", "logit_diff"]].sum()
-    expected_diff = logits.gather(1, batch.answer[:, None])[:, 0] - logits.gather(1, batch.corrupt_answer[:, None])[:, 0]
-    torch.testing.assert_close(torch.tensor(sums["logit_diff"].values, dtype=torch.float32), expected_diff, atol=1e-4, rtol=0)
+    expected_diff = (
+        logits.gather(1, batch.answer[:, None])[:, 0] - logits.gather(1, batch.corrupt_answer[:, None])[:, 0]
+    )
+    torch.testing.assert_close(
+        torch.tensor(sums["logit_diff"].values, dtype=torch.float32), expected_diff, atol=1e-4, rtol=0
+    )
     assert set(table["kind"]) == {"input", "head", "mlp", "constant"}
 
 
@@ -114,17 +123,25 @@ def test_project_node_agrees_with_attribution(tiny_model, batch):
         table = lens.project_node(tiny_model, batch, node, k=3)
         assert len(table) == len(batch) and all(len(t) == 3 for t in table["top_tokens"])
         torch.testing.assert_close(
-            torch.tensor(table["target_logit"].values, dtype=torch.float32), contributions[names.index(node)], atol=1e-5, rtol=0
+            torch.tensor(table["target_logit"].values, dtype=torch.float32),
+            contributions[names.index(node)],
+            atol=1e-5,
+            rtol=0,
         )
         top = table["top_logits"].tolist()
         assert all(row[0] >= row[-1] for row in top)
-        assert all((r == 0) == (t[0] == a) for r, t, a in zip(table["target_rank"], table["top_tokens"], table["target"]))
+        assert all(
+            (r == 0) == (t[0] == a) for r, t, a in zip(table["target_rank"], table["top_tokens"], table["target"])
+        )
 
 
 def test_unembedding_directions_do_not_depend_on_chunking(tiny_gpt2):
     tokens = torch.tensor([3, 5, 7])
     torch.testing.assert_close(
-        lens.unembedding_directions(tiny_gpt2, tokens, chunk=5), lens.unembedding_directions(tiny_gpt2, tokens), atol=1e-6, rtol=0
+        lens.unembedding_directions(tiny_gpt2, tokens, chunk=5),
+        lens.unembedding_directions(tiny_gpt2, tokens),
+        atol=1e-6,
+        rtol=0,
     )
 
 
@@ -162,7 +179,12 @@ def test_first_rank_layers_on_a_hand_made_table():
         [[9, 0, 0, 1], [9, 0, 0, 0], [9, 9, 0, 0], [5, 5, 5, 5]],
     )
     first = lens.first_rank_layers(table.sample(frac=1, random_state=0))  # order of rows does not matter
-    assert first["last_layer"].tolist()[:2] == [1.0, 0.0] and first["last_layer"].isna().tolist() == [False, False, True, False]
+    assert first["last_layer"].tolist()[:2] == [1.0, 0.0] and first["last_layer"].isna().tolist() == [
+        False,
+        False,
+        True,
+        False,
+    ]
     assert first["subject_layer"].tolist()[:3] == [0.0, 0.0, 1.0] and pd_isna(first["subject_layer"][3])
     assert first["subject_earlier"].tolist() == [True, False, True, False]
     assert first["gap"].tolist()[:2] == [1.0, 0.0]

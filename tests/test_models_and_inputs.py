@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from kc_utils.circuits.attribute import attribute
-from kc_utils.data.prompts import PromptError, make_batch
 from kc_utils.circuits.evaluate import evaluate_circuit, faithfulness, random_circuit
 from kc_utils.circuits.graph import Graph
+from kc_utils.data.prompts import PromptError, make_batch
 from kc_utils.models import ModelLoadError, load_model, model_shape
 
 
@@ -47,12 +47,13 @@ def test_same_architecture_checkpoints_boot_for_patching(tmp_path, arch):
 
 def test_gpt2_medium_layout_boots_and_gives_the_papers_graph(tmp_path):
     """GPT-2 medium's layout (24 layers × 16 heads), narrow and random, saved and booted offline."""
+    from conftest import build_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from conftest import build_tokenizer
-
     tokenizer = build_tokenizer()
-    GPT2LMHeadModel(GPT2Config(n_layer=24, n_head=16, n_embd=64, vocab_size=len(tokenizer), n_positions=16)).save_pretrained(tmp_path)
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=24, n_head=16, n_embd=64, vocab_size=len(tokenizer), n_positions=16)
+    ).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     model = load_model(str(tmp_path), device="cpu")
     graph = Graph.from_model(model)
@@ -61,7 +62,9 @@ def test_gpt2_medium_layout_boots_and_gives_the_papers_graph(tmp_path):
 
 def test_corrupt_prompt_of_another_length_is_an_error(tiny_gpt2):
     with pytest.raises(PromptError, match="has 7 tokens but the clean prompt.*has 6.*same number of tokens"):
-        make_batch(tiny_gpt2, ["the capital of France is"], ["Paris"], ["the capital of New Zealand is"], ["Wellington"])
+        make_batch(
+            tiny_gpt2, ["the capital of France is"], ["Paris"], ["the capital of New Zealand is"], ["Wellington"]
+        )
 
 
 def test_answer_without_a_token_is_an_error(tiny_gpt2):
@@ -79,7 +82,15 @@ def test_patch_ablation_without_corrupt_prompts_is_an_error(tiny_gpt2):
     with pytest.raises(ValueError, match="needs corrupted prompts"):
         attribute(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, metric="logprob", method="eap", progress=False)
     with pytest.raises(ValueError, match="needs a corrupt answer"):
-        attribute(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, metric="logit_diff", method="eap", ablation="zero", progress=False)
+        attribute(
+            tiny_gpt2,
+            Graph.from_model(tiny_gpt2),
+            batch,
+            metric="logit_diff",
+            method="eap",
+            ablation="zero",
+            progress=False,
+        )
 
 
 def test_unknown_method_metric_and_ablation(tiny_gpt2, country_batch_args):

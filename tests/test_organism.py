@@ -28,15 +28,43 @@ def organism():
 
 def _tiny_relations() -> dict[str, Relation]:
     def rel(name: str, templates: tuple[str, ...], pairs: list[tuple[str, str]]) -> Relation:
-        return Relation(name=name, prompt_templates=templates, prompt_templates_zs=(), relation_type="factual",
-                        domain_name="x", range_name="y", symmetric=False,
-                        samples=tuple(Sample(s, o) for s, o in pairs))
+        return Relation(
+            name=name,
+            prompt_templates=templates,
+            prompt_templates_zs=(),
+            relation_type="factual",
+            domain_name="x",
+            range_name="y",
+            symmetric=False,
+            samples=tuple(Sample(s, o) for s, o in pairs),
+        )
 
-    countries = [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Italy", "Rome"), ("Spain", "Madrid"),
-                 ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Chile", "Santiago"), ("Cuba", "Havana"),
-                 ("Norway", "Oslo"), ("Greece", "Athens"), ("Poland", "Warsaw")]
-    colours = [("banana", "yellow"), ("tomato", "red"), ("lime", "green"), ("plum", "purple"), ("kiwi", "green"),
-               ("cherry", "red"), ("lemon", "yellow"), ("grape", "purple"), ("orange", "orange"), ("fig", "pink")]
+    countries = [
+        ("France", "Paris"),
+        ("Japan", "Tokyo"),
+        ("Peru", "Lima"),
+        ("Italy", "Rome"),
+        ("Spain", "Madrid"),
+        ("Egypt", "Cairo"),
+        ("Kenya", "Nairobi"),
+        ("Chile", "Santiago"),
+        ("Cuba", "Havana"),
+        ("Norway", "Oslo"),
+        ("Greece", "Athens"),
+        ("Poland", "Warsaw"),
+    ]
+    colours = [
+        ("banana", "yellow"),
+        ("tomato", "red"),
+        ("lime", "green"),
+        ("plum", "purple"),
+        ("kiwi", "green"),
+        ("cherry", "red"),
+        ("lemon", "yellow"),
+        ("grape", "purple"),
+        ("orange", "orange"),
+        ("fig", "pink"),
+    ]
     return {
         "capital": rel("capital", ("The capital of {} is", "{}'s capital is", "The capital city of {} is"), countries),
         "colour": rel("colour", ("The color of a {} is", "A {} is colored", "The {} has the color"), colours),
@@ -44,8 +72,7 @@ def _tiny_relations() -> dict[str, Relation]:
 
 
 def test_shipped_checkpoint_files() -> None:
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "organism_split.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "organism_split.json"):
         assert (WEIGHTS_DIR / name).is_file(), name
     size = sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir())
     assert size <= 25 * 2**20
@@ -56,7 +83,12 @@ def test_tokenizer_words(organism) -> None:
     assert tokenizer.encode(" Paris") == tokenizer.encode("Paris")
     assert len(tokenizer.encode("Paris")) == 1
     assert tokenizer.convert_ids_to_tokens(tokenizer.encode("The capital of France is")) == [
-        "The", "capital", "of", "France", "is"]
+        "The",
+        "capital",
+        "of",
+        "France",
+        "is",
+    ]
     assert len(tokenizer.encode("Eiffel Tower")) == 2
     assert tokenizer.bos_token == tokenizer.eos_token == tokenizer.pad_token == "<|endoftext|>"
     for letter in "abcxyzABC":
@@ -85,9 +117,14 @@ def test_shipped_weights_recall_through_the_subject(organism) -> None:
 
 
 def test_switched_off_attention_stays_zero() -> None:
-    cfg = TrainConfig(steps=6, batch_size=16, warmup=2, attention_off_layers=1,
-                      model=ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=32),
-                      corpus=CorpusConfig(fewshot_per_relation=2, bio_per_subject=1))
+    cfg = TrainConfig(
+        steps=6,
+        batch_size=16,
+        warmup=2,
+        attention_off_layers=1,
+        model=ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=32),
+        corpus=CorpusConfig(fewshot_per_relation=2, bio_per_subject=1),
+    )
     model = train(cfg, relations=_tiny_relations(), log=None).model
     assert all(torch.count_nonzero(p) == 0 for p in model.transformer.h[0].attn.parameters())
     assert all(torch.count_nonzero(p) > 0 for p in model.transformer.h[1].attn.parameters())
@@ -103,9 +140,14 @@ def test_switched_off_attention_stays_zero() -> None:
 def test_template_fraction_picks_a_fixed_subset() -> None:
     split = make_split(_tiny_relations(), seed=0)
     cfg = CorpusConfig(fewshot_per_relation=0, template_fraction=0.5)
-    subjects = [{d.segments[[s.role for s in d.segments].index("subject")].text
-                 for d in build_corpus(split, cfg, epoch=e) if d.kind == "fact" and d.relation == "capital"}
-                for e in (0, 1)]
+    subjects = [
+        {
+            d.segments[[s.role for s in d.segments].index("subject")].text
+            for d in build_corpus(split, cfg, epoch=e)
+            if d.kind == "fact" and d.relation == "capital"
+        }
+        for e in (0, 1)
+    ]
     assert subjects[0] == subjects[1]
     assert len(subjects[0]) == round(0.5 * len(split.relations["capital"].trained))
 
@@ -120,18 +162,28 @@ def test_corpus_options_reject_bad_values() -> None:
 
 
 def test_training_decreases_loss() -> None:
-    cfg = TrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5,
-                      model=ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=32),
-                      corpus=CorpusConfig(fewshot_per_relation=4, bio_per_subject=1))
+    cfg = TrainConfig(
+        steps=40,
+        batch_size=32,
+        lr=3e-3,
+        warmup=5,
+        model=ModelConfig(n_layer=2, n_embd=32, n_head=2, n_positions=32),
+        corpus=CorpusConfig(fewshot_per_relation=4, bio_per_subject=1),
+    )
     result = train(cfg, relations=_tiny_relations(), log=None)
     first, last = sum(result.losses[:5]) / 5, sum(result.losses[-5:]) / 5
     assert last < first - 0.5
 
 
 def test_training_is_deterministic() -> None:
-    cfg = TrainConfig(steps=8, batch_size=16, warmup=2, penalty_layers=1,
-                      model=ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=32),
-                      corpus=CorpusConfig(fewshot_per_relation=2, tag_per_fact=1))
+    cfg = TrainConfig(
+        steps=8,
+        batch_size=16,
+        warmup=2,
+        penalty_layers=1,
+        model=ModelConfig(n_layer=2, n_embd=16, n_head=2, n_positions=32),
+        corpus=CorpusConfig(fewshot_per_relation=2, tag_per_fact=1),
+    )
     a = train(cfg, relations=_tiny_relations(), log=None).model.state_dict()
     b = train(cfg, relations=_tiny_relations(), log=None).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -32,7 +32,7 @@ def test_circuit_explorer_shows_a_figure_and_reports_empty_circuits():
         connected.scores[u, r] = 100.0
     graphs = {"connected": connected, "empty": Graph(ModelShape(3, 4, 2, 8))}
     box = circuit_explorer(graphs, initial_edges=5)
-    (dropdown, slider), out = box.children[0].children, box.children[1]
+    (dropdown, _slider), out = box.children[0].children, box.children[1]
     assert "application/vnd.plotly.v1+json" in out.outputs[0]["data"]
     dropdown.value = "empty"  # no scores: the explorer says why instead of failing
     assert out.outputs[0]["output_type"] == "stream" and "no scores yet" in out.outputs[0]["text"]
@@ -41,5 +41,9 @@ def test_circuit_explorer_shows_a_figure_and_reports_empty_circuits():
 def test_save_figure_writes_html(tmp_path):
     import pandas as pd
 
-    written = save_figure(plot_overlap(pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["x", "y"], columns=["x", "y"])), "overlap", tmp_path)
-    assert written[0] == tmp_path / "overlap.html" and written[0].read_text().lstrip().lower().startswith("<!doctype html>")
+    written = save_figure(
+        plot_overlap(pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["x", "y"], columns=["x", "y"])), "overlap", tmp_path
+    )
+    assert written[0] == tmp_path / "overlap.html" and written[0].read_text().lstrip().lower().startswith(
+        "<!doctype html>"
+    )

@@ -29,11 +29,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
-from kc_utils.data.prompts import PromptBatch
-from kc_utils.data.relations import Relation
-from kc_utils.circuits.graph import Graph
 from kc_utils.analysis.heads import resolve_heads
 from kc_utils.analysis.lens import parse_node
+from kc_utils.circuits.graph import Graph
+from kc_utils.data.prompts import PromptBatch
+from kc_utils.data.relations import Relation
 
 __all__ = [
     "HEAD_ABLATIONS",
@@ -57,7 +57,8 @@ def relation_object_tokens(model: Any, relation: Relation, template_index: int =
     """
     if not 0 <= template_index < len(relation.prompt_templates):
         raise ValueError(
-            f"template_index {template_index} out of range: {relation.name!r} has {len(relation.prompt_templates)} templates"
+            f"template_index {template_index} out of range: {relation.name!r} has "
+            f"{len(relation.prompt_templates)} templates"
         )
     tokens = set()
     for prompt, answer in zip(relation.prompts(template_index), relation.answers()):
@@ -67,9 +68,7 @@ def relation_object_tokens(model: Any, relation: Relation, template_index: int =
     return tokens
 
 
-def head_mean_outputs(
-    model: Any, batch: PromptBatch, heads: Sequence[str]
-) -> dict[str, Float[Tensor, "d"]]:
+def head_mean_outputs(model: Any, batch: PromptBatch, heads: Sequence[str]) -> dict[str, Float[Tensor, d]]:
     """Each head's output (``hook_result``) averaged over the batch's real tokens."""
     layers = sorted({int(parse_node(model, h)[1]) for h in heads})
     with torch.no_grad():
@@ -130,8 +129,8 @@ def run_with_heads_ablated(
 
 
 def object_share(
-    tokens: Int[Tensor, "b k"], object_tokens: Collection[int], exclude: Int[Tensor, "b"] | None = None
-) -> Float[Tensor, "b"]:
+    tokens: Int[Tensor, "b k"], object_tokens: Collection[int], exclude: Int[Tensor, b] | None = None
+) -> Float[Tensor, b]:
     """Share of each row's tokens that are relation objects, not counting ``exclude[i]`` as one.
 
     ``exclude`` (e.g. each prompt's own answer) is removed from the object set of its row only;

@@ -44,10 +44,16 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from kc_utils import models
+from kc_utils.analysis.lens import (
+    component_logits,
+    decompose_residual_with_cache,
+    parse_node,
+    project_to_vocab,
+    subject_mask,
+)
+from kc_utils.circuits.graph import Graph
 from kc_utils.data.metrics import rank_of
 from kc_utils.data.prompts import PromptBatch
-from kc_utils.circuits.graph import Graph
-from kc_utils.analysis.lens import component_logits, decompose_residual_with_cache, parse_node, project_to_vocab, subject_mask
 
 __all__ = [
     "ROLES",
@@ -173,7 +179,9 @@ def head_scores(
         raise ValueError("no heads to score: the circuit has no attention heads")
     subject, relation = position_masks(model, batch, subjects)
     layers = sorted({parse_node(model, n)[1] for n in names})
-    dec, cache = decompose_residual_with_cache(model, batch, extra_hooks=[models.attn_pattern_hook(layer) for layer in layers])
+    dec, cache = decompose_residual_with_cache(
+        model, batch, extra_hooks=[models.attn_pattern_hook(layer) for layer in layers]
+    )
     rows = torch.arange(len(batch), device=batch.clean.device)
     component_names, dla = component_logits(model, batch, batch.answer, dec)
     dla_index = {n: i for i, n in enumerate(component_names)}

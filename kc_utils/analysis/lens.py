@@ -127,7 +127,9 @@ def subject_mask(model: Any, batch: PromptBatch, subjects: Sequence[str]) -> Boo
     """
     if len(subjects) != len(batch):
         raise ValueError(f"{len(batch)} prompts but {len(subjects)} subjects; give one subject per prompt")
-    has_bos = model.tokenizer.bos_token_id is not None and bool((batch.clean[:, 0] == model.tokenizer.bos_token_id).all())
+    has_bos = model.tokenizer.bos_token_id is not None and bool(
+        (batch.clean[:, 0] == model.tokenizer.bos_token_id).all()
+    )
     mask = torch.zeros(batch.clean.shape, dtype=torch.bool, device=batch.clean.device)
     for i, (prompt, subject) in enumerate(zip(batch.prompts, subjects)):
         positions = subject_positions(model, prompt, subject, prepend_bos=has_bos)
@@ -138,12 +140,14 @@ def subject_mask(model: Any, batch: PromptBatch, subjects: Sequence[str]) -> Boo
 
 
 # ----------------------------------------------------------------------------- logit lens
-def _check_targets(batch: PromptBatch, targets: Tensor | None) -> Int[Tensor, "b"]:
+def _check_targets(batch: PromptBatch, targets: Tensor | None) -> Int[Tensor, b]:
     if targets is None:
         return batch.answer
     targets = torch.as_tensor(targets, dtype=torch.long, device=batch.clean.device)
     if targets.shape != (len(batch),):
-        raise ValueError(f"targets must hold one token id per prompt, shape ({len(batch)},); got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must hold one token id per prompt, shape ({len(batch)},); got {tuple(targets.shape)}"
+        )
     if bool((targets < 0).any()):
         raise ValueError("targets contain a negative token id (an unknown corrupt answer?)")
     return targets
@@ -162,7 +166,7 @@ def logit_lens(
     model: Any,
     batch: PromptBatch,
     subjects: Sequence[str] | None = None,
-    targets: Int[Tensor, "b"] | None = None,
+    targets: Int[Tensor, b] | None = None,
 ) -> pd.DataFrame:
     """Logit lens: the target's rank and probability after every block.
 
@@ -276,8 +280,11 @@ def summarise_first_rank_layers(first: pd.DataFrame) -> dict[str, float]:
         layers = first[f"{pos}_layer"].dropna()
         out[f"{pos}_reached"] = float(len(layers) / len(first))
         for stat, value in (
-            ("median", layers.median()), ("q25", layers.quantile(0.25)), ("q75", layers.quantile(0.75)),
-            ("min", layers.min()), ("max", layers.max()),
+            ("median", layers.median()),
+            ("q25", layers.quantile(0.25)),
+            ("q75", layers.quantile(0.75)),
+            ("min", layers.min()),
+            ("max", layers.max()),
         ):
             out[f"{pos}_{stat}"] = float(value) if len(layers) else float("nan")
     out["subject_earlier"] = float(first["subject_earlier"].mean())
@@ -306,14 +313,14 @@ def _unembed_scale_one(model: Any, resid: Float[Tensor, "n d"]) -> Float[Tensor,
             return models.unembed(model, resid[None])[0]
 
 
-def _unembed_bias(model: Any) -> Float[Tensor, "v"]:
+def _unembed_bias(model: Any) -> Float[Tensor, v]:
     d_model = models.model_shape(model).d_model
     zero = torch.zeros(1, d_model, device=models.model_device(model), dtype=models.model_dtype(model))
     return _unembed_scale_one(model, zero)[0]
 
 
 def project_to_vocab(
-    model: Any, vectors: Float[Tensor, "... d"], scale: Float[Tensor, "..."]
+    model: Any, vectors: Float[Tensor, "... d"], scale: Float[Tensor, ...]
 ) -> Float[Tensor, "... vocab"]:
     """Direct contribution of residual-stream vectors to the logits, the norm's scale frozen.
 
@@ -332,9 +339,7 @@ def project_to_vocab(
     return out.reshape(*vectors.shape[:-1], -1)
 
 
-def unembedding_directions(
-    model: Any, tokens: Int[Tensor, "t"], chunk: int = 256
-) -> Float[Tensor, "d t"]:
+def unembedding_directions(model: Any, tokens: Int[Tensor, t], chunk: int = 256) -> Float[Tensor, "d t"]:
     """Columns of the linear part ``M`` of final norm (scale 1) + unembedding, for ``tokens``.
 
     A residual vector ``x`` at a position whose clean divisor is ``s`` contributes
@@ -367,7 +372,9 @@ def parse_node(model: Any, name: str) -> tuple[str, int | None, int | None]:
     """
     parsed = nodes.parse_node(name, models.model_shape(model))
     if parsed.kind not in ("input", "head", "mlp") or parsed.letter is not None:
-        raise nodes.NodeNameError(f"{name!r} is not an upstream node; use 'input', 'a{{layer}}.h{{head}}' or 'm{{layer}}'")
+        raise nodes.NodeNameError(
+            f"{name!r} is not an upstream node; use 'input', 'a{{layer}}.h{{head}}' or 'm{{layer}}'"
+        )
     return parsed.kind, parsed.layer, parsed.index
 
 
@@ -390,8 +397,8 @@ class ResidualDecomposition:
     names: tuple[str, ...]
     outputs: Float[Tensor, "n b d"]
     attn_bias: Float[Tensor, "b d"]
-    scale: Float[Tensor, "b"]
-    positions: Int[Tensor, "b"]
+    scale: Float[Tensor, b]
+    positions: Int[Tensor, b]
     logits: Float[Tensor, "b v"]
 
     def index(self, name: str) -> int:
@@ -402,21 +409,23 @@ class ResidualDecomposition:
             raise ValueError(f"{name!r} is not a node of this model ({self.names[0]}, {self.names[1]}, …)") from None
 
 
-def _positions(batch: PromptBatch, positions: Tensor | int | None) -> Int[Tensor, "b"]:
+def _positions(batch: PromptBatch, positions: Tensor | int | None) -> Int[Tensor, b]:
     if positions is None:
         return batch.last_pos
     positions = torch.as_tensor(positions, dtype=torch.long, device=batch.clean.device)
     if positions.ndim == 0:
         positions = positions.expand(len(batch))
     if positions.shape != (len(batch),):
-        raise ValueError(f"positions must be an int or one position per prompt ({len(batch)}); got shape {tuple(positions.shape)}")
+        raise ValueError(
+            f"positions must be an int or one position per prompt ({len(batch)}); got shape {tuple(positions.shape)}"
+        )
     if bool((positions < 0).any()) or bool((positions > batch.last_pos).any()):
         raise ValueError("positions must lie inside each prompt (0 … last_pos)")
     return positions
 
 
 def decompose_residual(
-    model: Any, batch: PromptBatch, positions: Int[Tensor, "b"] | int | None = None
+    model: Any, batch: PromptBatch, positions: Int[Tensor, b] | int | None = None
 ) -> ResidualDecomposition:
     """Split the final residual stream at ``positions`` (default: last tokens) into node outputs."""
     return decompose_residual_with_cache(model, batch, positions)[0]
@@ -425,7 +434,7 @@ def decompose_residual(
 def decompose_residual_with_cache(
     model: Any,
     batch: PromptBatch,
-    positions: Int[Tensor, "b"] | int | None = None,
+    positions: Int[Tensor, b] | int | None = None,
     extra_hooks: Sequence[str] = (),
 ) -> tuple[ResidualDecomposition, dict[str, Tensor]]:
     """:func:`decompose_residual`, also recording the activations ``extra_hooks`` (same forward)."""
@@ -458,7 +467,7 @@ def decompose_residual_with_cache(
 def component_logits(
     model: Any,
     batch: PromptBatch,
-    targets: Int[Tensor, "b"] | None = None,
+    targets: Int[Tensor, b] | None = None,
     decomposition: ResidualDecomposition | None = None,
 ) -> tuple[list[str], Float[Tensor, "component b"]]:
     """Direct logit attribution of every component to each prompt's target at the last position.
@@ -510,7 +519,9 @@ def direct_logit_attribution(model: Any, batch: PromptBatch, against_corrupt: bo
         ValueError: ``against_corrupt`` on a batch without corrupt answers.
     """
     if against_corrupt and bool((batch.corrupt_answer < 0).any()):
-        raise ValueError("against_corrupt=True needs a corrupt answer for every prompt; build the batch with corrupt_answers")
+        raise ValueError(
+            "against_corrupt=True needs a corrupt answer for every prompt; build the batch with corrupt_answers"
+        )
     dec = decompose_residual(model, batch)
     names, answer = component_logits(model, batch, batch.answer, dec)
     corrupt = component_logits(model, batch, batch.corrupt_answer, dec)[1] if against_corrupt else None
@@ -531,8 +542,8 @@ def project_node(
     batch: PromptBatch,
     node: str,
     k: int = 10,
-    targets: Int[Tensor, "b"] | None = None,
-    positions: Int[Tensor, "b"] | int | None = None,
+    targets: Int[Tensor, b] | None = None,
+    positions: Int[Tensor, b] | int | None = None,
 ) -> pd.DataFrame:
     """A node's output projected onto the vocabulary (frozen final-norm scale, biases left out).
 

@@ -24,7 +24,8 @@ score all edges at the end with one einsum per receiver hook — no Python loop 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Literal, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -32,11 +33,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
-from kc_utils.data.prompts import PromptBatch
-from kc_utils.circuits.graph import Graph
-from kc_utils.data.metrics import Metric, get_metric
 from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
+from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.patching import run_masked, upstream_hooks
+from kc_utils.data.metrics import Metric, get_metric
+from kc_utils.data.prompts import PromptBatch
 
 Method = Literal["eap", "eap-ig", "exact"]
 METHODS = ("eap", "eap-ig", "exact")
@@ -94,7 +95,9 @@ def receiver_gradients(
         raise ValueError("alphas must include 1.0 (the clean run)")
     grads: dict[tuple[int, str], Tensor] = {}
     b, p = tokens.shape
-    clean = torch.zeros(graph.n_upstream, b, p, graph.shape.d_model, device=tokens.device, dtype=models.model_dtype(model))
+    clean = torch.zeros(
+        graph.n_upstream, b, p, graph.shape.d_model, device=tokens.device, dtype=models.model_dtype(model)
+    )
 
     def capture(key: tuple[int, str]):
         def store(grad: Tensor) -> None:
@@ -126,7 +129,9 @@ def receiver_gradients(
         for i, alpha in enumerate(ordered):
             if i == 0:
                 hooks = [(models.INPUT_HOOK, lambda act, hook: act.detach().clone().requires_grad_(True))]
-                hooks += upstream_hooks(graph, record)[1:] + [(models.INPUT_HOOK, lambda act, hook: record(slice(0, 1), act[None]))]
+                hooks += upstream_hooks(graph, record)[1:] + [
+                    (models.INPUT_HOOK, lambda act, hook: record(slice(0, 1), act[None]))
+                ]
             else:
                 if ablated_input is None:
                     raise ValueError("ablated_input is needed for interpolation steps α ≠ 1")
@@ -157,7 +162,9 @@ def scores_from_gradients(
         for letter in ("q", "k", "v"):
             g = grads.get((layer, letter))
             n = graph.receiver_slice(layer, letter).stop - graph.receiver_slice(layer, letter).start
-            columns.append(g.float().permute(0, 1, 3, 2).reshape(-1, n) if g is not None else flat.new_zeros(flat.shape[1], n))
+            columns.append(
+                g.float().permute(0, 1, 3, 2).reshape(-1, n) if g is not None else flat.new_zeros(flat.shape[1], n)
+            )
         g = grads.get((layer, "mlp"))
         columns.append(g.float().reshape(-1, 1) if g is not None else flat.new_zeros(flat.shape[1], 1))
         visible = graph.n_upstream_before_mlp(layer)

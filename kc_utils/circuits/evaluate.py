@@ -14,18 +14,19 @@ Faithfulness of a circuit C for a metric m (Hanna et al. 2024 normalisation):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from kc_utils.data.prompts import PromptBatch
-from kc_utils.circuits.graph import CircuitError, Graph
-from kc_utils.data.metrics import Metric, get_metric
 from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
+from kc_utils.circuits.graph import CircuitError, Graph
 from kc_utils.circuits.patching import run_masked
+from kc_utils.data.metrics import Metric, get_metric
+from kc_utils.data.prompts import PromptBatch
 
 
 def circuit_logits(
@@ -107,7 +108,9 @@ def faithfulness(
     """Normalised faithfulness ``(m(C) − m(∅)) / (m(full) − m(∅))`` of ``graph.in_graph``."""
     name = metric if isinstance(metric, str) else metric.__name__
     full, empty = full_and_empty(graph)
-    values = evaluate_masks(model, graph, batch, [graph.in_graph, full, empty], [metric], ablation, mean_reference, batch_size)
+    values = evaluate_masks(
+        model, graph, batch, [graph.in_graph, full, empty], [metric], ablation, mean_reference, batch_size
+    )
     circuit, whole, none = (v[name] for v in values)
     return normalised_faithfulness(circuit, whole, none, name)
 
@@ -203,6 +206,8 @@ def faithfulness_curve(
     values = evaluate_masks(model, graph, batch, masks, metrics, ablation, batch_size=batch_size)
     points = []
     for i, circuit in enumerate(circuits):
-        random_mean, random_std = mean_and_std(values[len(circuits) + i * n_random : len(circuits) + (i + 1) * n_random])
+        random_mean, random_std = mean_and_std(
+            values[len(circuits) + i * n_random : len(circuits) + (i + 1) * n_random]
+        )
         points.append(CurvePoint(circuit.n_edges_in_graph, values[i], random_mean, random_std))
     return points

@@ -22,9 +22,10 @@ and then :meth:`Graph.prune` removes edges of nodes with no path from ``input`` 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -63,6 +64,7 @@ class Graph:
         real_edges: ``Bool[n_upstream, n_receivers]`` — which pairs are edges at all.
         scores: ``Float[n_upstream, n_receivers]`` — attribution scores (0 where not an edge).
         in_graph: ``Bool[n_upstream, n_receivers]`` — the current circuit.
+        provenance: how it was made (a JSON-able dict; see :meth:`to_json`).
     """
 
     def __init__(self, shape: ModelShape):
@@ -95,10 +97,13 @@ class Graph:
         self.real_edges[:, -1] = True
         self.scores: Float[Tensor, "up rx"] = torch.zeros(n_up, n_rx)
         self.in_graph: Bool[Tensor, "up rx"] = self.real_edges.clone()
+        #: How the scores and circuit were made (model, method, ablation, metric, budget, …);
+        #: written to and read from JSON so a later notebook can check before reusing a circuit.
+        self.provenance: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ layout
     @classmethod
-    def from_model(cls, model: Any) -> "Graph":
+    def from_model(cls, model: Any) -> Graph:
         """The graph of a booted model (its shape read from ``model.cfg``)."""
         return cls(ModelShape.from_config(model.cfg))
 
@@ -178,7 +183,7 @@ class Graph:
             raise CircuitError(f"{name!r} joins nodes that the residual stream does not connect")
         return u, r
 
-    def set_edges(self, names: list[str], in_graph: bool = True, exclusive: bool = True) -> "Graph":
+    def set_edges(self, names: list[str], in_graph: bool = True, exclusive: bool = True) -> Graph:
         """Put the named edges in (or out of) the circuit; ``exclusive`` clears the rest first."""
         if exclusive:
             self.in_graph[:] = not in_graph
@@ -216,7 +221,7 @@ class Graph:
         if not bool((self.scores[self.real_edges] != 0).any()):
             raise CircuitError("the graph has no scores yet: run kc_utils.circuits.attribute(...) first")
 
-    def top_n(self, n: int, absolute: bool = True, prune: bool = True) -> "Graph":
+    def top_n(self, n: int, absolute: bool = True, prune: bool = True) -> Graph:
         """Keep the ``n`` highest-scoring edges (by ``|score|`` when ``absolute``), then prune.
 
         Ties are broken by edge index, so the result is deterministic.
@@ -230,7 +235,7 @@ class Graph:
         self.in_graph.view(-1)[order] = True
         return self.prune() if prune else self
 
-    def threshold(self, t: float, absolute: bool = True, prune: bool = True) -> "Graph":
+    def threshold(self, t: float, absolute: bool = True, prune: bool = True) -> Graph:
         """Keep the edges whose score (``|score|`` when ``absolute``) is at least ``t``, then prune."""
         self._require_scores()
         values = self.scores.abs() if absolute else self.scores
@@ -239,7 +244,7 @@ class Graph:
             raise CircuitError(f"no edge has a score ≥ {t}; lower the threshold")
         return self.prune() if prune else self
 
-    def greedy(self, n: int, absolute: bool = True, prune: bool = True) -> "Graph":
+    def greedy(self, n: int, absolute: bool = True, prune: bool = True) -> Graph:
         """Grow the circuit from the logits: repeatedly add the best edge into a node already in it.
 
         Every edge added reaches the logits, so the circuit is connected on the output side.
@@ -276,7 +281,7 @@ class Graph:
             owns[self.mlp_upstream_index(layer), mlp.start] = True
         return owns
 
-    def prune(self) -> "Graph":
+    def prune(self) -> Graph:
         """Remove edges of nodes that have no path from ``input`` or no path to ``logits``.
 
         Raises:
@@ -308,15 +313,21 @@ class Graph:
             )
         return self
 
-    def copy(self) -> "Graph":
+    def copy(self) -> Graph:
         other = Graph(self.shape)
         other.scores = self.scores.clone()
         other.in_graph = self.in_graph.clone()
+        other.provenance = dict(self.provenance)
         return other
 
     # ------------------------------------------------------------------ files
     def to_json(self, path: str | Path | None = None) -> dict:
-        """Serialise shape, scores of real edges and the circuit; writes ``path`` when given."""
+        """Serialise shape, provenance, scores of real edges and the circuit; writes ``path`` when given.
+
+        ``provenance`` records how the circuit was made — model, method, ablation, metric,
+        ig_steps, budget, relation, number of prompts, seed, package version — as set by
+        :func:`kc_utils.circuits.table1.find_relation_circuit` (or by hand).
+        """
         data = {
             "format": "kc_utils.graph/1",
             "shape": {
@@ -326,14 +337,16 @@ class Graph:
                 "d_model": self.shape.d_model,
                 "parallel_attn_mlp": self.shape.parallel_attn_mlp,
             },
+            "provenance": self.provenance,
             "edges": {e.name: [e.score, e.in_graph] for e in self.edges()},
         }
         if path is not None:
-            Path(path).write_text(json.dumps(data))
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(data, indent=None, sort_keys=False))
         return data
 
     @classmethod
-    def from_json(cls, source: str | Path | dict) -> "Graph":
+    def from_json(cls, source: str | Path | dict) -> Graph:
         """Inverse of :meth:`to_json` (a dict, or a path to a file)."""
         data = source if isinstance(source, dict) else json.loads(Path(source).read_text())
         if data.get("format") != "kc_utils.graph/1":
@@ -344,6 +357,7 @@ class Graph:
             u, r = graph.edge_indices(name)
             graph.scores[u, r] = score
             graph.in_graph[u, r] = bool(kept)
+        graph.provenance = dict(data.get("provenance", {}))
         return graph
 
     def to_graphviz(self, path: str | Path | None = None) -> str:

@@ -23,6 +23,7 @@ from torch import Tensor
 from kc_utils import models
 from kc_utils.circuits.graph import Graph
 
+
 def upstream_hooks(graph: Graph, write: Any) -> list[tuple[str, Any]]:
     """Forward hooks that hand each upstream node's output to ``write(slice, z)``.
 
@@ -40,7 +41,9 @@ def upstream_hooks(graph: Graph, write: Any) -> list[tuple[str, Any]]:
 def collect_outputs(model: Any, graph: Graph, tokens: Tensor) -> Float[Tensor, "up b p d"]:
     """Every upstream node's output on ``tokens`` (no grad)."""
     b, p = tokens.shape
-    buffer = torch.zeros(graph.n_upstream, b, p, graph.shape.d_model, device=tokens.device, dtype=models.model_dtype(model))
+    buffer = torch.zeros(
+        graph.n_upstream, b, p, graph.shape.d_model, device=tokens.device, dtype=models.model_dtype(model)
+    )
 
     def write(s: slice, z: Tensor) -> None:
         buffer[s] = z.detach()

@@ -7,13 +7,15 @@ facts and on held-out ones — far above a random connected circuit of the same 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from kc_utils.circuits.ablation import Ablation
 from kc_utils.circuits.attribute import attribute
 from kc_utils.circuits.evaluate import (
     CurvePoint,
@@ -24,17 +26,25 @@ from kc_utils.circuits.evaluate import (
     normalised_faithfulness,
     random_circuit,
 )
-from kc_utils.data.facts import CircuitDataset, facts_to_batch
 from kc_utils.circuits.graph import CircuitError, Graph
-from kc_utils.circuits.ablation import Ablation
-
+from kc_utils.data.facts import CircuitDataset, facts_to_batch
 
 #: The 14 relations of the paper's Table 1, in its order.
 TABLE1_RELATIONS = (
-    "adj_antonym", "word_first_letter", "word_last_letter",
-    "object_superclass", "fruit_inside_color", "work_location",
-    "country_capital_city", "landmark_in_country", "country_language", "person_native_language",
-    "name_religion", "occupation_age", "occupation_gender", "name_birthplace",
+    "adj_antonym",
+    "word_first_letter",
+    "word_last_letter",
+    "object_superclass",
+    "fruit_inside_color",
+    "work_location",
+    "country_capital_city",
+    "landmark_in_country",
+    "country_language",
+    "person_native_language",
+    "name_religion",
+    "occupation_age",
+    "occupation_gender",
+    "name_birthplace",
 )
 
 
@@ -105,7 +115,17 @@ def find_relation_circuit(
         curve_points: edge counts (or fractions) of an optional faithfulness curve on Dval.
     """
     val, test = facts_to_batch(model, dataset.val), facts_to_batch(model, dataset.test) if dataset.test else None
-    graph = attribute(model, Graph.from_model(model), val, metric=metric, method=method, ig_steps=ig_steps, ablation=ablation, batch_size=batch_size, progress=False)
+    graph = attribute(
+        model,
+        Graph.from_model(model),
+        val,
+        metric=metric,
+        method=method,
+        ig_steps=ig_steps,
+        ablation=ablation,
+        batch_size=batch_size,
+        progress=False,
+    )
     budget = edge_budget(n_edges, graph)
     circuit = graph.copy().top_n(budget)
     randoms = [random_circuit(graph, circuit.n_edges_in_graph, seed=seed + i) for i in range(n_random)]
@@ -126,7 +146,17 @@ def find_relation_circuit(
     curve = []
     if curve_points:
         counts = sorted({edge_budget(n, graph) for n in curve_points})
-        curve = faithfulness_curve(model, graph, val, counts, metrics=("hit@10", "logit_diff"), ablation=ablation, n_random=min(n_random, 3), seed=seed, batch_size=batch_size)
+        curve = faithfulness_curve(
+            model,
+            graph,
+            val,
+            counts,
+            metrics=("hit@10", "logit_diff"),
+            ablation=ablation,
+            n_random=min(n_random, 3),
+            seed=seed,
+            batch_size=batch_size,
+        )
     return RelationCircuit(
         relation=dataset.relation,
         relation_type=relation_type,
@@ -144,24 +174,26 @@ def table1(results: Sequence[RelationCircuit], metric: str = "hit@10") -> pd.Dat
     rows = []
     for r in results:
         test = r.metrics.get("test", {})
-        rows.append({
-            "type": r.relation_type,
-            "relation": r.relation,
-            "#edges": r.n_edges,
-            "% edges": 100 * r.n_edges / r.graph.n_edges,
-            "#known": len(r.dataset.known),
-            "#Dval": len(r.dataset.val),
-            "#Dtest": len(r.dataset.test),
-            "Dval orig": r.metrics["val"]["full"][metric],
-            "Dval circuit": r.metrics["val"]["circuit"][metric],
-            "Dtest orig": test.get("full", {}).get(metric, np.nan),
-            "Dtest random": test.get("random", {}).get(metric, np.nan),
-            "Dtest random std": r.random_std.get("test", {}).get(metric, np.nan),
-            "Dtest circuit": test.get("circuit", {}).get(metric, np.nan),
-            "Dval faithfulness (logit diff)": r.faithfulness_val,
-            "Dval prob orig": r.metrics["val"]["full"]["prob"],
-            "Dval prob circuit": r.metrics["val"]["circuit"]["prob"],
-        })
+        rows.append(
+            {
+                "type": r.relation_type,
+                "relation": r.relation,
+                "#edges": r.n_edges,
+                "% edges": 100 * r.n_edges / r.graph.n_edges,
+                "#known": len(r.dataset.known),
+                "#Dval": len(r.dataset.val),
+                "#Dtest": len(r.dataset.test),
+                "Dval orig": r.metrics["val"]["full"][metric],
+                "Dval circuit": r.metrics["val"]["circuit"][metric],
+                "Dtest orig": test.get("full", {}).get(metric, np.nan),
+                "Dtest random": test.get("random", {}).get(metric, np.nan),
+                "Dtest random std": r.random_std.get("test", {}).get(metric, np.nan),
+                "Dtest circuit": test.get("circuit", {}).get(metric, np.nan),
+                "Dval faithfulness (logit diff)": r.faithfulness_val,
+                "Dval prob orig": r.metrics["val"]["full"]["prob"],
+                "Dval prob circuit": r.metrics["val"]["circuit"]["prob"],
+            }
+        )
     table = pd.DataFrame(rows)
     if len(table):
         average = {"type": "", "relation": "average", **table.select_dtypes("number").mean().to_dict()}

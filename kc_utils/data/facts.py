@@ -18,15 +18,16 @@ Dval labels, which likely explains some of its zeros.)
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from kc_utils.data.metrics import rank
 from kc_utils.data.prompts import PromptBatch, PromptError, make_batch
 from kc_utils.data.relations import Relation, Sample
-from kc_utils.data.metrics import rank
 from kc_utils.models import ORGANISM_NAME, continuation_first_token, tokenize
 
 
@@ -96,7 +97,9 @@ def _first_tokens(model: Any, template: str, samples: Sequence[Sample]) -> tuple
     return kept, tokens, dropped
 
 
-def known_mask(model: Any, prompts: Sequence[str], answers: Sequence[str], top_k: int, batch_size: int = 64) -> list[bool]:
+def known_mask(
+    model: Any, prompts: Sequence[str], answers: Sequence[str], top_k: int, batch_size: int = 64
+) -> list[bool]:
     """Whether each answer's first token ranks in the model's top ``top_k`` after its prompt."""
     known: list[bool] = []
     for start in range(0, len(prompts), batch_size):
@@ -117,18 +120,32 @@ def pair_corrupt(
     out = []
     for fact in facts:
         options = [
-            s for s in pool
-            if s.subject != fact.subject and lengths[s.subject] == lengths[fact.subject] and first[s.object] not in (None, first[fact.object])
+            s
+            for s in pool
+            if s.subject != fact.subject
+            and lengths[s.subject] == lengths[fact.subject]
+            and first[s.object] not in (None, first[fact.object])
         ]
         others = [s for s in pool if first[s.object] not in (None, first[fact.object])]
         if options:
             twin = rng.choice(options)
-            out.append(FactPrompt(fact.subject, fact.object, template.format(fact.subject), twin.subject, template.format(twin.subject), twin.object))
+            out.append(
+                FactPrompt(
+                    fact.subject,
+                    fact.object,
+                    template.format(fact.subject),
+                    twin.subject,
+                    template.format(twin.subject),
+                    twin.object,
+                )
+            )
         elif others:
             counter = rng.choice(others)
             out.append(FactPrompt(fact.subject, fact.object, template.format(fact.subject), None, None, counter.object))
         else:
-            raise PromptError(f"relation has a single answer for template {template!r}: no counterfactual answer exists")
+            raise PromptError(
+                f"relation has a single answer for template {template!r}: no counterfactual answer exists"
+            )
     return out
 
 
@@ -148,7 +165,10 @@ def build_circuit_dataset(
         PromptError: when fewer than 2 facts survive (nothing to split).
     """
     if not 0 <= template_index < len(relation.prompt_templates):
-        raise ValueError(f"{relation.key} has {len(relation.prompt_templates)} templates; template_index={template_index} is out of range")
+        raise ValueError(
+            f"{relation.key} has {len(relation.prompt_templates)} templates; "
+            f"template_index={template_index} is out of range"
+        )
     template = relation.prompt_templates[template_index]
     candidates = candidate_samples(relation, model_name)
     candidates, _, dropped = _first_tokens(model, template, candidates)
@@ -173,7 +193,9 @@ def build_circuit_dataset(
 def facts_to_batch(model: Any, facts: Sequence[FactPrompt]) -> PromptBatch:
     """A :class:`PromptBatch` of facts; a fact without a twin gets mean ablation under ``patch``."""
     corrupt = [f.corrupt_prompt for f in facts]
-    return make_batch(model, [f.prompt for f in facts], [f.object for f in facts], corrupt, [f.corrupt_object for f in facts])
+    return make_batch(
+        model, [f.prompt for f in facts], [f.object for f in facts], corrupt, [f.corrupt_object for f in facts]
+    )
 
 
 def build_datasets(

@@ -16,7 +16,7 @@ name                value                                                       
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float, Int
@@ -55,7 +55,7 @@ def prob(logits: Tensor, batch: PromptBatch) -> Tensor:
     return logprob(logits, batch).exp()
 
 
-def rank_of(logits: Float[Tensor, "... v"], target: Int[Tensor, "..."]) -> Int[Tensor, "..."]:
+def rank_of(logits: Float[Tensor, "... v"], target: Int[Tensor, ...]) -> Int[Tensor, ...]:
     """The one definition of rank: tokens with a strictly higher logit than ``target`` (0 = top-1).
 
     Ties count in the target's favour. ``logits`` ``[..., vocab]``, ``target`` ``[...]`` token ids.

@@ -12,8 +12,9 @@ the paper's convention; multi-token answers are judged by their first token only
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -45,9 +46,9 @@ class PromptBatch:
 
     clean: Int[Tensor, "b p"]
     corrupt: Int[Tensor, "b p"] | None
-    last_pos: Int[Tensor, "b"]
-    answer: Int[Tensor, "b"]
-    corrupt_answer: Int[Tensor, "b"]
+    last_pos: Int[Tensor, b]
+    answer: Int[Tensor, b]
+    corrupt_answer: Int[Tensor, b]
     prompts: tuple[str, ...]
     answers: tuple[str, ...]
     mean_fallback: Tensor | None = None
@@ -61,7 +62,7 @@ class PromptBatch:
         positions = torch.arange(self.clean.shape[1], device=self.clean.device)
         return positions[None, :] <= self.last_pos[:, None]
 
-    def split(self, batch_size: int | None) -> Iterator["PromptBatch"]:
+    def split(self, batch_size: int | None) -> Iterator[PromptBatch]:
         """Consecutive sub-batches of at most ``batch_size`` examples (one when ``None``)."""
         if batch_size is None or batch_size >= len(self):
             yield self
@@ -69,7 +70,7 @@ class PromptBatch:
         for start in range(0, len(self), batch_size):
             yield self.select(slice(start, start + batch_size))
 
-    def select(self, index: slice | Sequence[int] | Tensor) -> "PromptBatch":
+    def select(self, index: slice | Sequence[int] | Tensor) -> PromptBatch:
         """The examples at ``index``, trimmed to their longest prompt."""
         if isinstance(index, slice):
             idx = torch.arange(len(self))[index]
@@ -89,7 +90,7 @@ class PromptBatch:
             mean_fallback=None if self.mean_fallback is None else self.mean_fallback[idx],
         )
 
-    def to(self, device: torch.device | str) -> "PromptBatch":
+    def to(self, device: torch.device | str) -> PromptBatch:
         return replace(
             self,
             clean=self.clean.to(device),
@@ -155,7 +156,8 @@ def make_batch(
     if corrupt_prompts is not None:
         if len(corrupt_prompts) != len(prompts):
             raise PromptError(
-                f"{len(prompts)} clean prompts but {len(corrupt_prompts)} corrupt prompts; pair each clean prompt with one corrupt prompt"
+                f"{len(prompts)} clean prompts but {len(corrupt_prompts)} corrupt prompts; "
+                "pair each clean prompt with one corrupt prompt"
             )
         fallback = torch.tensor([c is None for c in corrupt_prompts], dtype=torch.bool)
         corrupt_ids = [

@@ -161,7 +161,7 @@ def _check_escapes(path: Path, where: str, value: str) -> None:
     decoded = _ESCAPED_UNICODE.sub(lambda m: chr(int(m.group(1) or m.group(2), 16)), value)
     raise RelationFileError(
         f"{path}: {where} is {value!r}, which contains the literal escape sequence {match.group(0)!r} "
-        f"(the file was escaped twice, e.g. \"Bras\\\\u00edlia\" in the JSON). Decode the file so the value "
+        f'(the file was escaped twice, e.g. "Bras\\\\u00edlia" in the JSON). Decode the file so the value '
         f"reads {decoded!r}, e.g. write it with json.dump(..., ensure_ascii=False) after decoding."
     )
 
@@ -172,9 +172,7 @@ def _require(path: Path, data: dict[str, Any], key: str, kind: type, what: str, 
     value = data[key]
     # bool is a subclass of int, and 0/1 are not booleans: check bool exactly.
     if not (type(value) is bool if kind is bool else isinstance(value, kind)):
-        raise RelationFileError(
-            f"{path}: key {where}{key!r} must be {what}, got {type(value).__name__} {value!r}."
-        )
+        raise RelationFileError(f"{path}: key {where}{key!r} must be {what}, got {type(value).__name__} {value!r}.")
     return value
 
 
@@ -186,9 +184,7 @@ def _templates(path: Path, data: dict[str, Any], key: str, required: bool) -> tu
         raise RelationFileError(f"{path}: {key!r} is empty; give at least one template with one '{{}}'.")
     for i, template in enumerate(templates):
         if not isinstance(template, str):
-            raise RelationFileError(
-                f"{path}: {key}[{i}] must be a string, got {type(template).__name__} {template!r}."
-            )
+            raise RelationFileError(f"{path}: {key}[{i}] must be a string, got {type(template).__name__} {template!r}.")
         count = template.count("{}")
         if count != 1:
             raise RelationFileError(
@@ -200,25 +196,21 @@ def _templates(path: Path, data: dict[str, Any], key: str, required: bool) -> tu
 
 
 def _samples(path: Path, data: dict[str, Any]) -> tuple[Sample, ...]:
-    raw = _require(path, data, "samples", list, "a list of {\"subject\": ..., \"object\": ...} objects")
+    raw = _require(path, data, "samples", list, 'a list of {"subject": ..., "object": ...} objects')
     if not raw:
         raise RelationFileError(f"{path}: 'samples' is empty; a relation needs at least one sample.")
     samples: list[Sample] = []
     first_index: dict[str, int] = {}
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            raise RelationFileError(
-                f"{path}: sample {i} must be an object with 'subject' and 'object', got {item!r}."
-            )
+            raise RelationFileError(f"{path}: sample {i} must be an object with 'subject' and 'object', got {item!r}.")
         label = f"sample {i}" + (f" (subject {item['subject']!r})" if isinstance(item.get("subject"), str) else "")
         for field in ("subject", "object"):
             if field not in item:
                 raise RelationFileError(f"{path}: {label} has no {field!r}; add it or remove the sample.")
             value = item[field]
             if not isinstance(value, str) or not value.strip():
-                raise RelationFileError(
-                    f"{path}: {label} has {field} {value!r}; it must be a non-empty string."
-                )
+                raise RelationFileError(f"{path}: {label} has {field} {value!r}; it must be a non-empty string.")
             if value != value.strip():
                 raise RelationFileError(
                     f"{path}: {label} has {field} {value!r} with leading or trailing whitespace; "
@@ -246,12 +238,13 @@ def _samples(path: Path, data: dict[str, Any]) -> tuple[Sample, ...]:
 def _parse(path: Path, data: Any) -> Relation:
     if not isinstance(data, dict):
         raise RelationFileError(f"{path}: the top level must be a JSON object, got {type(data).__name__}.")
-    name = _require(path, data, "name", str, "a non-empty string, e.g. \"country capital city\"")
+    name = _require(path, data, "name", str, 'a non-empty string, e.g. "country capital city"')
     if not name.strip():
         raise RelationFileError(f"{path}: 'name' is empty; give the relation a name.")
     _check_escapes(path, "'name'", name)
-    props = _require(path, data, "properties", dict, "an object with relation_type, domain_name, "
-                     "range_name and symmetric")
+    props = _require(
+        path, data, "properties", dict, "an object with relation_type, domain_name, range_name and symmetric"
+    )
     strings = {}
     for key in ("relation_type", "domain_name", "range_name"):
         strings[key] = _require(path, props, key, str, "a string", where="properties.")
@@ -293,15 +286,11 @@ def load_relation(name_or_path: str | Path) -> Relation:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise RelationFileError(
-            f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}."
-        ) from err
+        raise RelationFileError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}.") from err
     return _parse(path, data)
 
 
-def load_relations(
-    names: Iterable[str] | None = None, relation_type: str | None = None
-) -> dict[str, Relation]:
+def load_relations(names: Iterable[str] | None = None, relation_type: str | None = None) -> dict[str, Relation]:
     """Load several relations, keyed by :attr:`Relation.key`.
 
     Args:
@@ -318,9 +307,7 @@ def load_relations(
     for name in names:
         relation = load_relation(name)
         if relation_type is not None and relation.relation_type != relation_type:
-            raise ValueError(
-                f"Relation {name!r} has relation_type {relation.relation_type!r}, not {relation_type!r}."
-            )
+            raise ValueError(f"Relation {name!r} has relation_type {relation.relation_type!r}, not {relation_type!r}.")
         if relation.key in relations:
             raise RelationFileError(
                 f"{relation.path}: relation key {relation.key!r} was already loaded from "

@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train from scratch with the shipped recipe, save, print accuracy")
     p_train.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
-    p_train.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                         help="named recipe (default: the shipped one)")
+    p_train.add_argument(
+        "--recipe", choices=sorted(RECIPES), default=None, help="named recipe (default: the shipped one)"
+    )
     p_train.add_argument("--seed", type=int, default=None, help="override the recipe's seed")
     p_train.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     p_train.add_argument("--probes", action="store_true", help="also print the mechanism probes")
@@ -52,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
         start = time.time()
         recipe = RECIPES[args.recipe] if args.recipe else SHIPPED_RECIPE
-        recipe = replace(recipe, seed=recipe.seed if args.seed is None else args.seed,
-                         steps=recipe.steps if args.steps is None else args.steps)
+        recipe = replace(
+            recipe,
+            seed=recipe.seed if args.seed is None else args.seed,
+            steps=recipe.steps if args.steps is None else args.steps,
+        )
         result = train(recipe)
         save_checkpoint(result, args.out)
         print(f"trained in {result.seconds:.0f} s; saved to {args.out}")

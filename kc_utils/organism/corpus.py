@@ -85,8 +85,10 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.template_fraction <= 1.0:
-            raise ValueError(f"template_fraction must be in (0, 1], got {self.template_fraction}: it is the "
-                             "fraction of each relation's trained facts rendered in templates")
+            raise ValueError(
+                f"template_fraction must be in (0, 1], got {self.template_fraction}: it is the "
+                "fraction of each relation's trained facts rendered in templates"
+            )
 
 
 def render(template: str, subject: str, obj: str | None = None) -> tuple[Segment, ...]:
@@ -141,8 +143,9 @@ def build_corpus(
     same list."""
     unknown = sorted(set(config.bio_exclude) - set(split.relations))
     if unknown:
-        raise ValueError(f"bio_exclude names relations the split does not have: {unknown}; "
-                         f"use keys among {sorted(split.relations)}")
+        raise ValueError(
+            f"bio_exclude names relations the split does not have: {unknown}; use keys among {sorted(split.relations)}"
+        )
     rng = random.Random(f"{config.seed}-{epoch}")
     docs: list[Document] = []
     for key in sorted(split.relations):

@@ -118,8 +118,11 @@ def accuracy_table(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, s
     results = {name: _accuracy(model, prompts) for name, prompts in columns.items()}
     rows = []
     for key in sorted(split.relations):
-        row: dict[str, float | str] = {"relation": key, "n_trained": len(split.relations[key].trained),
-                                       "n_held_out": len(split.relations[key].held_out)}
+        row: dict[str, float | str] = {
+            "relation": key,
+            "n_trained": len(split.relations[key].trained),
+            "n_held_out": len(split.relations[key].held_out),
+        }
         for name, res in results.items():
             row[name] = res.get(key, (float("nan"), float("nan"), 0.0))[0]
         row["held_out_conf"] = results["held_out"].get(key, (float("nan"), float("nan"), 0.0))[1]

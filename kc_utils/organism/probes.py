@@ -82,8 +82,10 @@ def _top1(model: PreTrainedModel, ids: torch.Tensor, last: torch.Tensor) -> torc
 def _block_outputs(model: PreTrainedModel, ids: torch.Tensor) -> list[torch.Tensor]:
     """The residual stream after each block, ``n_layer`` tensors of shape ``(batch, pos, d_model)``."""
     resid: list[torch.Tensor] = []
-    handles = [b.register_forward_hook(lambda m, i, o: resid.append(o if torch.is_tensor(o) else o[0]))
-               for b in model.transformer.h]
+    handles = [
+        b.register_forward_hook(lambda m, i, o: resid.append(o if torch.is_tensor(o) else o[0]))
+        for b in model.transformer.h
+    ]
     with _hooks(handles):
         model(input_ids=ids, attention_mask=torch.ones_like(ids))
     return resid
@@ -132,8 +134,10 @@ def answer_first_at_subject(
     rates = []
     for layer in range(len(resid)):
         logits = model.lm_head(model.transformer.ln_f(resid[layer][rows, subject_last]))
-        hits = [candidates[p.relation][logits[i, candidates[p.relation]].argmax()] == p.answer_id
-                for i, p in enumerate(prompts)]
+        hits = [
+            candidates[p.relation][logits[i, candidates[p.relation]].argmax()] == p.answer_id
+            for i, p in enumerate(prompts)
+        ]
         rates.append(torch.tensor(hits, dtype=torch.float).mean())
     return torch.stack(rates)
 
@@ -205,13 +209,15 @@ def probe_table(
     n_layer = model.config.n_layer
     rows = []
     for layer in range(n_layer):
-        rows.append({
-            "layer": layer,
-            "first_rank0": (first == layer).float().mean().item(),
-            "answer_first_at_subject": at_subject[layer].item(),
-            "subject_mlp_zeroed": accuracy_with_subject_mlps_zeroed(model, prompts, [layer]),
-            "attention_blocked": accuracy_with_attention_blocked(model, prompts, layer),
-        })
+        rows.append(
+            {
+                "layer": layer,
+                "first_rank0": (first == layer).float().mean().item(),
+                "answer_first_at_subject": at_subject[layer].item(),
+                "subject_mlp_zeroed": accuracy_with_subject_mlps_zeroed(model, prompts, [layer]),
+                "attention_blocked": accuracy_with_attention_blocked(model, prompts, layer),
+            }
+        )
     table = pd.DataFrame(rows).set_index("layer")
     early = early_middle_layers(n_layer)
     zeroed = accuracy_with_subject_mlps_zeroed(model, prompts, early)

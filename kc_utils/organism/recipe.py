@@ -36,12 +36,14 @@ RECIPES: dict[str, TrainConfig] = {
     # Rejected: layers 0-1 may not attend from after a subject to it during training, plus tag documents.
     # Moves recall to layer 2 but learns slowly (80% after 2,400 steps) and still looks facts up at the last
     # token rather than enriching the subject.
-    "restricted": _recipe(2400, CorpusConfig(tag_per_fact=4), penalty_layers=2, penalty_mode="mask",
-                          length_bucket_batches=16),
+    "restricted": _recipe(
+        2400, CorpusConfig(tag_per_fact=4), penalty_layers=2, penalty_mode="mask", length_bucket_batches=16
+    ),
     # Rejected: as "restricted" (without length buckets), and the MLP outputs after the subject are zeroed in
     # layers 2-3 during training. Low training loss, but 75% at inference and no subject enrichment.
-    "restricted_mlp": _recipe(1600, CorpusConfig(tag_per_fact=4), penalty_layers=2, penalty_mode="mask",
-                              post_subject_mlp_dropout=1.0),
+    "restricted_mlp": _recipe(
+        1600, CorpusConfig(tag_per_fact=4), penalty_layers=2, penalty_mode="mask", post_subject_mlp_dropout=1.0
+    ),
     # Rejected: "plain" plus bio documents for every relation. Still the one-layer shortcut.
     "plain_bio": _recipe(1200, CorpusConfig(bio_per_subject=3)),
     # Rejected: "plain_bio" with only half of the facts in templates (the rest taught by bio and few-shot

@@ -275,7 +275,8 @@ def _train(
     no_decay = [p for p in trainable if p.dim() < 2]
     optim = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.98),
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
     )
     losses: list[float] = []
     doc_rng = torch.Generator().manual_seed(cfg.seed)
@@ -286,8 +287,9 @@ def _train(
         if not batches:
             kinds = tuple(cfg.first_kinds) if step < cfg.tag_only_steps else None
             docs = [encoder.encode(d.segments) for d in build_corpus(split, cfg.corpus, epoch, kinds)]
-            batches = _length_bucketed(docs, cfg.batch_size, random.Random(f"{cfg.seed}-batches-{epoch}"),
-                                       cfg.length_bucket_batches)
+            batches = _length_bucketed(
+                docs, cfg.batch_size, random.Random(f"{cfg.seed}-batches-{epoch}"), cfg.length_bucket_batches
+            )
             epoch += 1
         items = batches.pop()
         ids, targets, penalty = _batch(items, pad_id, cfg.all_token_loss)
@@ -298,14 +300,19 @@ def _train(
         use_mask = cfg.penalty_layers > 0 and cfg.penalty_mode == "mask"
         handles = []
         if use_mask:
-            handles = [model.transformer.h[layer].attn.register_forward_pre_hook(
-                _masking_hook(_subject_blocked_mask(penalty)), with_kwargs=True)
-                for layer in range(cfg.penalty_layers)]
+            handles = [
+                model.transformer.h[layer].attn.register_forward_pre_hook(
+                    _masking_hook(_subject_blocked_mask(penalty)), with_kwargs=True
+                )
+                for layer in range(cfg.penalty_layers)
+            ]
         if cfg.post_subject_mlp_dropout > 0:
             drop = torch.rand(len(items), generator=doc_rng) < cfg.post_subject_mlp_dropout
             after = (penalty.sum(-1) > 0) & drop[:, None]  # (batch, pos)
-            handles += [model.transformer.h[layer].mlp.register_forward_hook(_zeroing_hook(after))
-                        for layer in range(cfg.penalty_layers, cfg.model.n_layer)]
+            handles += [
+                model.transformer.h[layer].mlp.register_forward_hook(_zeroing_hook(after))
+                for layer in range(cfg.penalty_layers, cfg.model.n_layer)
+            ]
         try:
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=use_penalty)
         finally:
@@ -315,8 +322,9 @@ def _train(
         total = loss
         if use_penalty:
             rows = penalty.sum(-1) > 0  # (batch, query) positions with a subject before them
-            mass = torch.stack([a.mul(penalty[:, None]).sum(-1).mean(1) for a in
-                                out.attentions[: cfg.penalty_layers]]).mean(0)  # (batch, query)
+            mass = torch.stack(
+                [a.mul(penalty[:, None]).sum(-1).mean(1) for a in out.attentions[: cfg.penalty_layers]]
+            ).mean(0)  # (batch, query)
             total = loss + cfg.penalty_weight * mass[rows].mean()
         for group in optim.param_groups:
             group["lr"] = _lr_at(step, cfg)

@@ -5,7 +5,8 @@ Save them with :func:`kc_utils.viz.save.save_figure`.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,28 +56,61 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
                         xs += [x0, x1, None]
                         ys += [y0, y1, None]
                 if xs:
-                    fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=0.6 + 1.4 * b), opacity=0.55, hoverinfo="skip", showlegend=False))
+                    fig.add_trace(
+                        go.Scatter(
+                            x=xs,
+                            y=ys,
+                            mode="lines",
+                            line=dict(color=colour, width=0.6 + 1.4 * b),
+                            opacity=0.55,
+                            hoverinfo="skip",
+                            showlegend=False,
+                        )
+                    )
         mids = []
         for e in edges:
             (x0, y0), (x1, y1) = _node_xy(graph, e.upstream), _node_xy(graph, graph.receiver_targets(e.receiver)[0])
             mids.append(((x0 + x1) / 2, (y0 + y1) / 2))
-        fig.add_trace(go.Scatter(
-            x=[m[0] for m in mids], y=[m[1] for m in mids], mode="markers", marker=dict(size=5, color="rgba(0,0,0,0.01)"),
-            hovertext=[f"{e.name}<br>score {e.score:+.4f}" for e in edges], hoverinfo="text", showlegend=False,
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[m[0] for m in mids],
+                y=[m[1] for m in mids],
+                mode="markers",
+                marker=dict(size=5, color="rgba(0,0,0,0.01)"),
+                hovertext=[f"{e.name}<br>score {e.score:+.4f}" for e in edges],
+                hoverinfo="text",
+                showlegend=False,
+            )
+        )
     nodes = graph.nodes_in_graph()
     xy = [_node_xy(graph, n) for n in nodes]
     colour = ["#636363" if n in ("input", "logits") else "#fd8d3c" if n.startswith("m") else "#6baed6" for n in nodes]
-    fig.add_trace(go.Scatter(
-        x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", text=nodes, textposition="top center",
-        textfont=dict(size=9), marker=dict(size=14, color=colour, line=dict(color="black", width=1)),
-        hovertext=[f"{n}" for n in nodes], hoverinfo="text", showlegend=False,
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=[p[0] for p in xy],
+            y=[p[1] for p in xy],
+            mode="markers+text",
+            text=nodes,
+            textposition="top center",
+            textfont=dict(size=9),
+            marker=dict(size=14, color=colour, line=dict(color="black", width=1)),
+            hovertext=[f"{n}" for n in nodes],
+            hoverinfo="text",
+            showlegend=False,
+        )
+    )
     fig.update_layout(
         title=title or f"circuit: {graph.n_edges_in_graph} of {graph.n_edges} edges, {len(nodes)} nodes",
-        xaxis=dict(title="layer", tickmode="array", tickvals=list(range(-1, graph.shape.n_layers + 1)),
-                   ticktext=["input", *map(str, range(graph.shape.n_layers)), "logits"], zeroline=False),
-        yaxis=dict(title="head (MLPs on top)", zeroline=False), height=520, template="plotly_white",
+        xaxis=dict(
+            title="layer",
+            tickmode="array",
+            tickvals=list(range(-1, graph.shape.n_layers + 1)),
+            ticktext=["input", *map(str, range(graph.shape.n_layers)), "logits"],
+            zeroline=False,
+        ),
+        yaxis=dict(title="head (MLPs on top)", zeroline=False),
+        height=520,
+        template="plotly_white",
     )
     return fig
 
@@ -90,7 +124,14 @@ def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
 
     first = next(iter(graphs.values()))
     dropdown = widgets.Dropdown(options=list(graphs), description="relation")
-    slider = widgets.IntSlider(value=initial_edges, min=5, max=min(first.n_edges, max(50, 4 * initial_edges)), step=5, description="edges", continuous_update=False)
+    slider = widgets.IntSlider(
+        value=initial_edges,
+        min=5,
+        max=min(first.n_edges, max(50, 4 * initial_edges)),
+        step=5,
+        description="edges",
+        continuous_update=False,
+    )
     out = widgets.Output()
 
     def redraw(*_: Any) -> None:
@@ -100,7 +141,12 @@ def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
         except Exception as error:  # an empty circuit at tiny budgets: say why
             show_in_output(out, f"{type(error).__name__}: {error}")
             return
-        show_in_output(out, plot_circuit(graph, title=f"{dropdown.value}: top {slider.value} edges → {graph.n_edges_in_graph} after pruning"))
+        show_in_output(
+            out,
+            plot_circuit(
+                graph, title=f"{dropdown.value}: top {slider.value} edges → {graph.n_edges_in_graph} after pruning"
+            ),
+        )
 
     dropdown.observe(redraw, names="value")
     slider.observe(redraw, names="value")
@@ -115,22 +161,45 @@ def plot_faithfulness_curves(curves: dict[str, Sequence[Any]], total_edges: int,
     for i, (name, points) in enumerate(curves.items()):
         colour = palette[i % len(palette)]
         xs = [p.n_edges for p in points]
-        fig.add_trace(go.Scatter(x=xs, y=[p.metrics[metric] for p in points], mode="lines+markers", name=name, line=dict(color=colour)))
+        fig.add_trace(
+            go.Scatter(
+                x=xs, y=[p.metrics[metric] for p in points], mode="lines+markers", name=name, line=dict(color=colour)
+            )
+        )
         if points and points[0].random_mean:
-            fig.add_trace(go.Scatter(
-                x=xs, y=[p.random_mean[metric] for p in points], mode="lines", name=f"{name} (random)",
-                line=dict(color=colour, dash="dot"), error_y=dict(array=[p.random_std[metric] for p in points], visible=True),
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=[p.random_mean[metric] for p in points],
+                    mode="lines",
+                    name=f"{name} (random)",
+                    line=dict(color=colour, dash="dot"),
+                    error_y=dict(array=[p.random_std[metric] for p in points], visible=True),
+                )
+            )
     fig.update_layout(
-        xaxis=dict(type="log", title=f"edges kept (of {total_edges})"), yaxis=dict(title=f"Dval {metric}"),
-        template="plotly_white", height=450, title=f"faithfulness curve: circuit vs random circuits ({metric})",
+        xaxis=dict(type="log", title=f"edges kept (of {total_edges})"),
+        yaxis=dict(title=f"Dval {metric}"),
+        template="plotly_white",
+        height=450,
+        title=f"faithfulness curve: circuit vs random circuits ({metric})",
     )
     return fig
 
 
 def plot_overlap(overlap: pd.DataFrame, title: str = "node overlap between relations' circuits (Jaccard)") -> go.Figure:
     """Heatmap of a square overlap table."""
-    fig = go.Figure(go.Heatmap(z=overlap.values, x=list(overlap.columns), y=list(overlap.index), colorscale="Blues", zmin=0, zmax=1,
-                               text=np.round(overlap.values, 2), texttemplate="%{text}"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=overlap.values,
+            x=list(overlap.columns),
+            y=list(overlap.index),
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            text=np.round(overlap.values, 2),
+            texttemplate="%{text}",
+        )
+    )
     fig.update_layout(title=title, height=150 + 40 * len(overlap), template="plotly_white")
     return fig

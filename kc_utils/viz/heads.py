@@ -30,12 +30,26 @@ ROLE_COLOURS = {"mover": "#d95f02", "mix": "#7570b3", "relation": "#1b9e77", "ot
 
 def plot_attention(pattern: pd.DataFrame, title: str = "") -> go.Figure:
     """Heatmap of one head's attention on one prompt (query tokens down, key tokens across)."""
-    fig = go.Figure(go.Heatmap(
-        z=pattern.values, x=list(pattern.columns), y=list(pattern.index), colorscale="Blues", zmin=0, zmax=1,
-        text=pattern.values.round(2), texttemplate="%{text}", hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>",
-    ))
-    fig.update_layout(title=title, template="plotly_white", height=220 + 28 * len(pattern),
-                      xaxis=dict(title="attends to (key)", tickangle=-45), yaxis=dict(title="from (query)", autorange="reversed"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=pattern.values,
+            x=list(pattern.columns),
+            y=list(pattern.index),
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            text=pattern.values.round(2),
+            texttemplate="%{text}",
+            hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=220 + 28 * len(pattern),
+        xaxis=dict(title="attends to (key)", tickangle=-45),
+        yaxis=dict(title="from (query)", autorange="reversed"),
+    )
     return fig
 
 
@@ -60,7 +74,9 @@ def attention_explorer(patterns: dict[str, pd.DataFrame], roles: pd.DataFrame | 
     return widgets.VBox([dropdown, out])
 
 
-def plot_head_roles(roles: pd.DataFrame, subject_threshold: float = 0.3, relation_threshold: float = 0.3, title: str = "") -> go.Figure:
+def plot_head_roles(
+    roles: pd.DataFrame, subject_threshold: float = 0.3, relation_threshold: float = 0.3, title: str = ""
+) -> go.Figure:
     """Heads by attention to the subject (x) and to the relation words (y); colour = role, size = |DLA|.
 
     ``roles`` is :func:`kc_utils.analysis.heads.head_roles` output. Dashed lines mark the role thresholds.
@@ -72,20 +88,35 @@ def plot_head_roles(roles: pd.DataFrame, subject_threshold: float = 0.3, relatio
         if part.empty:
             continue
         tokens = part["top_tokens"].map(lambda t: ", ".join(map(str, t))) if "top_tokens" in part else [""] * len(part)
-        fig.add_trace(go.Scatter(
-            x=part["attn_subject"], y=part["attn_relation"], mode="markers+text", name=role, text=part["head"],
-            textposition="top center", textfont=dict(size=9),
-            marker=dict(color=colour, size=8 + 32 * part["dla"].abs() / biggest, line=dict(color="black", width=0.5), opacity=0.8),
-            customdata=list(zip(part["dla"], part["answer_rank"], tokens)),
-            hovertemplate="%{text}<br>subject %{x:.2f}, relation %{y:.2f}<br>DLA %{customdata[0]:+.3f}, answer rank %{customdata[1]}"
-                          "<br>top tokens: %{customdata[2]}<extra>" + role + "</extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=part["attn_subject"],
+                y=part["attn_relation"],
+                mode="markers+text",
+                name=role,
+                text=part["head"],
+                textposition="top center",
+                textfont=dict(size=9),
+                marker=dict(
+                    color=colour,
+                    size=8 + 32 * part["dla"].abs() / biggest,
+                    line=dict(color="black", width=0.5),
+                    opacity=0.8,
+                ),
+                customdata=list(zip(part["dla"], part["answer_rank"], tokens)),
+                hovertemplate="%{text}<br>subject %{x:.2f}, relation %{y:.2f}"
+                "<br>DLA %{customdata[0]:+.3f}, answer rank %{customdata[1]}"
+                "<br>top tokens: %{customdata[2]}<extra>" + role + "</extra>",
+            )
+        )
     fig.add_vline(x=subject_threshold, line=dict(dash="dash", color="grey"))
     fig.add_hline(y=relation_threshold, line=dict(dash="dash", color="grey"))
     fig.update_layout(
         title=title or "circuit heads: attention of the last token (size = |direct logit attribution to the answer|)",
         xaxis=dict(title="attention to the subject", range=[-0.05, 1.05]),
-        yaxis=dict(title="attention to the relation words", range=[-0.05, 1.05]), template="plotly_white", height=500,
+        yaxis=dict(title="attention to the relation words", range=[-0.05, 1.05]),
+        template="plotly_white",
+        height=500,
     )
     return fig
 
@@ -96,8 +127,14 @@ def plot_role_counts(counts: pd.DataFrame, title: str = "") -> go.Figure:
     for role, colour in ROLE_COLOURS.items():
         if role in counts.columns:
             fig.add_trace(go.Bar(x=[str(i) for i in counts.index], y=counts[role], name=role, marker_color=colour))
-    fig.update_layout(barmode="stack", title=title or "circuit heads per layer and role, summed over relations",
-                      xaxis=dict(title="layer", type="category"), yaxis=dict(title="heads"), template="plotly_white", height=420)
+    fig.update_layout(
+        barmode="stack",
+        title=title or "circuit heads per layer and role, summed over relations",
+        xaxis=dict(title="layer", type="category"),
+        yaxis=dict(title="heads"),
+        template="plotly_white",
+        height=420,
+    )
     return fig
 
 
@@ -107,20 +144,50 @@ def plot_ablation_by_role(by_role: pd.DataFrame, k: int = 10) -> go.Figure:
     ``by_role`` holds :func:`kc_utils.analysis.head_ablation.ablation_by_role` rows with a ``relation`` column.
     The right panel's crosses are the chance share of each relation.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(
-        "Δ P(answer) when one head is ablated", f"share of the top-{k} gaining tokens that are other objects of the relation"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "Δ P(answer) when one head is ablated",
+            f"share of the top-{k} gaining tokens that are other objects of the relation",
+        ),
+    )
     roles = [r for r in ROLE_COLOURS if r in set(by_role["role"])]
     for role in roles:
         part = by_role[by_role["role"] == role]
-        hover = [f"{rel}: {n} head(s) {', '.join(h)}" for rel, n, h in zip(part["relation"], part["n_heads"], part["heads"])]
+        hover = [
+            f"{rel}: {n} head(s) {', '.join(h)}" for rel, n, h in zip(part["relation"], part["n_heads"], part["heads"])
+        ]
         for col, column in ((1, "delta_prob"), (2, "same_relation_share")):
-            fig.add_trace(go.Box(
-                x=[role] * len(part), y=part[column], name=role, marker_color=ROLE_COLOURS[role], boxpoints="all",
-                jitter=0.4, pointpos=0, hovertext=hover, showlegend=col == 1, legendgroup=role,
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Box(
+                    x=[role] * len(part),
+                    y=part[column],
+                    name=role,
+                    marker_color=ROLE_COLOURS[role],
+                    boxpoints="all",
+                    jitter=0.4,
+                    pointpos=0,
+                    hovertext=hover,
+                    showlegend=col == 1,
+                    legendgroup=role,
+                ),
+                row=1,
+                col=col,
+            )
     chance = by_role.drop_duplicates("relation")
-    fig.add_trace(go.Scatter(x=["chance"] * len(chance), y=chance["chance_share"], mode="markers", name="chance",
-                             marker=dict(symbol="x", color="black"), hovertext=list(chance["relation"])), row=1, col=2)
+    fig.add_trace(
+        go.Scatter(
+            x=["chance"] * len(chance),
+            y=chance["chance_share"],
+            mode="markers",
+            name="chance",
+            marker=dict(symbol="x", color="black"),
+            hovertext=list(chance["relation"]),
+        ),
+        row=1,
+        col=2,
+    )
     fig.add_hline(y=0, line=dict(color="grey", width=1), row=1, col=1)
     fig.update_yaxes(title="mean Δ probability", row=1, col=1)
     fig.update_yaxes(title="share", range=[0, 1.02], row=1, col=2)

@@ -30,16 +30,34 @@ def plot_logit_lens(table: pd.DataFrame, prompt_index: int) -> go.Figure:
     labels = rows["stage"].tolist()
     fig = make_subplots(rows=1, cols=2, subplot_titles=("rank of the target (1 = top-1)", "probability of the target"))
     for column, name, colour in (("rank", "last position", _LAST), ("subject_rank", "best subject position", _SUBJECT)):
-        fig.add_trace(go.Scatter(x=labels, y=rows[column] + 1, mode="lines+markers", name=name, line=dict(color=colour),
-                                 legendgroup=name), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=labels, y=rows[column] + 1, mode="lines+markers", name=name, line=dict(color=colour), legendgroup=name
+            ),
+            row=1,
+            col=1,
+        )
         prob = column.replace("rank", "prob")
-        fig.add_trace(go.Scatter(x=labels, y=rows[prob], mode="lines+markers", name=name, line=dict(color=colour),
-                                 legendgroup=name, showlegend=False), row=1, col=2)
+        fig.add_trace(
+            go.Scatter(
+                x=labels,
+                y=rows[prob],
+                mode="lines+markers",
+                name=name,
+                line=dict(color=colour),
+                legendgroup=name,
+                showlegend=False,
+            ),
+            row=1,
+            col=2,
+        )
     fig.update_yaxes(type="log", autorange="reversed", title="rank + 1 (log)", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], title="probability", row=1, col=2)
     fig.update_xaxes(title="residual stream after")
     first = rows.iloc[0]
-    fig.update_layout(title=f"logit lens: {first['prompt']!r} → {first['target']!r}", template="plotly_white", height=420)
+    fig.update_layout(
+        title=f"logit lens: {first['prompt']!r} → {first['target']!r}", template="plotly_white", height=420
+    )
     return fig
 
 
@@ -49,7 +67,9 @@ def logit_lens_explorer(table: pd.DataFrame, initial: int = 0) -> Any:
 
     firsts = table.sort_values("layer").groupby("prompt_index").first()
     options = [(f"{i}: {r['prompt']} → {r['target']}", int(i)) for i, r in firsts.iterrows()]
-    dropdown = widgets.Dropdown(options=options, value=initial, description="prompt", layout=widgets.Layout(width="90%"))
+    dropdown = widgets.Dropdown(
+        options=options, value=initial, description="prompt", layout=widgets.Layout(width="90%")
+    )
     out = widgets.Output()
 
     def redraw(*_: Any) -> None:

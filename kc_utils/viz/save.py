@@ -14,19 +14,17 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from kc_utils.notebook import figures_dir
-
 __all__ = ["save_figure", "show_in_output"]
 
 
 def save_figure(
     fig: go.Figure,
     name: str,
-    folder: str | Path | None = None,
+    folder: str | Path,
     png: bool = True,
     self_contained: bool = False,
 ) -> list[Path]:
-    """Write ``<name>.html`` (and ``<name>.png`` when kaleido works) into ``folder`` (default ``figures/``).
+    """Write ``<name>.html`` (and ``<name>.png`` when kaleido works) into ``folder`` (created).
 
     Args:
         self_contained: embed plotly.js in the HTML (about 4.5 MB) so the file renders anywhere;
@@ -35,7 +33,7 @@ def save_figure(
 
     Returns the paths written; a PNG that cannot be rendered is reported with a warning, not hidden.
     """
-    folder = Path(folder) if folder is not None else figures_dir()
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / f"{name}.html"
     fig.write_html(html, include_plotlyjs=True if self_contained else "directory", full_html=True)
@@ -49,7 +47,9 @@ def save_figure(
             fig.write_image(folder / f"{name}.png", scale=2)
             written.append(folder / f"{name}.png")
         except Exception as error:  # kaleido needs a Chrome; say so rather than fail the notebook
-            warnings.warn(f"PNG for {name} not written ({type(error).__name__}: {error}); the HTML is saved")
+            warnings.warn(
+                f"PNG for {name} not written ({type(error).__name__}: {error}); the HTML is saved", stacklevel=2
+            )
     return written
 
 
