@@ -68,7 +68,7 @@ def relation_object_tokens(model: Any, relation: Relation, template_index: int =
     return tokens
 
 
-def head_mean_outputs(model: Any, batch: PromptBatch, heads: Sequence[str]) -> dict[str, Float[Tensor, d]]:
+def head_mean_outputs(model: Any, batch: PromptBatch, heads: Sequence[str]) -> dict[str, Float[Tensor, "d"]]:
     """Each head's output (``hook_result``) averaged over the batch's real tokens."""
     layers = sorted({int(parse_node(model, h)[1]) for h in heads})
     with torch.no_grad():
@@ -129,8 +129,8 @@ def run_with_heads_ablated(
 
 
 def object_share(
-    tokens: Int[Tensor, "b k"], object_tokens: Collection[int], exclude: Int[Tensor, b] | None = None
-) -> Float[Tensor, b]:
+    tokens: Int[Tensor, "b k"], object_tokens: Collection[int], exclude: Int[Tensor, "b"] | None = None
+) -> Float[Tensor, "b"]:
     """Share of each row's tokens that are relation objects, not counting ``exclude[i]`` as one.
 
     ``exclude`` (e.g. each prompt's own answer) is removed from the object set of its row only;

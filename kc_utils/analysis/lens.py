@@ -140,7 +140,7 @@ def subject_mask(model: Any, batch: PromptBatch, subjects: Sequence[str]) -> Boo
 
 
 # ----------------------------------------------------------------------------- logit lens
-def _check_targets(batch: PromptBatch, targets: Tensor | None) -> Int[Tensor, b]:
+def _check_targets(batch: PromptBatch, targets: Tensor | None) -> Int[Tensor, "b"]:
     if targets is None:
         return batch.answer
     targets = torch.as_tensor(targets, dtype=torch.long, device=batch.clean.device)
@@ -166,7 +166,7 @@ def logit_lens(
     model: Any,
     batch: PromptBatch,
     subjects: Sequence[str] | None = None,
-    targets: Int[Tensor, b] | None = None,
+    targets: Int[Tensor, "b"] | None = None,
 ) -> pd.DataFrame:
     """Logit lens: the target's rank and probability after every block.
 
@@ -313,7 +313,7 @@ def _unembed_scale_one(model: Any, resid: Float[Tensor, "n d"]) -> Float[Tensor,
             return models.unembed(model, resid[None])[0]
 
 
-def _unembed_bias(model: Any) -> Float[Tensor, v]:
+def _unembed_bias(model: Any) -> Float[Tensor, "v"]:
     d_model = models.model_shape(model).d_model
     zero = torch.zeros(1, d_model, device=models.model_device(model), dtype=models.model_dtype(model))
     return _unembed_scale_one(model, zero)[0]
@@ -339,7 +339,7 @@ def project_to_vocab(
     return out.reshape(*vectors.shape[:-1], -1)
 
 
-def unembedding_directions(model: Any, tokens: Int[Tensor, t], chunk: int = 256) -> Float[Tensor, "d t"]:
+def unembedding_directions(model: Any, tokens: Int[Tensor, "t"], chunk: int = 256) -> Float[Tensor, "d t"]:
     """Columns of the linear part ``M`` of final norm (scale 1) + unembedding, for ``tokens``.
 
     A residual vector ``x`` at a position whose clean divisor is ``s`` contributes
@@ -397,8 +397,8 @@ class ResidualDecomposition:
     names: tuple[str, ...]
     outputs: Float[Tensor, "n b d"]
     attn_bias: Float[Tensor, "b d"]
-    scale: Float[Tensor, b]
-    positions: Int[Tensor, b]
+    scale: Float[Tensor, "b"]
+    positions: Int[Tensor, "b"]
     logits: Float[Tensor, "b v"]
 
     def index(self, name: str) -> int:
@@ -409,7 +409,7 @@ class ResidualDecomposition:
             raise ValueError(f"{name!r} is not a node of this model ({self.names[0]}, {self.names[1]}, …)") from None
 
 
-def _positions(batch: PromptBatch, positions: Tensor | int | None) -> Int[Tensor, b]:
+def _positions(batch: PromptBatch, positions: Tensor | int | None) -> Int[Tensor, "b"]:
     if positions is None:
         return batch.last_pos
     positions = torch.as_tensor(positions, dtype=torch.long, device=batch.clean.device)
@@ -425,7 +425,7 @@ def _positions(batch: PromptBatch, positions: Tensor | int | None) -> Int[Tensor
 
 
 def decompose_residual(
-    model: Any, batch: PromptBatch, positions: Int[Tensor, b] | int | None = None
+    model: Any, batch: PromptBatch, positions: Int[Tensor, "b"] | int | None = None
 ) -> ResidualDecomposition:
     """Split the final residual stream at ``positions`` (default: last tokens) into node outputs."""
     return decompose_residual_with_cache(model, batch, positions)[0]
@@ -434,7 +434,7 @@ def decompose_residual(
 def decompose_residual_with_cache(
     model: Any,
     batch: PromptBatch,
-    positions: Int[Tensor, b] | int | None = None,
+    positions: Int[Tensor, "b"] | int | None = None,
     extra_hooks: Sequence[str] = (),
 ) -> tuple[ResidualDecomposition, dict[str, Tensor]]:
     """:func:`decompose_residual`, also recording the activations ``extra_hooks`` (same forward)."""
@@ -467,7 +467,7 @@ def decompose_residual_with_cache(
 def component_logits(
     model: Any,
     batch: PromptBatch,
-    targets: Int[Tensor, b] | None = None,
+    targets: Int[Tensor, "b"] | None = None,
     decomposition: ResidualDecomposition | None = None,
 ) -> tuple[list[str], Float[Tensor, "component b"]]:
     """Direct logit attribution of every component to each prompt's target at the last position.
@@ -542,8 +542,8 @@ def project_node(
     batch: PromptBatch,
     node: str,
     k: int = 10,
-    targets: Int[Tensor, b] | None = None,
-    positions: Int[Tensor, b] | int | None = None,
+    targets: Int[Tensor, "b"] | None = None,
+    positions: Int[Tensor, "b"] | int | None = None,
 ) -> pd.DataFrame:
     """A node's output projected onto the vocabulary (frozen final-norm scale, biases left out).
 

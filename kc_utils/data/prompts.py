@@ -46,9 +46,9 @@ class PromptBatch:
 
     clean: Int[Tensor, "b p"]
     corrupt: Int[Tensor, "b p"] | None
-    last_pos: Int[Tensor, b]
-    answer: Int[Tensor, b]
-    corrupt_answer: Int[Tensor, b]
+    last_pos: Int[Tensor, "b"]
+    answer: Int[Tensor, "b"]
+    corrupt_answer: Int[Tensor, "b"]
     prompts: tuple[str, ...]
     answers: tuple[str, ...]
     mean_fallback: Tensor | None = None
