@@ -39,6 +39,7 @@ __all__ = [
     "REPOSITORY_URL",
     "RunOutputs",
     "as_list",
+    "candidate_samples",
     "check_choice",
     "check_range",
     "figures_dir",
@@ -213,6 +214,32 @@ def start(
     where = "figures/ (versioned tables refreshed)" if outputs.published else str(outputs.folder)
     print(f"{model_name}: {cfg.n_layers} layers x {cfg.n_heads} heads on {cfg.device}; outputs -> {where}")
     return model, outputs
+
+
+def candidate_samples(model_name: str, relation: Any, which: str = "trained") -> list[Any]:
+    """The facts of ``relation`` worth testing on ``model_name``.
+
+    For the organism: the facts it was trained on (``which="trained"``) or those it never saw
+    (``"held_out"``); for any other model every sample of the relation (``which`` must be
+    ``"trained"``: a pretrained model's training data is unknown).
+
+    Raises:
+        ValueError: an unknown ``which``, a relation the organism was not trained on, or
+            ``held_out`` asked of a model that has no known split.
+    """
+    from kc_utils.models import ORGANISM_NAME
+
+    check_choice(which, "which", ("trained", "held_out"))
+    if model_name != ORGANISM_NAME:
+        if which != "trained":
+            raise ValueError(f"only the organism has held-out facts; {model_name!r} has no known training split")
+        return list(relation.samples)
+    from kc_utils.organism import load_split
+
+    split = load_split()
+    if relation.key not in split.relations:
+        raise ValueError(f"the organism was not trained on relation {relation.key!r}")
+    return list(getattr(split.relations[relation.key], which))
 
 
 def load_circuit_if_matching(path: str | Path, expected: dict[str, Any]) -> tuple[Any | None, str]:

@@ -151,11 +151,38 @@ def test_eap_ig_ranks_edges_like_exact(tiny_model, batch, capsys):
     assert rho_ig > 0.5
 
 
-def test_scores_do_not_depend_on_batch_size(tiny_model, batch):
+@pytest.mark.parametrize("ablation", ["patch", "zero", "mean"])
+def test_scores_and_metrics_do_not_depend_on_batch_size(tiny_model, country_batch_args, ablation):
+    """Ablation values are computed once over the whole set: chunking changes nothing (issue: mean per chunk)."""
+    prompts, answers, corrupt, corrupt_answers = (list(x) for x in country_batch_args)
+    # a fifth fact without a corrupt twin: patch ablation falls back to the (whole-set) mean for it
+    prompts.append("the official language of France is")
+    answers.append("French")
+    corrupt.append(None)
+    corrupt_answers.append("Japanese")
+    batch = make_batch(tiny_model, prompts, answers, corrupt, corrupt_answers)
     graph = Graph.from_model(tiny_model)
-    whole = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=2, progress=False).scores.clone()
-    split = attribute(tiny_model, graph, batch, method="eap-ig", ig_steps=2, batch_size=1, progress=False).scores
-    torch.testing.assert_close(split, whole, atol=1e-5, rtol=1e-4)
+    scores, metrics = [], []
+    for batch_size in (1, 3, None):
+        scored = attribute(
+            tiny_model,
+            graph,
+            batch,
+            method="eap-ig",
+            ig_steps=2,
+            ablation=ablation,
+            batch_size=batch_size,
+            progress=False,
+        )
+        scores.append(scored.scores.clone())
+        circuit = scored.copy().top_n(12, from_input=ablation == "patch")
+        metrics.append(
+            evaluate_circuit(tiny_model, circuit, batch, ["logprob", "logit_diff"], ablation, batch_size=batch_size)
+        )
+    for other, other_metrics in zip(scores[:2], metrics[:2]):
+        torch.testing.assert_close(other, scores[2], atol=1e-5, rtol=1e-4)
+        for name, value in metrics[2].items():
+            assert other_metrics[name] == pytest.approx(value, abs=1e-5)
 
 
 def test_attribution_is_deterministic(tiny_model, batch):
@@ -233,3 +260,31 @@ def test_fractional_masks_and_their_gradients(tiny_model, batch):
     (grad,) = torch.autograd.grad(value, ones)
     eap = attribute(tiny_model, graph, batch, method="eap", progress=False).scores
     torch.testing.assert_close(grad * graph.real_edges, eap, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ablation", ["patch", "zero", "mean"])
+def test_pruning_never_changes_what_the_circuit_computes(tiny_model, batch, ablation):
+    """Pruning is lossless: to-logits pruning under every ablation, from-input pruning under patch."""
+    graph = attribute(tiny_model, Graph.from_model(tiny_model), batch, method="eap", ablation=ablation, progress=False)
+    from_input = ablation == "patch"
+    for n in (5, 20, 60):
+        raw = graph.copy().top_n(n, prune=False)
+        pruned = raw.copy().prune(from_input=from_input)
+        assert pruned.n_edges_in_graph <= raw.n_edges_in_graph
+        before = circuit_logits(tiny_model, raw, batch, ablation)
+        after = circuit_logits(tiny_model, pruned, batch, ablation)
+        torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+
+
+def test_non_finite_scores_are_refused(tiny_gpt2, country_batch_args):
+    batch = make_batch(tiny_gpt2, *country_batch_args)
+    infinite = lambda logits, b: torch.full((logits.shape[0],), float("inf")) * logits[:, 0, 0]
+    with pytest.raises(FloatingPointError, match="NaN or infinite"):
+        attribute(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, metric=infinite, method="eap", progress=False)
+    graph = Graph.from_model(tiny_gpt2)
+    graph.scores[graph.real_edges] = 1.0
+    graph.scores[0, -1] = float("nan")
+    from kc_utils.circuits.graph import CircuitError
+
+    with pytest.raises(CircuitError, match="NaN or infinite.*input->logits"):
+        graph.top_n(3)

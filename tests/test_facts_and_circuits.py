@@ -53,16 +53,34 @@ def test_fact_without_same_length_twin_falls_back_to_mean(tiny_gpt2):
 
 
 def test_dataset_split_is_seeded_and_disjoint(tiny_gpt2):
-    a = build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=3, n_test=3, top_k=1000, seed=1)
-    b = build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=3, n_test=3, top_k=1000, seed=1)
+    a = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=3, n_test=3, top_k=1000, seed=1)
+    b = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=3, n_test=3, top_k=1000, seed=1)
     assert a.val == b.val and a.test == b.test
     assert not {f.subject for f in a.val} & {f.subject for f in a.test}
-    assert a.n_candidates == len(CAPITALS.samples) and len(a.known) == len(CAPITALS.samples)
+    assert a.n_candidates == len(CAPITALS.samples) and a.n_known == len(CAPITALS.samples)
+    assert len(a.val) == 3 and len(a.test) == 3
+
+
+def test_counterfactuals_never_cross_the_split(tiny_gpt2):
+    """No Dval subject is a Dtest counterfactual and vice versa, for every seed tried."""
+    for seed in range(6):
+        data = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=3, n_test=3, top_k=1000, seed=seed)
+        val_subjects, test_subjects = {f.subject for f in data.val}, {f.subject for f in data.test}
+        assert not {f.corrupt_subject for f in data.val} & test_subjects
+        assert not {f.corrupt_subject for f in data.test} & val_subjects
+
+
+def test_samples_are_an_argument(tiny_gpt2):
+    chosen = CAPITALS.samples[:4]
+    data = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=2, n_test=2, samples=chosen, top_k=1000)
+    assert {f.subject for f in data.known} <= {s.subject for s in chosen}
+    with pytest.raises(ValueError, match="not facts of"):
+        build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=2, n_test=2, samples=[Sample("Mars", "Olympus")])
 
 
 def test_known_fact_filter_can_reject_everything(tiny_gpt2):
     with pytest.raises(PromptError, match="known to the model"):
-        build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=3, n_test=3, top_k=0)
+        build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=3, n_test=3, top_k=0)
 
 
 def test_edge_budget():
@@ -82,7 +100,7 @@ def test_edge_budget():
 
 
 def test_find_relation_circuit_end_to_end(tiny_gpt2, tmp_path):
-    dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, "local", n_val=4, n_test=4, top_k=1000, seed=0)
+    dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
     result = find_relation_circuit(tiny_gpt2, dataset, "factual", n_edges=30, n_random=2, curve_points=[10, 30])
     assert result.n_edges <= 30 and result.graph.n_edges_in_graph == result.n_edges
     assert set(result.metrics) == {"val", "test"} and set(result.metrics["val"]) == {"full", "circuit", "random"}

@@ -271,5 +271,13 @@ def attribute(
             total += _exact_scores(model, graph, chunk, metric_fn, values, len(batch), chosen, progress)
         else:
             total += _eap_scores(model, graph, chunk, metric_fn, values, steps, len(batch)).cpu()
+    if not bool(torch.isfinite(total).all()):
+        bad = (~torch.isfinite(total) & graph.real_edges).nonzero()
+        names = ", ".join(graph.edge_name_at(i) for i in bad[:5].tolist())
+        raise FloatingPointError(
+            f"{len(bad)} edge scores are NaN or infinite (e.g. {names}). Likely causes: a metric that is "
+            "infinite for some prompt (log-prob of an answer with probability 0), or float16/bfloat16 "
+            "overflow — use float32 or metric='logit_diff'"
+        )
     graph.scores = total
     return graph

@@ -218,13 +218,30 @@ class Graph:
             )
 
     def _require_scores(self) -> None:
-        if not bool((self.scores[self.real_edges] != 0).any()):
+        real = self.scores[self.real_edges]
+        if not bool(torch.isfinite(real).all()):
+            bad = [
+                self.edge_name_at(i) for i in (~torch.isfinite(self.scores) & self.real_edges).nonzero()[:5].tolist()
+            ]
+            raise CircuitError(
+                f"{int((~torch.isfinite(real)).sum())} edge scores are NaN or infinite (e.g. {', '.join(bad)}); "
+                "selection would rank them arbitrarily. Likely causes: a metric that is infinite for some "
+                "prompt (log of a zero probability), or a model run in float16/bfloat16 overflowing — use "
+                "float32 or a logit-difference metric"
+            )
+        if not bool((real != 0).any()):
             raise CircuitError("the graph has no scores yet: run kc_utils.circuits.attribute(...) first")
 
-    def top_n(self, n: int, absolute: bool = True, prune: bool = True) -> Graph:
+    def edge_name_at(self, index: list[int] | tuple[int, int]) -> str:
+        """The name ``"upstream->receiver"`` of the edge at ``(upstream index, receiver index)``."""
+        u, r = index
+        return nodes.edge_name(self.upstream_names[u], self.receiver_names[r])
+
+    def top_n(self, n: int, absolute: bool = True, prune: bool = True, from_input: bool = True) -> Graph:
         """Keep the ``n`` highest-scoring edges (by ``|score|`` when ``absolute``), then prune.
 
-        Ties are broken by edge index, so the result is deterministic.
+        Ties are broken by edge index, so the result is deterministic. ``from_input`` is passed to
+        :meth:`prune`.
         """
         self._check_count(n)
         self._require_scores()
@@ -233,18 +250,18 @@ class Graph:
         order = torch.sort(flat, descending=True, stable=True).indices[:n]
         self.in_graph = torch.zeros_like(self.real_edges)
         self.in_graph.view(-1)[order] = True
-        return self.prune() if prune else self
+        return self.prune(from_input) if prune else self
 
-    def threshold(self, t: float, absolute: bool = True, prune: bool = True) -> Graph:
+    def threshold(self, t: float, absolute: bool = True, prune: bool = True, from_input: bool = True) -> Graph:
         """Keep the edges whose score (``|score|`` when ``absolute``) is at least ``t``, then prune."""
         self._require_scores()
         values = self.scores.abs() if absolute else self.scores
         self.in_graph = self.real_edges & (values >= t)
         if not bool(self.in_graph.any()):
             raise CircuitError(f"no edge has a score ≥ {t}; lower the threshold")
-        return self.prune() if prune else self
+        return self.prune(from_input) if prune else self
 
-    def greedy(self, n: int, absolute: bool = True, prune: bool = True) -> Graph:
+    def greedy(self, n: int, absolute: bool = True, prune: bool = True, from_input: bool = True) -> Graph:
         """Grow the circuit from the logits: repeatedly add the best edge into a node already in it.
 
         Every edge added reaches the logits, so the circuit is connected on the output side.
@@ -265,7 +282,7 @@ class Graph:
             u, r = divmod(best, self.n_receivers)
             self.in_graph[u, r] = True
             receiver_active |= receivers_of_upstream[u]
-        return self.prune() if prune else self
+        return self.prune(from_input) if prune else self
 
     def _receivers_of_upstream(self) -> Bool[Tensor, "up rx"]:
         """``[u, r]`` is True when receiver ``r`` reads into upstream node ``u``'s computation."""
@@ -281,21 +298,31 @@ class Graph:
             owns[self.mlp_upstream_index(layer), mlp.start] = True
         return owns
 
-    def prune(self) -> Graph:
-        """Remove edges of nodes that have no path from ``input`` or no path to ``logits``.
+    def prune(self, from_input: bool = True) -> Graph:
+        """Remove edges that cannot change the circuit's output, and (``from_input``) edges of input-less nodes.
+
+        Always removed: edges of nodes with no path **to** ``logits`` — their output reaches
+        nothing, so removing them changes no run of the circuit (lossless under every ablation).
+
+        With ``from_input`` (the paper's rule) also removed: edges of nodes with no path **from**
+        ``input``. Under ``patch`` ablation that is lossless too — a node all of whose inputs are
+        ablated computes exactly its corrupted output, which is what its ablated out-edges carry.
+        Under ``zero`` and ``mean`` ablation it is not: such a node still computes something from
+        the zero/mean inputs (its biases, its norm), so pass ``from_input=False`` to keep them.
 
         Raises:
-            CircuitError: when nothing is left (no path from input to logits at all).
+            CircuitError: when nothing is left.
         """
         owns = self._receivers_of_upstream()
         edges = self.in_graph & self.real_edges
-        # forward reachability in topological (upstream index) order
-        reachable = torch.zeros(self.n_upstream, dtype=torch.bool)
-        reachable[0] = True
-        for u in range(1, self.n_upstream):
-            inputs = edges[:, owns[u]]  # [up, receivers of u]
-            reachable[u] = bool((inputs & reachable[:, None]).any())
-        edges &= reachable[:, None]
+        if from_input:
+            # forward reachability in topological (upstream index) order
+            reachable = torch.zeros(self.n_upstream, dtype=torch.bool)
+            reachable[0] = True
+            for u in range(1, self.n_upstream):
+                inputs = edges[:, owns[u]]  # [up, receivers of u]
+                reachable[u] = bool((inputs & reachable[:, None]).any())
+            edges &= reachable[:, None]
         # backward: a receiver is useful if its node reaches the logits
         useful_node = torch.zeros(self.n_upstream, dtype=torch.bool)
         useful_rx = torch.zeros(self.n_receivers, dtype=torch.bool)
@@ -307,9 +334,11 @@ class Graph:
         edges &= useful_rx[None, :] & useful_node[:, None]
         self.in_graph = edges
         if not bool(edges.any()):
+            what = "from input to logits" if from_input else "to the logits"
             raise CircuitError(
-                "the circuit is empty after pruning: no kept edge lies on a path from input to "
-                "logits. Keep more edges (larger n) or use greedy(n), which grows from the logits."
+                f"the circuit is empty after pruning: no kept edge lies on a path {what}. Keep more edges "
+                "(larger n), use greedy(n), which grows from the logits, or, under zero/mean ablation, "
+                "prune with from_input=False."
             )
         return self
 

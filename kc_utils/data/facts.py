@@ -4,12 +4,18 @@ Recipe (Yao et al. 2024, §3, with the counterfactual corruption of their code):
 
 1. Render each fact of a relation with one template: ``"The capital of France is"`` → ``Paris``.
 2. Keep the facts the model under study *knows*: its answer's first token ranks in the top ``k``.
-3. Pair every fact with a corrupted prompt: the same template with another subject of the same
-   relation that has the same number of tokens and a different answer (first token). The
-   choice is deterministic for a seed. If no subject fits, the fact keeps no corrupt prompt and
-   patch ablation falls back to the mean activation for that example (counted in
-   :attr:`CircuitDataset.n_mean_fallback`).
-4. Split the known facts with a seed into Dval (finds the circuit) and Dtest (held out).
+3. Split the known facts with a seed into Dval (finds the circuit), Dtest (held out) and the
+   rest (known facts in neither split).
+4. Pair every fact with a corrupted prompt: the same template with another subject that has the
+   same number of tokens and a different answer (first token), drawn from the fact's **own split
+   or from the facts in neither split** — never from the other split, so Dtest subjects do not
+   leak into Dval through the counterfactuals (and vice versa). The choice is deterministic for a
+   seed. If no subject fits, the fact keeps no corrupt prompt and patch ablation falls back to
+   the mean activation for that example (counted in :attr:`CircuitDataset.n_mean_fallback`).
+
+The candidate facts are an argument (``samples``): all of the relation by default; for the model
+organism, the notebooks pass the facts it was trained on (:func:`kc_utils.organism.trained_samples`);
+notebook 04 passes the held-out ones; a user passes their own.
 
 Dtest Hit@10 is scored against Dtest's own answers. (The authors' script scores Dtest against the
 Dval labels, which likely explains some of its zeros.)
@@ -28,7 +34,7 @@ from tqdm.auto import tqdm
 from kc_utils.data.metrics import rank
 from kc_utils.data.prompts import PromptBatch, PromptError, make_batch
 from kc_utils.data.relations import Relation, Sample
-from kc_utils.models import ORGANISM_NAME, continuation_first_token, tokenize
+from kc_utils.models import continuation_first_token, tokenize
 
 
 @dataclass(frozen=True)
@@ -51,10 +57,12 @@ class CircuitDataset:
         relation: the relation key.
         template: the prompt template used.
         n_candidates: facts considered (before the known-fact filter).
-        known: facts the model answers within its top ``top_k``.
+        known: the facts used (Dval then Dtest), with their corrupt twins.
         val: Dval — finds the circuit.
         test: Dtest — held out.
         top_k: the filter's ``k``.
+        dropped_untokenisable: subjects whose answer the tokenizer cannot represent.
+        n_known: facts the model answers within its top ``top_k`` (used or not).
     """
 
     relation: str
@@ -65,24 +73,12 @@ class CircuitDataset:
     test: list[FactPrompt]
     top_k: int
     dropped_untokenisable: list[str] = field(default_factory=list)
+    n_known: int = 0
 
     @property
     def n_mean_fallback(self) -> int:
         """Facts without a same-length corrupt subject (mean ablation used for them)."""
         return sum(f.corrupt_prompt is None for f in self.val + self.test)
-
-
-def candidate_samples(relation: Relation, model_name: str) -> list[Sample]:
-    """The facts worth testing: for the organism, those it was trained on; otherwise all."""
-    if model_name == ORGANISM_NAME:
-        from kc_utils.organism.split import load_split
-
-        split = load_split()
-        if relation.key not in split.relations:
-            raise ValueError(f"the organism was not trained on relation {relation.key!r}")
-        trained = set(split.relations[relation.key].trained)
-        return [s for s in relation.samples if s in trained]
-    return list(relation.samples)
 
 
 def _first_tokens(model: Any, template: str, samples: Sequence[Sample]) -> tuple[list[Sample], list[int], list[str]]:
@@ -152,25 +148,37 @@ def pair_corrupt(
 def build_circuit_dataset(
     model: Any,
     relation: Relation,
-    model_name: str,
     n_val: int,
     n_test: int,
+    samples: Sequence[Sample] | None = None,
     template_index: int = 0,
     top_k: int = 10,
     seed: int = 0,
 ) -> CircuitDataset:
-    """Known facts of ``relation``, paired with corrupt twins and split into Dval and Dtest.
+    """Known facts of ``relation`` split into Dval and Dtest, each paired with corrupt twins of its own.
+
+    Args:
+        samples: the candidate facts (default: every sample of the relation); each must be a
+            sample of ``relation``.
+        n_val: facts in Dval (at most half of the known facts).
+        n_test: facts in Dtest (at most what is left).
 
     Raises:
         PromptError: when fewer than 2 facts survive (nothing to split).
+        ValueError: a template index out of range, sizes below 1, or samples not of the relation.
     """
     if not 0 <= template_index < len(relation.prompt_templates):
         raise ValueError(
             f"{relation.key} has {len(relation.prompt_templates)} templates; "
             f"template_index={template_index} is out of range"
         )
+    if n_val < 1 or n_test < 1:
+        raise ValueError(f"n_val and n_test must be at least 1, got n_val={n_val}, n_test={n_test}")
     template = relation.prompt_templates[template_index]
-    candidates = candidate_samples(relation, model_name)
+    candidates = list(relation.samples) if samples is None else list(samples)
+    foreign = [s.subject for s in candidates if s not in set(relation.samples)]
+    if foreign:
+        raise ValueError(f"{len(foreign)} samples are not facts of {relation.key} (e.g. {foreign[0]!r})")
     candidates, _, dropped = _first_tokens(model, template, candidates)
     prompts = [template.format(s.subject) for s in candidates]
     mask = known_mask(model, prompts, [s.object for s in candidates], top_k) if candidates else []
@@ -180,14 +188,16 @@ def build_circuit_dataset(
             f"{relation.key}: only {len(known)} of {len(candidates)} facts are known to the model (top-{top_k}); "
             "need at least 2 to split into Dval and Dtest — choose another relation or a larger top_k"
         )
-    rng = random.Random(seed)
     order = known[:]
-    rng.shuffle(order)
-    paired = pair_corrupt(model, template, order, known, seed)
-    n_val_eff = min(n_val, max(1, len(paired) // 2))
-    val = paired[:n_val_eff]
-    test = paired[n_val_eff : n_val_eff + n_test]
-    return CircuitDataset(relation.key, template, len(candidates) + len(dropped), paired, val, test, top_k, dropped)
+    random.Random(seed).shuffle(order)
+    n_val_eff = min(n_val, max(1, len(order) // 2))
+    val_facts, test_facts = order[:n_val_eff], order[n_val_eff : n_val_eff + n_test]
+    neither = order[n_val_eff + n_test :]
+    val = pair_corrupt(model, template, val_facts, val_facts + neither, seed)
+    test = pair_corrupt(model, template, test_facts, test_facts + neither, seed + 1)
+    return CircuitDataset(
+        relation.key, template, len(candidates) + len(dropped), val + test, val, test, top_k, dropped, len(known)
+    )
 
 
 def facts_to_batch(model: Any, facts: Sequence[FactPrompt]) -> PromptBatch:
@@ -201,15 +211,17 @@ def facts_to_batch(model: Any, facts: Sequence[FactPrompt]) -> PromptBatch:
 def build_datasets(
     model: Any,
     relations: dict[str, Relation],
-    model_name: str,
     n_val: int,
     n_test: int,
+    samples: dict[str, Sequence[Sample]] | None = None,
     top_k: int = 10,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, CircuitDataset]:
-    """:func:`build_circuit_dataset` for several relations, with a progress bar."""
+    """:func:`build_circuit_dataset` for several relations (``samples`` per relation key), with a progress bar."""
     return {
-        key: build_circuit_dataset(model, rel, model_name, n_val, n_test, top_k=top_k, seed=seed)
+        key: build_circuit_dataset(
+            model, rel, n_val, n_test, samples=None if samples is None else samples[key], top_k=top_k, seed=seed
+        )
         for key, rel in tqdm(relations.items(), desc="known facts", disable=not progress)
     }
