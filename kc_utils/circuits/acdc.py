@@ -1,0 +1,197 @@
+"""ACDC: remove edges one at a time while the model's behaviour barely changes (Conmy et al. 2023).
+
+Yao et al. (2024) found the circuits of their Table 1 with ACDC (zero ablation; threshold τ = 0.1 in
+their scripts, 0.01 in their README; metric ``match_nll``). The algorithm, as implemented here:
+
+1. Start from the full graph; compute the metric of the full model, ``m_current``.
+2. Visit receivers in reverse topological order: the logits, then for each layer from the last
+   down, the MLP's input and the heads' query/key/value inputs (highest head first).
+3. A receiver whose node has no kept outgoing edge is dead: its incoming edges are removed without
+   a trial (they cannot change anything).
+4. Otherwise try removing each kept incoming edge, upstream nodes from the latest to the
+   earliest. One trial is **one forward pass** of the one-pass edge patching
+   (:func:`kc_utils.circuits.patching.run_masked`) over the whole batch, with the ablated outputs
+   computed once beforehand. The *damage* of the removal is ``m_new − m_current`` for ``kl``
+   (lower is better) and ``m_current − m_new`` for a metric where higher is better. If the damage
+   is below ``threshold``, the edge stays removed and ``m_current = m_new``.
+5. Prune what cannot matter (:meth:`~kc_utils.circuits.graph.Graph.prune`).
+
+``graph.scores`` receives each tried edge's damage (0 for edges removed without a trial), so the
+usual views (plots, top edges) work on an ACDC circuit too.
+
+Metrics: ``"kl"`` — KL(full model ‖ circuit) of the next-token distribution at each prompt's last
+position, averaged over prompts (ACDC's default); ``"nll"`` — the answer's negative log-likelihood
+(the authors' ``match_nll`` for single-token answers; lower is better); or any metric name of
+:mod:`kc_utils.data.metrics` where higher is better (``"logprob"``, ``"logit_diff"`` …).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from kc_utils import models
+from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
+from kc_utils.circuits.graph import CircuitError, Graph
+from kc_utils.circuits.patching import run_masked
+from kc_utils.data.metrics import answer_logits, get_metric
+from kc_utils.data.prompts import PromptBatch
+
+__all__ = ["AcdcRun", "acdc", "receiver_order"]
+
+#: Metrics where lower is better (the damage of a removal is the increase).
+LOWER_IS_BETTER = ("kl", "nll")
+
+
+def receiver_order(graph: Graph) -> list[int]:
+    """Receiver indices in ACDC's visiting order: logits, then layers from the last down.
+
+    Within a layer: the MLP first (it runs after the heads), then value, key and query receivers,
+    highest index first.
+    """
+    order = [graph.logits_receiver]
+    for layer in range(graph.shape.n_layers - 1, -1, -1):
+        for letter in ("mlp", "v", "k", "q"):
+            rx = graph.receiver_slice(layer, letter)
+            order += list(range(rx.stop - 1, rx.start - 1, -1))
+    return order
+
+
+@dataclass
+class AcdcRun:
+    """What an ACDC run did: ``trials`` forward passes, ``removed_untried`` edges of dead nodes."""
+
+    trials: int
+    removed_untried: int
+    metric_full: float
+    metric_circuit: float
+
+
+class _Evaluator:
+    """The metric of a mask over the whole batch, with everything but the mask computed once."""
+
+    def __init__(
+        self,
+        model: Any,
+        graph: Graph,
+        batch: PromptBatch,
+        metric: str,
+        values: AblationValues,
+        batch_size: int | None,
+    ):
+        self.model, self.graph, self.metric, self.n = model, graph, metric, len(batch)
+        self.chunks = list(batch.split(batch_size))
+        self.ablated = [values.outputs(model, graph, chunk) for chunk in self.chunks]
+        self.fn = None if metric in LOWER_IS_BETTER else get_metric(metric)
+        self.reference: list[Tensor] = []
+        if metric == "kl":
+            with torch.no_grad():
+                for chunk in self.chunks:
+                    logits = models.run_with_hooks(model, chunk.clean)
+                    self.reference.append(answer_logits(logits, chunk).float().log_softmax(-1))
+
+    def __call__(self, keep: Tensor) -> float:
+        total = 0.0
+        with torch.no_grad():
+            for i, (chunk, ablated) in enumerate(zip(self.chunks, self.ablated)):
+                logits = run_masked(self.model, self.graph, chunk.clean, ablated, keep)
+                total += float(self._per_example(logits, chunk, i).sum())
+        return total / self.n
+
+    def _per_example(self, logits: Tensor, chunk: PromptBatch, i: int) -> Tensor:
+        if self.metric == "kl":
+            logp = answer_logits(logits, chunk).float().log_softmax(-1)
+            ref = self.reference[i]
+            return (ref.exp() * (ref - logp)).sum(-1)
+        if self.metric == "nll":
+            logp = answer_logits(logits, chunk).float().log_softmax(-1)
+            return -logp.gather(1, chunk.answer[:, None])[:, 0]
+        assert self.fn is not None
+        return self.fn(logits, chunk)
+
+    def damage(self, current: float, new: float) -> float:
+        return new - current if self.metric in LOWER_IS_BETTER else current - new
+
+
+def _owners(graph: Graph, receiver: int) -> list[int]:
+    """Upstream indices of the node(s) a receiver feeds (none for the logits)."""
+    if receiver == graph.logits_receiver:
+        return []
+    return [graph.upstream_index[n] for n in graph.receiver_targets(graph.receiver_names[receiver])]
+
+
+def _incoming(keep: Tensor, receiver: int) -> Iterator[int]:
+    """Kept upstream nodes of a receiver, latest first."""
+    return iter(keep[:, receiver].nonzero().flatten().flip(0).tolist())
+
+
+def acdc(
+    model: Any,
+    graph: Graph,
+    batch: PromptBatch,
+    threshold: float = 0.01,
+    metric: str = "kl",
+    ablation: Ablation | AblationValues = "patch",
+    mean_reference: PromptBatch | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> tuple[Graph, AcdcRun]:
+    """Run ACDC (module docstring) on ``graph`` in place; returns it with ``in_graph`` and ``scores`` set.
+
+    Args:
+        threshold: τ — a removal whose damage is below it is kept (the paper: 0.01–0.1).
+        metric: ``"kl"``, ``"nll"`` or a higher-is-better metric name.
+        ablation: what a removed edge carries (``"patch"``, ``"zero"``, ``"mean"``).
+
+    Raises:
+        ValueError: a negative threshold, an empty batch or an unknown metric.
+        CircuitError: when every edge was removed (τ too large for this task).
+    """
+    if threshold < 0:
+        raise ValueError(f"threshold must be ≥ 0, got {threshold}")
+    if len(batch) == 0:
+        raise ValueError("the batch is empty; nothing to run ACDC on")
+    if metric not in LOWER_IS_BETTER:
+        get_metric(metric)  # raises for an unknown name
+    values = prepare_ablation(model, graph, ablation, batch, mean_reference, batch_size)
+    evaluate = _Evaluator(model, graph, batch, metric, values, batch_size)
+    keep = graph.real_edges.clone()
+    scores = torch.zeros_like(graph.scores)
+    current = full = evaluate(keep)
+    trials = untried = 0
+    order = receiver_order(graph)
+    bar = tqdm(total=int(keep.sum()), desc=f"ACDC (τ={threshold})", disable=not progress, leave=False)
+    for receiver in order:
+        owners = _owners(graph, receiver)
+        alive = not owners or bool(keep[owners].any())
+        for upstream in _incoming(keep, receiver):
+            bar.update(1)
+            if not alive:
+                keep[upstream, receiver] = False
+                untried += 1
+                continue
+            keep[upstream, receiver] = False
+            new = evaluate(keep)
+            trials += 1
+            damage = evaluate.damage(current, new)
+            scores[upstream, receiver] = damage
+            if damage < threshold:
+                current = new
+            else:
+                keep[upstream, receiver] = True
+    bar.close()
+    graph.scores = scores
+    graph.in_graph = keep
+    if not bool(keep.any()):
+        raise CircuitError(
+            f"ACDC removed every edge at threshold {threshold}: no single edge moves {metric} by that much. "
+            "Lower the threshold."
+        )
+    kind = values.kind
+    graph.prune(from_input=kind == "patch")
+    return graph, AcdcRun(trials, untried, full, current)

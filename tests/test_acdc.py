@@ -1,0 +1,127 @@
+"""ACDC against a slow per-edge reference, and on a model whose dead components are known."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import save_tiny_model
+from reference import all_edges, reference_run
+
+from kc_utils.circuits.ablation import ablated_outputs
+from kc_utils.circuits.acdc import acdc
+from kc_utils.circuits.graph import CircuitError, Graph
+from kc_utils.data.prompts import make_batch
+from kc_utils.models import load_model
+
+
+@pytest.fixture()
+def batch(tiny_model, country_batch_args):
+    return make_batch(tiny_model, *country_batch_args)
+
+
+def _kl_at_last(reference_logits, logits, batch):
+    rows = torch.arange(len(batch))
+    ref = reference_logits[rows, batch.last_pos].float().log_softmax(-1)
+    new = logits[rows, batch.last_pos].float().log_softmax(-1)
+    return float((ref.exp() * (ref - new)).sum(-1).mean())
+
+
+def slow_acdc(model, graph, batch, threshold):
+    """ACDC written plainly: every trial rebuilds every receiver input edge by edge (tests/reference.py)."""
+    ablated = ablated_outputs(model, graph, batch, "patch")
+    edges = all_edges(graph)
+    kept = set(edges)
+    with torch.no_grad():
+        full_logits = reference_run(model, graph, batch.clean, ablated, {})
+
+    def value(kept_now):
+        with torch.no_grad():
+            logits = reference_run(model, graph, batch.clean, ablated, {e: 0.0 for e in edges if e not in kept_now})
+        return _kl_at_last(full_logits, logits, batch)
+
+    receivers = ["logits"]
+    for layer in reversed(range(graph.shape.n_layers)):
+        receivers.append(f"m{layer}")
+        for letter in ("v", "k", "q"):
+            names = [n for n in graph.receiver_names if n.startswith(f"a{layer}.") and n.endswith(f"<{letter}>")]
+            receivers += sorted(names, key=lambda n: int(n.split("<")[0].split(".")[1][1:]), reverse=True)
+    current = value(kept)
+    for name in receivers:
+        r = graph.receiver_index[name]
+        owners = [] if name == "logits" else [graph.upstream_index[n] for n in graph.receiver_targets(name)]
+        alive = not owners or any((o, x) in kept for o in owners for x in range(graph.n_receivers))
+        for u in sorted((u for (u, x) in kept if x == r), reverse=True):
+            if not alive:
+                kept.discard((u, r))
+                continue
+            trial = kept - {(u, r)}
+            new = value(trial)
+            if new - current < threshold:
+                kept, current = trial, new
+    return kept
+
+
+def test_acdc_matches_the_slow_reference(tiny_model, batch):
+    batch = batch.select([0, 1, 2])
+    graph, run = acdc(tiny_model, Graph.from_model(tiny_model), batch, threshold=0.02, metric="kl", progress=False)
+    expected = slow_acdc(tiny_model, Graph.from_model(tiny_model), batch, threshold=0.02)
+    unpruned = {tuple(e) for e in graph.in_graph.nonzero().tolist()}
+    # the fast run is pruned afterwards (losslessly); every edge it keeps, the slow run kept too
+    assert unpruned <= expected
+    assert run.trials > 0 and run.metric_circuit < 0.02 * len(expected) + 1e-6
+    pruned_slow = Graph.from_model(tiny_model)
+    pruned_slow.in_graph = torch.zeros_like(pruned_slow.real_edges)
+    for u, r in expected:
+        pruned_slow.in_graph[u, r] = True
+    pruned_slow.prune(from_input=True)
+    assert torch.equal(pruned_slow.in_graph, graph.in_graph)
+
+
+def test_acdc_thresholds_bracket_the_circuit(tiny_gpt2, country_batch_args):
+    batch = make_batch(tiny_gpt2, *country_batch_args)
+    graph = Graph.from_model(tiny_gpt2)
+    ablated = ablated_outputs(tiny_gpt2, graph, batch, "patch")
+    with torch.no_grad():
+        full = reference_run(tiny_gpt2, graph, batch.clean, ablated, {})
+        empty = reference_run(tiny_gpt2, graph, batch.clean, ablated, {e: 0.0 for e in all_edges(graph)})
+    kl_empty = _kl_at_last(full, empty, batch)
+    loose, loose_run = acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, threshold=kl_empty / 3, progress=False)
+    tight, tight_run = acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, threshold=kl_empty / 300, progress=False)
+    assert tight.n_edges_in_graph >= loose.n_edges_in_graph
+    assert tight_run.metric_circuit <= loose_run.metric_circuit + 1e-9
+    with pytest.raises(CircuitError, match="Lower the threshold"):
+        acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, threshold=1e9, progress=False)
+    with pytest.raises(ValueError, match="threshold"):
+        acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, threshold=-1)
+
+
+@pytest.fixture(scope="module")
+def half_dead_gpt2(tmp_path_factory):
+    """A tiny GPT-2 in which only head a1.h0 and MLP 0 write anything: the circuit must avoid the rest."""
+    from transformers import GPT2LMHeadModel
+
+    folder = save_tiny_model(tmp_path_factory.mktemp("half_dead_src"), "gpt2", seed=5)
+    hf = GPT2LMHeadModel.from_pretrained(folder)
+    d_head = hf.config.n_embd // hf.config.n_head
+    with torch.no_grad():
+        for layer, block in enumerate(hf.transformer.h):
+            for head in range(hf.config.n_head):
+                if (layer, head) != (1, 0):
+                    block.attn.c_proj.weight[head * d_head : (head + 1) * d_head] = 0.0
+        hf.transformer.h[1].mlp.c_proj.weight.zero_()
+        hf.transformer.h[1].mlp.c_proj.bias.zero_()
+    out = tmp_path_factory.mktemp("half_dead")
+    hf.save_pretrained(out)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    return load_model(str(out), device="cpu")
+
+
+def test_acdc_removes_every_edge_of_components_that_write_nothing(half_dead_gpt2, country_batch_args):
+    batch = make_batch(half_dead_gpt2, *country_batch_args)
+    graph, _ = acdc(half_dead_gpt2, Graph.from_model(half_dead_gpt2), batch, threshold=1e-4, progress=False)
+    live = {"input", "a1.h0", "m0", "logits"}
+    nodes = set(graph.nodes_in_graph())
+    assert nodes <= live, nodes - live
+    assert "a1.h0" in nodes  # the only head that can carry the subject to the last position
