@@ -50,8 +50,10 @@ __all__ = [
     "SEPARATOR",
     "SENTENCE_END",
     "FewShotPrompt",
+    "CORRUPTIONS",
     "build_fewshot_prompts",
     "fewshot_batch",
+    "shuffled_batch",
     "render_fewshot",
     "check_format",
 ]
@@ -87,6 +89,9 @@ class FewShotPrompt:
             object is then still a counterfactual answer for the logit difference).
         shuffled_demos, shuffled_prompt: the twin whose demonstrations carry wrong objects
             (``None`` with ``k = 0``, or when it changes the token length).
+        both_prompt: the shuffled demonstrations *and* the corrupt subject (``k = 0``: the corrupt
+            prompt itself, so zero-shot and k-shot circuits found with it stay comparable; ``None``
+            when either twin is missing).
     """
 
     subject: str
@@ -103,6 +108,7 @@ class FewShotPrompt:
     corrupt_prompt: str | None
     shuffled_demos: tuple[Sample, ...] | None
     shuffled_prompt: str | None
+    both_prompt: str | None
 
     @property
     def k(self) -> int:
@@ -249,6 +255,10 @@ def build_fewshot_prompts(
     if fmt == "sentence" and template is None:
         raise ValueError("the sentence format needs the relation's template, e.g. template='The capital of {} is'")
     first_token = {s.object: continuation_first_token(model, "", s.object) for s in [*pool, *queries]}
+    # the query alone (no demonstrations): subjects with as many tokens give prompts of one length
+    query_length = {
+        s.subject: len(tokenize(model, [render_fewshot([], s.subject, fmt, template)])[0]) for s in [*pool, *queries]
+    }
     out = []
     for query in queries:
         rng = random.Random(f"{seed}-{query.subject}")
@@ -264,20 +274,27 @@ def build_fewshot_prompts(
                 f"{relation}: every fact shares the answer of {query.subject!r}; no counterfactual exists"
             )
         rng.shuffle(counterfactual)
-        twin = counterfactual[0]
+        same_length = [s for s in counterfactual if query_length[s.subject] == query_length[query.subject]]
+        twin = same_length[0] if same_length else counterfactual[0]
         demo_pool = [s for s in others if s.subject != twin.subject]
         demos = tuple(rng.sample(demo_pool if len(demo_pool) >= k else others, k))
         spans = _spans(model, demos, query.subject, fmt, template)
-        corrupt = None
-        for candidate in counterfactual:
-            text = render_fewshot(demos, candidate.subject, fmt, template)
-            if len(tokenize(model, [text])[0]) == spans["n_tokens"]:
-                corrupt = candidate
-                break
+        corrupt = twin if same_length else None
+        if corrupt is not None:
+            text = render_fewshot(demos, corrupt.subject, fmt, template)
+            if len(tokenize(model, [text])[0]) != spans["n_tokens"]:
+                corrupt = None
         shuffled = _shuffled(demos, pool, rng)
         shuffled_prompt = None if shuffled is None else render_fewshot(shuffled, query.subject, fmt, template)
         if shuffled_prompt is not None and len(tokenize(model, [shuffled_prompt])[0]) != spans["n_tokens"]:
             shuffled, shuffled_prompt = None, None
+        both_prompt = None
+        if corrupt is not None and k == 0:
+            both_prompt = render_fewshot(demos, corrupt.subject, fmt, template)
+        elif corrupt is not None and shuffled is not None:
+            both_prompt = render_fewshot(shuffled, corrupt.subject, fmt, template)
+            if len(tokenize(model, [both_prompt])[0]) != spans["n_tokens"]:
+                both_prompt = None
         out.append(
             FewShotPrompt(
                 subject=query.subject,
@@ -290,46 +307,60 @@ def build_fewshot_prompts(
                 query_subject_span=spans["query_subject_span"],
                 query_span=spans["query_span"],
                 corrupt_subject=None if corrupt is None else corrupt.subject,
-                corrupt_object=(corrupt or twin).object,
+                corrupt_object=twin.object,
                 corrupt_prompt=None if corrupt is None else render_fewshot(demos, corrupt.subject, fmt, template),
                 shuffled_demos=shuffled,
                 shuffled_prompt=shuffled_prompt,
+                both_prompt=both_prompt,
             )
         )
     return out
 
 
+#: The corrupted twins :func:`fewshot_batch` can pair with the prompts (see :class:`FewShotPrompt`).
+CORRUPTIONS = ("subject", "shuffled", "both")
+
+
 def fewshot_batch(model: Any, prompts: Sequence[FewShotPrompt], corruption: str | None = "subject") -> PromptBatch:
-    """A :class:`PromptBatch` of few-shot prompts.
+    """A :class:`PromptBatch` of few-shot prompts and one kind of corrupted twin.
 
     Args:
-        corruption: ``"subject"`` (the twin with another query subject; its answer is the corrupt
-            answer), ``"shuffled"`` (the twin with wrong demonstration objects as the *clean*
-            prompts — to measure accuracy when the demonstrations are wrong; no corrupt twin), or
-            ``None`` (clean prompts only).
+        corruption: ``"subject"`` (another query subject, same demonstrations; its answer is the
+            corrupt answer), ``"shuffled"`` (the demonstrations' objects shuffled, same query: the
+            corrupt answer is the clean one, so use a metric such as ``"logprob"``, not the logit
+            difference), ``"both"`` (shuffled demonstrations and another query subject; with
+            ``k = 0`` the same as ``"subject"``), or ``None`` (clean prompts only). A prompt
+            without that twin gets ``None`` (mean ablation for it under patching).
 
     Raises:
-        ValueError: an unknown corruption, or ``"shuffled"`` for a prompt that has no shuffled twin.
+        ValueError: an unknown corruption.
+        PromptError: no prompts.
     """
-    if corruption not in ("subject", "shuffled", None):
-        raise ValueError(f"unknown corruption {corruption!r}; use 'subject', 'shuffled' or None")
+    if corruption not in (*CORRUPTIONS, None):
+        raise ValueError(f"unknown corruption {corruption!r}; use one of {list(CORRUPTIONS)} or None")
     if not prompts:
         raise PromptError("no few-shot prompts given")
     answers = [p.object for p in prompts]
-    if corruption == "shuffled":
-        missing = [p.subject for p in prompts if p.shuffled_prompt is None]
-        if missing:
-            raise ValueError(
-                f"{len(missing)} prompts have no shuffled twin (k = 0, or a length change), e.g. {missing[0]!r}; "
-                "use k >= 1 and drop them"
-            )
-        return make_batch(model, [p.shuffled_prompt for p in prompts], answers)
     if corruption is None:
         return make_batch(model, [p.prompt for p in prompts], answers)
-    return make_batch(
-        model,
-        [p.prompt for p in prompts],
-        answers,
-        [p.corrupt_prompt for p in prompts],
-        [p.corrupt_object for p in prompts],
-    )
+    if corruption == "shuffled":
+        twins, twin_answers = [p.shuffled_prompt for p in prompts], answers
+    else:
+        twins = [p.corrupt_prompt if corruption == "subject" else p.both_prompt for p in prompts]
+        twin_answers = [p.corrupt_object for p in prompts]
+    return make_batch(model, [p.prompt for p in prompts], answers, twins, twin_answers)
+
+
+def shuffled_batch(model: Any, prompts: Sequence[FewShotPrompt]) -> PromptBatch:
+    """The shuffled twins as the prompts (answers unchanged): accuracy when the demonstrations are wrong.
+
+    Raises:
+        ValueError: a prompt without a shuffled twin (k = 0, or shuffling changed its token length).
+    """
+    missing = [p.subject for p in prompts if p.shuffled_prompt is None]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} prompts have no shuffled twin (k = 0, or shuffling changed the token length), "
+            f"e.g. {missing[0]!r}; keep only prompts with p.shuffled_prompt"
+        )
+    return make_batch(model, [p.shuffled_prompt for p in prompts], [p.object for p in prompts])
