@@ -14,7 +14,11 @@ probability by at most a few hundredths). The causal evidence for a *role* is a 
    other component untouched; :func:`patching_effect` reports how often the answer flips to the
    corrupt answer — the set carries the subject's attribute to the last token if it does.
 
-Both return tidy tables (one row per evaluated set) that the notebooks show and their sentence
+3. **Roles as groups** (:func:`group_vs_random`, notebook 02): either test for a role's heads against
+   random same-size sets drawn from the heads that write anything (:func:`writing_heads`), which
+   may share heads with the group; :func:`group_test_summary` reduces it to one line.
+
+All return tidy tables (one row per evaluated set) that the notebooks show and their sentence
 builders read.
 """
 
@@ -39,13 +43,18 @@ from kc_utils.data.metrics import answer_logits, rank_of
 from kc_utils.data.prompts import PromptBatch
 
 __all__ = [
+    "GROUP_TESTS",
     "all_heads",
     "answer_scores",
     "group_ablation",
     "group_ablation_summary",
+    "group_test_summary",
+    "group_vs_random",
     "patch_head_outputs",
     "patching_effect",
+    "evaluate_head_sets",
     "random_head_sets",
+    "writing_heads",
 ]
 
 
@@ -251,3 +260,225 @@ def patching_effect(
     for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
         rows.append(row("random", draw, patch_head_outputs(model, batch, draw, position), i))
     return pd.DataFrame.from_records(rows)
+
+
+# ----------------------------------------------------------------------------- roles tested as groups (notebook 02)
+def writing_heads(model: Any, batch: PromptBatch, heads: Sequence[str] | None = None, atol: float = 0.0) -> list[str]:
+    """The heads (default: all) whose output is nonzero at some real token of the batch.
+
+    A head that writes nothing (the organism's block 0 has no attention: its heads output exactly
+    zero) cannot be part of a meaningful random baseline; leave it out of the pool.
+    """
+    names = resolve_heads(model, list(heads)) if heads is not None else all_heads(model)
+    layers = sorted({int(parse_node(model, h)[1]) for h in names})
+    with torch.no_grad():
+        _, cache = models.run_with_cache(model, batch.clean, [models.head_result_hook(layer) for layer in layers])
+    real = batch.padding_mask.bool()
+    kept = []
+    for name in names:
+        _, layer, head = parse_node(model, name)
+        result = cache[models.head_result_hook(int(layer))][:, :, int(head)]  # [b, p, d]
+        if float(result[real].abs().max()) > atol:
+            kept.append(name)
+    return kept
+
+
+#: The two group tests of :func:`group_vs_random`.
+GROUP_TESTS = ("ablation", "patching")
+
+
+def evaluate_head_sets(
+    model: Any,
+    batch: PromptBatch,
+    sets: Sequence[Sequence[str]],
+    test: str = "ablation",
+    ablation: str = "mean",
+    means: dict[str, Tensor] | None = None,
+    position: str = "last",
+    sets_per_pass: int = 8,
+) -> Float[Tensor, "s b v"]:
+    """Last-position logits with each set of heads ablated (or patched) together, several sets per pass.
+
+    The batch is repeated once per set and each copy gets its own set: one forward pass evaluates
+    ``sets_per_pass`` sets. The result equals running :func:`run_with_heads_ablated` (``test =
+    "ablation"``) or :func:`patch_head_outputs` (``"patching"``) once per set (tested).
+
+    Args:
+        sets: head sets (an empty set = the unablated model).
+        means: for mean ablation, :func:`head_mean_outputs` of every head in the sets (computed
+            over the batch when not given).
+        position: for patching, ``"last"`` or ``"all"``.
+        sets_per_pass: sets per forward pass (memory grows with it).
+
+    Returns:
+        ``[n_sets, b, vocab]`` logits at each prompt's last position.
+    """
+    if test not in GROUP_TESTS:
+        raise ValueError(f"unknown test {test!r}; use one of {GROUP_TESTS}")
+    if ablation not in HEAD_ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; use one of {HEAD_ABLATIONS}")
+    if position not in ("last", "all"):
+        raise ValueError(f"unknown position {position!r}; use 'last' or 'all'")
+    if sets_per_pass < 1:
+        raise ValueError(f"sets_per_pass must be at least 1, got {sets_per_pass}")
+    resolved = [resolve_heads(model, list(s)) for s in sets]
+    if not resolved:
+        raise ValueError("no head sets to evaluate")
+    n_heads = models.model_shape(model).n_heads
+    named = sorted({h for s in resolved for h in s})
+    layers = sorted({int(parse_node(model, h)[1]) for h in named})
+    device, b = batch.clean.device, len(batch)
+    replacement: dict[int, Tensor] = {}  # layer -> [b, p, n_heads, d] (or broadcastable) values to write
+    if test == "patching":
+        if batch.corrupt is None:
+            raise ValueError("head-output patching needs corrupted prompts; build the batch with corrupt_prompts")
+        with torch.no_grad():
+            _, cache = models.run_with_cache(model, batch.corrupt, [models.head_result_hook(layer) for layer in layers])
+        replacement = {layer: cache[models.head_result_hook(layer)] for layer in layers}
+    elif ablation == "mean":
+        means = means if means is not None else head_mean_outputs(model, batch, named)
+        d_model = models.model_shape(model).d_model
+        for layer in layers:
+            table = torch.zeros(n_heads, d_model, device=device, dtype=models.model_dtype(model))
+            for h in range(n_heads):
+                if f"a{layer}.h{h}" in means:
+                    table[h] = means[f"a{layer}.h{h}"].to(table.dtype)
+            replacement[layer] = table[None, None]
+    rows = torch.arange(b, device=device)
+    at = torch.zeros(batch.clean.shape, dtype=torch.bool, device=device)
+    if test == "patching" and position == "last":
+        at[rows, batch.last_pos] = True
+    else:
+        at[:] = True
+    out = []
+    for start in range(0, len(resolved), sets_per_pass):
+        chunk = resolved[start : start + sets_per_pass]
+        masks = {layer: torch.zeros(len(chunk), n_heads, dtype=torch.bool, device=device) for layer in layers}
+        for i, names in enumerate(chunk):
+            for name in names:
+                _, layer, head = parse_node(model, name)
+                masks[int(layer)][i, int(head)] = True
+
+        def hook_for(layer: int, mask: Tensor):
+            def hook(result: Tensor, hook: Any) -> Tensor:  # result [s*b, p, h, d]
+                shaped = result.reshape(len(chunk), b, *result.shape[1:])
+                where = mask[:, None, None, :, None] & at[None, :, :, None, None]
+                value = replacement.get(layer)
+                value = torch.zeros((), dtype=result.dtype, device=result.device) if value is None else value
+                return torch.where(where, value.to(result.dtype), shaped).reshape(result.shape)
+
+            return hook
+
+        hooks = [(models.head_result_hook(layer), hook_for(layer, masks[layer])) for layer in layers]
+        with torch.no_grad():
+            logits = models.run_with_hooks(model, batch.clean.repeat(len(chunk), 1), hooks)
+        last = batch.last_pos.repeat(len(chunk))
+        out.append(logits[torch.arange(len(last), device=device), last].reshape(len(chunk), b, -1))
+    return torch.cat(out)
+
+
+def group_vs_random(
+    model: Any,
+    batch: PromptBatch,
+    heads: Sequence[str],
+    pool: Sequence[str],
+    test: str = "ablation",
+    n_random: int = 20,
+    ablation: str = "mean",
+    position: str = "last",
+    overlap: bool = True,
+    seed: int = 0,
+    mean_reference: PromptBatch | None = None,
+) -> pd.DataFrame:
+    """A head set and ``n_random`` random same-size sets from ``pool``, ablated or patched together.
+
+    Unlike :func:`group_ablation` and :func:`patching_effect`, the random sets may share heads with
+    the group (``overlap=True``): when the group is half of a small pool (the organism's movers are
+    about 6 of its 12 writing heads), the sets disjoint from it are one set repeated, and "random
+    heads" must mean any heads.
+
+    Args:
+        test: ``"ablation"`` (``ablation``-ablate the set at every position) or ``"patching"``
+            (replace the set's outputs at ``position`` with their outputs on the corrupted prompt).
+        pool: heads the random sets are drawn from (e.g. :func:`writing_heads`); the group must be
+            in it when ``overlap``.
+        overlap: draw random sets from the whole pool (``True``) or from the pool minus the group.
+
+    Returns:
+        One row per set like :func:`group_ablation` (``set`` = ``"none"``/``"group"``/``"random"``,
+        ``draw``, ``heads``, ``n_heads``, ``top1``, ``prob``), plus ``flip`` (share of prompts whose
+        top-1 became the corrupt answer; NaN without corrupt answers) and ``overlap`` (heads shared
+        with the group).
+
+    Raises:
+        ValueError: an unknown test or ablation, an empty group, or a pool too small.
+    """
+    if test not in GROUP_TESTS:
+        raise ValueError(f"unknown test {test!r}; use one of {GROUP_TESTS}")
+    if ablation not in HEAD_ABLATIONS:
+        raise ValueError(f"unknown ablation {ablation!r}; use one of {HEAD_ABLATIONS}")
+    group = resolve_heads(model, list(heads))
+    if not group:
+        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
+    pool_heads = resolve_heads(model, list(pool))
+    draws = random_head_sets(pool_heads, len(group), n_random, exclude=() if overlap else group, seed=seed)
+    has_corrupt = bool((batch.corrupt_answer >= 0).all())
+    means = None
+    if test == "ablation" and ablation == "mean":
+        needed = sorted(set(group) | {h for d in draws for h in d})
+        means = head_mean_outputs(model, mean_reference if mean_reference is not None else batch, needed)
+    sets: list[tuple[str, int | None, Sequence[str]]] = [("none", None, ()), ("group", None, group)]
+    sets += [("random", i, draw) for i, draw in enumerate(draws)]
+    final = evaluate_head_sets(model, batch, [names for _, _, names in sets], test, ablation, means, position)
+    rows = []
+    for (kind, draw, names), logits in zip(sets, final):
+        top1 = (rank_of(logits.float(), batch.answer) == 0).float()
+        prob = logits.float().softmax(-1).gather(1, batch.answer[:, None])[:, 0]
+        flip = (rank_of(logits.float(), batch.corrupt_answer) == 0).float().mean() if has_corrupt else torch.nan
+        rows.append(
+            {
+                "set": kind,
+                "draw": draw,
+                "heads": tuple(names),
+                "n_heads": len(names),
+                "top1": float(top1.mean()),
+                "prob": float(prob.mean()),
+                "flip": float(flip),
+                "overlap": len(set(names) & set(group)),
+            }
+        )
+    return pd.DataFrame.from_records(rows)
+
+
+def group_test_summary(table: pd.DataFrame) -> dict[str, float]:
+    """One line of a :func:`group_vs_random` table (or a hand-made one with its columns).
+
+    Returns:
+        For ``top1`` and ``flip``: ``<m>_original`` (unablated model), ``<m>_group``,
+        ``<m>_random_mean``, ``<m>_random_std`` (population std); ``top1_random_at_most_group``:
+        the share of random sets whose accuracy is no higher than the group's (small: the group
+        is special); ``flip_random_at_least_group``: likewise for flips; ``n_heads``,
+        ``n_random``, ``n_distinct`` (distinct random sets) and ``mean_overlap`` (group heads per
+        random set).
+    """
+    for column in ("set", "heads", "top1", "flip", "overlap"):
+        if column not in table:
+            raise ValueError(f"the group-test table has no {column!r} column (see group_vs_random)")
+    randoms = table[table["set"] == "random"]
+    group = table[table["set"] == "group"]
+    if len(group) != 1:
+        raise ValueError(f"the group-test table needs exactly one 'group' row, found {len(group)}")
+    out: dict[str, float] = {}
+    for metric in ("top1", "flip"):
+        out[f"{metric}_original"] = float(table.loc[table["set"] == "none", metric].mean())
+        out[f"{metric}_group"] = float(group[metric].iloc[0])
+        out[f"{metric}_random_mean"] = float(randoms[metric].mean()) if len(randoms) else float("nan")
+        out[f"{metric}_random_std"] = float(np.std(randoms[metric])) if len(randoms) else float("nan")
+    g_top1, g_flip = out["top1_group"], out["flip_group"]
+    out["top1_random_at_most_group"] = float((randoms["top1"] <= g_top1 + 1e-9).mean()) if len(randoms) else np.nan
+    out["flip_random_at_least_group"] = float((randoms["flip"] >= g_flip - 1e-9).mean()) if len(randoms) else np.nan
+    out["n_heads"] = float(len(group["heads"].iloc[0]))
+    out["n_random"] = float(len(randoms))
+    out["n_distinct"] = float(len({tuple(sorted(h)) for h in randoms["heads"]}))
+    out["mean_overlap"] = float(randoms["overlap"].mean()) if len(randoms) else float("nan")
+    return out

@@ -1,46 +1,79 @@
 """Attention-head roles in a knowledge circuit: mover, relation and mix heads (Yao et al. 2024, §4.1).
 
-For each head and prompt, read at the prompt's **last token** (where the answer is predicted):
+**The paper's words.** *Mover heads* attend from the last token to the subject and copy the
+subject's attribute (L14H7 attends 0.60 to "France"; its top tokens are *French*/*France*);
+*relation heads* attend to the relation words and output relation-type tokens (L14H13, L7H14,
+L18H14); *mix heads* do both.
 
-* ``attn_subject`` — attention from the last token to the subject's tokens
-  (:func:`kc_utils.analysis.lens.subject_positions`);
-* ``attn_relation`` — attention to the **relation words**: the prompt's real tokens that are not
-  the subject, not the prepended BOS and not the last token itself. For the template
-  ``"The capital of {} is"`` these are ``The capital of``; the final ``is`` is the reading position;
-* ``attn_other`` — the rest (``1 − attn_subject − attn_relation``): the BOS (often an attention
-  sink) and the last token itself;
-* ``dla`` — the head's direct logit attribution to the answer (:func:`kc_utils.analysis.lens.component_logits`);
-* ``answer_rank`` — the answer's rank among all tokens in the head's vocabulary projection
-  (0 = the head promotes the answer more than any other token);
-* ``top_tokens`` — the head's ``k`` most promoted tokens, and, given the relation's object
-  tokens, ``relation_token_share``: the share of them that are objects of the relation.
+**What is measured** (:func:`head_scores`), per head and prompt, at the prompt's **last token**
+(where the answer is predicted):
 
-:func:`summarise_heads` averages over prompts (median for ranks) and :func:`assign_head_roles`
-turns the averages into a role, keeping every score beside it. The rule, with its defaults::
+* where the head reads — the last token's attention split over four kinds of position
+  (:func:`position_masks`), which sum to 1:
 
-    attends_subject  = attn_subject  >= subject_threshold   (0.3)
-    attends_relation = attn_relation >= relation_threshold  (0.3)
-    promotes_answer  = dla > min_dla (0.0)  and  answer_rank <= max_answer_rank (20)
+  - ``attn_subject``: the subject's tokens (:func:`kc_utils.analysis.lens.subject_positions`);
+  - ``attn_relation``: the **relation words** — the template's *content* words, e.g. ``official
+    language`` in ``"The official language of {} is"``;
+  - ``attn_function``: the template's **function words** (:data:`FUNCTION_WORDS`: articles,
+    prepositions, auxiliaries, pronouns, punctuation), e.g. ``The`` and ``of``. They do **not**
+    count as relation words: ``The``, ``of`` and ``is`` open or close the templates of most
+    relations (``The`` and ``is`` are in all 21 relation files of this project), so a head that
+    reads them learns nothing about *which* relation is asked; such heads are usually attention
+    sinks, like the BOS;
+  - ``attn_other``: the BOS and the last token itself (the reading position);
 
-    mix       if attends_subject and promotes_answer and attends_relation
-    mover     if attends_subject and promotes_answer
-    relation  if attends_relation
-    other     otherwise
+* what the head writes — its output at the last token read through the unembedding with the
+  final norm's scale frozen (:mod:`kc_utils.analysis.lens`):
 
-A mover head moves the subject's attribute to the last token (the paper's L14H7: attention to
-"France" 0.60, top tokens French/France); a relation head reads the relation words (and tends to
-output relation-type tokens: see ``relation_token_share``); a mix head does both.
+  - ``dla``: its direct logit attribution to the answer (logits it adds to the answer);
+  - ``answer_rank``: the answer's rank among all tokens in its projection (0 = top);
+  - ``relation_type_auc``: how strongly it promotes the relation's **other** objects (its
+    relation-type tokens, the prompt's own answer excluded) over the rest of the vocabulary — the
+    probability that a random other object outranks a random non-object in its projection (0.5 =
+    no preference, 1 = every object above every non-object). Scale-free and defined for every
+    head, unlike the share among the top ``k``, which on the organism (59 language tokens of
+    2,607) has a chance level of 0.02 and moves in steps of 0.1;
+  - ``relation_token_share``: that share — of its top ``k`` tokens, those that are objects of the
+    relation (reported, not used by the rule);
+  - ``top_tokens``: its ``k`` most promoted tokens.
+
+:func:`summarise_heads` averages over prompts (median for ranks).
+
+**The rule** (:func:`assign_head_roles`; thresholds are parameters, defaults in brackets)::
+
+    reads_subject    = attn_subject      >= subject_threshold   (0.3)
+    reads_relation   = attn_relation     >= relation_threshold  (0.3)
+    writes_answer    = dla               >= min_dla             (1.0 logit: multiplies the answer's odds by e)
+    writes_relation  = relation_type_auc >= min_type_auc        (0.75)
+
+    mover evidence    = reads_subject  and writes_answer      "attend to the subject and write the attribute"
+    relation evidence = reads_relation and writes_relation    "attend to relation words and output relation-type tokens"
+
+    mix       both kinds of evidence                          "mix heads do both"
+    mover     mover evidence only
+    relation  relation evidence only
+    other     neither (e.g. heads reading "The" or the BOS, heads that read the relation words but
+              suppress its objects)
+
+Attention in the model organism is nearly one-hot, so any attention threshold between about 0.1
+and 0.9 gives the same reads_* flags; the output thresholds decide the roles.
+:func:`role_sensitivity` counts the roles as each threshold moves over a grid, the others at their
+defaults. The answer rank is no longer part of the rule: the organism's strongest writers (DLA
++3.24 and +2.66 for the language of a country) rank the answer 36th and 26th among 2,607 tokens,
+because a head's projection also carries large logits for unrelated tokens that the other heads
+cancel.
 """
 
 from __future__ import annotations
 
+import string
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from kc_utils import models
@@ -56,21 +89,62 @@ from kc_utils.data.metrics import rank_of
 from kc_utils.data.prompts import PromptBatch
 
 __all__ = [
+    "DEFAULT_THRESHOLDS",
+    "FUNCTION_WORDS",
     "ROLES",
+    "SENSITIVITY_GRID",
     "assign_head_roles",
     "attention_patterns",
     "head_roles",
     "head_scores",
-    "position_masks",
+    "is_function_word",
+    "object_auc",
     "position_labels",
+    "position_masks",
     "resolve_heads",
+    "role_sensitivity",
     "summarise_heads",
 ]
 
 #: The roles :func:`assign_head_roles` can give.
-ROLES = ("mover", "relation", "mix", "other")
+ROLES = ("mover", "mix", "relation", "other")
 
-_REQUIRED = ("attn_subject", "attn_relation", "dla", "answer_rank")
+#: Default thresholds of :func:`assign_head_roles` (module docstring).
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "subject_threshold": 0.3,
+    "relation_threshold": 0.3,
+    "min_dla": 1.0,
+    "min_type_auc": 0.75,
+}
+
+#: Values each threshold takes in :func:`role_sensitivity` (the others stay at their defaults).
+SENSITIVITY_GRID: dict[str, tuple[float, ...]] = {
+    "subject_threshold": (0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+    "relation_threshold": (0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+    "min_dla": (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0),
+    "min_type_auc": (0.55, 0.6, 0.65, 0.75, 0.85, 0.9, 0.95),
+}
+
+#: Words that never count as relation words (lower case): articles, prepositions, auxiliaries,
+#: conjunctions and pronouns. Punctuation-only tokens and the possessive ``'s`` count too.
+FUNCTION_WORDS = frozenset(
+    """a an the this that these those some any each every
+    of in on at to for from by with as into onto about over under than
+    is are was were be been being am has have had do does did can could will would shall should may might must
+    and or but nor not so if then there here
+    it its he him his she her they them their we us our you your i me my who whom whose which what where when how
+    's""".split()
+)
+
+_REQUIRED = ("attn_subject", "attn_relation", "dla", "relation_type_auc")
+_TOKEN_MARKS = " \t\n\u0120\u2581"  # whitespace, GPT-2's "Ġ" and SentencePiece's "▁"
+
+
+def is_function_word(token: str) -> bool:
+    """True for a function word of :data:`FUNCTION_WORDS` or a punctuation-only token (case and
+    leading-space markers ignored: ``" The"``, ``"ĠThe"`` and ``"the"`` are all function words)."""
+    word = token.strip(_TOKEN_MARKS).lower()
+    return word in FUNCTION_WORDS or all(c in string.punctuation for c in word)
 
 
 def resolve_heads(model: Any, heads: Graph | Sequence[str] | None = None) -> list[str]:
@@ -95,8 +169,12 @@ def resolve_heads(model: Any, heads: Graph | Sequence[str] | None = None) -> lis
 
 def position_masks(
     model: Any, batch: PromptBatch, subjects: Sequence[str]
-) -> tuple[Bool[Tensor, "b p"], Bool[Tensor, "b p"]]:
-    """``(subject, relation)`` position masks; relation = real, non-subject, non-BOS, non-last tokens."""
+) -> tuple[Bool[Tensor, "b p"], Bool[Tensor, "b p"], Bool[Tensor, "b p"]]:
+    """``(subject, relation, function)`` position masks of the batch's prompts.
+
+    Of the real tokens, the BOS and each prompt's last token are in none of them; the other
+    non-subject tokens are relation words, or function words when :func:`is_function_word`.
+    """
     subject = subject_mask(model, batch, subjects)
     positions = torch.arange(batch.clean.shape[1], device=batch.clean.device)
     bos_id = model.tokenizer.bos_token_id
@@ -104,8 +182,11 @@ def position_masks(
     if bos_id is not None:
         bos[:, 0] = batch.clean[:, 0] == bos_id
     last = positions[None, :] == batch.last_pos[:, None]
-    relation = batch.padding_mask & ~subject & ~bos & ~last
-    return subject, relation
+    template = batch.padding_mask & ~subject & ~bos & ~last
+    ids = sorted(set(batch.clean[template].tolist()))
+    function_ids = [i for i, text in zip(ids, models.token_strings(model, ids)) if is_function_word(text)]
+    function = template & torch.isin(batch.clean, torch.tensor(function_ids, dtype=torch.long, device=subject.device))
+    return subject, template & ~function, function
 
 
 def position_labels(model: Any, batch: PromptBatch, prompt_index: int) -> list[str]:
@@ -130,7 +211,7 @@ def attention_patterns(
         ``{head: frame}`` where ``frame`` is ``[query × key]`` over the prompt's real tokens
         (padding dropped), index and columns :func:`position_labels`; each row sums to 1 and the
         upper triangle is 0 (causal). The last row is what :func:`head_scores` splits into
-        subject, relation and other.
+        subject, relation, function and other.
     """
     names = resolve_heads(model, heads)
     labels = position_labels(model, batch, prompt_index)
@@ -148,6 +229,40 @@ def attention_patterns(
     return out
 
 
+def object_auc(
+    scores: Float[Tensor, "... v"], objects: Int[Tensor, "o"], answer: Int[Tensor, "..."]
+) -> Float[Tensor, "..."]:
+    """Probability that a random object token outscores a random non-object token, per row.
+
+    The row's ``answer`` is left out of both sets (it is neither "another object" nor a
+    non-object). Ties count one half. NaN where a set is empty.
+
+    Args:
+        scores: ``[..., vocab]`` a head's logit contributions.
+        objects: token ids of the relation's objects.
+        answer: ``[...]`` each row's answer token.
+    """
+    vocab = scores.shape[-1]
+    is_object = torch.zeros(vocab, dtype=torch.bool, device=scores.device)
+    is_object[objects.to(scores.device)] = True
+    is_object = is_object.expand(*scores.shape[:-1], vocab).clone()
+    keep = torch.ones_like(is_object)
+    keep.scatter_(-1, answer[..., None].to(scores.device), False)
+    positive = is_object & keep
+    negative = ~is_object & keep
+    # wins of a positive = negatives strictly below it + half the negatives equal to it
+    values, order = scores.float().sort(-1)
+    cum = torch.cat([torch.zeros_like(values[..., :1]), negative.gather(-1, order).float().cumsum(-1)], -1)
+    below = cum.gather(-1, torch.searchsorted(values, values, right=False))
+    through = cum.gather(-1, torch.searchsorted(values, values, right=True))
+    wins = below + (through - below) / 2
+    sorted_positive = positive.gather(-1, order)
+    n_pos = positive.sum(-1).float()
+    n_neg = negative.sum(-1).float()
+    total = (wins * sorted_positive).sum(-1)
+    return torch.where((n_pos > 0) & (n_neg > 0), total / (n_pos * n_neg), torch.full_like(total, float("nan")))
+
+
 def head_scores(
     model: Any,
     batch: PromptBatch,
@@ -156,28 +271,29 @@ def head_scores(
     object_tokens: Collection[int] | None = None,
     k: int = 10,
 ) -> pd.DataFrame:
-    """Per prompt × head: attention split, direct logit attribution and vocabulary projection.
+    """Per prompt × head: where the head reads (attention split) and what it writes (module docstring).
 
     Args:
         batch: prompts and answers (read at ``batch.last_pos``).
         subjects: one subject per prompt, as written in the prompt.
         heads: heads to score (see :func:`resolve_heads`); default all.
         object_tokens: first tokens of the relation's objects
-            (:func:`kc_utils.analysis.head_ablation.relation_object_tokens`); adds ``relation_token_share``.
+            (:func:`kc_utils.analysis.head_ablation.relation_object_tokens`); gives
+            ``relation_type_auc`` and ``relation_token_share`` (NaN without them).
         k: number of top projected tokens to keep per head.
 
     Returns:
         One row per prompt × head with ``prompt_index``, ``head``, ``layer``, ``head_index``,
-        ``attn_subject``, ``attn_relation``, ``attn_other`` (these three sum to 1), ``dla``,
-        ``answer_rank``, ``top_tokens`` (``k`` strings) and ``relation_token_share``
-        (NaN without ``object_tokens``).
+        ``attn_subject``, ``attn_relation``, ``attn_function``, ``attn_other`` (these four sum to
+        1), ``dla``, ``answer_rank``, ``relation_type_auc``, ``relation_token_share`` and
+        ``top_tokens`` (``k`` strings).
     """
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
     names = resolve_heads(model, heads)
     if not names:
         raise ValueError("no heads to score: the circuit has no attention heads")
-    subject, relation = position_masks(model, batch, subjects)
+    subject, relation, function = position_masks(model, batch, subjects)
     layers = sorted({parse_node(model, n)[1] for n in names})
     dec, cache = decompose_residual_with_cache(
         model, batch, extra_hooks=[models.attn_pattern_hook(layer) for layer in layers]
@@ -195,28 +311,33 @@ def head_scores(
         head_ids = [int(parse_node(model, n)[2]) for n in in_layer]
         # attention of the last token: [b, h_sel, p]
         pattern = cache[models.attn_pattern_hook(layer)][rows, :, batch.last_pos][:, head_ids].float()
-        att_subj = (pattern * subject[:, None]).sum(-1)
-        att_rel = (pattern * relation[:, None]).sum(-1)
+        shares = [(pattern * mask[:, None]).sum(-1) for mask in (subject, relation, function)]
         outputs = dec.outputs[[dec.index(n) for n in in_layer]]  # [h_sel, b, d]
         projected = project_to_vocab(model, outputs, dec.scale[None]).float()  # [h_sel, b, v]
-        ranks = rank_of(projected, batch.answer[None, :].expand(len(in_layer), -1))  # [h_sel, b]
+        answers = batch.answer[None, :].expand(len(in_layer), -1)
+        ranks = rank_of(projected, answers)  # [h_sel, b]
         top = projected.topk(min(k, projected.shape[-1]), dim=-1).indices  # [h_sel, b, k]
-        share = torch.isin(top, objects).float().mean(-1) if objects is not None else None
+        nan = torch.full(ranks.shape, float("nan"))
+        share = torch.isin(top, objects).float().mean(-1) if objects is not None else nan
+        auc = object_auc(projected, objects, answers) if objects is not None else nan
         for j, name in enumerate(in_layer):
             for i in range(len(batch)):
+                att_subj, att_rel, att_fun = (float(s[i, j]) for s in shares)
                 records.append(
                     {
                         "prompt_index": i,
                         "head": name,
                         "layer": layer,
                         "head_index": head_ids[j],
-                        "attn_subject": float(att_subj[i, j]),
-                        "attn_relation": float(att_rel[i, j]),
-                        "attn_other": float(1.0 - att_subj[i, j] - att_rel[i, j]),
+                        "attn_subject": att_subj,
+                        "attn_relation": att_rel,
+                        "attn_function": att_fun,
+                        "attn_other": 1.0 - att_subj - att_rel - att_fun,
                         "dla": float(dla[dla_index[name], i]),
                         "answer_rank": int(ranks[j, i]),
+                        "relation_type_auc": float(auc[j, i]),
+                        "relation_token_share": float(share[j, i]),
                         "top_tokens": models.token_strings(model, top[j, i].tolist()),
-                        "relation_token_share": float(share[j, i]) if share is not None else float("nan"),
                     }
                 )
     return pd.DataFrame.from_records(records)
@@ -225,13 +346,21 @@ def head_scores(
 def summarise_heads(scores: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     """Average :func:`head_scores` over prompts: one row per head.
 
-    Means of the attention shares, ``dla`` and ``relation_token_share``; the **median** of
-    ``answer_rank``; ``top_tokens`` = the ``k`` tokens most often among the head's top tokens
-    across prompts; ``n_prompts``.
+    Means of the attention shares, ``dla``, ``relation_type_auc`` and ``relation_token_share``;
+    the **median** of ``answer_rank``; ``top_tokens`` = the ``k`` tokens most often among the
+    head's top tokens across prompts; ``n_prompts``.
     """
     if scores.empty:
         raise ValueError("no head scores to summarise")
-    means = ["attn_subject", "attn_relation", "attn_other", "dla", "relation_token_share"]
+    means = [
+        "attn_subject",
+        "attn_relation",
+        "attn_function",
+        "attn_other",
+        "dla",
+        "relation_type_auc",
+        "relation_token_share",
+    ]
     grouped = scores.groupby("head", sort=False)
     summary = grouped[[c for c in means if c in scores]].mean()
     summary["answer_rank"] = grouped["answer_rank"].median()
@@ -246,46 +375,85 @@ def summarise_heads(scores: pd.DataFrame, k: int = 5) -> pd.DataFrame:
     return summary.reset_index()
 
 
-def assign_head_roles(
-    summary: pd.DataFrame,
-    subject_threshold: float | int = 0.3,
-    relation_threshold: float | int = 0.3,
-    max_answer_rank: float | int = 20,
-    min_dla: float | int = 0.0,
-) -> pd.DataFrame:
-    """Give each head a role (mover, relation, mix, other) by the rule in the module docstring.
+def _check_thresholds(thresholds: Mapping[str, float]) -> dict[str, float]:
+    unknown = sorted(set(thresholds) - set(DEFAULT_THRESHOLDS))
+    if unknown:
+        raise ValueError(f"unknown thresholds {unknown}; the rule has {list(DEFAULT_THRESHOLDS)}")
+    merged = {**DEFAULT_THRESHOLDS, **thresholds}
+    for name in ("subject_threshold", "relation_threshold", "min_type_auc"):
+        if not 0.0 <= merged[name] <= 1.0:
+            raise ValueError(f"{name} is a share or a probability and must lie in [0, 1], got {merged[name]}")
+    return merged
+
+
+def assign_head_roles(summary: pd.DataFrame, **thresholds: float) -> pd.DataFrame:
+    """Give each head a role (mover, mix, relation, other) by the rule in the module docstring.
 
     Args:
         summary: one row per head with columns ``attn_subject``, ``attn_relation``, ``dla`` and
-            ``answer_rank`` (:func:`summarise_heads`, or a hand-made table).
-        subject_threshold: minimal attention to the subject for a mover/mix head.
-        relation_threshold: minimal attention to the relation words for a relation/mix head.
-        max_answer_rank: largest answer rank in the head's projection that counts as promoting.
-        min_dla: direct logit attribution to the answer must exceed this to count as promoting.
+            ``relation_type_auc`` (:func:`summarise_heads`, or a hand-made table).
+        thresholds: any of :data:`DEFAULT_THRESHOLDS` (``subject_threshold``,
+            ``relation_threshold``, ``min_dla``, ``min_type_auc``); the rest keep their defaults.
 
     Returns:
-        A copy of ``summary`` with boolean columns ``attends_subject``, ``attends_relation``,
-        ``promotes_answer`` and the ``role``.
+        A copy of ``summary`` with boolean columns ``reads_subject``, ``reads_relation``,
+        ``writes_answer``, ``writes_relation`` and the ``role``.
 
     Raises:
-        ValueError: missing columns, or thresholds outside [0, 1].
+        ValueError: missing columns, an unknown threshold, or a share outside [0, 1].
     """
     missing = [c for c in _REQUIRED if c not in summary]
     if missing:
         raise ValueError(f"the head table lacks columns {missing}; it needs {list(_REQUIRED)} (see summarise_heads)")
-    for name, value in (("subject_threshold", subject_threshold), ("relation_threshold", relation_threshold)):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{name} is an attention share and must lie in [0, 1], got {value}")
+    t = _check_thresholds(thresholds)
     out = summary.copy()
-    out["attends_subject"] = out["attn_subject"] >= subject_threshold
-    out["attends_relation"] = out["attn_relation"] >= relation_threshold
-    out["promotes_answer"] = (out["dla"] > min_dla) & (out["answer_rank"] <= max_answer_rank)
-    mover = out["attends_subject"] & out["promotes_answer"]
+    out["reads_subject"] = out["attn_subject"] >= t["subject_threshold"]
+    out["reads_relation"] = out["attn_relation"] >= t["relation_threshold"]
+    out["writes_answer"] = out["dla"] >= t["min_dla"]
+    out["writes_relation"] = out["relation_type_auc"] >= t["min_type_auc"]  # NaN (no objects given) -> False
+    mover = out["reads_subject"] & out["writes_answer"]
+    relation = out["reads_relation"] & out["writes_relation"]
     out["role"] = "other"
-    out.loc[out["attends_relation"], "role"] = "relation"
+    out.loc[relation, "role"] = "relation"
     out.loc[mover, "role"] = "mover"
-    out.loc[mover & out["attends_relation"], "role"] = "mix"
+    out.loc[mover & relation, "role"] = "mix"
     return out
+
+
+def role_sensitivity(
+    summary: pd.DataFrame, grid: Mapping[str, Sequence[float]] | None = None, **thresholds: float
+) -> pd.DataFrame:
+    """Role counts as each threshold moves over ``grid``, the others held at ``thresholds``.
+
+    Args:
+        summary: the head table given to :func:`assign_head_roles` (several relations may be
+            stacked: counts are over all rows).
+        grid: ``{threshold: values}`` (default :data:`SENSITIVITY_GRID`).
+        thresholds: the reference setting (default :data:`DEFAULT_THRESHOLDS`).
+
+    Returns:
+        One row per threshold × value: ``threshold``, ``value``, ``is_reference`` (the value of
+        the reference setting), a count per role of :data:`ROLES`, and ``changed`` — heads whose
+        role differs from the reference assignment.
+    """
+    reference = _check_thresholds(thresholds)
+    grid = SENSITIVITY_GRID if grid is None else grid
+    base = assign_head_roles(summary, **reference)["role"].to_numpy()
+    rows = []
+    for name, values in grid.items():
+        for value in values:
+            roles = assign_head_roles(summary, **{**reference, name: value})["role"]
+            counts = roles.value_counts()
+            rows.append(
+                {
+                    "threshold": name,
+                    "value": float(value),
+                    "is_reference": bool(value == reference[name]),
+                    **{role: int(counts.get(role, 0)) for role in ROLES},
+                    "changed": int((roles.to_numpy() != base).sum()),
+                }
+            )
+    return pd.DataFrame.from_records(rows)
 
 
 def head_roles(
@@ -295,16 +463,17 @@ def head_roles(
     heads: Graph | Sequence[str] | None = None,
     object_tokens: Collection[int] | None = None,
     k: int = 10,
-    **thresholds: float | int,
+    **thresholds: float,
 ) -> pd.DataFrame:
     """:func:`head_scores` → :func:`summarise_heads` → :func:`assign_head_roles` in one call.
 
-    ``thresholds`` are passed to :func:`assign_head_roles`. Rows are sorted by role, then by
-    ``|dla|`` (largest first).
+    ``thresholds`` are passed to :func:`assign_head_roles`. Rows are sorted by role (mover, mix,
+    relation, other), then by ``|dla|`` (largest first).
     """
+    _check_thresholds(thresholds)
     summary = summarise_heads(head_scores(model, batch, subjects, heads, object_tokens, k))
     roles = assign_head_roles(summary, **thresholds)
-    order = {role: i for i, role in enumerate(("mover", "mix", "relation", "other"))}
+    order = {role: i for i, role in enumerate(ROLES)}
     return roles.sort_values(
         by=["role", "dla"], key=lambda c: c.map(order) if c.name == "role" else -c.abs(), ignore_index=True
     )
