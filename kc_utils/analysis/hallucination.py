@@ -1,0 +1,870 @@
+"""Hallucinations traced through circuits: does the model know the fact, and which heads pick the wrong answer?
+
+Yao et al. (2024, §6): for "The official currency of Malaysia is called" GPT-2 medium answers
+"Malaysian", not "Ringgit"; both are built up before layer 15, then a mover head moves the wrong one.
+This module turns that reading into measurements over many prompts:
+
+1. **Classify** (:func:`classify_from_lens`, :func:`classify_prompts`). Each prompt is
+
+   ==========================  ==================================================================
+   ``correct``                 the correct answer is the model's top-1
+   ``knowledge_present``       wrong, but the correct answer is *in the model*: it reaches rank
+                               ``≤ subject_max_rank`` at the subject's positions at some layer
+                               (enrichment) and/or rank ``≤ last_max_rank`` at the last position at
+                               some layer before the final one (``rule``, see below)
+   ``knowledge_absent``        wrong, and neither holds: the model has nothing to retrieve
+   ==========================  ==================================================================
+
+   ``rule``: ``"subject"`` (default; only the subject counts — a never-seen subject can still rank
+   the relation's most common answer high at the last position, which is a prior, not knowledge),
+   ``"last"``, ``"either"`` or ``"both"``. Ranks are 0-based (0 = top-1), read from
+   :func:`kc_utils.analysis.lens.logit_lens`.
+2. **Components that choose the wrong answer.** The wrong answer is stored as the batch's contrast
+   answer (:func:`with_wrong_answers`), so the metric ``logit(wrong) − logit(correct)``
+   (:func:`wrong_minus_correct`) survives any chunking of the batch. :func:`wrong_answer_circuit`
+   scores every edge for it with EAP-IG; :func:`head_logit_difference` gives each head's direct
+   logit attribution (DLA) to both answers and where its last-token attention goes;
+   :func:`explaining_heads` finds, per prompt, the fewest heads whose direct contribution to
+   ``logit(wrong) − logit(correct)`` is larger than the model's margin (without it, the correct
+   answer would win).
+3. **Repair by intervention** (:func:`repair`): patch the chosen heads' last-position output from
+   the same fact asked in another prompt (a training template; :func:`patch_heads_from_prompts`
+   allows another token length), or mean/zero-ablate them, and count how often the correct answer
+   becomes top-1 — beside ``n_random`` (≥ 20) random head sets of the same size, summarised with
+   :func:`kc_utils.analysis.head_groups.group_ablation_summary` (mean ± std).
+4. **One relation end to end** (:func:`analyse_failures`, :func:`failure_summary`): classify the
+   facts asked in one template, name the wrong answers
+   (:mod:`kc_utils.analysis.wrong_answers`), trace and repair the knowledge-present failures.
+5. **Sentences** built from those tables for the notebook (:func:`describe_kinds`,
+   :func:`describe_repair`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from kc_utils import models
+from kc_utils.analysis.head_groups import (
+    all_heads,
+    answer_scores,
+    group_ablation,
+    group_ablation_summary,
+    random_head_sets,
+)
+from kc_utils.analysis.heads import position_masks, resolve_heads
+from kc_utils.analysis.lens import component_logits, decompose_residual_with_cache, logit_lens, parse_node
+from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
+from kc_utils.circuits.attribute import attribute
+from kc_utils.circuits.graph import Graph
+from kc_utils.data.metrics import answer_logits, logit_diff, rank_of
+from kc_utils.data.prompts import PromptBatch, make_batch
+
+__all__ = [
+    "INTERVENTIONS",
+    "KNOWLEDGE_RULES",
+    "PROMPT_KINDS",
+    "FailureAnalysis",
+    "active_heads",
+    "analyse_failures",
+    "classify_from_lens",
+    "classify_prompts",
+    "describe_kinds",
+    "describe_repair",
+    "explaining_heads",
+    "failure_summary",
+    "head_logit_difference",
+    "last_position_head_outputs",
+    "patch_heads_from_prompts",
+    "rank_curves",
+    "rank_heads",
+    "repair",
+    "repair_by_each_head",
+    "upstream_node_scores",
+    "with_wrong_answers",
+    "wrong_answer_circuit",
+    "wrong_minus_correct",
+]
+
+#: The classes of :func:`classify_from_lens`.
+PROMPT_KINDS = ("correct", "knowledge_present", "knowledge_absent")
+#: Where the correct answer must be found for the knowledge to count as present.
+KNOWLEDGE_RULES = ("subject", "last", "either", "both")
+#: How :func:`repair` intervenes on a head set.
+INTERVENTIONS = ("patch", "mean", "zero")
+
+_LENS_COLUMNS = ("prompt_index", "layer", "rank", "subject_rank")
+
+
+# ----------------------------------------------------------------------------- 1. classify
+def _check_rank(value: int, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be a whole number ≥ 0 (0 = top-1), got {value!r}")
+
+
+def classify_from_lens(
+    lens: pd.DataFrame, subject_max_rank: int = 2, last_max_rank: int = 2, rule: str = "subject"
+) -> pd.DataFrame:
+    """Classify prompts from a logit-lens table of their **correct** answers (module table).
+
+    Args:
+        lens: a :func:`kc_utils.analysis.lens.logit_lens` frame (one row per prompt × layer with
+            ``prompt_index``, ``layer``, ``rank``, ``subject_rank``); its last layer is the model's output.
+        subject_max_rank: the correct answer counts as known at the subject when its best rank over
+            the subject's positions reaches this at some layer (0 = top-1).
+        last_max_rank: the same at the last position, at some layer **before** the final one.
+        rule: ``"subject"``, ``"last"``, ``"either"`` or ``"both"`` (module docstring).
+
+    Returns:
+        One row per prompt: ``prompt_index``, ``prompt`` (if the table has it), ``final_rank``,
+        ``subject_best_rank`` and ``subject_best_layer`` (the first layer reaching it),
+        ``last_best_rank`` and ``last_best_layer`` (layers before the final one), ``kind``.
+
+    Raises:
+        ValueError: a table without the logit-lens columns, a bad threshold or rule, or a rule that
+            needs subject ranks on a table made without subjects.
+    """
+    missing = [c for c in _LENS_COLUMNS if c not in lens.columns]
+    if missing:
+        raise ValueError(f"not a logit_lens table: it lacks columns {missing}")
+    if lens.empty:
+        raise ValueError("the logit-lens table is empty: no prompts to classify")
+    _check_rank(subject_max_rank, "subject_max_rank")
+    _check_rank(last_max_rank, "last_max_rank")
+    if rule not in KNOWLEDGE_RULES:
+        raise ValueError(f"unknown rule {rule!r}; use one of {KNOWLEDGE_RULES}")
+    if rule != "last" and lens["subject_rank"].isna().all():
+        raise ValueError(
+            f"rule {rule!r} reads the subject's positions, but the table has no subject ranks; "
+            "run logit_lens(model, batch, subjects) or use rule='last'"
+        )
+    final_layer = lens["layer"].max()
+    records = []
+    for index, rows in lens.sort_values(["prompt_index", "layer"]).groupby("prompt_index", sort=True):
+        final = rows[rows["layer"] == final_layer]
+        if len(final) != 1:
+            raise ValueError(f"prompt {index} has {len(final)} rows at the final layer {final_layer}; expected 1")
+        subject = rows.dropna(subset=["subject_rank"])
+        before = rows[rows["layer"] < final_layer]
+        s_best = float(subject["subject_rank"].min()) if len(subject) else float("nan")
+        l_best = float(before["rank"].min()) if len(before) else float("nan")
+        record = {
+            "prompt_index": int(index),
+            "final_rank": int(final["rank"].iloc[0]),
+            "subject_best_rank": s_best,
+            "subject_best_layer": float(subject.loc[subject["subject_rank"] == s_best, "layer"].iloc[0])
+            if len(subject)
+            else float("nan"),
+            "last_best_rank": l_best,
+            "last_best_layer": float(before.loc[before["rank"] == l_best, "layer"].iloc[0])
+            if len(before)
+            else float("nan"),
+        }
+        if "prompt" in rows:
+            record = {"prompt_index": record["prompt_index"], "prompt": rows["prompt"].iloc[0], **record}
+        at_subject = s_best <= subject_max_rank  # NaN compares False
+        at_last = l_best <= last_max_rank
+        present = {
+            "subject": at_subject,
+            "last": at_last,
+            "either": at_subject or at_last,
+            "both": at_subject and at_last,
+        }
+        if record["final_rank"] == 0:
+            record["kind"] = "correct"
+        else:
+            record["kind"] = "knowledge_present" if present[rule] else "knowledge_absent"
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def classify_prompts(
+    model: Any,
+    batch: PromptBatch,
+    subjects: Sequence[str],
+    subject_max_rank: int = 2,
+    last_max_rank: int = 2,
+    rule: str = "subject",
+) -> pd.DataFrame:
+    """:func:`classify_from_lens` on the batch's correct answers, with what the model says instead.
+
+    Returns:
+        The classification plus ``subject``, ``answer`` (the correct answer's string),
+        ``prediction`` (top-1 token string), ``prediction_id``, ``confidence`` (top-1 probability)
+        and ``answer_prob`` (the correct answer's probability).
+    """
+    _check_rank(subject_max_rank, "subject_max_rank")
+    _check_rank(last_max_rank, "last_max_rank")
+    if rule not in KNOWLEDGE_RULES:
+        raise ValueError(f"unknown rule {rule!r}; use one of {KNOWLEDGE_RULES}")
+    table = classify_from_lens(logit_lens(model, batch, subjects), subject_max_rank, last_max_rank, rule)
+    with torch.no_grad():
+        final = answer_logits(models.run_with_hooks(model, batch.clean), batch).float().softmax(-1)
+    top = final.max(-1)
+    table.insert(2, "subject", list(subjects))
+    table.insert(3, "answer", list(batch.answers))
+    table["prediction"] = models.token_strings(model, top.indices.tolist())
+    table["prediction_id"] = top.indices.tolist()
+    table["confidence"] = top.values.tolist()
+    table["answer_prob"] = final.gather(1, batch.answer[:, None])[:, 0].tolist()
+    return table
+
+
+def rank_curves(lens: pd.DataFrame, max_rank: int = 0) -> pd.DataFrame:
+    """Per layer: median rank of the target and share of prompts at rank ``≤ max_rank``, subject and last position.
+
+    Returns:
+        One row per layer: ``layer``, ``stage`` (if present), ``last_median_rank``,
+        ``subject_median_rank``, ``last_share``, ``subject_share``, ``n_prompts``.
+    """
+    missing = [c for c in _LENS_COLUMNS if c not in lens.columns]
+    if missing:
+        raise ValueError(f"not a logit_lens table: it lacks columns {missing}")
+    _check_rank(max_rank, "max_rank")
+    records = []
+    for layer, rows in lens.groupby("layer", sort=True):
+        records.append(
+            {
+                "layer": int(layer),
+                **({"stage": rows["stage"].iloc[0]} if "stage" in rows else {}),
+                "last_median_rank": float(rows["rank"].median()),
+                "subject_median_rank": float(rows["subject_rank"].median()),
+                "last_share": float((rows["rank"] <= max_rank).mean()),
+                "subject_share": float((rows["subject_rank"] <= max_rank).mean()),
+                "n_prompts": int(rows["prompt_index"].nunique()),
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+# ----------------------------------------------------------------------------- 2. components
+def with_wrong_answers(batch: PromptBatch, wrong: Int[Tensor, "b"] | Sequence[int]) -> PromptBatch:
+    """The batch with each prompt's wrong answer (token id) stored as its contrast answer.
+
+    ``batch.answer`` stays the correct answer; ``batch.corrupt_answer`` becomes the wrong one, so
+    sub-batches carry it along and ``logit_diff`` = logit(correct) − logit(wrong).
+
+    Raises:
+        ValueError: not one token per prompt, a negative id, or a wrong answer equal to the correct one.
+    """
+    wrong = torch.as_tensor(wrong, dtype=torch.long, device=batch.answer.device).reshape(-1)
+    if wrong.shape != (len(batch),):
+        raise ValueError(f"give one wrong-answer token per prompt ({len(batch)}); got {tuple(wrong.shape)}")
+    if bool((wrong < 0).any()):
+        raise ValueError("wrong-answer tokens must be token ids ≥ 0")
+    same = (wrong == batch.answer).nonzero().flatten().tolist()
+    if same:
+        raise ValueError(
+            f"prompts {same[:5]} have the correct answer as their 'wrong' answer; keep only the prompts the model "
+            "gets wrong (kind != 'correct')"
+        )
+    return replace(batch, corrupt_answer=wrong)
+
+
+def wrong_minus_correct(logits: Float[Tensor, "b p v"], batch: PromptBatch) -> Float[Tensor, "b"]:
+    """Metric ``logit(wrong) − logit(correct)`` at the last position (batch from :func:`with_wrong_answers`)."""
+    return -logit_diff(logits, batch)
+
+
+def wrong_answer_circuit(
+    model: Any,
+    batch: PromptBatch,
+    ablation: str = "mean",
+    ig_steps: int = 5,
+    mean_reference: PromptBatch | None = None,
+    progress: bool = True,
+) -> Graph:
+    """Every edge scored by EAP-IG for :func:`wrong_minus_correct` (positive: the edge favours the wrong answer).
+
+    Args:
+        batch: from :func:`with_wrong_answers`.
+        ablation: ``"mean"`` (default; over ``mean_reference`` or the batch), ``"zero"``, or ``"patch"``
+            (needs corrupted prompts of the same token length in the batch).
+    """
+    if bool((batch.corrupt_answer < 0).any()):
+        raise ValueError("the batch has no wrong answers; build it with with_wrong_answers(batch, wrong)")
+    graph = Graph.from_model(model)
+    return attribute(
+        model,
+        graph,
+        batch,
+        metric=wrong_minus_correct,
+        method="eap-ig",
+        ig_steps=ig_steps,
+        ablation=ablation,
+        mean_reference=mean_reference,
+        progress=progress,
+    )
+
+
+def upstream_node_scores(graph: Graph) -> pd.DataFrame:
+    """Per upstream node: the summed signed and absolute scores of its outgoing edges, largest |score| first."""
+    scores = graph.scores
+    return (
+        pd.DataFrame(
+            {
+                "node": graph.upstream_names,
+                "score": scores.sum(1).tolist(),
+                "abs_score": scores.abs().sum(1).tolist(),
+            }
+        )
+        .sort_values("abs_score", ascending=False, ignore_index=True)
+        .assign(share=lambda t: t["abs_score"] / max(float(t["abs_score"].sum()), 1e-30))
+    )
+
+
+def head_logit_difference(
+    model: Any, batch: PromptBatch, subjects: Sequence[str], heads: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Per prompt × head: direct logit attribution to the wrong and the correct answer, and attention.
+
+    Args:
+        batch: from :func:`with_wrong_answers`.
+        subjects: one subject per prompt (for the attention split).
+        heads: heads to read (default all).
+
+    Returns:
+        One row per prompt × head: ``prompt_index``, ``head``, ``layer``, ``head_index``,
+        ``dla_wrong``, ``dla_correct``, ``dla_diff`` (wrong − correct), ``logit_diff`` (the
+        model's logit(wrong) − logit(correct) for that prompt), ``attn_subject``,
+        ``attn_relation`` (last token's attention to the subject and to the other prompt words)
+        and ``top_key`` (the token the head attends to most).
+    """
+    if bool((batch.corrupt_answer < 0).any()):
+        raise ValueError("the batch has no wrong answers; build it with with_wrong_answers(batch, wrong)")
+    names = resolve_heads(model, heads)
+    if not names:
+        raise ValueError("no heads to read")
+    subject, relation = position_masks(model, batch, subjects)[:2]
+    layers = sorted({int(parse_node(model, n)[1]) for n in names})
+    dec, cache = decompose_residual_with_cache(
+        model, batch, extra_hooks=[models.attn_pattern_hook(layer) for layer in layers]
+    )
+    components, wrong = component_logits(model, batch, batch.corrupt_answer, dec)
+    correct = component_logits(model, batch, batch.answer, dec)[1]
+    total = (wrong - correct).sum(0)  # the model's logit(wrong) − logit(correct)
+    row_of = {n: i for i, n in enumerate(components)}
+    rows = torch.arange(len(batch), device=batch.clean.device)
+    records = []
+    for name in names:
+        _, layer, head = parse_node(model, name)
+        pattern = cache[models.attn_pattern_hook(int(layer))][rows, int(head), batch.last_pos].float()  # [b, p]
+        top_key = pattern.argmax(-1)
+        keys = models.token_strings(model, batch.clean[rows, top_key].tolist())
+        for i in range(len(batch)):
+            c = row_of[name]
+            records.append(
+                {
+                    "prompt_index": i,
+                    "head": name,
+                    "layer": int(layer),
+                    "head_index": int(head),
+                    "dla_wrong": float(wrong[c, i]),
+                    "dla_correct": float(correct[c, i]),
+                    "dla_diff": float(wrong[c, i] - correct[c, i]),
+                    "logit_diff": float(total[i]),
+                    "attn_subject": float((pattern[i] * subject[i]).sum()),
+                    "attn_relation": float((pattern[i] * relation[i]).sum()),
+                    "top_key": keys[i],
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def explaining_heads(head_table: pd.DataFrame, max_size: int = 3) -> pd.DataFrame:
+    """Per prompt: the fewest heads whose direct contribution outweighs the model's margin for the wrong answer.
+
+    Heads are taken in decreasing ``dla_diff``; ``n_heads`` is the smallest ``k ≤ max_size`` with
+    ``logit_diff − Σ_top-k dla_diff < 0`` (removing those heads' direct effect would make the
+    correct answer's logit the larger), NaN when no such ``k``, or when the prompt is not a failure
+    (``logit_diff ≤ 0``).
+
+    Args:
+        head_table: a :func:`head_logit_difference` frame (or one with its columns).
+
+    Returns:
+        One row per prompt: ``prompt_index``, ``logit_diff``, ``top_head``, ``top_dla_diff``,
+        ``heads`` (the explaining set, ``""`` if none, joined by ``", "``), ``n_heads``,
+        ``by_one_head`` and ``by_small_set`` (``n_heads ≤ max_size``).
+    """
+    needed = {"prompt_index", "head", "dla_diff", "logit_diff"}
+    if not needed <= set(head_table.columns):
+        raise ValueError(f"not a head_logit_difference table: it lacks {sorted(needed - set(head_table.columns))}")
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+        raise ValueError(f"max_size must be a whole number ≥ 1, got {max_size!r}")
+    records = []
+    for index, rows in head_table.groupby("prompt_index", sort=True):
+        rows = rows.sort_values("dla_diff", ascending=False, kind="stable")
+        margin = float(rows["logit_diff"].iloc[0])
+        cumulative = rows["dla_diff"].cumsum().to_numpy()[:max_size]
+        reached = np.nonzero(margin - cumulative < 0)[0]
+        n = int(reached[0]) + 1 if margin > 0 and len(reached) else None
+        records.append(
+            {
+                "prompt_index": int(index),
+                "logit_diff": margin,
+                "top_head": rows["head"].iloc[0],
+                "top_dla_diff": float(rows["dla_diff"].iloc[0]),
+                "heads": ", ".join(rows["head"].iloc[:n]) if n else "",
+                "n_heads": float(n) if n else float("nan"),
+                "by_one_head": n == 1,
+                "by_small_set": n is not None,
+            }
+        )
+    return pd.DataFrame.from_records(records)
+
+
+def rank_heads(head_table: pd.DataFrame) -> pd.DataFrame:
+    """One row per head, by mean ``dla_diff`` (largest first): how much it favours the wrong answer.
+
+    Returns:
+        ``head``, ``mean_dla_diff``, ``mean_dla_wrong``, ``mean_dla_correct``, ``top_share`` (share
+        of prompts where it is the head with the largest ``dla_diff``), ``attn_subject``,
+        ``attn_relation`` (means) and ``top_key`` (its most frequent top-attended token).
+    """
+    needed = {"prompt_index", "head", "dla_diff", "dla_wrong", "dla_correct", "attn_subject", "attn_relation"}
+    if not needed <= set(head_table.columns):
+        raise ValueError(f"not a head_logit_difference table: it lacks {sorted(needed - set(head_table.columns))}")
+    best = head_table.loc[head_table.groupby("prompt_index")["dla_diff"].idxmax(), "head"]
+    n_prompts = head_table["prompt_index"].nunique()
+    grouped = head_table.groupby("head", sort=False)
+    table = pd.DataFrame(
+        {
+            "mean_dla_diff": grouped["dla_diff"].mean(),
+            "mean_dla_wrong": grouped["dla_wrong"].mean(),
+            "mean_dla_correct": grouped["dla_correct"].mean(),
+            "top_share": best.value_counts().reindex(grouped.size().index, fill_value=0) / n_prompts,
+            "attn_subject": grouped["attn_subject"].mean(),
+            "attn_relation": grouped["attn_relation"].mean(),
+        }
+    )
+    if "top_key" in head_table:
+        table["top_key"] = grouped["top_key"].agg(lambda s: s.value_counts().index[0])
+    return table.rename_axis("head").reset_index().sort_values("mean_dla_diff", ascending=False, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- 3. repair
+def active_heads(model: Any, batch: PromptBatch, atol: float = 0.0) -> list[str]:
+    """Heads whose output is not zero (``max |hook_result| > atol``) on the batch's real tokens.
+
+    The pool for random head sets: a head that never writes anything (the organism's block 0)
+    would make a random baseline look better than it is.
+    """
+    shape = models.model_shape(model)
+    with torch.no_grad():
+        _, cache = models.run_with_cache(
+            model, batch.clean, [models.head_result_hook(i) for i in range(shape.n_layers)]
+        )
+    mask = batch.padding_mask
+    names = []
+    for layer in range(shape.n_layers):
+        result = cache[models.head_result_hook(layer)][mask]  # [tokens, heads, d]
+        biggest = result.abs().amax(dim=(0, 2))
+        names += [f"a{layer}.h{h}" for h in range(shape.n_heads) if float(biggest[h]) > atol]
+    return names
+
+
+def last_position_head_outputs(model: Any, source: PromptBatch) -> Float[Tensor, "layer b head d"]:
+    """Every head's output at each prompt's last position (computed once, reused by every patch)."""
+    n_layers = models.model_shape(model).n_layers
+    with torch.no_grad():
+        _, cache = models.run_with_cache(model, source.clean, [models.head_result_hook(i) for i in range(n_layers)])
+    rows = torch.arange(len(source), device=source.clean.device)
+    return torch.stack([cache[models.head_result_hook(i)][rows, source.last_pos] for i in range(n_layers)])
+
+
+def patch_heads_from_prompts(
+    model: Any,
+    batch: PromptBatch,
+    source: PromptBatch,
+    heads: Sequence[str],
+    source_outputs: Float[Tensor, "layer b head d"] | None = None,
+) -> Float[Tensor, "b p v"]:
+    """Logits of ``batch`` with ``heads``' last-position outputs taken from ``source``'s last positions.
+
+    ``source`` holds one prompt per prompt of ``batch`` (e.g. the same fact in a training template);
+    it may have another token length: the head output at ``source.last_pos[i]`` is written at
+    ``batch.last_pos[i]``. Every other component runs on ``batch`` as usual.
+
+    Args:
+        source_outputs: :func:`last_position_head_outputs` of ``source``, when already computed.
+
+    Raises:
+        ValueError: batches of different sizes, or an empty head set.
+    """
+    if len(source) != len(batch):
+        raise ValueError(f"the source has {len(source)} prompts but the batch {len(batch)}; pair them one to one")
+    names = resolve_heads(model, list(heads))
+    if not names:
+        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
+    taken = source_outputs if source_outputs is not None else last_position_head_outputs(model, source)
+    if taken.shape[1] != len(batch):
+        raise ValueError(f"source_outputs hold {taken.shape[1]} prompts but the batch {len(batch)}")
+    by_layer: dict[int, list[int]] = {}
+    for name in names:
+        _, layer, head = parse_node(model, name)
+        by_layer.setdefault(int(layer), []).append(int(head))
+    rows = torch.arange(len(batch), device=batch.clean.device)
+
+    def patch(layer: int, head_ids: list[int]):
+        def hook(result: Tensor, hook: Any) -> Tensor:
+            result = result.clone()
+            for h in head_ids:
+                result[rows, batch.last_pos, h] = taken[layer, :, h].to(result.dtype)
+            return result
+
+        return hook
+
+    hooks = [(models.head_result_hook(layer), patch(layer, ids)) for layer, ids in by_layer.items()]
+    with torch.no_grad():
+        return models.run_with_hooks(model, batch.clean, hooks)
+
+
+def _scores_row(kind: str, heads: Sequence[str], logits: Tensor, batch: PromptBatch, draw: int | None) -> dict:
+    scores = answer_scores(logits, batch)
+    return {
+        "set": kind,
+        "draw": draw,
+        "heads": tuple(heads),
+        "n_heads": len(heads),
+        "top1": float(scores["top1"].mean()),
+        "prob": float(scores["prob"].mean()),
+    }
+
+
+def repair(
+    model: Any,
+    batch: PromptBatch,
+    heads: Sequence[str],
+    intervention: str = "patch",
+    source: PromptBatch | None = None,
+    n_random: int = 20,
+    pool: Sequence[str] | None = None,
+    seed: int = 0,
+    mean_reference: PromptBatch | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Intervene on ``heads`` and on ``n_random`` random same-size sets; how often is the correct answer top-1?
+
+    Args:
+        batch: the failing prompts, ``batch.answer`` = the correct answers.
+        heads: the set under test.
+        intervention: ``"patch"`` (outputs at the last position from ``source``,
+            :func:`patch_heads_from_prompts`), ``"mean"`` or ``"zero"`` (ablation at every position,
+            :func:`kc_utils.analysis.head_groups.group_ablation`).
+        source: for ``"patch"``: the same facts in prompts the model answers (e.g. a training template).
+        pool: heads the random sets are drawn from, minus ``heads`` (default every head; pass
+            :func:`active_heads` so that silent heads do not flatter the baseline).
+
+    Returns:
+        One row per set: ``set`` (``"none"``, ``"group"``, ``"random"``), ``draw``, ``heads``,
+        ``n_heads``, ``top1`` (**the repair rate**: share of prompts whose top-1 is now correct)
+        and ``prob`` (mean probability of the correct answer). Summarise it with
+        :func:`kc_utils.analysis.head_groups.group_ablation_summary`.
+
+    Raises:
+        ValueError: an unknown intervention, ``"patch"`` without a source, an empty set, or too
+            few heads in the pool for the random sets.
+    """
+    if intervention not in INTERVENTIONS:
+        raise ValueError(f"unknown intervention {intervention!r}; use one of {INTERVENTIONS}")
+    if intervention != "patch":
+        return group_ablation(
+            model, batch, heads, n_random, intervention, pool, seed, mean_reference=mean_reference, progress=progress
+        )
+    if source is None:
+        raise ValueError("intervention='patch' needs a source batch (the same facts in a template the model answers)")
+    group = resolve_heads(model, list(heads))
+    if not group:
+        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
+    pool_heads = resolve_heads(model, list(pool)) if pool is not None else all_heads(model)
+    draws = random_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed)
+    taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
+    with torch.no_grad():
+        rows = [_scores_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
+    rows.append(_scores_row("group", group, patch_heads_from_prompts(model, batch, source, group, taken), batch, None))
+    for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
+        rows.append(_scores_row("random", draw, patch_heads_from_prompts(model, batch, source, draw, taken), batch, i))
+    return pd.DataFrame.from_records(rows)
+
+
+def repair_by_each_head(
+    model: Any, batch: PromptBatch, source: PromptBatch, heads: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Patch each head alone from ``source``: per prompt × head, is the correct answer top-1 afterwards?
+
+    Returns:
+        One row per prompt × head: ``prompt_index``, ``head``, ``repaired`` (bool), ``answer_rank``.
+    """
+    names = resolve_heads(model, heads)
+    taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
+    records = []
+    for name in names:
+        final = answer_logits(patch_heads_from_prompts(model, batch, source, [name], taken), batch).float()
+        ranks = rank_of(final, batch.answer)
+        records += [
+            {"prompt_index": i, "head": name, "repaired": bool(ranks[i] == 0), "answer_rank": int(ranks[i])}
+            for i in range(len(batch))
+        ]
+    return pd.DataFrame.from_records(records)
+
+
+# ----------------------------------------------------------------------------- 4. one relation, end to end
+@dataclass(frozen=True)
+class FailureAnalysis:
+    """Everything :func:`analyse_failures` measured for one relation.
+
+    Attributes:
+        kinds: :func:`classify_prompts` of every prompt, with the wrong answers named
+            (``wrong_kind``, ``wrong_relations``; :func:`kc_utils.analysis.wrong_answers.name_wrong_answers`).
+        failures: ``prompt_index`` of the knowledge-present failures traced (rows of ``kinds``; at most
+            ``max_failures`` of them).
+        batch: those failures, correct answers in ``answer``, wrong ones in ``corrupt_answer``.
+        source: the same facts in the source template (what the patch reads), or ``None``.
+        subjects: the failures' subjects.
+        head_table: :func:`head_logit_difference` on the failures.
+        explained: :func:`explaining_heads`.
+        heads: :func:`rank_heads`.
+        repairs: ``{n: repair table}`` for the top-``n`` heads by ``mean_dla_diff`` (:func:`repair`).
+        each_head: :func:`repair_by_each_head`, or ``None`` without a source.
+    """
+
+    kinds: pd.DataFrame
+    failures: list[int]
+    batch: PromptBatch | None
+    source: PromptBatch | None
+    subjects: list[str]
+    head_table: pd.DataFrame | None
+    explained: pd.DataFrame | None
+    heads: pd.DataFrame | None
+    repairs: dict[int, pd.DataFrame]
+    each_head: pd.DataFrame | None
+
+
+def analyse_failures(
+    model: Any,
+    relation: str,
+    subjects: Sequence[str],
+    answers: Sequence[str],
+    template: str,
+    source_template: str | None,
+    index: AttributeIndex,
+    repair_sizes: Sequence[int] = (1,),
+    max_heads: int = 3,
+    n_random: int = 20,
+    intervention: str = "patch",
+    pool: Sequence[str] | None = None,
+    seed: int = 0,
+    subject_max_rank: int = 2,
+    last_max_rank: int = 2,
+    rule: str = "subject",
+    max_failures: int | None = None,
+    progress: bool = False,
+) -> FailureAnalysis:
+    """Classify ``relation``'s facts asked with ``template``; trace and repair the knowledge-present failures.
+
+    Args:
+        subjects, answers: the facts (subject and correct object strings).
+        template: the query, with ``{}`` for the subject (e.g. a template the model never saw).
+        source_template: the same facts asked in a template the model answers (the patch source);
+            ``None`` for ``intervention`` ``"mean"``/``"zero"`` only.
+        index: the known facts, to name the wrong answers.
+        repair_sizes: repair the top-``n`` heads by ``mean_dla_diff`` for each ``n`` given.
+        max_heads: the largest set :func:`explaining_heads` looks for.
+        pool: heads of the random sets (default :func:`active_heads` on the failures).
+        max_failures: trace and repair at most this many knowledge-present failures (the first
+            ones, in prompt order; ``None``: all). The classification always covers every prompt.
+    """
+    if "{}" not in template or (source_template is not None and "{}" not in source_template):
+        raise ValueError("templates need a '{}' where the subject goes")
+    if intervention == "patch" and source_template is None:
+        raise ValueError("intervention='patch' needs a source_template")
+    if len(subjects) != len(answers):
+        raise ValueError(f"{len(subjects)} subjects but {len(answers)} answers; give one answer per subject")
+    subjects, answers = list(subjects), list(answers)
+    batch = make_batch(model, [template.replace("{}", s) for s in subjects], answers)
+    kinds = classify_prompts(model, batch, subjects, subject_max_rank, last_max_rank, rule)
+    named = name_wrong_answers(index, relation, subjects, kinds["prediction_id"].tolist(), batch.answer.tolist())
+    kinds["wrong_kind"] = named["kind"].to_numpy()
+    kinds["wrong_relations"] = named["relations"].to_numpy()
+    if max_failures is not None and (isinstance(max_failures, bool) or max_failures < 1):
+        raise ValueError(f"max_failures must be a whole number ≥ 1 or None, got {max_failures!r}")
+    failures = kinds.index[kinds["kind"] == "knowledge_present"].tolist()[:max_failures]
+    if not failures:
+        return FailureAnalysis(kinds, [], None, None, [], None, None, None, {}, None)
+    fail_subjects = [subjects[i] for i in failures]
+    wrong = with_wrong_answers(batch.select(failures), kinds.loc[failures, "prediction_id"].tolist())
+    source = None
+    if source_template is not None:
+        source = make_batch(
+            model, [source_template.replace("{}", s) for s in fail_subjects], [answers[i] for i in failures]
+        )
+    head_table = head_logit_difference(model, wrong, fail_subjects)
+    ranked = rank_heads(head_table)
+    pool = list(pool) if pool is not None else active_heads(model, wrong)
+    repairs = {
+        n: repair(
+            model, wrong, ranked["head"].tolist()[:n], intervention, source, n_random, pool, seed, progress=progress
+        )
+        for n in repair_sizes
+    }
+    each = repair_by_each_head(model, wrong, source, pool) if source is not None else None
+    return FailureAnalysis(
+        kinds,
+        failures,
+        wrong,
+        source,
+        fail_subjects,
+        head_table,
+        explaining_heads(head_table, max_heads),
+        ranked,
+        repairs,
+        each,
+    )
+
+
+def failure_summary(analysis: FailureAnalysis, relation: str = "") -> dict[str, Any]:
+    """One row of numbers for a :class:`FailureAnalysis` (the cross-relation table).
+
+    Keys: ``relation``, ``n_prompts``, ``n_wrong``, ``n_present``, ``present_share`` (of the wrong),
+    ``n_traced`` (the failures the head numbers below are measured on),
+    ``same_subject_share`` (of the present failures, the wrong answer is another attribute of the
+    subject), ``top_wrong_relation``, ``top_head``, ``top_head_share`` (prompts where it has the
+    largest ``dla_diff``), ``by_one_head``, ``by_small_set``, and for the smallest repair size
+    ``n``: ``repair_heads``, ``repaired``, ``random_mean``, ``random_std``, ``n_random``; then
+    ``best_single_head`` and ``best_single_repair`` (the head whose patch alone repairs most — picked
+    after the fact, so not a test).
+    """
+    kinds = analysis.kinds
+    wrong = kinds[kinds["kind"] != "correct"]
+    present = kinds[kinds["kind"] == "knowledge_present"]
+    same = present[present["wrong_kind"] == "same_subject"] if "wrong_kind" in present else present.iloc[:0]
+    row: dict[str, Any] = {
+        "relation": relation,
+        "n_prompts": len(kinds),
+        "n_wrong": len(wrong),
+        "n_present": len(present),
+        "present_share": len(present) / len(wrong) if len(wrong) else float("nan"),
+        "n_traced": len(analysis.failures),
+        "same_subject_share": len(same) / len(present) if len(present) else float("nan"),
+        "top_wrong_relation": same["wrong_relations"].value_counts().index[0] if len(same) else "",
+    }
+    nan = float("nan")
+    if analysis.heads is None or analysis.explained is None:
+        return row | {
+            "top_head": "",
+            "top_head_share": nan,
+            "by_one_head": nan,
+            "by_small_set": nan,
+            "repair_heads": "",
+            "repaired": nan,
+            "random_mean": nan,
+            "random_std": nan,
+            "n_random": 0,
+            "best_single_head": "",
+            "best_single_repair": nan,
+        }
+    row |= {
+        "top_head": analysis.heads["head"].iloc[0],
+        "top_head_share": float(analysis.heads["top_share"].iloc[0]),
+        "by_one_head": float(analysis.explained["by_one_head"].mean()),
+        "by_small_set": float(analysis.explained["by_small_set"].mean()),
+    }
+    if analysis.repairs:
+        n = min(analysis.repairs)
+        table = analysis.repairs[n]
+        summary = group_ablation_summary(table)
+        row |= {
+            "repair_heads": ", ".join(table.loc[table["set"] == "group", "heads"].iloc[0]),
+            "repaired": summary["top1_group"],
+            "random_mean": summary["top1_random_mean"],
+            "random_std": summary["top1_random_std"],
+            "n_random": int(summary["n_random"]),
+        }
+    if analysis.each_head is not None:
+        by_head = (
+            analysis.each_head.groupby("head", sort=False)["repaired"]
+            .mean()
+            .sort_values(ascending=False, kind="stable")
+        )
+        row |= {"best_single_head": by_head.index[0], "best_single_repair": float(by_head.iloc[0])}
+    return row
+
+
+# ----------------------------------------------------------------------------- 5. sentences
+def _share(n: float, total: float) -> str:
+    return f"{n:.0f} of {total:.0f} ({n / total:.0%})" if total else f"{n:.0f} of 0"
+
+
+def describe_kinds(kinds: pd.DataFrame, group_column: str = "group") -> str:
+    """One sentence per group of a classification table: how many prompts of each kind, and confidence.
+
+    Args:
+        kinds: rows with ``group_column``, ``kind`` (:data:`PROMPT_KINDS`) and ``confidence``.
+
+    Returns:
+        E.g. ``"unseen template: 10 prompts, 6 of 10 (60%) correct; of the 4 wrong, 3 of 4 (75%) are
+        knowledge-present (mean confidence 0.80) and 1 of 4 (25%) knowledge-absent (0.55)."``, one
+        line per group in order of appearance.
+    """
+    needed = {group_column, "kind", "confidence"}
+    if not needed <= set(kinds.columns):
+        raise ValueError(f"the classification table lacks columns {sorted(needed - set(kinds.columns))}")
+    unknown = set(kinds["kind"]) - set(PROMPT_KINDS)
+    if unknown:
+        raise ValueError(f"unknown kinds {sorted(unknown)}; expected {PROMPT_KINDS}")
+    lines = []
+    for group, rows in kinds.groupby(group_column, sort=False):
+        wrong = rows[rows["kind"] != "correct"]
+        parts = [f"{group}: {len(rows)} prompts, {_share((rows['kind'] == 'correct').sum(), len(rows))} correct"]
+        if len(wrong):
+            detail = []
+            for kind, label in (("knowledge_present", "knowledge-present"), ("knowledge_absent", "knowledge-absent")):
+                these = wrong[wrong["kind"] == kind]
+                conf = f"mean confidence {these['confidence'].mean():.2f}" if len(these) else "none"
+                detail.append(f"{_share(len(these), len(wrong))} {label} ({conf})")
+            parts.append(f"of the {len(wrong)} wrong, " + " and ".join(detail))
+        lines.append("; ".join(parts) + ".")
+    return "\n".join(lines)
+
+
+def describe_repair(summary: Mapping[str, float], heads: Sequence[str], intervention: str = "patch") -> str:
+    """A sentence from a :func:`kc_utils.analysis.head_groups.group_ablation_summary` of a :func:`repair` table.
+
+    Says how often the correct answer is top-1 before, after the intervention on ``heads``, and after
+    the random sets (mean ± std, how many), and whether the set beats the random mean by more than
+    two standard deviations — or that the baseline is degenerate (std 0).
+    """
+    needed = ("top1_original", "top1_group", "top1_random_mean", "top1_random_std", "n_random")
+    missing = [k for k in needed if k not in summary]
+    if missing:
+        raise ValueError(f"not a group_ablation_summary: it lacks {missing}")
+    if not heads:
+        raise ValueError("name the head set the summary belongs to")
+    before, group = summary["top1_original"], summary["top1_group"]
+    mean, std, n = summary["top1_random_mean"], summary["top1_random_std"], int(summary["n_random"])
+    verb = {"patch": "patching", "mean": "mean-ablating", "zero": "zero-ablating"}.get(intervention, intervention)
+    text = (
+        f"Before any intervention the correct answer is top-1 for {before:.0%} of the prompts; {verb} "
+        f"{', '.join(heads)} makes it top-1 for {group:.0%}, against {mean:.0%} ± {std:.0%} for {n} random sets "
+        f"of {len(heads)} head{'s' if len(heads) != 1 else ''}."
+    )
+    if n == 0 or math.isnan(mean):
+        return text + " There is no random baseline to compare with."
+    if std == 0:
+        return text + (
+            f" The random baseline is degenerate: every random set gives {mean:.0%}, so the comparison rests "
+            "on a single value."
+        )
+    z = (group - mean) / std
+    verdict = "beats" if z > 2 else "does not beat"
+    return text + f" The set {verdict} the random sets by more than two standard deviations ({z:+.1f} std)."

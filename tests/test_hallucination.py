@@ -1,0 +1,497 @@
+"""Hallucination analysis: classification, wrong-answer kinds, wrong-vs-correct components, repair (tiny models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kc_utils import models
+from kc_utils.analysis import hallucination as hal
+from kc_utils.analysis.head_ablation import run_with_heads_ablated
+from kc_utils.analysis.head_groups import group_ablation_summary
+from kc_utils.analysis.lens import logit_lens, project_node
+from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
+from kc_utils.data.metrics import answer_logits
+from kc_utils.data.prompts import make_batch
+from kc_utils.data.relations import Relation, Sample
+
+PROMPTS = ["the capital of France is", "the capital of Japan is", "the capital of Peru is", "the capital of Italy is"]
+SUBJECTS = ["France", "Japan", "Peru", "Italy"]
+ANSWERS = ["Paris", "Tokyo", "Lima", "Rome"]
+# the same facts asked another way, with another token length
+SOURCES = [
+    "the official capital city of France is",
+    "the official capital city of Japan is",
+    "the official capital city of Peru is",
+    "the official capital city of Italy is",
+]
+
+
+def _lens_table(rows: dict[int, list[tuple[int, float]]]) -> pd.DataFrame:
+    """Hand-built logit-lens table: per prompt, (rank at the last position, best subject rank) per layer -1 … 2."""
+    records = []
+    for index, per_layer in rows.items():
+        for layer, (rank, subject_rank) in enumerate(per_layer, start=-1):
+            records.append(
+                {
+                    "prompt_index": index,
+                    "prompt": f"p{index}",
+                    "layer": layer,
+                    "rank": rank,
+                    "subject_rank": subject_rank,
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+# ----------------------------------------------------------------------------- classification
+HAND_LENS = _lens_table(
+    {
+        0: [(40, 30.0), (9, 0.0), (3, 1.0), (0, 0.0)],  # correct: top-1 at the end
+        1: [(50, 9.0), (8, 1.0), (6, 4.0), (3, 5.0)],  # wrong; the subject ranks it 1 after block 0
+        2: [(60, 70.0), (1, 50.0), (4, 40.0), (5, 40.0)],  # wrong; only the last position, after block 0
+        3: [(30, 2.0), (10, 3.0), (12, 9.0), (7, 8.0)],  # wrong; subject exactly at the threshold, in the embeddings
+        4: [(90, 90.0), (80, 80.0), (70, 70.0), (60, 60.0)],  # wrong; nowhere
+        5: [
+            (20, 9.0),
+            (2, 0.0),
+            (0, 1.0),
+            (1, 1.0),
+        ],  # wrong; top-1 at the last position before the end, and the subject
+    }
+)
+
+
+def test_classification_of_a_hand_built_lens_table():
+    table = hal.classify_from_lens(HAND_LENS, subject_max_rank=2, last_max_rank=2)
+    assert table["kind"].tolist() == [
+        "correct",
+        "knowledge_present",
+        "knowledge_absent",
+        "knowledge_present",
+        "knowledge_absent",
+        "knowledge_present",
+    ]
+    assert table["final_rank"].tolist() == [0, 3, 5, 7, 60, 1]
+    assert table["subject_best_rank"].tolist() == [0.0, 1.0, 40.0, 2.0, 60.0, 0.0]
+    assert table["subject_best_layer"].tolist() == [0.0, 0.0, 1.0, -1.0, 2.0, 0.0]
+    # the last position's best rank is read before the final layer
+    assert table["last_best_rank"].tolist() == [3.0, 6.0, 1.0, 10.0, 70.0, 0.0]
+    assert table["last_best_layer"].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0, 1.0]
+    assert table["prompt"].tolist() == [f"p{i}" for i in range(6)]
+
+
+@pytest.mark.parametrize(
+    ("rule", "kinds"),
+    [
+        (
+            "last",
+            [
+                "correct",
+                "knowledge_absent",
+                "knowledge_present",
+                "knowledge_absent",
+                "knowledge_absent",
+                "knowledge_present",
+            ],
+        ),
+        (
+            "either",
+            [
+                "correct",
+                "knowledge_present",
+                "knowledge_present",
+                "knowledge_present",
+                "knowledge_absent",
+                "knowledge_present",
+            ],
+        ),
+        (
+            "both",
+            [
+                "correct",
+                "knowledge_absent",
+                "knowledge_absent",
+                "knowledge_absent",
+                "knowledge_absent",
+                "knowledge_present",
+            ],
+        ),
+    ],
+)
+def test_classification_rules(rule, kinds):
+    assert hal.classify_from_lens(HAND_LENS, 2, 2, rule)["kind"].tolist() == kinds
+
+
+def test_classification_thresholds_move_the_boundary():
+    strict = hal.classify_from_lens(HAND_LENS, subject_max_rank=0)
+    assert strict["kind"].tolist()[1] == "knowledge_absent" and strict["kind"].tolist()[3] == "knowledge_absent"
+    loose = hal.classify_from_lens(HAND_LENS, subject_max_rank=40)
+    assert loose["kind"].tolist()[2] == "knowledge_present"
+
+
+def test_classification_bad_inputs():
+    with pytest.raises(ValueError, match="lacks columns"):
+        hal.classify_from_lens(HAND_LENS.drop(columns="subject_rank"))
+    with pytest.raises(ValueError, match="unknown rule"):
+        hal.classify_from_lens(HAND_LENS, rule="any")
+    with pytest.raises(ValueError, match="subject_max_rank must be a whole number"):
+        hal.classify_from_lens(HAND_LENS, subject_max_rank=-1)
+    with pytest.raises(ValueError, match="last_max_rank must be a whole number"):
+        hal.classify_from_lens(HAND_LENS, last_max_rank=1.5)
+    with pytest.raises(ValueError, match="no subject ranks"):
+        hal.classify_from_lens(HAND_LENS.assign(subject_rank=np.nan))
+    assert hal.classify_from_lens(HAND_LENS.assign(subject_rank=np.nan), rule="last")["kind"].iloc[2] == (
+        "knowledge_present"
+    )
+    with pytest.raises(ValueError, match="empty"):
+        hal.classify_from_lens(HAND_LENS.iloc[:0])
+
+
+def test_classify_prompts_agrees_with_the_model(tiny_model):
+    batch = make_batch(tiny_model, PROMPTS, ANSWERS)
+    table = hal.classify_prompts(tiny_model, batch, SUBJECTS, subject_max_rank=5)
+    with torch.no_grad():
+        final = answer_logits(models.run_with_hooks(tiny_model, batch.clean), batch).softmax(-1)
+    assert table["prediction_id"].tolist() == final.argmax(-1).tolist()
+    np.testing.assert_allclose(table["confidence"], final.max(-1).values.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(table["answer_prob"], final[torch.arange(4), batch.answer].numpy(), rtol=1e-5)
+    assert ((table["final_rank"] == 0) == (table["kind"] == "correct")).all()
+    expected = hal.classify_from_lens(logit_lens(tiny_model, batch, SUBJECTS), subject_max_rank=5)
+    assert table["kind"].tolist() == expected["kind"].tolist()
+
+
+def test_rank_curves_on_the_hand_table():
+    curves = hal.rank_curves(HAND_LENS, max_rank=2)
+    assert curves["layer"].tolist() == [-1, 0, 1, 2]
+    assert curves.loc[curves["layer"] == 0, "subject_share"].item() == pytest.approx(3 / 6)  # 0, 1, 0 … of 6
+    assert curves.loc[curves["layer"] == 2, "last_median_rank"].item() == pytest.approx(4.0)  # 0 1 3 5 7 60
+
+
+# ----------------------------------------------------------------------------- wrong answers
+INDEX = AttributeIndex.from_token_facts(
+    [
+        ("occupation", "Fermi", 10),
+        ("language", "Fermi", 20),
+        ("occupation", "Kant", 11),
+        ("language", "Kant", 21),
+        ("occupation", "Curie", 10),
+        ("language", "Curie", 22),
+        ("birthplace", "Curie", 11),
+        ("occupation", "Mann", 21),  # a writer whose occupation token is also Kant's language token
+    ]
+)
+
+
+def test_wrong_answer_kinds_on_a_hand_made_index():
+    named = name_wrong_answers(
+        INDEX,
+        "occupation",
+        ["Fermi", "Fermi", "Kant", "Kant", "Curie", "Fermi"],
+        [20, 11, 21, 99, 11, 10],
+        answers=[10, 10, 11, 11, 10, 10],
+    )
+    assert named["kind"].tolist() == [
+        "same_subject",
+        "relation_object",
+        "same_subject",
+        "other",
+        "same_subject",
+        "correct",
+    ]
+    assert named["relations"].tolist() == ["language", "", "language", "", "birthplace", ""]
+    # Kant's language token is also Mann's occupation; Curie's birthplace token is Kant's occupation
+    assert named["also_relation_object"].tolist() == [False, True, True, False, True, True]
+    assert named["other_subjects"].tolist() == ["", "Kant", "Mann", "", "Kant", "Curie"]
+
+
+def test_wrong_answers_bad_inputs():
+    with pytest.raises(ValueError, match="one subject, one prediction"):
+        name_wrong_answers(INDEX, "occupation", ["Fermi"], [1, 2])
+    with pytest.raises(ValueError, match="no facts in the index"):
+        name_wrong_answers(INDEX, "currency", ["Fermi"], [1])
+    with pytest.raises(ValueError, match="max_listed"):
+        name_wrong_answers(INDEX, "occupation", ["Fermi"], [1], max_listed=-1)
+
+
+def test_attribute_index_from_relations_reads_each_object_after_its_prompt(tiny_model):
+    relation = Relation(
+        name="country capital",
+        prompt_templates=("the capital of {} is",),
+        prompt_templates_zs=(),
+        relation_type="factual",
+        domain_name="country",
+        range_name="city",
+        symmetric=False,
+        samples=(Sample("France", "Paris"), Sample("Japan", "Tokyo")),
+    )
+    index = AttributeIndex.from_relations(tiny_model, {"country_capital": relation})
+    paris = models.continuation_first_token(tiny_model, "the capital of France is", "Paris")
+    assert index.by_subject["France"] == {paris: ("country_capital",)}
+    assert index.by_relation["country_capital"][paris] == ("France",)
+    with pytest.raises(ValueError, match="template_index 3 out of range"):
+        AttributeIndex.from_relations(tiny_model, {"country_capital": relation}, template_index=3)
+
+
+# ----------------------------------------------------------------------------- components
+@pytest.fixture()
+def wrong_batch(tiny_model):
+    """The four prompts with, as 'wrong' answer, the tiny model's own top-1 (or its second choice)."""
+    batch = make_batch(tiny_model, PROMPTS, ANSWERS)
+    with torch.no_grad():
+        final = answer_logits(models.run_with_hooks(tiny_model, batch.clean), batch)
+    top2 = final.topk(2, dim=-1).indices
+    wrong = torch.where(top2[:, 0] == batch.answer, top2[:, 1], top2[:, 0])
+    return hal.with_wrong_answers(batch, wrong)
+
+
+def test_wrong_minus_correct_metric_and_its_batch(tiny_model, wrong_batch):
+    with torch.no_grad():
+        logits = models.run_with_hooks(tiny_model, wrong_batch.clean)
+    final = answer_logits(logits, wrong_batch)
+    rows = torch.arange(len(wrong_batch))
+    expected = final[rows, wrong_batch.corrupt_answer] - final[rows, wrong_batch.answer]
+    torch.testing.assert_close(hal.wrong_minus_correct(logits, wrong_batch), expected)
+    sub = wrong_batch.select([2, 0])  # the wrong answers travel with a sub-batch
+    assert sub.corrupt_answer.tolist() == [wrong_batch.corrupt_answer[2].item(), wrong_batch.corrupt_answer[0].item()]
+    with pytest.raises(ValueError, match="one wrong-answer token per prompt"):
+        hal.with_wrong_answers(wrong_batch, [1, 2])
+    with pytest.raises(ValueError, match="have the correct answer"):
+        hal.with_wrong_answers(wrong_batch, wrong_batch.answer)
+
+
+def test_head_logit_difference_matches_projections_and_the_model(tiny_model, wrong_batch):
+    table = hal.head_logit_difference(tiny_model, wrong_batch, SUBJECTS)
+    with torch.no_grad():
+        logits = models.run_with_hooks(tiny_model, wrong_batch.clean)
+    margin = hal.wrong_minus_correct(logits, wrong_batch)
+    for i in range(len(wrong_batch)):
+        assert table.loc[table["prompt_index"] == i, "logit_diff"].iloc[0] == pytest.approx(float(margin[i]), abs=1e-4)
+    for head in ("a0.h1", "a1.h3"):
+        wrong = project_node(tiny_model, wrong_batch, head, targets=wrong_batch.corrupt_answer)["target_logit"]
+        correct = project_node(tiny_model, wrong_batch, head)["target_logit"]
+        rows = table[table["head"] == head].sort_values("prompt_index")
+        np.testing.assert_allclose(rows["dla_wrong"], wrong, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(rows["dla_diff"], wrong - correct, rtol=1e-4, atol=1e-5)
+    assert table[["attn_subject", "attn_relation"]].sum(axis=1).le(1 + 1e-5).all()
+    with pytest.raises(ValueError, match="no wrong answers"):
+        hal.head_logit_difference(tiny_model, make_batch(tiny_model, PROMPTS, ANSWERS), SUBJECTS)
+
+
+def test_wrong_answer_circuit_scores_edges(tiny_model, wrong_batch):
+    graph = hal.wrong_answer_circuit(tiny_model, wrong_batch, ig_steps=2, progress=False)
+    assert bool((graph.scores != 0).any())
+    nodes = hal.upstream_node_scores(graph)
+    assert set(nodes["node"]) == set(graph.upstream_names)
+    assert nodes["share"].sum() == pytest.approx(1.0)
+    assert nodes["abs_score"].is_monotonic_decreasing
+
+
+def _head_table(rows: dict[int, tuple[float, list[float]]]) -> pd.DataFrame:
+    records = []
+    for index, (margin, diffs) in rows.items():
+        for h, diff in enumerate(diffs):
+            records.append(
+                {
+                    "prompt_index": index,
+                    "head": f"a1.h{h}",
+                    "dla_diff": diff,
+                    "dla_wrong": diff,
+                    "dla_correct": 0.0,
+                    "logit_diff": margin,
+                    "attn_subject": 0.1 * h,
+                    "attn_relation": 0.0,
+                    "top_key": "x",
+                }
+            )
+    return pd.DataFrame.from_records(records)
+
+
+def test_explaining_heads_on_a_hand_made_table():
+    table = _head_table(
+        {
+            0: (2.0, [3.0, 0.5, -1.0]),  # one head outweighs the margin
+            1: (2.0, [1.0, 0.2, 1.5]),  # two heads: 1.5 + 1.0 > 2
+            2: (5.0, [1.0, 1.0, 1.0]),  # three heads are not enough
+            3: (-1.0, [2.0, 0.0, 0.0]),  # not a failure
+        }
+    )
+    explained = hal.explaining_heads(table, max_size=3)
+    assert explained["n_heads"].tolist()[:2] == [1.0, 2.0]
+    assert np.isnan(explained["n_heads"].iloc[2]) and np.isnan(explained["n_heads"].iloc[3])
+    assert explained["heads"].tolist() == ["a1.h0", "a1.h2, a1.h0", "", ""]
+    assert explained["by_one_head"].tolist() == [True, False, False, False]
+    assert explained["by_small_set"].tolist() == [True, True, False, False]
+    assert hal.explaining_heads(table, max_size=1)["by_small_set"].tolist() == [True, False, False, False]
+    with pytest.raises(ValueError, match="max_size"):
+        hal.explaining_heads(table, max_size=0)
+    with pytest.raises(ValueError, match="lacks"):
+        hal.explaining_heads(table.drop(columns="logit_diff"))
+
+    ranked = hal.rank_heads(table)
+    assert ranked["head"].tolist() == ["a1.h0", "a1.h1", "a1.h2"]  # mean dla_diff 1.75, 0.425, 0.375
+    assert ranked["mean_dla_diff"].tolist() == pytest.approx([1.75, 0.425, 0.375])
+    assert ranked["top_share"].tolist() == [0.75, 0.0, 0.25]  # a tie (prompt 2) goes to the first head
+
+
+# ----------------------------------------------------------------------------- repair
+def _patched_by_hand(model, batch, source, layer, head):
+    _, cache = models.run_with_cache(model, source.clean, [models.head_result_hook(layer)])
+    rows = torch.arange(len(batch))
+    taken = cache[models.head_result_hook(layer)][rows, source.last_pos, head]
+
+    def swap(result, hook):
+        result = result.clone()
+        result[rows, batch.last_pos, head] = taken
+        return result
+
+    with torch.no_grad():
+        return models.run_with_hooks(model, batch.clean, [(models.head_result_hook(layer), swap)])
+
+
+def test_patching_from_other_prompts_equals_a_hand_made_swap(tiny_model):
+    batch = make_batch(tiny_model, PROMPTS, ANSWERS)
+    source = make_batch(tiny_model, SOURCES, ANSWERS)
+    assert source.clean.shape[1] != batch.clean.shape[1]
+    logits = hal.patch_heads_from_prompts(tiny_model, batch, source, ["a1.h2"])
+    torch.testing.assert_close(logits, _patched_by_hand(tiny_model, batch, source, 1, 2))
+    # patching from the very same prompts changes nothing
+    with torch.no_grad():
+        clean = models.run_with_hooks(tiny_model, batch.clean)
+    torch.testing.assert_close(hal.patch_heads_from_prompts(tiny_model, batch, batch, ["a0.h0", "a1.h1"]), clean)
+    with pytest.raises(ValueError, match="pair them one to one"):
+        hal.patch_heads_from_prompts(tiny_model, batch, source.select([0, 1]), ["a1.h2"])
+    with pytest.raises(ValueError, match="empty"):
+        hal.patch_heads_from_prompts(tiny_model, batch, source, [])
+
+
+def test_repair_rate_where_the_answer_is_known(tiny_model):
+    """Answers chosen as the patched (or ablated) run's top-1: the intervention repairs every prompt."""
+    probe = make_batch(tiny_model, PROMPTS, ANSWERS)
+    source = make_batch(tiny_model, SOURCES, ANSWERS)
+    target = answer_logits(_patched_by_hand(tiny_model, probe, source, 1, 2), probe).argmax(-1)
+    with torch.no_grad():
+        before = answer_logits(models.run_with_hooks(tiny_model, probe.clean), probe).argmax(-1)
+    answers = models.token_strings(tiny_model, target.tolist())
+    batch = make_batch(tiny_model, PROMPTS, answers)
+    assert batch.answer.tolist() == target.tolist()
+    table = hal.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=20, progress=False)
+    assert list(table["set"]) == ["none", "group"] + ["random"] * 20
+    summary = group_ablation_summary(table)
+    assert summary["top1_group"] == 1.0
+    assert summary["top1_original"] == pytest.approx(float((before == target).float().mean()))
+    assert not any("a1.h2" in heads for heads in table.loc[table["set"] == "random", "heads"])
+    each = hal.repair_by_each_head(tiny_model, batch, source, ["a1.h2", "a0.h0"])
+    assert each.loc[each["head"] == "a1.h2", "repaired"].all()
+
+    ablated = answer_logits(run_with_heads_ablated(tiny_model, probe, ["a1.h0", "a1.h3"], "zero"), probe).argmax(-1)
+    batch = make_batch(tiny_model, PROMPTS, models.token_strings(tiny_model, ablated.tolist()))
+    table = hal.repair(tiny_model, batch, ["a1.h0", "a1.h3"], "zero", n_random=20, progress=False)
+    assert group_ablation_summary(table)["top1_group"] == 1.0
+
+
+def test_repair_bad_inputs(tiny_model):
+    batch = make_batch(tiny_model, PROMPTS, ANSWERS)
+    with pytest.raises(ValueError, match="unknown intervention"):
+        hal.repair(tiny_model, batch, ["a1.h0"], "swap")
+    with pytest.raises(ValueError, match="needs a source batch"):
+        hal.repair(tiny_model, batch, ["a1.h0"], "patch")
+    with pytest.raises(ValueError, match="cannot draw 5 heads"):
+        hal.repair(
+            tiny_model,
+            batch,
+            ["a1.h0"] * 1 + ["a1.h1", "a1.h2", "a1.h3", "a0.h0"],
+            "patch",
+            source=batch,
+            pool=["a0.h1", "a0.h2"],
+            progress=False,
+        )
+
+
+def test_active_heads_leaves_out_a_head_that_writes_nothing(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from tests.conftest import save_tiny_model
+
+    folder = save_tiny_model(tmp_path / "tiny", "gpt2")
+    hf = GPT2LMHeadModel.from_pretrained(folder)
+    d_head = hf.config.n_embd // hf.config.n_head
+    with torch.no_grad():  # GPT-2's c_proj is a Conv1D: rows are the heads' inputs to W_O
+        hf.transformer.h[0].attn.c_proj.weight[1 * d_head : 2 * d_head] = 0.0
+    hf.save_pretrained(folder)
+    model = models.load_model(str(folder), device="cpu")
+    batch = make_batch(model, PROMPTS, ANSWERS)
+    heads = hal.active_heads(model, batch)
+    assert "a0.h1" not in heads and len(heads) == 7
+    assert hal.active_heads(model, batch, atol=1e9) == []
+
+
+def test_analyse_failures_end_to_end(tiny_gpt2):
+    index = AttributeIndex.from_token_facts(
+        [
+            ("capital", s, models.continuation_first_token(tiny_gpt2, p, a))
+            for p, s, a in zip(PROMPTS, SUBJECTS, ANSWERS)
+        ]
+    )
+    analysis = hal.analyse_failures(
+        tiny_gpt2,
+        "capital",
+        SUBJECTS,
+        ANSWERS,
+        "the capital of {} is",
+        "the official capital city of {} is",
+        index,
+        subject_max_rank=10_000,
+        n_random=3,
+    )
+    kinds = analysis.kinds
+    assert analysis.failures == kinds.index[kinds["kind"] == "knowledge_present"].tolist()
+    row = hal.failure_summary(analysis, "capital")
+    assert row["n_prompts"] == 4 and row["n_present"] == len(analysis.failures)
+    if analysis.failures:  # a random tiny model gets most of these wrong
+        assert row["n_random"] == 3 and 0 <= row["repaired"] <= 1
+        assert row["top_head"] == analysis.heads["head"].iloc[0]
+    with pytest.raises(ValueError, match="needs a source_template"):
+        hal.analyse_failures(tiny_gpt2, "capital", SUBJECTS, ANSWERS, "the capital of {} is", None, index)
+    with pytest.raises(ValueError, match="'{}'"):
+        hal.analyse_failures(tiny_gpt2, "capital", SUBJECTS, ANSWERS, "the capital is", "x {}", index)
+
+
+# ----------------------------------------------------------------------------- sentences
+def test_describe_kinds_on_a_hand_made_table():
+    kinds = pd.DataFrame(
+        {
+            "group": ["unseen"] * 5 + ["held out"] * 2,
+            "kind": ["correct", "knowledge_present", "knowledge_present", "knowledge_absent", "correct"]
+            + ["knowledge_absent", "knowledge_absent"],
+            "confidence": [0.9, 0.8, 0.6, 0.5, 0.9, 0.4, 0.6],
+        }
+    )
+    assert hal.describe_kinds(kinds) == (
+        "unseen: 5 prompts, 2 of 5 (40%) correct; of the 3 wrong, 2 of 3 (67%) knowledge-present "
+        "(mean confidence 0.70) and 1 of 3 (33%) knowledge-absent (mean confidence 0.50).\n"
+        "held out: 2 prompts, 0 of 2 (0%) correct; of the 2 wrong, 0 of 2 (0%) knowledge-present (none) "
+        "and 2 of 2 (100%) knowledge-absent (mean confidence 0.50)."
+    )
+    with pytest.raises(ValueError, match="unknown kinds"):
+        hal.describe_kinds(kinds.assign(kind="wrong"))
+    with pytest.raises(ValueError, match="lacks columns"):
+        hal.describe_kinds(kinds.drop(columns="confidence"))
+
+
+def test_describe_repair_on_hand_made_summaries():
+    summary = {"top1_original": 0.0, "top1_group": 0.5, "top1_random_mean": 0.1, "top1_random_std": 0.1, "n_random": 20}
+    text = hal.describe_repair(summary, ["a2.h2"])
+    assert text == (
+        "Before any intervention the correct answer is top-1 for 0% of the prompts; patching a2.h2 makes it top-1 "
+        "for 50%, against 10% ± 10% for 20 random sets of 1 head. The set beats the random sets by more than two "
+        "standard deviations (+4.0 std)."
+    )
+    weak = hal.describe_repair(summary | {"top1_random_std": 0.3}, ["a2.h2", "a1.h0"], "mean")
+    assert "mean-ablating a2.h2, a1.h0" in weak and "2 heads" in weak and "does not beat" in weak and "+1.3 std" in weak
+    flat = hal.describe_repair(summary | {"top1_random_mean": 0.0, "top1_random_std": 0.0}, ["a2.h2"])
+    assert "degenerate" in flat
+    with pytest.raises(ValueError, match="lacks"):
+        hal.describe_repair({"top1_group": 0.5}, ["a2.h2"])
