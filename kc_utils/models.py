@@ -353,3 +353,81 @@ def configure_for_patching(model: Any) -> Any:
 
 # ----------------------------------------------------------------------------- MLP neurons (notebook 06)
 # Hook names and interventions on the MLP's hidden activations (the "neurons").
+#
+# A neuron is one unit of an MLP's hidden vector: the input of its output projection, after the
+# activation (GPT-2: ``gelu(x W_in + b_in)``; gated MLPs such as Llama's: ``act(x W_gate) * (x W_up)``).
+# TransformerLens 4's bridge exposes it as ``blocks.L.mlp.hook_post`` (the same hook point as
+# ``blocks.L.mlp.out.hook_in``). Neuron ``i`` of layer ``L`` writes ``activation_i * row_i`` to the
+# residual stream, where ``row_i`` is row ``i`` of :func:`neuron_output_weights`.
+
+
+def mlp_hidden_hook(layer: int) -> str:
+    """Hook holding MLP ``layer``'s hidden activations (the neurons): ``[b, p, d_mlp]``."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def mlp_width(model: Any) -> int:
+    """Number of neurons per MLP (``d_mlp``)."""
+    return int(model.cfg.d_mlp)
+
+
+def check_mlp_layer(model: Any, layer: int) -> int:
+    """``layer`` if it is a block of the model that has an MLP.
+
+    Raises:
+        ValueError: a layer that is not a whole number, is out of range, or whose block has no MLP
+            (an attention-only block), naming the layers that do have one.
+    """
+    n_layers = int(model.cfg.n_layers)
+    if isinstance(layer, bool) or not isinstance(layer, int):
+        raise ValueError(f"layer must be a whole number, got {layer!r}")
+    with_mlp = [i for i in range(n_layers) if mlp_hidden_hook(i) in model.hook_dict]
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
+    if layer not in with_mlp:
+        raise ValueError(
+            f"layer {layer} has no MLP (no hook {mlp_hidden_hook(layer)!r}), so it has no neurons; "
+            f"choose among the layers with an MLP: {with_mlp}"
+        )
+    return layer
+
+
+@contextlib.contextmanager
+def without_edge_hooks(model: Any) -> Iterator[Any]:
+    """Context manager: switch off the per-head results and split q/k/v/MLP inputs that edge patching needs.
+
+    Neuron work reads only ``hook_post``, ``hook_pattern`` and the logits, and a forward pass without the
+    per-head tensors is about twice as fast; the model's previous settings are restored on exit.
+    """
+    cfg = model.cfg
+    previous = (cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in)
+    model.set_use_attn_result(False)
+    model.set_use_split_qkv_input(False)
+    model.set_use_hook_mlp_in(False)
+    try:
+        yield model
+    finally:
+        model.set_use_attn_result(previous[0])
+        model.set_use_split_qkv_input(previous[1])
+        model.set_use_hook_mlp_in(previous[2])
+
+
+def neuron_output_weights(model: Any, layer: int) -> torch.Tensor:
+    """MLP ``layer``'s output weights with one row per neuron: ``[d_mlp, d_model]``.
+
+    A live view of the model's parameter (GPT-2's Conv1D stores ``[d_mlp, d_model]``, a Linear layer
+    stores ``[d_model, d_mlp]`` and is transposed here): writing rows, under ``torch.no_grad()``,
+    edits the model. Copy it (``.clone()``) to keep the original values.
+
+    Raises:
+        ValueError: see :func:`check_mlp_layer`.
+        TypeError: an output projection that is neither Conv1D nor Linear.
+    """
+    check_mlp_layer(model, layer)
+    module = model.blocks[layer].mlp.out.original_component
+    weight = module.weight.detach()
+    if type(module).__name__ == "Conv1D":
+        return weight
+    if isinstance(module, torch.nn.Linear):
+        return weight.T
+    raise TypeError(f"unsupported MLP output projection {type(module).__name__} in layer {layer}")
