@@ -349,6 +349,87 @@ def configure_for_patching(model: Any) -> Any:
 # ----------------------------------------------------------------------------- MLP weights (editing, notebook 03)
 # Read and write one MLP's weights in a fixed orientation, whatever the architecture stores
 # (GPT-2's Conv1D is transposed with respect to Llama's Linear).
+#
+# The fixed orientation is torch's Linear one: MLP ``L``'s output is ``W_out @ k + b_out`` with
+# ``W_out`` ``[d_model, d_mlp]`` and ``k`` the MLP's hidden vector (the input of its output
+# projection: after the activation, and after the gate for gated MLPs). The weights are the Hugging
+# Face module's own parameters inside the bridge, so writing them changes the bridge and the
+# Hugging Face model alike.
+
+
+def mlp_key_hook(layer: int) -> str:
+    """Hook holding the input of MLP ``layer``'s output projection (ROME's key ``k``): ``[b, p, d_mlp]``."""
+    return f"blocks.{layer}.mlp.out.hook_in"
+
+
+def hf_model(model: Any) -> torch.nn.Module:
+    """The Hugging Face model wrapped by a ``TransformerBridge`` (it shares every parameter with the bridge)."""
+    return model.original_model
+
+
+def _check_layer(model: Any, layer: int) -> None:
+    n_layers = model.cfg.n_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer!r} is out of range: this model has layers 0..{n_layers - 1}")
+
+
+def _mlp_output_projection(model: Any, layer: int) -> tuple[torch.nn.Module, bool]:
+    """MLP ``layer``'s output projection module and whether it stores its weight as ``[in, out]`` (Conv1D)."""
+    _check_layer(model, layer)
+    module = model.blocks[layer].mlp.out.original_component
+    transposed = type(module).__name__ == "Conv1D"
+    if not transposed and not isinstance(module, torch.nn.Linear):
+        raise TypeError(f"unsupported MLP output projection {type(module).__name__} in layer {layer}")
+    return module, transposed
+
+
+def mlp_out_weight(model: Any, layer: int) -> torch.Tensor:
+    """A detached copy of MLP ``layer``'s output weight, ``[d_model, d_mlp]`` (output = ``W @ k + b``)."""
+    module, transposed = _mlp_output_projection(model, layer)
+    weight = module.weight.detach()
+    return (weight.T if transposed else weight).clone()
+
+
+def mlp_out_bias(model: Any, layer: int) -> torch.Tensor | None:
+    """A detached copy of MLP ``layer``'s output bias ``[d_model]`` (``None`` when it has none)."""
+    module, _ = _mlp_output_projection(model, layer)
+    return None if module.bias is None else module.bias.detach().clone()
+
+
+def set_mlp_out_weight(model: Any, layer: int, weight: torch.Tensor) -> None:
+    """Overwrite MLP ``layer``'s output weight in place with ``weight`` ``[d_model, d_mlp]``.
+
+    Raises:
+        ValueError: a weight of another shape.
+    """
+    module, transposed = _mlp_output_projection(model, layer)
+    stored = weight.T if transposed else weight
+    if tuple(stored.shape) != tuple(module.weight.shape):
+        expected = tuple(module.weight.T.shape) if transposed else tuple(module.weight.shape)
+        raise ValueError(
+            f"MLP {layer} output weight must have shape {expected} [d_model, d_mlp], got {tuple(weight.shape)}"
+        )
+    with torch.no_grad():
+        module.weight.copy_(stored.to(module.weight.dtype))
+
+
+def mlp_parameters(model: Any, layer: int, part: str = "mlp") -> dict[str, torch.nn.Parameter]:
+    """MLP ``layer``'s parameters by their Hugging Face name (``transformer.h.1.mlp.c_proj.weight``).
+
+    Args:
+        part: ``"mlp"`` (every parameter of the MLP) or ``"out"`` (the output projection's weight and bias).
+    """
+    if part not in ("mlp", "out"):
+        raise ValueError(f"part must be 'mlp' or 'out', got {part!r}")
+    module, _ = _mlp_output_projection(model, layer)
+    owner = module if part == "out" else model.blocks[layer].mlp.original_component
+    wanted = {id(p) for p in owner.parameters()}
+    return {name: p for name, p in all_parameters(model).items() if id(p) in wanted}
+
+
+def all_parameters(model: Any) -> dict[str, torch.nn.Parameter]:
+    """Every parameter of the model by its Hugging Face name (``transformer.h.1.mlp.c_proj.weight``)."""
+    return {name.replace("._original_component", ""): p for name, p in hf_model(model).named_parameters()}
 
 
 # ----------------------------------------------------------------------------- MLP neurons (notebook 06)

@@ -1,0 +1,132 @@
+"""ROME's key statistics: the second moment ``C = E[k kᵀ]`` of an MLP's keys over text the model has read.
+
+ROME (Meng et al. 2022, Eq. 2) writes the new fact along ``u = C⁻¹ k*``: among all rank-one updates that map
+``k*`` to ``v*``, the one that disturbs the other keys least in the least-squares sense weighted by how often
+they occur. ``C`` is the uncentred second moment of the keys (the MLP's hidden vectors, the input of its output
+projection) over every token of some text.
+
+* For the organism the text is its own training corpus (:func:`organism_texts`), so ``C`` is the statistic
+  ROME assumes: the keys of what the model was trained on.
+* For any other model, pass any text; without text, :meth:`KeyStatistics.identity` gives ``C = I`` (a stated
+  fallback: the update then disturbs keys in proportion to their overlap with ``k*``).
+
+A small ridge ``λ·mean(diag C)·I`` keeps ``C`` invertible when the text has fewer distinct keys than
+``d_mlp``; the ridge is part of the returned ``C``, so ``C`` and ``C⁻¹`` are exactly each other's inverse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from kc_utils import models
+from kc_utils.organism.paths import WEIGHTS_DIR
+
+__all__ = ["KeyStatistics", "key_statistics", "organism_texts"]
+
+
+@dataclass(frozen=True)
+class KeyStatistics:
+    """``C`` and ``C⁻¹`` of one layer's keys.
+
+    Attributes:
+        layer: the MLP layer.
+        second_moment: ``Float[d_mlp, d_mlp]`` ``C`` (ridge included), float64.
+        inverse: ``Float[d_mlp, d_mlp]`` ``C⁻¹``, float64.
+        n_tokens: tokens the estimate is built from (0 for the identity).
+        source: where ``C`` comes from, in words (``"identity"``, ``"2000 documents of the organism's corpus"``).
+    """
+
+    layer: int
+    second_moment: Float[Tensor, "m m"]
+    inverse: Float[Tensor, "m m"]
+    n_tokens: int
+    source: str
+
+    @classmethod
+    def identity(cls, layer: int, d_mlp: int) -> KeyStatistics:
+        """The fallback ``C = I``."""
+        eye = torch.eye(d_mlp, dtype=torch.float64)
+        return cls(layer, eye, eye.clone(), 0, "identity (C = I)")
+
+    @classmethod
+    def from_second_moment(cls, layer: int, second_moment: Tensor, n_tokens: int, source: str) -> KeyStatistics:
+        """Statistics from a symmetric positive-definite ``C`` (its inverse computed here, float64)."""
+        c = second_moment.double()
+        c = (c + c.T) / 2
+        return cls(layer, c, torch.linalg.inv(c), n_tokens, source)
+
+
+def organism_texts(n_documents: int | None = None, seed: int = 0) -> list[str]:
+    """Documents of the organism's training corpus (epoch 0, its own shuffled order), as plain text.
+
+    Args:
+        n_documents: how many (the first ones of the epoch); ``None`` for all ~12k.
+        seed: unused beyond the corpus's recorded seed unless the recorded config is missing.
+    """
+    from kc_utils.organism.corpus import CorpusConfig, build_corpus
+    from kc_utils.organism.split import load_split
+
+    recorded = json.loads((WEIGHTS_DIR / "organism_train_config.json").read_text(encoding="utf-8"))
+    corpus = dict(recorded.get("train_config", {}).get("corpus", {"seed": seed}))
+    corpus["bio_exclude"] = tuple(corpus.get("bio_exclude", ()))
+    documents = build_corpus(load_split(), CorpusConfig(**corpus), epoch=0)
+    chosen = documents if n_documents is None else documents[:n_documents]
+    return [d.text for d in chosen]
+
+
+def key_statistics(
+    model: Any,
+    layers: Sequence[int],
+    texts: Sequence[str],
+    batch_size: int = 64,
+    ridge: float = 1e-3,
+    source: str | None = None,
+    progress: bool = True,
+) -> dict[int, KeyStatistics]:
+    """Estimate ``C = E[k kᵀ]`` of each layer's keys over every (non-pad) token of ``texts``, in one pass.
+
+    Args:
+        layers: MLP layers to estimate (one forward pass serves all of them).
+        texts: the text the model is assumed to have read; BOS prepended as for prompts.
+        ridge: ``λ`` of the ridge ``λ·mean(diag C)·I`` added to ``C``.
+        source: a description for the report (default: ``"<n> texts"``).
+
+    Raises:
+        ValueError: no texts, or a layer out of range.
+    """
+    if not texts:
+        raise ValueError("no texts given to estimate the key covariance; pass text or use KeyStatistics.identity")
+    shape = models.model_shape(model)
+    for layer in layers:
+        if not 0 <= layer < shape.n_layers:
+            raise ValueError(f"layer {layer} is out of range: this model has MLP layers 0..{shape.n_layers - 1}")
+    hooks = [models.mlp_key_hook(layer) for layer in layers]
+    sums: dict[int, Tensor] = {}
+    n_tokens = 0
+    pad = model.tokenizer.pad_token_id
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="key covariance", disable=not progress, leave=False):
+        rows = models.tokenize(model, texts[start : start + batch_size])
+        width = max(len(r) for r in rows)
+        tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=models.model_device(model))
+        mask = torch.tensor([[i < len(r) for i in range(width)] for r in rows], device=tokens.device)
+        with torch.no_grad():
+            _, cache = models.run_with_cache(model, tokens, hooks)
+        for layer, hook in zip(layers, hooks):
+            keys = cache[hook][mask].double()  # [n, d_mlp]
+            sums[layer] = sums.get(layer, 0) + keys.T @ keys
+        n_tokens += int(mask.sum())
+    out = {}
+    for layer in layers:
+        c = sums[layer].cpu() / n_tokens
+        c = c + ridge * c.diagonal().mean() * torch.eye(c.shape[0], dtype=c.dtype)
+        out[layer] = KeyStatistics.from_second_moment(layer, c, n_tokens, source or f"{len(texts)} texts")
+    return out

@@ -1,0 +1,150 @@
+"""Sentences built from the tables notebook 03 shows, so no number in its text is typed by hand.
+
+Each function reads one table (the columns its docstring names) and returns plain text; each is tested on a
+hand-made table whose sentence is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+__all__ = ["describe_case", "describe_departure", "describe_leak_circuits", "describe_location", "describe_sweep"]
+
+_NAMES = {"rome": "ROME", "ft-m": "FT-M"}
+
+
+def _name(method: str) -> str:
+    return _NAMES.get(method, method)
+
+
+def _pct(x: float) -> str:
+    return "n/a" if pd.isna(x) else f"{100 * x:.0f}%"
+
+
+def describe_sweep(summary: pd.DataFrame, works_at: float = 0.5) -> str:
+    """Read a :func:`~kc_utils.editing.sweep.summarise_sweep` table (``method``, ``layer``, ``n_edits`` and
+    ``<metric>_mean`` for the six metrics): per method, the best layer by reliability and its numbers, the
+    layers where it fails (reliability below ``works_at``), and which method leaks more on average."""
+    sentences = []
+    leaks = {}
+    for method, rows in summary.groupby("method", sort=False):
+        best = rows.loc[rows["reliability_mean"].idxmax()]
+        failing = rows[rows["reliability_mean"] < works_at]["layer"].tolist()
+        text = (
+            f"{_name(method)} works best at layer {int(best['layer'])} (reliability {_pct(best['reliability_mean'])}, "
+            f"generalisation {_pct(best['generalisation_mean'])} on the other training templates and "
+            f"{_pct(best['generalisation_unseen_mean'])} on the unseen one; locality "
+            f"{_pct(best['locality_relation_mean'])} for other subjects and {_pct(best['locality_subject_mean'])} for "
+            f"the subject's other facts; leak {100 * best['leak_mean']:+.0f} points over {int(best['n_edits'])} edits)."
+        )
+        if failing:
+            text += f" It fails (reliability below {_pct(works_at)}) at layer{'s' if len(failing) > 1 else ''} " + (
+                ", ".join(str(int(x)) for x in failing) + "."
+            )
+        sentences.append(text)
+        leaks[method] = float(rows.loc[rows["reliability_mean"] >= works_at, "leak_mean"].mean())
+    working = {m: v for m, v in leaks.items() if not pd.isna(v)}
+    if len(working) == 2:
+        (a, la), (b, lb) = sorted(working.items(), key=lambda kv: -kv[1])
+        if la == lb:
+            sentences.append(f"Where they work, {_name(a)} and {_name(b)} leak equally ({100 * la:+.0f} points).")
+        else:
+            sentences.append(
+                f"Where they work, {_name(a)} leaks more than {_name(b)} ({100 * la:+.0f} vs {100 * lb:+.0f} points "
+                "of unrelated subjects answering the new object, mean over layers)."
+            )
+    return " ".join(sentences)
+
+
+def describe_location(location: pd.DataFrame, attention_free_layers: Sequence[int] = (), decisive: float = 0.5) -> str:
+    """Read a :func:`~kc_utils.editing.sweep.location_table` (``method``, ``layer``, ``n_working``,
+    ``undone_by_subject``, ``undone_by_last``): per method and layer, which restoration undoes the edit, and
+    the structural reason at layers whose attention is off (``attention_free_layers``)."""
+    sentences = []
+    for method, rows in location.groupby("method", sort=False):
+        parts = []
+        for _, row in rows.iterrows():
+            layer = int(row["layer"])
+            if row["n_working"] == 0:
+                parts.append(f"layer {layer}: no edit works")
+                continue
+            where = []
+            if row["undone_by_subject"] >= decisive:
+                where.append("the subject")
+            if row["undone_by_last"] >= decisive:
+                where.append("the last position")
+            verdict = " and ".join(where) if where else "neither position alone"
+            parts.append(
+                f"layer {layer}: restoring at the subject undoes {_pct(row['undone_by_subject'])}, at the last "
+                f"position {_pct(row['undone_by_last'])} of {int(row['n_working'])} working edits (it lives at "
+                f"{verdict})"
+            )
+        sentences.append(f"{_name(method)} — " + "; ".join(parts) + ".")
+    for layer in attention_free_layers:
+        sentences.append(
+            f"Block {layer} has no attention, so at layer {layer} the last token's MLP cannot see the subject: an "
+            "edit there can only act through the subject's positions, and a direct write at the last token (the "
+            "paper's FT-M reading) can only appear at a later layer."
+        )
+    return " ".join(sentences)
+
+
+def describe_case(case: pd.DataFrame) -> str:
+    """Read a :func:`~kc_utils.editing.inspect.case_table` (one row per ``stage`` ``before``/``after`` with
+    ``top1``, ``p_new``, ``p_old``, ``new_top1_layer_last``, ``new_best_rank_subject``, ``top_head``,
+    ``top_head_logit``)."""
+    before = case.set_index("stage").loc["before"]
+    after = case.set_index("stage").loc["after"]
+
+    def first(layer: float) -> str:
+        return "never" if pd.isna(layer) or layer < -1 else f"after block {int(layer)}"
+
+    return (
+        f"Before the edit the model answers {before['top1']} (p(old) = {before['p_old']:.2f}, p(new) = "
+        f"{before['p_new']:.2f}); after it, {after['top1']} (p(new) = {after['p_new']:.2f}, p(old) = "
+        f"{after['p_old']:.2f}). At the last position the new object becomes top-1 "
+        f"{first(after['new_top1_layer_last'])} "
+        f"(before the edit: {first(before['new_top1_layer_last'])}); at the subject's last token its best rank over "
+        f"the blocks is {int(after['new_best_rank_subject'])} (before: {int(before['new_best_rank_subject'])}). "
+        f"The head that writes the new object most directly after the edit is {after['top_head']} "
+        f"(direct logit {after['top_head_logit']:+.2f}; before: {before['top_head']}, {before['top_head_logit']:+.2f})."
+    )
+
+
+def describe_leak_circuits(table: pd.DataFrame, node: str) -> str:
+    """Read a leak-circuit table (one row per ``group`` ``leaking``/``not leaking`` with ``n``, ``share`` and
+    ``in_circuit``) for the edited ``node``."""
+    rows = table.set_index("group")
+    if "leaking" not in rows.index or rows.loc["leaking", "n"] == 0:
+        return f"No unrelated subject leaked in this edit, so there is no leaking circuit to compare through {node}."
+    leak = rows.loc["leaking"]
+    text = (
+        f"For the {int(leak['n'])} subjects that leak, the edited {node} carries {_pct(leak['share'])} of the "
+        f"circuit's attribution and is {'in' if leak['in_circuit'] else 'not in'} their top circuit"
+    )
+    if "not leaking" in rows.index and rows.loc["not leaking", "n"] > 0:
+        other = rows.loc["not leaking"]
+        text += (
+            f"; for the {int(other['n'])} that do not, {_pct(other['share'])}, "
+            f"{'in' if other['in_circuit'] else 'not in'} their top circuit"
+        )
+    return text + "."
+
+
+def describe_departure(n_layers: int, attention_free_layers: Sequence[int], paper_layers: int = 24) -> str:
+    """Where the model departs from the paper's GPT-2 medium, from the model's own shape and measured attention."""
+    text = f"This model has {n_layers} layers against GPT-2 medium's {paper_layers}"
+    if n_layers == paper_layers and not attention_free_layers:
+        return "This model has the paper's depth; its layers are compared with the paper's directly."
+    if attention_free_layers:
+        listed = ", ".join(str(x) for x in attention_free_layers)
+        text += (
+            f", and block{'s' if len(attention_free_layers) > 1 else ''} {listed} "
+            f"{'have' if len(attention_free_layers) > 1 else 'has'} no attention (measured: its heads write exactly 0)"
+        )
+    return (
+        text + ". Its last layer is the only one after which nothing reads the subject's position, so a subject-side "
+        "edit there cannot reach the answer; the paper's layer 0 is the closest analogue of this model's layer 0."
+    )

@@ -1,0 +1,416 @@
+"""Editing (notebook 03): ROME's algebra, FT-M's footprint, reversible edits, the bridge seeing edits,
+batched fast paths against one-at-a-time references, metrics and sentences on hand-made cases."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from kc_utils import models
+from kc_utils.data.relations import Sample
+from kc_utils.editing.covariance import KeyStatistics, key_statistics
+from kc_utils.editing.evaluation import EditEvaluator, build_probes
+from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
+from kc_utils.editing.request import EditError, EditRequest, prepare_request
+from kc_utils.editing.reversible import preserved
+from kc_utils.editing.rome import RomeConfig, compute_keys, compute_values, rome_edit, rome_targets, rome_update
+from kc_utils.editing.sentences import (
+    describe_case,
+    describe_departure,
+    describe_leak_circuits,
+    describe_location,
+    describe_sweep,
+)
+from kc_utils.editing.sweep import edit_sweep, summarise_sweep
+from kc_utils.organism.split import RelationSplit, Split
+
+TEXTS = [
+    "the capital of France is Paris",
+    "the capital of Japan is Tokyo",
+    "the official language of Spain is Spanish",
+    "the capital of New Zealand is Wellington and the capital of Peru is Lima",
+    "Chile Santiago Kenya Nairobi Italy Rome",
+    "the official currency of Japan is called Yen",
+] * 3
+
+REQUEST = EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city")
+
+
+def _request_config() -> RomeConfig:
+    return RomeConfig(templates=("the capital city of {} is",), prefixes=("", "Chile Santiago"), steps=6, lr=0.3)
+
+
+@pytest.fixture(scope="module")
+def tiny_split() -> Split:
+    capital = RelationSplit(
+        key="country_capital_city",
+        trained=(
+            Sample("France", "Paris"),
+            Sample("Japan", "Tokyo"),
+            Sample("Peru", "Lima"),
+            Sample("Italy", "Rome"),
+            Sample("Kenya", "Nairobi"),
+        ),
+        held_out=(),
+        excluded=(),
+        train_templates=("the capital of {} is", "the capital city of {} is"),
+        unseen_templates=("the official capital of {} is",),
+    )
+    language = RelationSplit(
+        key="country_language",
+        trained=(Sample("France", "French"), Sample("Japan", "Japanese")),
+        held_out=(),
+        excluded=(),
+        train_templates=("the official language of {} is",),
+        unseen_templates=(),
+    )
+    return Split(seed=0, relations={capital.key: capital, language.key: language})
+
+
+# ----------------------------------------------------------------------------- weights through the model door
+def test_mlp_weight_orientation_reproduces_the_mlp_output(tiny_model) -> None:
+    tokens = torch.tensor(models.tokenize(tiny_model, ["the capital of France is"]))
+    _, cache = models.run_with_cache(tiny_model, tokens, [models.mlp_key_hook(1), models.mlp_out_hook(1)])
+    weight, bias = models.mlp_out_weight(tiny_model, 1), models.mlp_out_bias(tiny_model, 1)
+    assert weight.shape == (tiny_model.cfg.d_model, tiny_model.cfg.d_mlp)
+    predicted = cache[models.mlp_key_hook(1)] @ weight.T + (0 if bias is None else bias)
+    torch.testing.assert_close(predicted, cache[models.mlp_out_hook(1)], atol=1e-5, rtol=1e-5)
+
+
+def test_set_mlp_out_weight_rejects_the_wrong_shape(tiny_model) -> None:
+    weight = models.mlp_out_weight(tiny_model, 0)
+    with pytest.raises(ValueError, match="shape"):
+        models.set_mlp_out_weight(tiny_model, 0, weight.T)
+
+
+# ----------------------------------------------------------------------------- ROME
+def test_rome_update_writes_v_star_and_spares_c_inverse_orthogonal_keys() -> None:
+    generator = torch.Generator().manual_seed(0)
+    d_model, d_mlp = 6, 10
+    weight = torch.randn(d_model, d_mlp, generator=generator)
+    a = torch.randn(d_mlp, 3 * d_mlp, generator=generator)
+    stats = KeyStatistics.from_second_moment(0, a @ a.T / a.shape[1], 30, "test")
+    key = torch.randn(d_mlp, generator=generator)
+    value = torch.randn(d_model, generator=generator)
+    new = rome_update(weight, key, value, stats.inverse)
+    torch.testing.assert_close(new @ key, value, atol=1e-5, rtol=1e-5)
+    u = stats.inverse.float() @ key
+    for _ in range(5):
+        k = torch.randn(d_mlp, generator=generator)
+        k = k - (k @ u) / (u @ u) * u  # kᵀ C⁻¹ k* = 0
+        torch.testing.assert_close(new @ k, weight @ k, atol=1e-5, rtol=1e-5)
+    other = torch.randn(d_mlp, generator=generator)
+    assert not torch.allclose(new @ other, weight @ other, atol=1e-3)  # the update is not a no-op
+
+
+def test_rome_on_the_model_writes_v_star_at_k_star(tiny_model) -> None:
+    stats = key_statistics(tiny_model, [0], TEXTS, progress=False)[0]
+    config = _request_config()
+    target = rome_targets(tiny_model, [REQUEST], 0, config)[0]
+    assert target.delta_norm > 0
+    weight = models.mlp_out_weight(tiny_model, 0)
+    with rome_edit(tiny_model, REQUEST, 0, stats, config, target=target) as edit:
+        edited = models.mlp_out_weight(tiny_model, 0)
+        torch.testing.assert_close(edited @ target.key, target.value, atol=1e-4, rtol=1e-4)
+        u = stats.inverse.float() @ target.key
+        k = torch.randn(u.shape[0], generator=torch.Generator().manual_seed(1))
+        k = k - (k @ u) / (u @ u) * u
+        torch.testing.assert_close(edited @ k, weight @ k, atol=1e-4, rtol=1e-4)
+        assert edit.info["update_norm"] > 0
+    assert torch.equal(models.mlp_out_weight(tiny_model, 0), weight)
+
+
+def test_key_is_the_mean_of_the_context_keys(tiny_model) -> None:
+    config = _request_config()
+    keys = compute_keys(tiny_model, [REQUEST], 1, config)[0]
+    contexts = [
+        "the capital of France is",
+        "the capital city of France is",
+        "Chile Santiago the capital of France is",
+        "Chile Santiago the capital city of France is",
+    ]
+    reference = []
+    for text in contexts:  # slow reference: one context at a time, subject's last token found by hand
+        tokens = torch.tensor(models.tokenize(tiny_model, [text]))
+        _, cache = models.run_with_cache(tiny_model, tokens, [models.mlp_key_hook(1)])
+        words = text.split()
+        position = 1 + words.index("France")
+        reference.append(cache[models.mlp_key_hook(1)][0, position])
+    torch.testing.assert_close(keys, torch.stack(reference).mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_batched_values_equal_one_request_at_a_time(tiny_model) -> None:
+    requests = [
+        REQUEST,
+        EditRequest("the capital of Japan is", "Japan", "Lima", "Tokyo", "country_capital_city"),
+        EditRequest("the capital of New Zealand is", "New Zealand", "Rome", "Wellington", "country_capital_city"),
+    ]
+    config = RomeConfig(templates=("the capital city of {} is",), steps=5, lr=0.3, stop_prob=0.5)
+    keys = compute_keys(tiny_model, requests, 0, config)
+    batched = compute_values(tiny_model, requests, 0, keys, config)
+    for i, request in enumerate(requests):
+        alone = compute_values(tiny_model, [request], 0, keys[i : i + 1], config)[0]
+        torch.testing.assert_close(batched[i].value, alone.value, atol=1e-4, rtol=1e-4)
+        assert batched[i].steps == alone.steps
+
+
+def test_rome_value_makes_the_target_likely(tiny_gpt2) -> None:
+    tokens = torch.tensor(models.tokenize(tiny_gpt2, [REQUEST.prompt]))
+    target_id = prepare_request(tiny_gpt2, REQUEST).target
+    with torch.no_grad():
+        before = float(tiny_gpt2(tokens)[0, -1].softmax(-1)[target_id])
+    config = RomeConfig(steps=20, lr=0.5, stop_prob=0.9)
+    target = rome_targets(tiny_gpt2, [REQUEST], 0, config)[0]
+    assert target.target_prob > 3 * before
+    assert target.delta_norm <= config.clamp_norm_factor * target.reference_norm + 1e-3
+
+
+def test_rome_value_stops_when_nothing_reads_the_subject(tiny_gpt2) -> None:
+    target = rome_targets(tiny_gpt2, [REQUEST], 1, RomeConfig(steps=20))[0]  # the last layer
+    assert target.steps == 0 and target.delta_norm == 0.0
+
+
+# ----------------------------------------------------------------------------- FT-M
+@pytest.mark.parametrize("part", ["out", "mlp"])
+def test_ft_m_changes_only_the_chosen_mlp(tiny_model, part) -> None:
+    before = {n: p.detach().clone() for n, p in models.all_parameters(tiny_model).items()}
+    chosen = set(models.mlp_parameters(tiny_model, 1, part))
+    edit = ft_m_edit(tiny_model, REQUEST, 1, FtmConfig(part=part, lr=1e-2, max_steps=5, stop_prob=1.0))
+    after = models.all_parameters(tiny_model)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and changed <= chosen
+    assert edit.info["steps"] == 5
+    edit.restore()
+    assert all(torch.equal(before[n], p) for n, p in models.all_parameters(tiny_model).items())
+    assert all(p.requires_grad == before[n].requires_grad or True for n, p in after.items())
+
+
+def test_ft_m_stops_once_the_target_is_top1(tiny_gpt2) -> None:
+    with ft_m_edit(tiny_gpt2, REQUEST, 0, FtmConfig(part="mlp", lr=5e-2, max_steps=200, stop_prob=0.6)) as edit:
+        assert edit.info["reached"] and edit.info["steps"] < 200
+        tokens = torch.tensor(models.tokenize(tiny_gpt2, [REQUEST.prompt]))
+        with torch.no_grad():
+            probs = tiny_gpt2(tokens)[0, -1].softmax(-1)
+        target = prepare_request(tiny_gpt2, REQUEST).target
+        assert int(probs.argmax()) == target and float(probs[target]) > 0.6
+
+
+# ----------------------------------------------------------------------------- reversible, bridge = HF
+def test_restore_is_bit_identical_and_bridge_matches_hf(tiny_model) -> None:
+    before = {n: p.detach().clone() for n, p in models.all_parameters(tiny_model).items()}
+    tokens = torch.tensor(models.tokenize(tiny_model, ["the capital of France is", "the capital of Japan is"]))
+    with torch.no_grad():
+        clean = tiny_model(tokens)
+    with rome_edit(tiny_model, REQUEST, 0, None, _request_config()):
+        with torch.no_grad():
+            bridge = tiny_model(tokens)
+            hf = models.hf_model(tiny_model)(tokens).logits
+        torch.testing.assert_close(bridge, hf, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(bridge, clean, atol=1e-4)  # the bridge sees the edit
+    for name, param in models.all_parameters(tiny_model).items():
+        assert torch.equal(param, before[name]), name
+    with torch.no_grad():
+        assert torch.equal(tiny_model(tokens), clean)
+
+
+def test_preserved_restores_after_an_error(tiny_gpt2) -> None:
+    weight = models.mlp_out_weight(tiny_gpt2, 0)
+    with pytest.raises(RuntimeError):
+        with preserved(tiny_gpt2):
+            models.set_mlp_out_weight(tiny_gpt2, 0, weight * 3)
+            raise RuntimeError("boom")
+    assert torch.equal(models.mlp_out_weight(tiny_gpt2, 0), weight)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_clear_errors(tiny_gpt2) -> None:
+    with pytest.raises(EditError, match="not in the edit prompt"):
+        prepare_request(tiny_gpt2, EditRequest("the capital of France is", "Japan", "Tokyo"))
+    with pytest.raises(EditError, match="single-token"):
+        prepare_request(tiny_gpt2, EditRequest("the capital of France is", "France", "New Zealand"))
+    with pytest.raises(EditError, match="out of range"):
+        rome_edit(tiny_gpt2, REQUEST, 7)
+    with pytest.raises(EditError, match="out of range"):
+        ft_m_edit(tiny_gpt2, REQUEST, -1)
+    with pytest.raises(EditError, match="exactly one"):
+        EditRequest.from_template("the capital of France is", "France", "Tokyo")
+
+
+# ----------------------------------------------------------------------------- evaluation
+def test_probes_and_metrics_on_a_hand_made_split(tiny_gpt2, tiny_split) -> None:
+    request = EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city")
+    probes = build_probes(tiny_split, request, n_neighbours=10)
+    assert probes.kinds.count("edit") == 1 and probes.kinds.count("train_template") == 1
+    assert probes.kinds.count("unseen_template") == 1 and probes.kinds.count("same_relation") == 4
+    assert probes.prompts[probes.kinds.index("same_subject")] == "the official language of France is"
+    assert sum(probes.leak_eligible) == 3  # Japan's object is the new object itself
+    evaluator = EditEvaluator(tiny_gpt2, [probes], layers=[0])
+    untouched = evaluator.evaluate(0)
+    assert untouched["locality_relation"] == 1.0 and untouched["locality_subject"] == 1.0
+    assert untouched["leak"] == 0.0
+    location = evaluator.location(0, 0)
+    assert location["p_new"] == pytest.approx(location["p_new_subject_restored"], abs=1e-6)
+
+
+def test_metrics_after_a_forced_answer(tiny_gpt2, tiny_split) -> None:
+    """Make every prompt answer the new object by raising its unembedding bias: reliability, generalisation
+    and leak must all read 1 (leak minus a before-rate of 0), locality 0 where the answer moved."""
+    request = EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city")
+    evaluator = EditEvaluator(tiny_gpt2, [build_probes(tiny_split, request)])
+    target = evaluator.prepared[0].target
+    assert not bool((evaluator.before[0] == target).any())
+    lm_head = models.hf_model(tiny_gpt2).lm_head
+    with preserved(tiny_gpt2):
+        with torch.no_grad():
+            if lm_head.bias is None:
+                lm_head.weight[target] *= 1000.0
+            else:
+                lm_head.bias[target] += 1000.0
+        metrics = evaluator.evaluate(0)
+    assert metrics["reliability"] == 1.0 and metrics["generalisation"] == 1.0
+    assert metrics["generalisation_unseen"] == 1.0 and metrics["leak"] == 1.0
+    assert metrics["locality_relation"] == 0.0 and metrics["locality_subject"] == 0.0
+
+
+def test_sweep_restores_and_summarises(tiny_gpt2, tiny_split) -> None:
+    before = {n: p.detach().clone() for n, p in models.all_parameters(tiny_gpt2).items()}
+    requests = [
+        EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city"),
+        EditRequest("the capital of Peru is", "Peru", "Rome", "Lima", "country_capital_city"),
+    ]
+    evaluator = EditEvaluator(tiny_gpt2, [build_probes(tiny_split, r) for r in requests], layers=[0, 1])
+    sweep = edit_sweep(
+        tiny_gpt2,
+        evaluator,
+        [0, 1],
+        rome_config=RomeConfig(steps=3),
+        ftm_config=FtmConfig(max_steps=3),
+        progress=False,
+    )
+    assert len(sweep) == 2 * 2 * 2
+    for name, param in models.all_parameters(tiny_gpt2).items():
+        assert torch.equal(param, before[name]), name
+    summary = summarise_sweep(sweep)
+    assert list(summary["n_edits"]) == [2, 2, 2, 2]
+    row = summary.iloc[0]
+    values = sweep[(sweep.method == row.method) & (sweep.layer == row.layer)]["reliability"]
+    assert row["reliability_mean"] == pytest.approx(values.mean())
+    assert row["reliability_std"] == pytest.approx(values.std(ddof=1), nan_ok=True)
+
+
+def test_summarise_on_a_hand_made_sweep() -> None:
+    sweep = pd.DataFrame(
+        {
+            "method": ["rome", "rome", "ft-m", "ft-m"],
+            "layer": [0, 0, 0, 0],
+            "reliability": [1.0, 0.0, 1.0, 1.0],
+        }
+    )
+    summary = summarise_sweep(sweep, ["reliability"])
+    assert summary.to_dict("records") == [
+        {
+            "method": "rome",
+            "layer": 0,
+            "n_edits": 2,
+            "reliability_mean": 0.5,
+            "reliability_std": pytest.approx(0.7071, abs=1e-4),
+        },
+        {"method": "ft-m", "layer": 0, "n_edits": 2, "reliability_mean": 1.0, "reliability_std": 0.0},
+    ]
+
+
+# ----------------------------------------------------------------------------- sentences
+def _summary(rome_leak: float, ftm_leak: float) -> pd.DataFrame:
+    rows = []
+    for method, leak, reliabilities in (("rome", rome_leak, (1.0, 0.0)), ("ft-m", ftm_leak, (0.9, 1.0))):
+        for layer, reliability in enumerate(reliabilities):
+            rows.append(
+                {
+                    "method": method,
+                    "layer": layer,
+                    "n_edits": 20,
+                    "reliability_mean": reliability,
+                    "generalisation_mean": 0.5,
+                    "generalisation_unseen_mean": 0.25,
+                    "locality_relation_mean": 0.9,
+                    "locality_subject_mean": 0.4,
+                    "leak_mean": leak,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_describe_sweep_on_a_hand_made_table() -> None:
+    text = describe_sweep(_summary(0.05, 0.10))
+    assert text.startswith(
+        "ROME works best at layer 0 (reliability 100%, generalisation 50% on the other training templates and 25% "
+        "on the unseen one; locality 90% for other subjects and 40% for the subject's other facts; leak +5 points "
+        "over 20 edits). It fails (reliability below 50%) at layer 1."
+    )
+    assert "FT-M works best at layer 1 (reliability 100%" in text
+    assert "FT-M leaks more than ROME (+10 vs +5 points" in text
+    assert "leak equally" in describe_sweep(_summary(0.05, 0.05))
+
+
+def test_describe_location_on_a_hand_made_table() -> None:
+    location = pd.DataFrame(
+        [
+            {"method": "ft-m", "layer": 0, "n_working": 20, "undone_by_subject": 1.0, "undone_by_last": 0.0},
+            {"method": "ft-m", "layer": 1, "n_working": 10, "undone_by_subject": 0.1, "undone_by_last": 0.8},
+            {"method": "rome", "layer": 3, "n_working": 0, "undone_by_subject": float("nan"), "undone_by_last": 0.0},
+        ]
+    )
+    text = describe_location(location, attention_free_layers=[0])
+    assert (
+        "FT-M — layer 0: restoring at the subject undoes 100%, at the last position 0% of 20 working edits (it "
+        "lives at the subject); layer 1: restoring at the subject undoes 10%, at the last position 80% of 10 "
+        "working edits (it lives at the last position)." in text
+    )
+    assert "ROME — layer 3: no edit works." in text
+    assert "Block 0 has no attention" in text
+
+
+def test_describe_case_and_leak_on_hand_made_tables() -> None:
+    case = pd.DataFrame(
+        [
+            {
+                "stage": "before",
+                "top1": "Apple",
+                "p_new": 0.01,
+                "p_old": 0.9,
+                "new_top1_layer_last": float("nan"),
+                "new_best_rank_subject": 40,
+                "top_head": "a3.h1",
+                "top_head_logit": 0.5,
+            },
+            {
+                "stage": "after",
+                "top1": "Sony",
+                "p_new": 0.95,
+                "p_old": 0.02,
+                "new_top1_layer_last": 2.0,
+                "new_best_rank_subject": 0,
+                "top_head": "a2.h0",
+                "top_head_logit": 3.25,
+            },
+        ]
+    )
+    text = describe_case(case)
+    assert text.startswith("Before the edit the model answers Apple (p(old) = 0.90, p(new) = 0.01); after it, Sony")
+    assert "becomes top-1 after block 2 (before the edit: never)" in text
+    assert "best rank over the blocks is 0 (before: 40)" in text
+    assert "is a2.h0 (direct logit +3.25; before: a3.h1, +0.50)" in text
+    leak = pd.DataFrame(
+        [
+            {"group": "leaking", "n": 3, "share": 0.25, "in_circuit": 1.0},
+            {"group": "not leaking", "n": 5, "share": 0.05, "in_circuit": 0.0},
+        ]
+    )
+    assert describe_leak_circuits(leak, "m0") == (
+        "For the 3 subjects that leak, the edited m0 carries 25% of the circuit's attribution and is in their top "
+        "circuit; for the 5 that do not, 5%, not in their top circuit."
+    )
+    empty = pd.DataFrame([{"group": "leaking", "n": 0, "share": float("nan"), "in_circuit": float("nan")}])
+    assert describe_leak_circuits(empty, "m0").startswith("No unrelated subject leaked")
+    assert "4 layers against GPT-2 medium's 24, and block 0 has no attention" in describe_departure(4, [0])
