@@ -9,7 +9,7 @@ import torch
 from kc_utils import models
 from kc_utils.analysis import icl
 from kc_utils.analysis.head_ablation import run_with_heads_ablated
-from kc_utils.analysis.head_groups import answer_scores
+from kc_utils.analysis.head_groups import answer_scores, writing_heads
 from kc_utils.analysis.heads import attention_patterns
 from kc_utils.circuits.compare import compare_circuits, edge_changes, node_changes, node_weights
 from kc_utils.circuits.graph import CircuitError, Graph
@@ -78,9 +78,9 @@ def test_render_matches_the_organism_corpus_format():
 
 
 def test_demonstrations_corrupt_and_shuffled_twins(tiny_model):
-    prompts = build_fewshot_prompts(tiny_model, FACTS, 3, "arrow", seed=0)
+    prompts = build_fewshot_prompts(tiny_model, FACTS, 3, "arrow", seed=0, relation="capitals")
     for p in prompts:
-        assert p.k == 3 and p.subject not in {d.subject for d in p.demos}
+        assert p.k == 3 and p.relation == "capitals" and p.subject not in {d.subject for d in p.demos}
         assert len({d.subject for d in p.demos}) == 3
         # the corrupt twin: another subject of the same length, different answer, same demonstrations
         assert p.corrupt_subject is not None and p.corrupt_subject != p.subject
@@ -96,9 +96,9 @@ def test_demonstrations_corrupt_and_shuffled_twins(tiny_model):
         if p.both_prompt is not None:
             assert p.both_prompt == render_fewshot(p.shuffled_demos, p.corrupt_subject)
     # a query's demonstrations do not depend on the other queries
-    alone = build_fewshot_prompts(tiny_model, FACTS[3:4], 3, "arrow", pool=FACTS, seed=0)[0]
+    alone = build_fewshot_prompts(tiny_model, FACTS[3:4], 3, "arrow", pool=FACTS, seed=0, relation="capitals")[0]
     assert alone == prompts[3]
-    assert build_fewshot_prompts(tiny_model, FACTS, 3, "arrow", seed=0) == prompts
+    assert build_fewshot_prompts(tiny_model, FACTS, 3, "arrow", seed=0, relation="capitals") == prompts
     # zero-shot: no demonstrations, and the "both" twin is the subject twin
     zero = build_fewshot_prompts(tiny_model, FACTS, 0, "arrow", seed=0)
     assert all(z.prompt == f"{z.subject} ->" and z.shuffled_prompt is None for z in zero)
@@ -218,14 +218,12 @@ def test_span_attention_matches_per_prompt_patterns(tiny_model):
         icl.span_attention(tiny_model, batch, prompts[::-1])
 
 
-def test_demo_attention_heads_and_writing_heads(tiny_model):
+def test_demo_attention_heads():
     table = pd.DataFrame({"head": ["a0.h0", "a1.h0", "a1.h1"], "attn_demos": [0.9, 0.5, 0.7]})
     assert icl.demo_attention_heads(table, 2) == ["a0.h0", "a1.h1"]
     assert icl.demo_attention_heads(table, 2, pool=["a1.h0", "a1.h1"]) == ["a1.h1", "a1.h0"]
     with pytest.raises(ValueError, match="cannot pick 3 heads from 2"):
         icl.demo_attention_heads(table, 3, pool=["a1.h0", "a1.h1"])
-    batch = fewshot_batch(tiny_model, build_fewshot_prompts(tiny_model, FACTS[:4], 1, "arrow"))
-    assert icl.writing_heads(tiny_model, batch) == icl.resolve_heads(tiny_model, None)  # random weights: all write
 
 
 def test_writing_heads_of_the_organism_leave_out_block_0():
@@ -233,7 +231,7 @@ def test_writing_heads_of_the_organism_leave_out_block_0():
 
     model = load_model("kc-organism", device="cpu")
     prompts = build_fewshot_prompts(model, FACTS[:4], 1, "arrow")
-    heads = icl.writing_heads(model, fewshot_batch(model, prompts))
+    heads = writing_heads(model, fewshot_batch(model, prompts))  # the random baselines' pool in notebook 05
     assert heads == [f"a{layer}.h{h}" for layer in range(1, 4) for h in range(4)]
 
 
@@ -259,7 +257,7 @@ def test_table2_row_draws_random_sets_only_outside_the_ablated_set(tiny_model):
     row = icl.table2_row(tiny_model, batch, ["a1.h0"], ["a1.h0", "a1.h2"], "test", n_random=20, ablation="zero")
     other = answer_scores(run_with_heads_ablated(tiny_model, batch, ["a1.h2"], "zero"), batch)
     ablated = answer_scores(run_with_heads_ablated(tiny_model, batch, ["a1.h0"], "zero"), batch)
-    assert row["n_random"] == 20 and row["random_std"] == pytest.approx(0.0)
+    assert row["n_random"] == 20 and row["n_distinct"] == 1 and row["random_std"] == pytest.approx(0.0)
     assert row["prob_random_mean"] == pytest.approx(float(other["prob"].mean()))
     assert row["ablated"] == pytest.approx(100 * float(ablated["top1"].mean()))
     # no head left outside the set: no baseline, said by NaN and n_random = 0
@@ -333,3 +331,15 @@ def test_departures_sentence_counts_silent_heads():
     assert "4 layers of 4 heads" in text and "4 heads (block 0) have no attention" in text
     assert "the 12 others" in text and "in distribution" in text
     assert "never saw" in icl.departures_sentence(4, 4, 12, "sentence", 1)
+
+
+def test_fewshot_facts_of_the_organism_and_missing_relations():
+    from kc_utils.organism import load_split
+
+    facts, missing = icl.fewshot_facts(["substance_phase", "no_such_relation"], "kc-organism", 8, seed=1)
+    assert list(facts) == ["substance_phase"] and "no such relation file" in missing["no_such_relation"]
+    queries, pool, template = facts["substance_phase"]
+    trained = load_split().relations["substance_phase"].trained
+    assert pool == list(trained) and len(queries) == 8 and set(queries) <= set(trained)
+    assert template.count("{}") == 1
+    assert icl.fewshot_facts(["substance_phase"], "kc-organism", 8, seed=1)[0] == facts  # deterministic

@@ -11,12 +11,12 @@ far more than when as many random heads are ablated. The pieces, in the order a 
    last token's attention on the demonstrations, their objects, the query's subject, the rest of
    the query and BOS, averaged over prompts. :func:`demo_attention_heads` ranks heads by the first.
    With no demonstrations that share is 0, so the rise from zero-shot to k-shot *is* the k-shot share.
-3. **Heads that can write** (:func:`writing_heads`): heads whose output is not identically zero on
-   the prompts. The organism's block 0 has no attention (its weights are zero); its heads never
-   write, can never be in a circuit, and must not dilute a random baseline.
+3. **Heads that can write** (:func:`kc_utils.analysis.head_groups.writing_heads`): the organism's
+   block 0 has no attention (its weights are zero); its heads never write, can never be in a
+   circuit, and must not dilute a random baseline, so random sets are drawn from the others.
 4. **Table 2** (:func:`table2_row`, :func:`table2`): original k-shot accuracy, accuracy with a head
    set ablated and with ``n_random`` (≥ 20) random same-size sets from the writing heads not in the
-   set, via :func:`kc_utils.analysis.head_groups.group_ablation` (the shared group-ablation code),
+   set, via :func:`kc_utils.analysis.head_groups.group_vs_random` (the shared group-ablation code),
    beside the paper's numbers (:data:`PAPER_TABLE2`).
 5. **Sentences** (:func:`accuracy_sentence`, :func:`circuit_change_sentence`, :func:`table2_sentence`,
    :func:`departures_sentence`): the notebook's computed text, built only from the tables shown.
@@ -24,9 +24,11 @@ far more than when as many random heads are ablated. The pieces, in the order a 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool
@@ -34,13 +36,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
-from kc_utils.analysis.head_groups import answer_scores, group_ablation, group_ablation_summary
+from kc_utils.analysis.head_groups import answer_scores, group_test_summary, group_vs_random
 from kc_utils.analysis.heads import resolve_heads
 from kc_utils.analysis.lens import parse_node
 from kc_utils.circuits.compare import CircuitDiff
 from kc_utils.data.fewshot import FewShotPrompt, build_fewshot_prompts, check_format, fewshot_batch, shuffled_batch
 from kc_utils.data.prompts import PromptBatch
-from kc_utils.data.relations import Sample
+from kc_utils.data.relations import RelationFileError, Sample, load_relation
 
 __all__ = [
     "PAPER_TABLE2",
@@ -52,13 +54,13 @@ __all__ = [
     "circuit_change_sentence",
     "circuit_changes_table",
     "demo_attention_heads",
+    "fewshot_facts",
     "departures_sentence",
     "span_attention",
     "span_masks",
     "table2",
     "table2_row",
     "table2_sentence",
-    "writing_heads",
 ]
 
 #: The five relations of the paper's Table 2, in its order.
@@ -82,6 +84,49 @@ PAPER_TABLE2 = pd.DataFrame(
 
 #: Where the last token's attention can go in a few-shot prompt (they partition the prompt's positions).
 SPAN_BUCKETS = ("bos", "demos", "separators", "query_subject", "query_other")
+
+
+# ---------------------------------------------------------------------------------------------- facts
+def fewshot_facts(
+    relations: Sequence[str], model_name: str, n_prompts: int, seed: int = 0
+) -> tuple[dict[str, tuple[list[Sample], list[Sample], str]], dict[str, str]]:
+    """The facts to ask and to demonstrate, per relation, and the relations that cannot be used (with why).
+
+    For the organism (``model_name == "kc-organism"``) both come from the facts it was trained on
+    (:func:`kc_utils.organism.load_split`); for any other model from the relation file. The queries
+    are ``n_prompts`` of them drawn with ``seed`` (all when fewer); the pool is all of them. The
+    template is the relation's first (a training template of the organism).
+
+    Returns:
+        ``(facts, missing)``: ``facts[relation] = (queries, pool, template)``; ``missing[relation]`` is
+        the reason a requested relation was left out (not shipped, or not taught to the organism).
+    """
+    facts: dict[str, tuple[list[Sample], list[Sample], str]] = {}
+    missing: dict[str, str] = {}
+    split = None
+    if model_name == models.ORGANISM_NAME:
+        from kc_utils.organism import load_split
+
+        split = load_split()
+    for key in relations:
+        try:
+            relation = load_relation(key)
+        except RelationFileError as error:
+            missing[key] = f"no such relation file ({error})"
+            continue
+        if split is not None and relation.key not in split.relations:
+            missing[key] = "the organism was not trained on it"
+            continue
+        if split is not None:
+            pool, template = (
+                list(split.relations[relation.key].trained),
+                split.relations[relation.key].train_templates[0],
+            )
+        else:
+            pool, template = list(relation.samples), relation.prompt_templates[0]
+        queries = random.Random(f"{seed}-{relation.key}").sample(pool, min(n_prompts, len(pool)))
+        facts[relation.key] = (queries, pool, template)
+    return facts, missing
 
 
 # ---------------------------------------------------------------------------------------------- accuracy
@@ -109,26 +154,40 @@ def accuracy_by_k(
     for fmt in formats:
         check_format(fmt)
     rows = []
-    jobs = [(key, fmt, k) for key in facts for fmt in formats for k in ks]
-    for key, fmt, k in tqdm(jobs, desc="accuracy by k", disable=not progress, leave=False):
-        queries, pool, template = facts[key]
-        prompts = build_fewshot_prompts(model, queries, k, fmt, template, pool=pool, seed=seed, relation=key)
-        row = {"relation": key, "format": fmt, "k": k, "n": len(prompts)}
-        row.update(_scores(model, fewshot_batch(model, prompts, None)))
-        shuffled = [p for p in prompts if p.shuffled_prompt is not None]
-        if shuffled:
-            scores = _scores(model, shuffled_batch(model, shuffled))
-            row.update(top1_shuffled=scores["top1"], prob_shuffled=scores["prob"])
-        else:
-            row.update(top1_shuffled=float("nan"), prob_shuffled=float("nan"))
-        rows.append(row)
+    jobs = [(fmt, k) for fmt in formats for k in ks]
+    for fmt, k in tqdm(jobs, desc="accuracy by k", disable=not progress, leave=False):
+        # every relation's prompts in one batch: one forward pass per (format, k)
+        prompts = {
+            key: build_fewshot_prompts(model, queries, k, fmt, template, pool=pool, seed=seed, relation=key)
+            for key, (queries, pool, template) in facts.items()
+        }
+        clean = _per_prompt_scores(model, [p for ps in prompts.values() for p in ps], shuffled=False)
+        twins = [p for ps in prompts.values() for p in ps if p.shuffled_prompt is not None]
+        wrong = _per_prompt_scores(model, twins, shuffled=True) if twins else {}
+        for key, ps in prompts.items():
+            row = {"relation": key, "format": fmt, "k": k, "n": len(ps)}
+            row["top1"] = float(np.mean([clean[(key, p.subject)][0] for p in ps]))
+            row["prob"] = float(np.mean([clean[(key, p.subject)][1] for p in ps]))
+            hits = [wrong[(key, p.subject)] for p in ps if (key, p.subject) in wrong]
+            row["top1_shuffled"] = float(np.mean([h[0] for h in hits])) if hits else float("nan")
+            row["prob_shuffled"] = float(np.mean([h[1] for h in hits])) if hits else float("nan")
+            rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _scores(model: Any, batch: PromptBatch) -> dict[str, float]:
-    with torch.no_grad():
-        scores = answer_scores(models.run_with_hooks(model, batch.clean), batch)
-    return {"top1": float(scores["top1"].mean()), "prob": float(scores["prob"].mean())}
+def _per_prompt_scores(
+    model: Any, prompts: Sequence[FewShotPrompt], shuffled: bool, batch_size: int = 256
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """``{(relation, subject): (top1, prob)}`` of the prompts (or of their shuffled twins)."""
+    out = {}
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        batch = shuffled_batch(model, chunk) if shuffled else fewshot_batch(model, chunk, None)
+        with torch.no_grad():
+            scores = answer_scores(models.run_with_hooks(model, batch.clean), batch)
+        for p, top1, prob in zip(chunk, scores["top1"].tolist(), scores["prob"].tolist()):
+            out[(p.relation, p.subject)] = (top1, prob)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -197,27 +256,6 @@ def span_attention(
     return pd.DataFrame([out[n] for n in names])
 
 
-def writing_heads(model: Any, batch: PromptBatch) -> list[str]:
-    """Heads whose output (``hook_result``) is not exactly zero anywhere on the batch's real tokens.
-
-    On the organism this leaves out block 0, whose attention weights are zero by design.
-    """
-    names = resolve_heads(model, None)
-    n_layers = models.model_shape(model).n_layers
-    with torch.no_grad():
-        _, cache = models.run_with_cache(
-            model, batch.clean, [models.head_result_hook(layer) for layer in range(n_layers)]
-        )
-    mask = batch.padding_mask
-    keep = []
-    for name in names:
-        _, layer, head = parse_node(model, name)
-        result = cache[models.head_result_hook(int(layer))][:, :, int(head)]  # [b, p, d]
-        if bool((result[mask] != 0).any()):
-            keep.append(name)
-    return keep
-
-
 def demo_attention_heads(attention: pd.DataFrame, n: int, pool: Sequence[str] | None = None) -> list[str]:
     """The ``n`` heads (from ``pool``, default all rows) with the most attention on the demonstrations.
 
@@ -273,18 +311,33 @@ def table2_row(
 
     Returns:
         ``head_set``, ``heads``, ``n_heads``, ``original``, ``ablated``, ``random_mean``,
-        ``random_std``, ``n_random``, ``prob_original``, ``prob_ablated``, ``prob_random_mean``.
-        When the pool has fewer than ``len(heads)`` heads outside the set, no random baseline can be
-        drawn: the random columns are NaN and ``n_random`` is 0 (say so in the text).
+        ``random_std``, ``n_random``, ``n_distinct`` (distinct random sets: few when the pool
+        outside the set is small), ``random_at_most_ablated`` (share of random sets whose accuracy
+        is no higher than the set's), and the answer's mean probability ``prob_original``,
+        ``prob_ablated``, ``prob_random_mean``, ``prob_random_std`` (finer than accuracy when
+        accuracy does not move). When the pool has fewer than ``len(heads)`` heads outside the set,
+        no random baseline can be drawn: the random columns are NaN and ``n_random`` is 0.
     """
     heads = list(heads)
     available = [h for h in pool if h not in set(heads)]
-    if len(available) >= len(heads):
-        table = group_ablation(model, batch, heads, n_random, ablation, pool=pool, seed=seed, progress=False)
-    else:  # no same-size set outside the group: ablate the group alone (one throwaway draw from all heads)
-        table = group_ablation(model, batch, heads, 1, ablation, pool=None, seed=seed, progress=False)
+    baseline = len(available) >= len(heads)
+    # random sets from the pool minus the set (overlap=False); several sets per forward pass
+    table = group_vs_random(
+        model,
+        batch,
+        heads,
+        pool if baseline else list(dict.fromkeys([*heads, *pool])),
+        test="ablation",
+        n_random=n_random if baseline else 1,
+        ablation=ablation,
+        overlap=not baseline,
+        seed=seed,
+    )
+    if not baseline:
         table = table[table["set"] != "random"]
-    s = group_ablation_summary(table)
+    s = group_test_summary(table)
+    randoms = table[table["set"] == "random"]
+    nan = float("nan")
     return {
         "head_set": head_set,
         "heads": ", ".join(heads),
@@ -294,9 +347,12 @@ def table2_row(
         "random_mean": 100 * s["top1_random_mean"],
         "random_std": 100 * s["top1_random_std"],
         "n_random": int(s["n_random"]),
-        "prob_original": s["prob_original"],
-        "prob_ablated": s["prob_group"],
-        "prob_random_mean": s["prob_random_mean"],
+        "n_distinct": int(s["n_distinct"]),
+        "random_at_most_ablated": s["top1_random_at_most_group"],
+        "prob_original": float(table.loc[table["set"] == "none", "prob"].iloc[0]),
+        "prob_ablated": float(table.loc[table["set"] == "group", "prob"].iloc[0]),
+        "prob_random_mean": float(randoms["prob"].mean()) if len(randoms) else nan,
+        "prob_random_std": float(np.std(randoms["prob"])) if len(randoms) else nan,
     }
 
 

@@ -89,6 +89,7 @@ class FewShotPrompt:
             object is then still a counterfactual answer for the logit difference).
         shuffled_demos, shuffled_prompt: the twin whose demonstrations carry wrong objects
             (``None`` with ``k = 0``, or when it changes the token length).
+        relation: the relation's key (as given to :func:`build_fewshot_prompts`).
         both_prompt: the shuffled demonstrations *and* the corrupt subject (``k = 0``: the corrupt
             prompt itself, so zero-shot and k-shot circuits found with it stay comparable; ``None``
             when either twin is missing).
@@ -109,6 +110,7 @@ class FewShotPrompt:
     shuffled_demos: tuple[Sample, ...] | None
     shuffled_prompt: str | None
     both_prompt: str | None
+    relation: str = ""
 
     @property
     def k(self) -> int:
@@ -225,7 +227,7 @@ def build_fewshot_prompts(
     template: str | None = None,
     pool: Sequence[Sample] | None = None,
     seed: int = 0,
-    relation: str = "the relation",
+    relation: str = "",
 ) -> list[FewShotPrompt]:
     """One :class:`FewShotPrompt` per query fact, with ``k`` demonstrations drawn from ``pool``.
 
@@ -236,7 +238,7 @@ def build_fewshot_prompts(
         template: the relation's template (``"The capital of {} is"``); needed for ``"sentence"``.
         pool: facts the demonstrations and corrupt subjects come from (default: ``queries``).
         seed: seed of every random choice (combined with each query's subject).
-        relation: the relation's name, for error messages.
+        relation: the relation's key, kept in each prompt and named in error messages.
 
     Raises:
         ValueError: an unknown format, ``k < 0``, or ``k`` larger than the pool allows (the query
@@ -244,12 +246,13 @@ def build_fewshot_prompts(
         PromptError: a tokenizer that merges across the prompt's pieces.
     """
     check_format(fmt)
+    name = relation or "the relation"
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k (demonstrations per prompt) must be a whole number >= 0, got {k!r}")
     pool = list(dict.fromkeys(pool if pool is not None else queries))
     if k > len(pool) - 1:
         raise ValueError(
-            f"k={k} demonstrations need at least {k + 1} facts of {relation} (the query and {k} others), "
+            f"k={k} demonstrations need at least {k + 1} facts of {name} (the query and {k} others), "
             f"but it has {len(pool)}; use k <= {max(len(pool) - 1, 0)}"
         )
     if fmt == "sentence" and template is None:
@@ -265,14 +268,12 @@ def build_fewshot_prompts(
         others = [s for s in pool if s.subject != query.subject]
         if len(others) < k:
             raise ValueError(
-                f"k={k} demonstrations for {query.subject!r} need {k} other facts of {relation}; "
+                f"k={k} demonstrations for {query.subject!r} need {k} other facts of {name}; "
                 f"only {len(others)} are left; use k <= {len(others)}"
             )
         counterfactual = [s for s in others if first_token[s.object] != first_token[query.object]]
         if not counterfactual:
-            raise PromptError(
-                f"{relation}: every fact shares the answer of {query.subject!r}; no counterfactual exists"
-            )
+            raise PromptError(f"{name}: every fact shares the answer of {query.subject!r}; no counterfactual exists")
         rng.shuffle(counterfactual)
         same_length = [s for s in counterfactual if query_length[s.subject] == query_length[query.subject]]
         twin = same_length[0] if same_length else counterfactual[0]
@@ -312,6 +313,7 @@ def build_fewshot_prompts(
                 shuffled_demos=shuffled,
                 shuffled_prompt=shuffled_prompt,
                 both_prompt=both_prompt,
+                relation=relation,
             )
         )
     return out
