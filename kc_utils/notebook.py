@@ -53,6 +53,9 @@ __all__ = [
 #: The one place the repository's address is written (README badges and the notebooks' install cell).
 REPOSITORY_URL = "https://github.com/knowledge-circuits/knowledge-circuits"
 
+#: Below this many parameters :func:`start` runs torch on one CPU thread (the organism has 1.1 M).
+SMALL_MODEL_PARAMETERS = 10_000_000
+
 #: Decimals of every float written to a CSV table: last-digit float noise never reaches a file.
 TABLE_DECIMALS = 4
 
@@ -209,6 +212,11 @@ def start(
 
     seed_everything(seed)
     model = load_model(model_name, device=device)
+    n_parameters = sum(p.numel() for p in model.parameters())
+    if n_parameters < SMALL_MODEL_PARAMETERS and torch.get_num_threads() > 1:
+        # tiny matrices: extra CPU threads only add synchronisation, and on a busy machine
+        # OpenMP threads that spin-wait make every forward pass many times slower
+        torch.set_num_threads(1)
     outputs = run_outputs(notebook, model_name, out_dir, publish)
     cfg = model.cfg
     where = "figures/ (versioned tables refreshed)" if outputs.published else str(outputs.folder)
