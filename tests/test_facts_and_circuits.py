@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
+from kc_utils.circuits.budget import check_budget, edge_budget, knee, size_grid
 from kc_utils.circuits.graph import CircuitError, Graph
-from kc_utils.circuits.table1 import edge_budget, find_relation_circuit, node_overlap, shared_nodes, table1
+from kc_utils.circuits.table1 import (
+    find_relation_circuit,
+    node_overlap,
+    shared_nodes,
+    table1,
+    transfer_matrix,
+)
 from kc_utils.data.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
 from kc_utils.data.metrics import rank
 from kc_utils.data.prompts import PromptError
@@ -99,21 +108,76 @@ def test_edge_budget():
         edge_budget(0, graph)
 
 
-def test_find_relation_circuit_end_to_end(tiny_gpt2, tmp_path):
+def test_budgets_are_checked_before_any_work():
+    for good in (1, 40, 0.1, "knee", "auto", 40.0):
+        check_budget(good)
+    for bad, message in ((0, "positive whole"), (-3, "positive whole"), (2.5, "positive whole"), ("kne", "knee")):
+        with pytest.raises(ValueError, match=message):
+            check_budget(bad)
+    with pytest.raises(ValueError, match="knee_level"):
+        check_budget("knee", knee_level=1.5)
+    assert size_grid(5) == [1, 2, 3, 4, 5]
+    grid = size_grid(10_000, largest=500)
+    assert grid[:12] == list(range(1, 13)) and grid[-1] == 500 and grid == sorted(set(grid))
+
+
+def test_knee_is_the_smallest_circuit_reaching_the_level():
+    import pandas as pd
+
+    curve = pd.DataFrame({"asked": [1, 2, 4, 8], "n_edges": [1, 2, 3, 7], "faithfulness": [0.2, 0.75, 0.7, 0.95]})
+    assert knee(curve, 0.7)["n_edges"] == 2
+    assert knee(curve, 0.9)["asked"] == 8
+    assert knee(curve, 0.99) is None
+
+
+@pytest.mark.parametrize("method", ["eap-ig", "acdc"])
+def test_find_relation_circuit_end_to_end(tiny_gpt2, tmp_path, method):
     dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
-    result = find_relation_circuit(tiny_gpt2, dataset, "factual", n_edges=30, n_random=2, curve_points=[10, 30])
-    assert result.n_edges <= 30 and result.graph.n_edges_in_graph == result.n_edges
-    assert set(result.metrics) == {"val", "test"} and set(result.metrics["val"]) == {"full", "circuit", "random"}
+    result = find_relation_circuit(
+        tiny_gpt2,
+        dataset,
+        "factual",
+        n_edges=30,
+        method=method,
+        acdc_threshold=1e-4,
+        n_random=2,
+        provenance={"model": "tiny"},
+    )
+    if method != "acdc":
+        assert result.n_edges <= 30
+    assert result.graph.n_edges_in_graph == result.n_edges
+    assert set(result.metrics) == {"val", "test"}
+    assert set(result.metrics["val"]) == {"full", "circuit", "empty", "random", "nodes"}
     val = facts_to_batch(tiny_gpt2, dataset.val)
     with torch.no_grad():
         plain_hits = (rank(tiny_gpt2(val.clean), val) < 10).float().mean().item()
     assert result.metrics["val"]["full"]["hit@10"] == pytest.approx(plain_hits)
-    assert len(result.curve) == 2
+    assert {"asked", "n_edges", "faithfulness"} <= set(result.curve.columns)
     json_path, gv_path = result.save(tmp_path)
-    assert (Graph.from_json(json_path).in_graph == result.graph.in_graph).all()
+    saved = Graph.from_json(json_path)
+    assert (saved.in_graph == result.graph.in_graph).all()
+    assert saved.provenance["model"] == "tiny" and saved.provenance["method"] == method
+    assert saved.provenance["relation"] == "tiny_capital" and saved.provenance["n_val"] == len(dataset.val)
     assert gv_path.read_text().startswith("digraph")
-    table = table1([result, result])
-    assert list(table["relation"]) == ["tiny_capital", "tiny_capital", "average"]
+    twin = dataclasses.replace(result, relation="tiny_capital_twin")
+    matrix = transfer_matrix(tiny_gpt2, [result, twin])
+    assert matrix.shape == (2, 2) and matrix.notna().all().all()
+    # the twin's circuit is the same circuit: transferring it changes nothing
+    assert matrix.iloc[0, 1] == pytest.approx(matrix.iloc[0, 0])
+    assert matrix.iloc[0, 0] == pytest.approx(result.metrics["test"]["circuit"]["hit@10"])
+    table = table1([result, twin], matrix)
+    assert list(table["relation"]) == ["tiny_capital", "tiny_capital_twin", "average"]
+    assert {"Dtest hit@1 nodes", "Dval faithfulness", "corrupt high", "knee90"} <= set(table.columns)
     overlap = node_overlap({"a": result.graph, "b": result.graph})
     assert overlap.loc["a", "b"] == pytest.approx(1.0)
     assert shared_nodes({"a": result.graph}).max() == 1
+
+
+def test_find_relation_circuit_refuses_bad_knobs_before_working(tiny_gpt2):
+    dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
+    with pytest.raises(ValueError, match="unknown method"):
+        find_relation_circuit(tiny_gpt2, dataset, "factual", method="acdcc")
+    with pytest.raises(ValueError, match="unknown ablation"):
+        find_relation_circuit(tiny_gpt2, dataset, "factual", ablation="resample")
+    with pytest.raises(ValueError, match="n_edges"):
+        find_relation_circuit(tiny_gpt2, dataset, "factual", n_edges=-1)

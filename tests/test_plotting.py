@@ -20,9 +20,14 @@ def test_plot_circuit_draws_every_node_and_hovers_every_edge():
     graph = _scored_graph().greedy(15)
     fig = plot_circuit(graph)
     node_trace = fig.data[-1]
-    assert list(node_trace.text) == graph.nodes_in_graph()
+    assert list(node_trace.hovertext) == graph.nodes_in_graph()
+    assert [a.text for a in fig.layout.annotations] == graph.nodes_in_graph()  # labels on white boxes
     hover = fig.data[-2].hovertext
     assert len(hover) == graph.n_edges_in_graph and all("score" in h for h in hover)
+    legend = {trace.name for trace in fig.data if trace.showlegend is not False and trace.name}
+    assert {"edge helps the answer", "into a query", "into a key", "into a value"} <= legend
+    dashes = {trace.line.dash for trace in fig.data if trace.mode == "lines" and trace.x[0] is not None}
+    assert dashes <= {"dot", "dash", "solid"} and len(dashes) >= 2  # q/k/v edges are told apart
 
 
 def test_circuit_explorer_shows_a_figure_and_reports_empty_circuits():

@@ -140,24 +140,36 @@ def mean_and_std(values: Sequence[dict[str, float]]) -> tuple[dict[str, float], 
     )
 
 
-def random_circuit(graph: Graph, n_edges: int, seed: int = 0) -> Graph:
-    """A random circuit connected from input to logits with ``n_edges`` edges (or as close as pruning allows).
+def random_circuit(
+    graph: Graph, n_edges: int, seed: int = 0, allowed: Tensor | None = None, from_input: bool = True
+) -> Graph:
+    """A random circuit connected to the logits with ``n_edges`` edges (or as close as pruning allows).
 
     Edges get random scores and the circuit is grown greedily from the logits; the number of
     greedy steps is searched so that the pruned circuit has ``n_edges`` edges when possible.
+
+    Args:
+        allowed: ``Bool[up, rx]`` — draw only among these edges (e.g. the edges among a circuit's
+            own nodes, :func:`node_set_edges`); default every edge.
+        from_input: passed to :meth:`Graph.prune` (``True``: the circuit also has a path from the input).
+
+    Raises:
+        CircuitError: when no connected circuit can be built from the allowed edges.
     """
     generator = torch.Generator().manual_seed(seed)
+    pool = graph.real_edges if allowed is None else graph.real_edges & allowed
     rand = graph.copy()
-    rand.scores = torch.rand(graph.scores.shape, generator=generator) * graph.real_edges + 1e-9 * graph.real_edges
-    low, high = n_edges, graph.n_edges
+    rand.scores = torch.rand(graph.scores.shape, generator=generator) * pool + 1e-9 * pool
+    low, high = n_edges, int(pool.sum())
     best: Graph | None = None
 
     def size(steps: int) -> tuple[int, Graph | None]:
         candidate = rand.copy()
         try:
-            candidate.greedy(steps)
+            candidate.greedy(steps, from_input=from_input)
         except CircuitError:
             return 0, None
+        candidate.in_graph &= pool
         return candidate.n_edges_in_graph, candidate
 
     while low <= high:
@@ -172,9 +184,24 @@ def random_circuit(graph: Graph, n_edges: int, seed: int = 0) -> Graph:
         else:
             high = mid - 1
     if best is None:
-        raise CircuitError(f"could not build a connected random circuit of {n_edges} edges")
+        raise CircuitError(f"could not build a connected random circuit of {n_edges} edges from the allowed edges")
     best.scores = graph.scores.clone()
     return best
+
+
+def node_set_edges(graph: Graph, circuit: Graph) -> Tensor:
+    """``Bool[up, rx]``: the edges whose upstream node and receiver node both belong to ``circuit``'s nodes.
+
+    ``input`` and ``logits`` count as nodes of every circuit. Random circuits drawn from these
+    edges use the same components as the circuit, wired at random — a baseline that is not the
+    empty circuit in disguise.
+    """
+    nodes = set(circuit.nodes_in_graph()) | {"input", "logits"}
+    up = torch.tensor([n in nodes for n in graph.upstream_names])
+    rx = torch.tensor(
+        [all(t in nodes for t in graph.receiver_targets(n)) or n == "logits" for n in graph.receiver_names]
+    )
+    return graph.real_edges & up[:, None] & rx[None, :]
 
 
 @dataclass
@@ -198,10 +225,14 @@ def faithfulness_curve(
     seed: int = 0,
     selection: str = "top_n",
     batch_size: int | None = None,
+    from_input: bool = True,
 ) -> list[CurvePoint]:
     """Circuit metrics (and random-circuit baselines) for each edge count, top-n selection."""
-    circuits = [getattr(graph.copy(), selection)(n) for n in edge_counts]
-    randoms = [[random_circuit(graph, c.n_edges_in_graph, seed=seed + i) for i in range(n_random)] for c in circuits]
+    circuits = [getattr(graph.copy(), selection)(n, from_input=from_input) for n in edge_counts]
+    randoms = [
+        [random_circuit(graph, c.n_edges_in_graph, seed=seed + i, from_input=from_input) for i in range(n_random)]
+        for c in circuits
+    ]
     masks = [c.in_graph for c in circuits] + [r.in_graph for rs in randoms for r in rs]
     values = evaluate_masks(model, graph, batch, masks, metrics, ablation, batch_size=batch_size)
     points = []

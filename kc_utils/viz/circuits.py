@@ -32,41 +32,64 @@ def _node_xy(graph: Graph, node: str) -> tuple[float, float]:
     return float(parsed.layer), float(parsed.index)
 
 
+#: Dash style of an edge by the receiver input it enters (the logits and MLPs read the residual stream whole).
+LETTER_DASH = {"q": "dot", "k": "dash", "v": "solid", "": "solid"}
+_LETTER_NAME = {"q": "into a query", "k": "into a key", "v": "into a value", "": "into an MLP / the logits"}
+
+
 def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figure:
     """The circuit in ``graph.in_graph``: layers left to right, heads and MLPs as nodes.
 
     Edge colour: blue for positive scores (the edge helps the metric), red for negative; width
-    grows with ``|score|``. Hover over a node or an edge's midpoint for names and scores.
+    grows with ``|score|`` (quantile bins); dash style says which input the edge enters (dotted:
+    query, dashed: key, solid: value, MLP or logits) — both explained in the legend. Node labels
+    sit on white boxes beside the markers so edges do not cross them. Hover over a node or an
+    edge's midpoint for names and scores.
     """
     fig = go.Figure()
     edges = list(graph.edges(only_in_graph=True))
     if edges:
         magnitudes = np.array([abs(e.score) for e in edges])
-        edges_bins = np.quantile(magnitudes, np.linspace(0, 1, width_bins + 1)[1:-1]) if len(edges) > width_bins else []
+        cuts = np.linspace(0, 1, width_bins + 1)[1:-1]
+        edges_bins = np.quantile(magnitudes, cuts) if len(edges) > width_bins else []
         for sign, colour in ((1, POSITIVE), (-1, NEGATIVE)):
-            for b in range(width_bins):
-                xs: list[float | None] = []
-                ys: list[float | None] = []
-                for e, mag in zip(edges, magnitudes):
-                    if (e.score >= 0) != (sign > 0) or int(np.searchsorted(edges_bins, mag, side="right")) != b:
-                        continue
-                    x0, y0 = _node_xy(graph, e.upstream)
-                    for target in graph.receiver_targets(e.receiver):
-                        x1, y1 = _node_xy(graph, target)
-                        xs += [x0, x1, None]
-                        ys += [y0, y1, None]
-                if xs:
-                    fig.add_trace(
-                        go.Scatter(
-                            x=xs,
-                            y=ys,
-                            mode="lines",
-                            line=dict(color=colour, width=0.6 + 1.4 * b),
-                            opacity=0.55,
-                            hoverinfo="skip",
-                            showlegend=False,
+            for letter, dash in LETTER_DASH.items():
+                for b in range(width_bins):
+                    xs: list[float | None] = []
+                    ys: list[float | None] = []
+                    for e, mag in zip(edges, magnitudes):
+                        edge_letter = parse_node(e.receiver).letter or ""
+                        if (e.score >= 0) != (sign > 0) or edge_letter != letter:
+                            continue
+                        if int(np.searchsorted(edges_bins, mag, side="right")) != b:
+                            continue
+                        x0, y0 = _node_xy(graph, e.upstream)
+                        for target in graph.receiver_targets(e.receiver):
+                            x1, y1 = _node_xy(graph, target)
+                            xs += [x0, x1, None]
+                            ys += [y0, y1, None]
+                    if xs:
+                        fig.add_trace(
+                            go.Scatter(
+                                x=xs,
+                                y=ys,
+                                mode="lines",
+                                line=dict(color=colour, width=0.6 + 1.4 * b, dash=dash),
+                                opacity=0.55,
+                                hoverinfo="skip",
+                                showlegend=False,
+                            )
                         )
-                    )
+        for colour, meaning in ((POSITIVE, "helps the answer"), (NEGATIVE, "hurts the answer")):
+            fig.add_trace(
+                go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=colour, width=3), name=f"edge {meaning}")
+            )
+        for letter, dash in LETTER_DASH.items():
+            fig.add_trace(
+                go.Scatter(
+                    x=[None], y=[None], mode="lines", line=dict(color="#555555", dash=dash), name=_LETTER_NAME[letter]
+                )
+            )
         mids = []
         for e in edges:
             (x0, y0), (x1, y1) = _node_xy(graph, e.upstream), _node_xy(graph, graph.receiver_targets(e.receiver)[0])
@@ -89,16 +112,25 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
         go.Scatter(
             x=[p[0] for p in xy],
             y=[p[1] for p in xy],
-            mode="markers+text",
-            text=nodes,
-            textposition="top center",
-            textfont=dict(size=9),
+            mode="markers",
             marker=dict(size=14, color=colour, line=dict(color="black", width=1)),
-            hovertext=[f"{n}" for n in nodes],
+            hovertext=list(nodes),
             hoverinfo="text",
             showlegend=False,
         )
     )
+    for name, (x, y) in zip(nodes, xy):
+        fig.add_annotation(
+            x=x,
+            y=y,
+            text=name,
+            showarrow=False,
+            xshift=0,
+            yshift=16,
+            font=dict(size=10),
+            bgcolor="rgba(255,255,255,0.9)",
+            borderpad=1,
+        )
     fig.update_layout(
         title=title or f"circuit: {graph.n_edges_in_graph} of {graph.n_edges} edges, {len(nodes)} nodes",
         xaxis=dict(
@@ -109,8 +141,9 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
             zeroline=False,
         ),
         yaxis=dict(title="head (MLPs on top)", zeroline=False),
-        height=520,
+        height=560,
         template="plotly_white",
+        legend=dict(orientation="h", yanchor="top", y=-0.15),
     )
     return fig
 
@@ -202,4 +235,71 @@ def plot_overlap(overlap: pd.DataFrame, title: str = "node overlap between relat
         )
     )
     fig.update_layout(title=title, height=150 + 40 * len(overlap), template="plotly_white")
+    return fig
+
+
+def plot_size_curves(
+    curves: dict[str, pd.DataFrame], knees: dict[str, dict[float, int | None]] | None = None
+) -> go.Figure:
+    """Faithfulness (normalised logit difference) of the top-n circuit against its size, one line per relation.
+
+    ``curves`` are :func:`kc_utils.circuits.budget.size_curve` tables; ``knees`` mark each
+    relation's knee sizes with open circles.
+    """
+    fig = go.Figure()
+    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
+    for i, (name, curve) in enumerate(curves.items()):
+        colour = palette[i % len(palette)]
+        data = curve.sort_values("n_edges")
+        fig.add_trace(
+            go.Scatter(x=data["n_edges"], y=data["faithfulness"], mode="lines", name=name, line=dict(color=colour))
+        )
+        for level, edges in (knees or {}).get(name, {}).items():
+            if edges is None:
+                continue
+            fig.add_trace(
+                go.Scatter(
+                    x=[edges],
+                    y=[level],
+                    mode="markers",
+                    marker=dict(symbol="circle-open", size=10, color=colour),
+                    showlegend=False,
+                    hovertext=f"{name}: {edges} edges keep {level:.0%}",
+                    hoverinfo="text",
+                )
+            )
+    for level in sorted({lv for k in (knees or {}).values() for lv in k}):
+        fig.add_hline(y=level, line=dict(color="#999999", dash="dot"))
+    fig.update_layout(
+        xaxis=dict(type="log", title="edges kept (after pruning)"),
+        yaxis=dict(title="Dval faithfulness (logit difference; 0 = empty, 1 = full)"),
+        template="plotly_white",
+        height=450,
+        title="how small can a circuit be? (open circles: the knees)",
+    )
+    return fig
+
+
+def plot_matrix(matrix: pd.DataFrame, title: str, zmin: float = 0.0, zmax: float = 1.0) -> go.Figure:
+    """Heatmap of a relation × relation table (e.g. a transfer matrix), values printed with 2 decimals."""
+    values = matrix.to_numpy(dtype=float)
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=list(matrix.columns),
+            y=list(matrix.index),
+            colorscale="Blues",
+            zmin=zmin,
+            zmax=zmax,
+            text=np.round(values, 2),
+            texttemplate="%{text}",
+        )
+    )
+    fig.update_layout(
+        title=title,
+        height=200 + 32 * len(matrix),
+        template="plotly_white",
+        xaxis=dict(title="circuit of", tickangle=-45),
+        yaxis=dict(title="facts of", autorange="reversed"),
+    )
     return fig
