@@ -410,24 +410,6 @@ def test_repair_bad_inputs(tiny_model):
         )
 
 
-def test_active_heads_leaves_out_a_head_that_writes_nothing(tmp_path):
-    from transformers import GPT2LMHeadModel
-
-    from tests.conftest import save_tiny_model
-
-    folder = save_tiny_model(tmp_path / "tiny", "gpt2")
-    hf = GPT2LMHeadModel.from_pretrained(folder)
-    d_head = hf.config.n_embd // hf.config.n_head
-    with torch.no_grad():  # GPT-2's c_proj is a Conv1D: rows are the heads' inputs to W_O
-        hf.transformer.h[0].attn.c_proj.weight[1 * d_head : 2 * d_head] = 0.0
-    hf.save_pretrained(folder)
-    model = models.load_model(str(folder), device="cpu")
-    batch = make_batch(model, PROMPTS, ANSWERS)
-    heads = hal.active_heads(model, batch)
-    assert "a0.h1" not in heads and len(heads) == 7
-    assert hal.active_heads(model, batch, atol=1e9) == []
-
-
 def test_analyse_failures_end_to_end(tiny_gpt2):
     index = AttributeIndex.from_token_facts(
         [
@@ -495,3 +477,96 @@ def test_describe_repair_on_hand_made_summaries():
     assert "degenerate" in flat
     with pytest.raises(ValueError, match="lacks"):
         hal.describe_repair({"top1_group": 0.5}, ["a2.h2"])
+
+
+def test_pick_case_prefers_a_confident_same_subject_failure():
+    kinds = pd.DataFrame(
+        {
+            "kind": ["correct", "knowledge_present", "knowledge_present", "knowledge_present", "knowledge_absent"],
+            "wrong_kind": ["correct", "other", "same_subject", "same_subject", "same_subject"],
+            "confidence": [0.99, 0.95, 0.6, 0.7, 0.98],
+        }
+    )
+    assert hal.pick_case(kinds) == 3
+    assert hal.pick_case(kinds.assign(wrong_kind="other")) == 1
+    with pytest.raises(ValueError, match="no knowledge-present failure"):
+        hal.pick_case(kinds.assign(kind="correct"))
+
+
+def test_describe_wrong_answers_on_a_hand_made_table():
+    kinds = pd.DataFrame(
+        {
+            "group": ["known"] * 5 + ["unknown"],
+            "wrong_kind": ["correct", "same_subject", "same_subject", "relation_object", "other", "correct"],
+            "wrong_relations": ["", "language", "language", "", "", ""],
+        }
+    )
+    assert hal.describe_wrong_answers(kinds) == (
+        "known: of 4 wrong answers, 2 of 4 (50%) are another attribute of the subject (most often language, 2), "
+        "1 of 4 (25%) an object of the asked relation for another subject and 1 of 4 (25%) neither.\n"
+        "unknown: no wrong answers."
+    )
+    with pytest.raises(ValueError, match="classify_and_name"):
+        hal.describe_wrong_answers(kinds.drop(columns="wrong_kind"))
+
+
+def test_case_summary_and_its_sentence_on_hand_made_tables():
+    correct = _lens_table({0: [(50, 9.0), (8, 1.0), (0, 0.0), (2, 0.0)]}).assign(target="physicist", prompt="p")
+    wrong = _lens_table({0: [(60, 3.0), (9, 0.0), (1, 0.0), (0, 0.0)]}).assign(target="Italian", prompt="p")
+    heads = _head_table({0: (2.0, [0.5, 1.5, -0.2])})
+    case = hal.case_summary(correct, wrong, heads, ["Italian", "German"])
+    assert (case["correct_subject_rank"], case["correct_subject_layer"], case["correct_last_top1_layer"]) == (0, 1, 1)
+    assert (case["wrong_subject_rank"], case["wrong_subject_layer"], case["wrong_last_top1_layer"]) == (0, 0, 2)
+    assert case["head"] == "a1.h1" and case["head_share"] == pytest.approx(0.75)
+    text = hal.describe_case(case)
+    assert text.startswith("For 'p' the model answers 'Italian', not 'physicist'.")
+    assert "'physicist' reaches rank 0 (0 = top-1) after block 1 and 'Italian' rank 0 after block 0" in text
+    assert "'physicist' is top-1 after block 1 and 'Italian' after block 2" in text
+    assert "a1.h1: it adds +1.50 to the logit of 'Italian' and +0.00 to that of 'physicist' (75% of" in text
+    assert text.endswith("Its top tokens at the last position: Italian, German.")
+    with pytest.raises(ValueError, match="lacks"):
+        hal.describe_case({"prompt": "p"})
+
+
+def test_describe_explained_and_survey_on_hand_made_tables():
+    table = _head_table({0: (2.0, [3.0, 0.5, -1.0]), 1: (2.0, [1.0, 0.2, 1.5]), 2: (5.0, [1.0, 1.0, 1.0])})
+    text = hal.describe_explained(hal.explaining_heads(table, 3), hal.rank_heads(table), 3)
+    assert (
+        "one head's direct contribution to logit(wrong) − logit(correct) is larger than the model's margin in "
+        "1 of 3 (33%)" in text
+    )
+    assert (
+        "at most 3 heads' in 2 of 3 (67%)" in text
+        and "a1.h0 (+1.67 on average; the largest of all heads in 67%" in text
+    )
+
+    survey = pd.DataFrame(
+        {
+            "relation": ["a", "b", "c"],
+            "n_present": [10, 4, 0],
+            "same_subject_share": [0.9, 0.0, np.nan],
+            "repair_heads": ["a2.h2", "a3.h3", ""],
+            "repaired": [0.5, 0.0, np.nan],
+            "random_mean": [0.1, 0.0, np.nan],
+            "random_std": [0.1, 0.0, np.nan],
+        }
+    )
+    assert hal.describe_survey(survey) == (
+        "2 of 3 relations have knowledge-present failures: a (10; a2.h2 repairs 50% vs 10% ± 10%), b (4; a3.h3 repairs "
+        "0% vs 0% ± 0%). In 1 of them most wrong answers are another attribute of the subject (a). Patching the single "
+        "head with the largest mean contribution beats its random heads by more than two standard deviations in "
+        "1 of 2 (a)."
+    )
+    assert hal.describe_survey(survey.assign(n_present=0)) == "None of the 3 relations has a knowledge-present failure."
+
+
+def test_describe_enrichment_on_hand_made_curves():
+    known = hal.rank_curves(HAND_LENS.query("prompt_index < 3"), max_rank=2)
+    text = hal.describe_enrichment({"known": known}, max_rank=2)
+    # after block 0 the subject ranks are 0, 1, 50: two of three within the top 3, median 1
+    assert text == (
+        "The correct answer — known: 67% within the top 3 at the subject after block 0 (median rank 1), "
+        "33% at the last position after the final block (median rank 3)."
+    )
+    with pytest.raises(ValueError, match="no layer 7"):
+        hal.describe_enrichment({"known": known}, 2, layer=7)

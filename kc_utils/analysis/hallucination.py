@@ -60,6 +60,7 @@ from kc_utils.analysis.head_groups import (
     group_ablation,
     group_ablation_summary,
     random_head_sets,
+    writing_heads,
 )
 from kc_utils.analysis.heads import position_masks, resolve_heads
 from kc_utils.analysis.lens import component_logits, decompose_residual_with_cache, logit_lens, parse_node
@@ -74,17 +75,24 @@ __all__ = [
     "KNOWLEDGE_RULES",
     "PROMPT_KINDS",
     "FailureAnalysis",
-    "active_heads",
     "analyse_failures",
     "classify_from_lens",
+    "case_summary",
+    "classify_and_name",
     "classify_prompts",
+    "describe_case",
+    "describe_enrichment",
+    "describe_explained",
     "describe_kinds",
     "describe_repair",
+    "describe_survey",
+    "describe_wrong_answers",
     "explaining_heads",
     "failure_summary",
     "head_logit_difference",
     "last_position_head_outputs",
     "patch_heads_from_prompts",
+    "pick_case",
     "rank_curves",
     "rank_heads",
     "repair",
@@ -217,6 +225,51 @@ def classify_prompts(
     table["confidence"] = top.values.tolist()
     table["answer_prob"] = final.gather(1, batch.answer[:, None])[:, 0].tolist()
     return table
+
+
+def classify_and_name(
+    model: Any,
+    relation: str,
+    subjects: Sequence[str],
+    answers: Sequence[str],
+    template: str,
+    index: AttributeIndex,
+    subject_max_rank: int = 2,
+    last_max_rank: int = 2,
+    rule: str = "subject",
+) -> tuple[pd.DataFrame, PromptBatch]:
+    """:func:`classify_prompts` of the facts asked with ``template``, wrong answers named.
+
+    Returns:
+        ``(kinds, batch)``: the classification with ``wrong_kind`` and ``wrong_relations``
+        (:func:`kc_utils.analysis.wrong_answers.name_wrong_answers`; ``"correct"``/``""`` where
+        right), and the batch it was measured on.
+    """
+    if "{}" not in template:
+        raise ValueError(f"the template {template!r} needs a '{{}}' where the subject goes")
+    if len(subjects) != len(answers):
+        raise ValueError(f"{len(subjects)} subjects but {len(answers)} answers; give one answer per subject")
+    batch = make_batch(model, [template.replace("{}", s) for s in subjects], list(answers))
+    kinds = classify_prompts(model, batch, subjects, subject_max_rank, last_max_rank, rule)
+    named = name_wrong_answers(index, relation, list(subjects), kinds["prediction_id"].tolist(), batch.answer.tolist())
+    kinds["wrong_kind"] = named["kind"].to_numpy()
+    kinds["wrong_relations"] = named["relations"].to_numpy()
+    return kinds, batch
+
+
+def pick_case(kinds: pd.DataFrame) -> int:
+    """The knowledge-present failure to read in detail: the most confident one whose wrong answer is
+    another attribute of the subject, else the most confident knowledge-present failure.
+
+    Raises:
+        ValueError: no knowledge-present failure in the table.
+    """
+    present = kinds[kinds["kind"] == "knowledge_present"]
+    if present.empty:
+        raise ValueError("no knowledge-present failure to read; try another relation or looser thresholds")
+    same = present[present["wrong_kind"] == "same_subject"] if "wrong_kind" in present else present.iloc[:0]
+    chosen = same if len(same) else present
+    return int(chosen.sort_values("confidence", ascending=False, kind="stable").index[0])
 
 
 def rank_curves(lens: pd.DataFrame, max_rank: int = 0) -> pd.DataFrame:
@@ -453,26 +506,6 @@ def rank_heads(head_table: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- 3. repair
-def active_heads(model: Any, batch: PromptBatch, atol: float = 0.0) -> list[str]:
-    """Heads whose output is not zero (``max |hook_result| > atol``) on the batch's real tokens.
-
-    The pool for random head sets: a head that never writes anything (the organism's block 0)
-    would make a random baseline look better than it is.
-    """
-    shape = models.model_shape(model)
-    with torch.no_grad():
-        _, cache = models.run_with_cache(
-            model, batch.clean, [models.head_result_hook(i) for i in range(shape.n_layers)]
-        )
-    mask = batch.padding_mask
-    names = []
-    for layer in range(shape.n_layers):
-        result = cache[models.head_result_hook(layer)][mask]  # [tokens, heads, d]
-        biggest = result.abs().amax(dim=(0, 2))
-        names += [f"a{layer}.h{h}" for h in range(shape.n_heads) if float(biggest[h]) > atol]
-    return names
-
-
 def last_position_head_outputs(model: Any, source: PromptBatch) -> Float[Tensor, "layer b head d"]:
     """Every head's output at each prompt's last position (computed once, reused by every patch)."""
     n_layers = models.model_shape(model).n_layers
@@ -563,7 +596,8 @@ def repair(
             :func:`kc_utils.analysis.head_groups.group_ablation`).
         source: for ``"patch"``: the same facts in prompts the model answers (e.g. a training template).
         pool: heads the random sets are drawn from, minus ``heads`` (default every head; pass
-            :func:`active_heads` so that silent heads do not flatter the baseline).
+            :func:`kc_utils.analysis.head_groups.writing_heads` so that silent heads do not flatter the
+            baseline).
 
     Returns:
         One row per set: ``set`` (``"none"``, ``"group"``, ``"random"``), ``draw``, ``heads``,
@@ -635,7 +669,7 @@ class FailureAnalysis:
         explained: :func:`explaining_heads`.
         heads: :func:`rank_heads`.
         repairs: ``{n: repair table}`` for the top-``n`` heads by ``mean_dla_diff`` (:func:`repair`).
-        each_head: :func:`repair_by_each_head`, or ``None`` without a source.
+        each_head: :func:`repair_by_each_head`, or ``None`` (no source, or ``each_head=False``).
     """
 
     kinds: pd.DataFrame
@@ -668,6 +702,7 @@ def analyse_failures(
     last_max_rank: int = 2,
     rule: str = "subject",
     max_failures: int | None = None,
+    each_head: bool = True,
     progress: bool = False,
 ) -> FailureAnalysis:
     """Classify ``relation``'s facts asked with ``template``; trace and repair the knowledge-present failures.
@@ -680,22 +715,19 @@ def analyse_failures(
         index: the known facts, to name the wrong answers.
         repair_sizes: repair the top-``n`` heads by ``mean_dla_diff`` for each ``n`` given.
         max_heads: the largest set :func:`explaining_heads` looks for.
-        pool: heads of the random sets (default :func:`active_heads` on the failures).
+        pool: heads of the random sets (default :func:`kc_utils.analysis.head_groups.writing_heads` on the failures).
         max_failures: trace and repair at most this many knowledge-present failures (the first
             ones, in prompt order; ``None``: all). The classification always covers every prompt.
+        each_head: also patch every pool head alone (:func:`repair_by_each_head`; needs a source).
     """
     if "{}" not in template or (source_template is not None and "{}" not in source_template):
         raise ValueError("templates need a '{}' where the subject goes")
     if intervention == "patch" and source_template is None:
         raise ValueError("intervention='patch' needs a source_template")
-    if len(subjects) != len(answers):
-        raise ValueError(f"{len(subjects)} subjects but {len(answers)} answers; give one answer per subject")
     subjects, answers = list(subjects), list(answers)
-    batch = make_batch(model, [template.replace("{}", s) for s in subjects], answers)
-    kinds = classify_prompts(model, batch, subjects, subject_max_rank, last_max_rank, rule)
-    named = name_wrong_answers(index, relation, subjects, kinds["prediction_id"].tolist(), batch.answer.tolist())
-    kinds["wrong_kind"] = named["kind"].to_numpy()
-    kinds["wrong_relations"] = named["relations"].to_numpy()
+    kinds, batch = classify_and_name(
+        model, relation, subjects, answers, template, index, subject_max_rank, last_max_rank, rule
+    )
     if max_failures is not None and (isinstance(max_failures, bool) or max_failures < 1):
         raise ValueError(f"max_failures must be a whole number ≥ 1 or None, got {max_failures!r}")
     failures = kinds.index[kinds["kind"] == "knowledge_present"].tolist()[:max_failures]
@@ -710,14 +742,14 @@ def analyse_failures(
         )
     head_table = head_logit_difference(model, wrong, fail_subjects)
     ranked = rank_heads(head_table)
-    pool = list(pool) if pool is not None else active_heads(model, wrong)
+    pool = list(pool) if pool is not None else writing_heads(model, wrong)
     repairs = {
         n: repair(
             model, wrong, ranked["head"].tolist()[:n], intervention, source, n_random, pool, seed, progress=progress
         )
         for n in repair_sizes
     }
-    each = repair_by_each_head(model, wrong, source, pool) if source is not None else None
+    each = repair_by_each_head(model, wrong, source, pool) if source is not None and each_head else None
     return FailureAnalysis(
         kinds,
         failures,
@@ -868,3 +900,172 @@ def describe_repair(summary: Mapping[str, float], heads: Sequence[str], interven
     z = (group - mean) / std
     verdict = "beats" if z > 2 else "does not beat"
     return text + f" The set {verdict} the random sets by more than two standard deviations ({z:+.1f} std)."
+
+
+def describe_wrong_answers(kinds: pd.DataFrame, group_column: str = "group") -> str:
+    """One sentence per group: what the wrong answers are (``wrong_kind`` of :func:`classify_and_name`).
+
+    E.g. ``"known subjects: of 4 wrong answers, 3 of 4 (75%) are another attribute of the subject
+    (most often person_native_language, 3), 1 of 4 (25%) an object of the asked relation for another
+    subject and 0 of 4 (0%) neither."``
+    """
+    needed = {group_column, "wrong_kind", "wrong_relations"}
+    if not needed <= set(kinds.columns):
+        raise ValueError(f"the table lacks columns {sorted(needed - set(kinds.columns))}; use classify_and_name")
+    lines = []
+    for group, rows in kinds.groupby(group_column, sort=False):
+        wrong = rows[rows["wrong_kind"] != "correct"]
+        if wrong.empty:
+            lines.append(f"{group}: no wrong answers.")
+            continue
+        same = wrong[wrong["wrong_kind"] == "same_subject"]
+        which = ""
+        if len(same):
+            counts = same["wrong_relations"].value_counts()
+            which = f" (most often {counts.index[0]}, {counts.iloc[0]})"
+        n = len(wrong)
+        lines.append(
+            f"{group}: of {n} wrong answers, {_share(len(same), n)} are another attribute of the subject{which}, "
+            f"{_share((wrong['wrong_kind'] == 'relation_object').sum(), n)} an object of the asked relation for "
+            f"another subject and {_share((wrong['wrong_kind'] == 'other').sum(), n)} neither."
+        )
+    return "\n".join(lines)
+
+
+def case_summary(
+    correct_lens: pd.DataFrame, wrong_lens: pd.DataFrame, head_rows: pd.DataFrame, top_tokens: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The numbers of one case (one prompt): where each answer appears, and the head that favours the wrong one.
+
+    Args:
+        correct_lens, wrong_lens: :func:`kc_utils.analysis.lens.logit_lens` rows of the prompt with the
+            correct and the wrong answer as target.
+        head_rows: :func:`head_logit_difference` rows of the prompt.
+        top_tokens: the chosen head's top tokens (e.g. from :func:`kc_utils.analysis.lens.project_node`).
+
+    Returns:
+        ``prompt``, ``correct``, ``wrong``; for each answer ``a`` in (``correct``, ``wrong``):
+        ``{a}_subject_rank``/``{a}_subject_layer`` (best rank at the subject and the first layer with
+        it), ``{a}_last_top1_layer`` (first layer where it is top-1 at the last position, NaN if
+        never); ``head``, ``head_dla_wrong``, ``head_dla_correct``, ``head_attn_subject``,
+        ``head_top_key``, ``head_share`` (its ``dla_diff`` over the model's margin), ``logit_diff``
+        and ``top_tokens``.
+    """
+    if head_rows.empty or correct_lens.empty or wrong_lens.empty:
+        raise ValueError("the case has no rows; pass one prompt's lens tables and head rows")
+    out: dict[str, Any] = {
+        "prompt": correct_lens["prompt"].iloc[0] if "prompt" in correct_lens else "",
+        "correct": correct_lens["target"].iloc[0],
+        "wrong": wrong_lens["target"].iloc[0],
+    }
+    for label, table in (("correct", correct_lens), ("wrong", wrong_lens)):
+        table = table.sort_values("layer")
+        best = float(table["subject_rank"].min())
+        out[f"{label}_subject_rank"] = best
+        out[f"{label}_subject_layer"] = float(table.loc[table["subject_rank"] == best, "layer"].iloc[0])
+        top = table.loc[table["rank"] == 0, "layer"]
+        out[f"{label}_last_top1_layer"] = float(top.iloc[0]) if len(top) else float("nan")
+    head = head_rows.sort_values("dla_diff", ascending=False, kind="stable").iloc[0]
+    margin = float(head["logit_diff"])
+    out |= {
+        "head": head["head"],
+        "head_dla_wrong": float(head["dla_wrong"]),
+        "head_dla_correct": float(head["dla_correct"]),
+        "head_dla_diff": float(head["dla_diff"]),
+        "head_attn_subject": float(head["attn_subject"]),
+        "head_top_key": head.get("top_key", ""),
+        "head_share": float(head["dla_diff"]) / margin if margin else float("nan"),
+        "logit_diff": margin,
+        "top_tokens": list(top_tokens),
+    }
+    return out
+
+
+def _layer(value: float) -> str:
+    return "never" if math.isnan(value) else ("the embeddings" if value < 0 else f"block {value:.0f}")
+
+
+def describe_case(case: Mapping[str, Any]) -> str:
+    """Paragraph reading one case like the paper's Malaysia example, from :func:`case_summary`."""
+    needed = ("prompt", "correct", "wrong", "head", "head_dla_wrong", "head_dla_correct", "logit_diff")
+    missing = [k for k in needed if k not in case]
+    if missing:
+        raise ValueError(f"not a case_summary: it lacks {missing}")
+    c, w = case["correct"], case["wrong"]
+    where = (
+        f"At the subject, {c!r} reaches rank {case['correct_subject_rank']:.0f} (0 = top-1) after "
+        f"{_layer(case['correct_subject_layer'])} and {w!r} rank {case['wrong_subject_rank']:.0f} after "
+        f"{_layer(case['wrong_subject_layer'])}: both attributes are built up at the subject. At the last position "
+        f"{c!r} is top-1 after {_layer(case['correct_last_top1_layer'])} and {w!r} after "
+        f"{_layer(case['wrong_last_top1_layer'])}."
+    )
+    head = (
+        f"The head that favours {w!r} most is {case['head']}: it adds {case['head_dla_wrong']:+.2f} to the logit of "
+        f"{w!r} and {case['head_dla_correct']:+.2f} to that of {c!r} ({case['head_share']:.0%} of the model's margin "
+        f"of {case['logit_diff']:.2f} for the wrong answer), and puts {case['head_attn_subject']:.2f} of the last "
+        f"token's attention on the subject (most on {case['head_top_key']!r})."
+    )
+    tokens = f" Its top tokens at the last position: {', '.join(case['top_tokens'])}." if case.get("top_tokens") else ""
+    return f"For {case['prompt']!r} the model answers {w!r}, not {c!r}. {where} {head}{tokens}"
+
+
+def describe_explained(explained: pd.DataFrame, ranked: pd.DataFrame, max_size: int) -> str:
+    """How often one head, or at most ``max_size`` heads, explain the wrong answer (:func:`explaining_heads`,
+    :func:`rank_heads`)."""
+    for column in ("by_one_head", "by_small_set", "top_head"):
+        if column not in explained:
+            raise ValueError(f"not an explaining_heads table: it lacks {column!r}")
+    if explained.empty or ranked.empty:
+        raise ValueError("no failures to describe")
+    n = len(explained)
+    top = ranked.iloc[0]
+    one, small = _share(explained["by_one_head"].sum(), n), _share(explained["by_small_set"].sum(), n)
+    return (
+        f"Over {n} knowledge-present failures, one head's direct contribution to logit(wrong) − logit(correct) is "
+        f"larger than the model's margin in {one}, and at most {max_size} heads' in {small}. The head with the "
+        f"largest mean contribution is {top['head']} ({top['mean_dla_diff']:+.2f} on average; the largest of all "
+        f"heads in {top['top_share']:.0%} of the failures; {top['attn_subject']:.2f} of its attention on the subject)."
+    )
+
+
+def describe_survey(table: pd.DataFrame) -> str:
+    """Across relations (:func:`failure_summary` rows): where knowledge-present failures occur, what repairs them."""
+    needed = {"relation", "n_present", "same_subject_share", "repaired", "random_mean", "random_std", "repair_heads"}
+    if not needed <= set(table.columns):
+        raise ValueError(f"not a failure_summary table: it lacks {sorted(needed - set(table.columns))}")
+    with_failures = table[table["n_present"] > 0]
+    if with_failures.empty:
+        return f"None of the {len(table)} relations has a knowledge-present failure."
+    beats = with_failures[with_failures["repaired"] > with_failures["random_mean"] + 2 * with_failures["random_std"]]
+    same = with_failures[with_failures["same_subject_share"] > 0.5]
+    listed = ", ".join(
+        f"{r.relation} ({r.n_present:.0f}; {r.repair_heads} repairs {r.repaired:.0%} vs {r.random_mean:.0%} ± "
+        f"{r.random_std:.0%})"
+        for r in with_failures.itertuples()
+    )
+    return (
+        f"{len(with_failures)} of {len(table)} relations have knowledge-present failures: {listed}. In "
+        f"{len(same)} of them most wrong answers are another attribute of the subject "
+        f"({', '.join(same['relation']) or 'none'}). Patching the single head with the largest mean contribution "
+        f"beats its random heads by more than two standard deviations in {len(beats)} of {len(with_failures)} "
+        f"({', '.join(beats['relation']) or 'none'})."
+    )
+
+
+def describe_enrichment(curves: Mapping[str, pd.DataFrame], max_rank: int, layer: int = 0) -> str:
+    """Subject enrichment per group from :func:`rank_curves` tables: the correct answer at the subject after a block."""
+    if len(curves) < 1:
+        raise ValueError("give at least one group's rank curves")
+    parts = []
+    for group, table in curves.items():
+        rows = table[table["layer"] == layer]
+        last = table[table["layer"] == table["layer"].max()]
+        if rows.empty:
+            raise ValueError(f"the curves of {group!r} have no layer {layer}")
+        parts.append(
+            f"{group}: {rows['subject_share'].iloc[0]:.0%} within the top {max_rank + 1} at the subject after "
+            f"block {layer} (median rank {rows['subject_median_rank'].iloc[0]:.0f}), "
+            f"{last['last_share'].iloc[0]:.0%} at the last position after the final block (median rank "
+            f"{last['last_median_rank'].iloc[0]:.0f})"
+        )
+    return "The correct answer — " + "; ".join(parts) + "."
