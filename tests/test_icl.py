@@ -323,7 +323,8 @@ def test_accuracy_sentence_on_a_hand_made_table():
     assert "In the arrow format, mean accuracy goes from 70% with no demonstration to 100% with 3" in text
     assert "rises in 2 of 2 relations, falls in 0" in text and "3-shot accuracy is 50%, so the content" in text
     assert "In the sentence format, mean accuracy goes from 100% with no demonstration to 10% with 3" in text
-    assert "falls in 2); the best k on average is 0 (100%)" in text
+    assert "falls in 2); the best k on average is 0 (100%), the worst k ≥ 1 is 3 (10%)." in text
+    assert "the best k on average is 3 (100%), the worst k ≥ 1 is 3 (100%)." in text
 
 
 def test_departures_sentence_counts_silent_heads():

@@ -381,11 +381,15 @@ def accuracy_sentence(table: pd.DataFrame, n_shots: int) -> str:
         gain = shot - zero.reindex(shot.index)
         mean_by_k = group.groupby("k")["top1"].mean()
         best_k = int(mean_by_k.idxmax())
+        with_demos = mean_by_k[mean_by_k.index > 0]
         text = (
             f"In the {fmt} format, mean accuracy goes from {_pct(100 * zero.mean())} with no demonstration to "
             f"{_pct(100 * shot.mean())} with {n_shots} (it rises in {int((gain > 0).sum())} of {len(gain)} relations, "
-            f"falls in {int((gain < 0).sum())}); the best k on average is {best_k} ({_pct(100 * mean_by_k.max())})."
+            f"falls in {int((gain < 0).sum())}); the best k on average is {best_k} ({_pct(100 * mean_by_k.max())})"
         )
+        if len(with_demos):
+            text += f", the worst k ≥ 1 is {int(with_demos.idxmin())} ({_pct(100 * with_demos.min())})"
+        text += "."
         shuffled = group[group["k"] == n_shots]["top1_shuffled"].dropna() if n_shots else pd.Series(dtype=float)
         if len(shuffled):
             text += (
@@ -451,8 +455,8 @@ def table2_sentence(table: pd.DataFrame, n_sigma: float = 2.0, min_points: float
         paper_random_drop = (paper["paper_original"] - paper["paper_random"]).mean()
         ours_random_drop = (paper["original"] - paper["random_mean"]).mean()
         text += (
-            f" Over the {len(paper)} relations the paper also reports, ablation costs {ours_drop:.0f} points here "
-            f"({ours_random_drop:.0f} for random heads) against {paper_drop:.0f} in the paper "
+            f" Over the {len(paper)} rows of relations the paper also reports, ablation costs {ours_drop:.0f} points "
+            f"here ({ours_random_drop:.0f} for random heads) against {paper_drop:.0f} in the paper "
             f"({paper_random_drop:.0f} for random heads)."
         )
     return text
