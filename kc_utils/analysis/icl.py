@@ -370,6 +370,12 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{x:.0f}%"
 
 
+def _points(x: float) -> str:
+    """A whole number of points, without a negative zero."""
+    text = f"{x:.0f}"
+    return "0" if text == "-0" else text
+
+
 def accuracy_sentence(table: pd.DataFrame, n_shots: int) -> str:
     """Zero-shot vs ``n_shots``-shot accuracy per format, from an :func:`accuracy_by_k` table."""
     parts = []
@@ -455,9 +461,9 @@ def table2_sentence(table: pd.DataFrame, n_sigma: float = 2.0, min_points: float
         paper_random_drop = (paper["paper_original"] - paper["paper_random"]).mean()
         ours_random_drop = (paper["original"] - paper["random_mean"]).mean()
         text += (
-            f" Over the {len(paper)} rows of relations the paper also reports, ablation costs {ours_drop:.0f} points "
-            f"here ({ours_random_drop:.0f} for random heads) against {paper_drop:.0f} in the paper "
-            f"({paper_random_drop:.0f} for random heads)."
+            f" Over the {len(paper)} rows of relations the paper also reports, ablation costs "
+            f"{_points(ours_drop)} points here ({_points(ours_random_drop)} for random heads) against "
+            f"{_points(paper_drop)} in the paper ({_points(paper_random_drop)} for random heads)."
         )
     return text
 
