@@ -388,6 +388,32 @@ def test_update_raises_the_new_answer_and_restores(tiny_model, batch):
     assert torch.equal(tiny_model(batch.clean), clean)
 
 
+@pytest.mark.parametrize("task", ["erase", "update"])
+def test_edit_hooks_equal_weight_edits_row_by_row(tiny_model, batch, task):
+    layers = check_layers(tiny_model, None)
+    width = models.mlp_width(tiny_model)
+    masks = torch.zeros(2, len(layers), width, dtype=torch.bool)
+    masks[0, 0, [2, 5]] = True
+    masks[1, 1, [1, 3, 8]] = True
+    signs = torch.sign(torch.randn(len(layers), width, generator=torch.Generator().manual_seed(0)))
+    old, new = int(batch.answer[0]), int(batch.answer[1])
+    direction = modification.update_direction(tiny_model, old, new)
+    repeated = batch.select([0, 1, 0, 1])  # row r uses masks[r // 2]
+    hooks = modification.edit_hooks(tiny_model, layers, masks.repeat_interleave(2, 0), task, direction, 3.0, signs)
+    with torch.no_grad():
+        fast = models.run_with_hooks(tiny_model, repeated.clean, hooks)
+    for r in range(2):
+        edit = (
+            modification.erased_neurons(tiny_model, layers, masks[r])
+            if task == "erase"
+            else modification.updated_neurons(tiny_model, layers, masks[r], old, new, 3.0, signs)
+        )
+        with torch.no_grad(), edit:
+            slow = tiny_model(batch.clean)
+        assert torch.allclose(fast[2 * r : 2 * r + 2], slow, atol=1e-4)
+    assert not torch.allclose(fast[:2], tiny_model(batch.clean), atol=1e-4)
+
+
 def test_cas_prefers_steady_neurons():
     scores = torch.tensor([[[1.0, 2.0, 0.1]], [[1.0, 0.0, 0.1]], [[1.0, 1.0, 0.1]]])  # [q=3, l=1, n=3]
     cas = modification.cas_scores(scores)
@@ -451,6 +477,14 @@ def test_intervention_and_attention_sentences_on_hand_made_tables():
     assert "(×0) changes p(answer) by -0.400 ± 0.100 on that query and by -0.100 ± 0.050" in text
     assert "(4.0× more on the source); random sets of the same size: -0.010 ± 0.020." in text
     assert "Enhancing a query's knowledge neurons (×2) changes p(answer) by +0.200" in text
+    assert "floor" not in text
+    tiny = summary.assign(delta_mean=summary["delta_mean"] / 100, p_before_mean=0.99)
+    assert (
+        "Every mean change is below 0.05, so this comparison is at its floor on this model: the answers start at "
+        "p = 0.990 on average" in sentences.intervention_sentence(tiny)
+    )
+    with_logprob = summary.assign(logprob_mean=[-2.0, -0.5, 0.0, 0.1, 0.02], logprob_std=0.1)
+    assert "; in log p(answer), -2.000 against -0.500; random" in sentences.intervention_sentence(with_logprob)
     attention = pd.DataFrame(
         dict(scaled=["all", "all"], factor=[0.0, 0.0], keys=["top", "random"], delta_p_mean=[-0.3, -0.02],
              delta_p_std=[0.1, 0.01], kn_change_mean=[-0.5, -0.05], kn_change_std=[0.1, 0.1], n=[4, 4])
@@ -458,6 +492,10 @@ def test_intervention_and_attention_sentences_on_hand_made_tables():
     assert sentences.attention_sentence(attention) == (
         "Cutting each head's attention to its most-attended position moves the knowledge neurons' mean activation "
         "by -50% and p(answer) by -0.300 (random positions: -5% and -0.020)."
+    )
+    assert sentences.attention_sentence(attention, [0, 0], [1, 2, 3]).endswith(
+        "Every knowledge neuron here lies in layer(s) [0], before the first attention layer scaled (1), so no scaled "
+        "attention can reach them at this position."
     )
 
 
@@ -471,4 +509,9 @@ def test_modification_sentence_on_a_hand_made_table():
         "**Erase**: the best generalisation comes from the global set (0.600); CAS reaches 0.500 against 0.200 for "
         "the query-local set (+0.300), with reliability 0.800 vs 0.900 and locality 0.980 vs 0.990 "
         "(8.0 vs 10.0 neurons)."
+    )
+    small = summary.assign(reliability=0.01, generalisation=0.02)
+    assert sentences.modification_sentence(small).endswith(
+        "No set moves the erase metrics by 0.05 or more: at these sizes the erase comparison is at its floor on this "
+        "model, and its ranking is not evidence for or against CAS."
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Int
@@ -198,12 +199,14 @@ def attention_scaling_effect(
     factor: float,
     neuron_layers: Sequence[int],
     masks: Bool[Tensor, "b l n"],
+    baseline: dict[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """p(answer) and the knowledge neurons' mean activation, before and after scaling attention.
 
     Args:
         attention: the attention layers scaled (``keys`` has one entry per layer).
         neuron_layers, masks: each prompt's knowledge neurons (read at ``positions``).
+        baseline: ``{"p_before", "kn_before"}`` from an earlier call on the same prompts (saves two passes).
 
     Returns:
         ``{"p_before", "p_after", "kn_before", "kn_after"}``, each ``Float[b]``; the activations are the mean
@@ -211,7 +214,9 @@ def attention_scaling_effect(
     """
     hooks = attention_scaling_hooks(attention, positions, keys, factor)
     n = masks.float().sum((1, 2))
-    before = neuron_activations(model, batch, positions, neuron_layers)
+    if baseline is None:
+        before = neuron_activations(model, batch, positions, neuron_layers)
+        baseline = {"p_before": answer_probability(model, batch), "kn_before": (before * masks).sum((1, 2)) / n}
     rows = torch.arange(len(batch), device=batch.clean.device)
     recorded: dict[int, Tensor] = {}
 
@@ -225,9 +230,9 @@ def attention_scaling_effect(
     p_after = answer_probability(model, batch, [*hooks, *recorders])
     after = torch.stack([recorded[j] for j in range(len(neuron_layers))], dim=1)
     return {
-        "p_before": answer_probability(model, batch),
+        "p_before": baseline["p_before"],
         "p_after": p_after,
-        "kn_before": (before * masks).sum((1, 2)) / n,
+        "kn_before": baseline["kn_before"],
         "kn_after": (after * masks).sum((1, 2)) / n,
     }
 
@@ -257,7 +262,8 @@ def source_vs_paraphrase(
     Returns:
         One row per (fact, source, target, factor): ``fact, source, target, kind`` (``"source"``,
         ``"paraphrase"`` or ``"random"``; random rows average the draws), ``factor, n_neurons,
-        p_before, p_after, delta`` (p_after − p_before).
+        p_before, p_after, delta`` (p_after − p_before) and ``delta_logprob`` (log p_after − log p_before:
+        readable where p(answer) is near 1 and Δp saturates).
     """
     layers = check_layers(model, layers)
     n_facts, q = masks.shape[:2]
@@ -296,17 +302,27 @@ def source_vs_paraphrase(
                                      p_after=float(p_random[s])))  # fmt: skip
     table = pd.DataFrame(rows)
     table["delta"] = table["p_after"] - table["p_before"]
+    table["delta_logprob"] = np.log(table["p_after"]) - np.log(table["p_before"])
     return table
 
 
 def intervention_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std of Δp by factor and kind (source / paraphrase / random), from :func:`source_vs_paraphrase`."""
-    grouped = table.groupby(["factor", "kind"])["delta"]
-    out = grouped.agg(["mean", "std", "count"]).reset_index()
-    out["std"] = grouped.std(ddof=0).to_numpy()
+    """Mean and std of Δp and Δlog p by factor and kind (source / paraphrase / random).
+
+    ``table`` is :func:`source_vs_paraphrase`'s.
+    """
+    grouped = table.groupby(["factor", "kind"])
+    out = grouped.agg(
+        delta_mean=("delta", "mean"),
+        delta_std=("delta", lambda x: x.std(ddof=0)),
+        logprob_mean=("delta_logprob", "mean"),
+        logprob_std=("delta_logprob", lambda x: x.std(ddof=0)),
+        p_before_mean=("p_before", "mean"),
+        n=("delta", "size"),
+    ).reset_index()
     order = {"source": 0, "paraphrase": 1, "random": 2}
     out = out.sort_values(["factor", "kind"], key=lambda c: c.map(order) if c.name == "kind" else c)
-    return out.rename(columns={"mean": "delta_mean", "std": "delta_std", "count": "n"}).reset_index(drop=True)
+    return out.reset_index(drop=True)
 
 
 def attention_scaling_table(
@@ -335,6 +351,10 @@ def attention_scaling_table(
         raise NeuronError("no attention layer to scale: this model's attention writes nothing on these prompts")
     keys = top_attended_keys(model, batch, positions, attention, k=k)
     generator = torch.Generator().manual_seed(seed)
+    before = neuron_activations(model, batch, positions, neuron_layers)
+    n = masks.float().sum((1, 2))
+    baseline = {"p_before": answer_probability(model, batch), "kn_before": (before * masks).sum((1, 2)) / n}
+    repeated_baseline = {name: value.repeat(n_random) for name, value in baseline.items()}
     rows = []
 
     def record(effect: dict[str, Tensor], scaled: str, factor: float, kind: str, n: int = 1) -> None:
@@ -346,11 +366,11 @@ def attention_scaling_table(
     for factor in factors:
         for j, layer in enumerate(attention):
             effect = attention_scaling_effect(
-                model, batch, positions, [layer], keys[:, j : j + 1], factor, neuron_layers, masks
+                model, batch, positions, [layer], keys[:, j : j + 1], factor, neuron_layers, masks, baseline
             )
             record(effect, str(layer), factor, "top")
         record(
-            attention_scaling_effect(model, batch, positions, attention, keys, factor, neuron_layers, masks),
+            attention_scaling_effect(model, batch, positions, attention, keys, factor, neuron_layers, masks, baseline),
             "all", factor, "top",
         )  # fmt: skip
         if n_random:
@@ -358,7 +378,7 @@ def attention_scaling_table(
             repeated = _repeat(batch, n_random)
             effect = attention_scaling_effect(
                 model, repeated, positions.repeat(n_random), attention, draws, factor, neuron_layers,
-                masks.repeat(n_random, 1, 1),
+                masks.repeat(n_random, 1, 1), repeated_baseline,
             )  # fmt: skip
             record(effect, "all", factor, "random", n=n_random)
     return pd.DataFrame(rows)

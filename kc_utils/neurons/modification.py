@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 
 from kc_utils import models
 from kc_utils.analysis.lens import unembedding_directions
-from kc_utils.data.prompts import make_batch
-from kc_utils.neurons.attribution import answer_probability, neuron_activations
+from kc_utils.data.prompts import PromptBatch, answer_token, make_batch
+from kc_utils.neurons.attribution import neuron_activations
 from kc_utils.neurons.positions import NeuronError, check_layers
 from kc_utils.neurons.queries import FactQueries
 from kc_utils.neurons.selection import check_threshold, random_like, select_neurons
@@ -54,9 +54,12 @@ __all__ = [
     "METHODS",
     "cas_neurons",
     "cas_scores",
+    "edit_hooks",
     "erased_neurons",
     "modification_effects",
     "modification_summary",
+    "paper_layout",
+    "update_direction",
     "updated_neurons",
 ]
 
@@ -123,9 +126,7 @@ def updated_neurons(
     move the other way: ``signs`` (e.g. the sign of each neuron's activation on the fact's queries;
     default +1) multiplies each row's step.
     """
-    directions = unembedding_directions(model, torch.tensor([old_token, new_token]))  # [d, 2]
-    step = directions[:, 1] - directions[:, 0]
-    unit = step / step.norm().clamp_min(1e-12)
+    unit = update_direction(model, old_token, new_token)
 
     def edit(rows: Tensor, j: int) -> Tensor:
         sign = torch.ones(len(rows)) if signs is None else signs[j][mask[j]]
@@ -150,6 +151,71 @@ def _new_objects(facts: Sequence[FactQueries], model: Any) -> list[str]:
     return out
 
 
+def update_direction(model: Any, old_token: int, new_token: int) -> Float[Tensor, "d"]:
+    """Unit vector from the old answer's unembedding direction to the new one's (final norm's linear map included)."""
+    directions = unembedding_directions(model, torch.tensor([old_token, new_token]))  # [d, 2]
+    step = directions[:, 1] - directions[:, 0]
+    return step / step.norm().clamp_min(1e-12)
+
+
+def edit_hooks(
+    model: Any,
+    layers: Sequence[int],
+    masks: Bool[Tensor, "r l n"],
+    task: str,
+    direction: Float[Tensor, "d"] | None = None,
+    strength: float = 1.0,
+    signs: Float[Tensor, "l n"] | None = None,
+) -> list[tuple[str, Any]]:
+    """Hooks doing, row by row of a batch, what :func:`erased_neurons` / :func:`updated_neurons` do to the weights.
+
+    Row ``r`` of the batch gets the edit of ``masks[r]``, so many neuron sets (the random baseline) are
+    evaluated in one forward pass. Erasing rows of the output weights is zeroing those neurons at every
+    position; adding ``Δ_i`` to row ``i`` adds ``activation_i × Δ_i`` to the MLP's output (tested equal).
+    """
+    if task not in ("erase", "update"):
+        raise NeuronError(f"task must be 'erase' or 'update', got {task!r}")
+    layers = check_layers(model, layers)
+    hooks: list[tuple[str, Any]] = []
+    for j, layer in enumerate(layers):
+        keep = (~masks[:, j]).to(torch.float32)  # [r, n]
+        if task == "erase":
+
+            def erase(activation: Tensor, hook: Any, keep: Tensor = keep) -> Tensor:
+                return activation * keep[:, None, :].to(activation.dtype)
+
+            hooks.append((models.mlp_hidden_hook(layer), erase))
+            continue
+        if direction is None:
+            raise NeuronError("an update needs the direction of the change (update_direction)")
+        chosen = masks[:, j].to(torch.float32)
+        norms = models.neuron_output_weights(model, layer).norm(dim=-1).float()  # [n]
+        mean_norm = (chosen * norms).sum(-1) / chosen.sum(-1).clamp_min(1)  # [r]
+        weight = chosen * (1.0 if signs is None else signs[j].float())[None, :]  # [r, n]
+        coefficient: dict[str, Tensor] = {}
+
+        def read(activation: Tensor, hook: Any, weight: Tensor = weight, store: dict = coefficient) -> None:
+            store["c"] = (activation.float() * weight[:, None, :]).sum(-1)  # [r, p]
+
+        def write(out: Tensor, hook: Any, mean_norm: Tensor = mean_norm, store: dict = coefficient) -> Tensor:
+            added = store["c"][..., None] * (strength * mean_norm)[:, None, None] * direction.to(out.device)
+            return out + added.to(out.dtype)
+
+        hooks += [(models.mlp_hidden_hook(layer), read), (models.mlp_out_hook(layer), write)]
+    return hooks
+
+
+def _probabilities(
+    model: Any, batch: PromptBatch, new_token: int, hooks: Sequence[tuple[str, Any]] = ()
+) -> tuple[Float[Tensor, "b"], Float[Tensor, "b"]]:
+    """p(answer) and p(new answer) of every prompt, from one forward pass."""
+    with torch.no_grad(), models.without_edge_hooks(model):
+        logits = models.run_with_hooks(model, batch.clean, hooks)
+    rows = torch.arange(len(batch), device=logits.device)
+    final = logits[rows, batch.last_pos].float().softmax(-1)
+    return final[rows, batch.answer], final[:, new_token]
+
+
 def modification_effects(
     model: Any,
     facts: Sequence[FactQueries],
@@ -167,6 +233,10 @@ def modification_effects(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Erase and update each fact with each neuron set of :data:`METHODS`; one row per (fact, task, method).
+
+    The query-local, global and CAS sets are edited in the weights (:func:`erased_neurons`,
+    :func:`updated_neurons`); the ``n_random`` random sets of the CAS set's size are evaluated together
+    with the equivalent :func:`edit_hooks`.
 
     Args:
         scores, masks: each fact's per-query attribution scores and knowledge-neuron masks.
@@ -189,42 +259,49 @@ def modification_effects(
         others = [facts[(f + k) % len(facts)] for k in range(1, min(n_locality, len(facts) - 1) + 1)]
         prompts = [*fact.prompts, *(o.prompts[0] for o in others)]
         batch = make_batch(model, prompts, [fact.object] * len(fact.prompts) + [o.object for o in others])
-        new_batch = make_batch(model, list(fact.prompts), [new_objects[f]] * len(fact.prompts))
         q = len(fact.prompts)
-        old_token, new_token = int(batch.answer[0]), int(new_batch.answer[0])
-        p0 = answer_probability(model, batch)
-        new0 = answer_probability(model, new_batch)
-        signs = torch.sign(neuron_activations(model, new_batch, positions[f], layers).mean(0))
+        old_token = int(batch.answer[0])
+        new_token = answer_token(model, fact.prompts[0], new_objects[f])
+        direction = update_direction(model, old_token, new_token)
+        p0, new0 = _probabilities(model, batch, new_token)
+        signs = torch.sign(neuron_activations(model, batch.select(range(q)), positions[f], layers).mean(0))
         sets = {
             "query-local": masks[f, 0],
             "global": masks[f].any(0),
             "CAS": cas_neurons(scores[f], threshold, beta1, beta2),
         }
-        draws = [random_like(sets["CAS"], generator) for _ in range(n_random)]
-        for task in ("erase", "update"):
+        draws = torch.stack([random_like(sets["CAS"], generator) for _ in range(n_random)]) if n_random else None
 
-            def measure(mask: Tensor) -> tuple[float, float, float]:
+        def metrics(task: str, p1: Tensor, new1: Tensor) -> tuple[float, float, float]:
+            locality = 1 - ((p1[q:] - p0[q:]).abs() / p0[q:]).clamp(max=1)
+            effect = (p0[:q] - p1[:q]) / p0[:q] if task == "erase" else new1[:q] - new0[:q]
+            return float(effect[0]), float(effect[1:].mean()), float(locality.mean())
+
+        for task in ("erase", "update"):
+            for method, mask in sets.items():
                 edit = (
                     erased_neurons(model, layers, mask)
                     if task == "erase"
                     else updated_neurons(model, layers, mask, old_token, new_token, strength, signs)
                 )
                 with edit:
-                    p1 = answer_probability(model, batch)
-                    new1 = answer_probability(model, new_batch) if task == "update" else None
-                locality = 1 - ((p1[q:] - p0[q:]).abs() / p0[q:]).clamp(max=1)
-                if task == "erase":
-                    effect = (p0[:q] - p1[:q]) / p0[:q]
-                else:
-                    effect = new1 - new0
-                return float(effect[0]), float(effect[1:].mean()), float(locality.mean())
-
-            for method, mask in sets.items():
-                rel, gen, loc = measure(mask)
+                    p1, new1 = _probabilities(model, batch, new_token)
+                rel, gen, loc = metrics(task, p1, new1)
                 rows.append(dict(subject=fact.subject, task=task, method=method, n_neurons=int(mask.sum()),
                                  reliability=rel, generalisation=gen, locality=loc))  # fmt: skip
-            if n_random:
-                rel, gen, loc = np.mean([measure(d) for d in draws], axis=0)
+            if draws is not None:
+                repeated = batch.select(torch.arange(len(batch)).repeat(n_random))
+                hooks = edit_hooks(
+                    model, layers, draws.repeat_interleave(len(batch), 0), task, direction, strength, signs
+                )
+                p1, new1 = _probabilities(model, repeated, new_token, hooks)
+                per_draw = [
+                    metrics(
+                        task, p1[d * len(batch) : (d + 1) * len(batch)], new1[d * len(batch) : (d + 1) * len(batch)]
+                    )
+                    for d in range(n_random)
+                ]
+                rel, gen, loc = np.mean(per_draw, axis=0)
                 rows.append(dict(subject=fact.subject, task=task, method="random", n_neurons=int(sets["CAS"].sum()),
                                  reliability=rel, generalisation=gen, locality=loc))  # fmt: skip
     return pd.DataFrame(rows)
@@ -240,3 +317,16 @@ def modification_summary(effects: pd.DataFrame) -> pd.DataFrame:
     table.insert(2, "n_facts", effects.groupby(["task", "method"], sort=False).size().reindex(
         pd.MultiIndex.from_frame(table[["task", "method"]])).to_numpy())  # fmt: skip
     return table.reset_index(drop=True)
+
+
+def paper_layout(summary: pd.DataFrame) -> pd.DataFrame:
+    """The paper's table layout: one row per method, one column per (task, metric), cells ``mean ± std``."""
+    metrics = ["reliability", "generalisation", "locality"]
+    out = {}
+    for task in summary["task"].drop_duplicates():
+        rows = summary[summary["task"] == task].set_index("method")
+        for metric in metrics:
+            out[(task, metric)] = [f"{m:.3f} ± {s:.3f}" for m, s in zip(rows[metric], rows[f"{metric}_std"])]
+        out[(task, "neurons")] = [f"{n:.1f}" for n in rows["n_neurons"]]
+        index = rows.index
+    return pd.DataFrame(out, index=index)

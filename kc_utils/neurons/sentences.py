@@ -52,10 +52,16 @@ def consistency_sentence(
     return text
 
 
+#: Below this |Δ|, an effect is called negligible (a comparison at its floor).
+FLOOR = 0.05
+
+
 def intervention_sentence(summary: pd.DataFrame) -> str:
     """Δp on the source query vs its paraphrases vs random sets, for suppression (×0) and enhancement (×2).
 
-    ``summary`` is :func:`kc_utils.neurons.interventions.intervention_summary`.
+    ``summary`` is :func:`kc_utils.neurons.interventions.intervention_summary`. When no source Δp
+    reaches :data:`FLOOR`, the sentence says the comparison is at its floor (and why, when
+    ``p_before_mean`` shows saturated answers).
     """
     table = summary.set_index(["factor", "kind"])
     parts = []
@@ -70,17 +76,32 @@ def intervention_sentence(summary: pd.DataFrame) -> str:
             f"± {source['delta_std']:.3f} on that query and by {para['delta_mean']:+.3f} ± {para['delta_std']:.3f} "
             f"on its paraphrases ({ratio:.1f}× {'more' if ratio >= 1 else 'less'} on the source)"
         )
+        if "logprob_mean" in table.columns:
+            part += f"; in log p(answer), {source['logprob_mean']:+.3f} against {para['logprob_mean']:+.3f}"
         if (factor, "random") in table.index:
             rand = table.loc[(factor, "random")]
             part += f"; random sets of the same size: {rand['delta_mean']:+.3f} ± {rand['delta_std']:.3f}"
         parts.append(part + ".")
+    sources = summary[summary["kind"] == "source"]
+    if len(sources) and (sources["delta_mean"].abs() < FLOOR).all():
+        why = ""
+        if "p_before_mean" in sources.columns:
+            why = f": the answers start at p = {sources['p_before_mean'].mean():.3f} on average, so Δp has little room"
+        parts.append(
+            f"Every mean change is below {FLOOR}, so this comparison is at its floor on this model{why}; "
+            "the source-vs-paraphrase ratio should be read with that in mind."
+        )
     return " ".join(parts)
 
 
-def attention_sentence(summary: pd.DataFrame) -> str:
+def attention_sentence(
+    summary: pd.DataFrame, neuron_layers: list[int] | None = None, attention_layers: list[int] | None = None
+) -> str:
     """What scaling the attention to the most-attended positions does, all attention layers together.
 
-    ``summary`` is :func:`kc_utils.neurons.interventions.attention_summary`.
+    ``summary`` is :func:`kc_utils.neurons.interventions.attention_summary`. Given the layers holding
+    knowledge neurons and the attention layers scaled, it says when no scaled attention can reach the
+    neurons (attention of block ``L`` feeds MLPs ``L`` and later).
     """
     table = summary.set_index(["scaled", "factor", "keys"])
     parts = []
@@ -96,6 +117,11 @@ def attention_sentence(summary: pd.DataFrame) -> str:
             rand = table.loc[("all", factor, "random")]
             part += f" (random positions: {rand['kn_change_mean']:+.0%} and {rand['delta_p_mean']:+.3f})"
         parts.append(part + ".")
+    if neuron_layers and attention_layers and max(neuron_layers) < min(attention_layers):
+        parts.append(
+            f"Every knowledge neuron here lies in layer(s) {sorted(set(neuron_layers))}, before the first attention "
+            f"layer scaled ({min(attention_layers)}), so no scaled attention can reach them at this position."
+        )
     return " ".join(parts)
 
 
@@ -114,21 +140,43 @@ def modification_sentence(summary: pd.DataFrame) -> str:
             f"{local['reliability']:.3f} and locality {cas['locality']:.3f} vs {local['locality']:.3f} "
             f"({cas['n_neurons']:.1f} vs {local['n_neurons']:.1f} neurons)."
         )
+        if rows["reliability"].abs().max() < FLOOR and rows["generalisation"].abs().max() < FLOOR:
+            parts.append(
+                f"No set moves the {task} metrics by {FLOOR} or more: at these sizes the {task} comparison is at "
+                "its floor on this model, and its ranking is not evidence for or against CAS."
+            )
     return " ".join(parts)
 
 
 def departure_sentence(
-    n_layers: int, d_mlp: int, summary: pd.DataFrame, relation: str, position: str, n_templates: int
+    n_layers: int,
+    d_mlp: int,
+    summary: pd.DataFrame,
+    relation: str,
+    position: str,
+    n_templates: int,
+    trained_templates: bool = True,
 ) -> str:
-    """Where the organism departs from LLaMA3-8B, with this run's measured overlap range."""
+    """Where this model departs from LLaMA3-8B, with this run's measured overlap range.
+
+    Args:
+        n_templates: the relation's queries; trained_templates: whether the model was trained on
+            (most of) them, as the organism was.
+    """
     row = summary.set_index("relation").loc[relation]
     total, paper_total = n_layers * d_mlp, PAPER_LAYERS * PAPER_NEURONS_PER_LAYER
+    scale = f"{paper_total / total:,.0f}× more" if paper_total >= total else f"{total / paper_total:,.1f}× fewer"
+    queries = (
+        f"Its facts were taught in fixed templates, and its {n_templates} queries are those templates (one never "
+        f"trained on) rather than ParaRel's free paraphrases, so they differ by a few template words"
+        if trained_templates
+        else f"Its {n_templates} queries are the relation's templates rather than ParaRel's paraphrases"
+    )
     return (
         f"This model has {n_layers} layers of {d_mlp:,} MLP neurons ({total:,} in all) against LLaMA3-8B's "
-        f"{PAPER_LAYERS} × {PAPER_NEURONS_PER_LAYER:,} = {paper_total:,} ({paper_total / total:,.0f}× more). "
-        f"Its facts were taught in {n_templates} fixed templates rather than asked in ParaRel's free paraphrases, "
-        f"so its queries differ by a few template words; and with so few neurons, a query's neurons are "
-        f"{row['neurons_per_query']:.1f} of {total:,} on average. Read at the `{position}` position, the queries' "
-        f"neuron sets overlap {row['cs_min']:.2f}–{row['cs_max']:.2f} (mean pairwise intersection over union) — a "
-        f"share of inconsistent facts here measures these templates on this model, not LLaMA3-8B's storage."
+        f"{PAPER_LAYERS} × {PAPER_NEURONS_PER_LAYER:,} = {paper_total:,} ({scale}). {queries}. A query has "
+        f"{row['neurons_per_query']:.1f} knowledge neurons on average. Read at the `{position}` position, the "
+        f"queries' neuron sets overlap {row['cs_min']:.2f}–{row['cs_max']:.2f} (mean pairwise intersection over "
+        f"union), so a share of inconsistent facts here describes these templates on this model, "
+        f"not LLaMA3-8B's storage."
     )
