@@ -61,14 +61,19 @@ def slow_acdc(model, graph, batch, threshold):
     return kept
 
 
-def test_acdc_matches_the_slow_reference(tiny_model, batch):
+@pytest.mark.parametrize("stack", [1, 8])
+def test_acdc_matches_the_slow_reference(tiny_model, batch, stack):
+    """Speculative stacks (8) and one trial per pass (1) both give the sequential algorithm's circuit."""
     batch = batch.select([0, 1, 2])
-    graph, run = acdc(tiny_model, Graph.from_model(tiny_model), batch, threshold=0.02, metric="kl", progress=False)
+    graph, run = acdc(
+        tiny_model, Graph.from_model(tiny_model), batch, threshold=0.02, metric="kl", stack=stack, progress=False
+    )
     expected = slow_acdc(tiny_model, Graph.from_model(tiny_model), batch, threshold=0.02)
     unpruned = {tuple(e) for e in graph.in_graph.nonzero().tolist()}
     # the fast run is pruned afterwards (losslessly); every edge it keeps, the slow run kept too
     assert unpruned <= expected
     assert run.trials > 0 and run.metric_circuit < 0.02 * len(expected) + 1e-6
+    assert run.passes == run.trials if stack == 1 else run.passes < run.trials
     pruned_slow = Graph.from_model(tiny_model)
     pruned_slow.in_graph = torch.zeros_like(pruned_slow.real_edges)
     for u, r in expected:

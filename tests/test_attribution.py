@@ -288,3 +288,16 @@ def test_non_finite_scores_are_refused(tiny_gpt2, country_batch_args):
 
     with pytest.raises(CircuitError, match="NaN or infinite.*input->logits"):
         graph.top_n(3)
+
+
+def test_a_stack_of_masks_equals_one_run_per_mask(tiny_model, batch):
+    from kc_utils.circuits.patching import run_masked_stack
+
+    graph = Graph.from_model(tiny_model)
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    generator = torch.Generator().manual_seed(0)
+    keeps = torch.rand(3, *graph.real_edges.shape, generator=generator) < torch.tensor([0.2, 0.6, 0.95])[:, None, None]
+    with torch.no_grad():
+        stacked = run_masked_stack(tiny_model, graph, batch.clean, ablated, keeps)
+        for i in range(3):
+            torch.testing.assert_close(stacked[i], run_masked(tiny_model, graph, batch.clean, ablated, keeps[i]))

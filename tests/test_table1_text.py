@@ -65,3 +65,11 @@ def test_description_states_what_the_table_says():
 def test_description_refuses_an_empty_table():
     with pytest.raises(ValueError, match="no relation rows"):
         describe_table1(_table().iloc[[-1]])
+
+
+def test_node_set_baseline_equal_to_empty_is_said():
+    table = _table()
+    assert "wiring of these components" not in describe_table1(table)
+    for split in ("Dval", "Dtest"):
+        table[f"{split} hit@1 nodes"] = table[f"{split} hit@1 empty"]
+    assert "wiring of these components" in describe_table1(table)

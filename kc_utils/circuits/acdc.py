@@ -9,11 +9,17 @@ their scripts, 0.01 in their README; metric ``match_nll``). The algorithm, as im
 3. A receiver whose node has no kept outgoing edge is dead: its incoming edges are removed without
    a trial (they cannot change anything).
 4. Otherwise try removing each kept incoming edge, upstream nodes from the latest to the
-   earliest. One trial is **one forward pass** of the one-pass edge patching
-   (:func:`kc_utils.circuits.patching.run_masked`) over the whole batch, with the ablated outputs
-   computed once beforehand. The *damage* of the removal is ``m_new − m_current`` for ``kl``
-   (lower is better) and ``m_current − m_new`` for a metric where higher is better. If the damage
-   is below ``threshold``, the edge stays removed and ``m_current = m_new``.
+   earliest. The *damage* of a removal is ``m_new − m_current`` for ``kl`` (lower is better) and
+   ``m_current − m_new`` for a metric where higher is better. If the damage is below
+   ``threshold``, the edge stays removed and ``m_current = m_new``.
+
+   Trials run **speculatively in stacks** (:func:`kc_utils.circuits.patching.run_masked_stack`):
+   for a receiver's next ``stack`` edges, the masks "remove the first j of them" are evaluated in
+   one forward pass over ``stack`` copies of the batch. Walking the results in order, every trial
+   up to the first rejected one saw exactly the circuit the sequential algorithm would have; at a
+   rejection the rest of the stack is discarded and re-run from the new state. Most edges of a
+   sparse circuit are removed, so a receiver costs about one pass plus one per kept edge — and
+   the result is the sequential algorithm's, trial for trial (tested).
 5. Prune what cannot matter (:meth:`~kc_utils.circuits.graph.Graph.prune`).
 
 ``graph.scores`` receives each tried edge's damage (0 for edges removed without a trial), so the
@@ -38,7 +44,7 @@ from tqdm.auto import tqdm
 from kc_utils import models
 from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
 from kc_utils.circuits.graph import CircuitError, Graph
-from kc_utils.circuits.patching import run_masked
+from kc_utils.circuits.patching import run_masked_stack
 from kc_utils.data.metrics import answer_logits, get_metric
 from kc_utils.data.prompts import PromptBatch
 
@@ -64,9 +70,13 @@ def receiver_order(graph: Graph) -> list[int]:
 
 @dataclass
 class AcdcRun:
-    """What an ACDC run did: ``trials`` forward passes, ``removed_untried`` edges of dead nodes."""
+    """What an ACDC run did.
+
+    ``trials`` edges tried in ``passes`` forward passes; ``removed_untried`` edges of dead nodes.
+    """
 
     trials: int
+    passes: int
     removed_untried: int
     metric_full: float
     metric_circuit: float
@@ -96,12 +106,17 @@ class _Evaluator:
                     self.reference.append(answer_logits(logits, chunk).float().log_softmax(-1))
 
     def __call__(self, keep: Tensor) -> float:
-        total = 0.0
+        return self.many(keep[None])[0]
+
+    def many(self, keeps: Tensor) -> list[float]:
+        """The metric of each of ``K`` masks ``[K, up, rx]``, in one forward pass per chunk."""
+        totals = torch.zeros(keeps.shape[0], dtype=torch.float64)
         with torch.no_grad():
             for i, (chunk, ablated) in enumerate(zip(self.chunks, self.ablated)):
-                logits = run_masked(self.model, self.graph, chunk.clean, ablated, keep)
-                total += float(self._per_example(logits, chunk, i).sum())
-        return total / self.n
+                logits = run_masked_stack(self.model, self.graph, chunk.clean, ablated, keeps)
+                for k in range(keeps.shape[0]):
+                    totals[k] += float(self._per_example(logits[k], chunk, i).sum())
+        return (totals / self.n).tolist()
 
     def _per_example(self, logits: Tensor, chunk: PromptBatch, i: int) -> Tensor:
         if self.metric == "kl":
@@ -139,6 +154,7 @@ def acdc(
     ablation: Ablation | AblationValues = "patch",
     mean_reference: PromptBatch | None = None,
     batch_size: int | None = None,
+    stack: int = 8,
     progress: bool = True,
 ) -> tuple[Graph, AcdcRun]:
     """Run ACDC (module docstring) on ``graph`` in place; returns it with ``in_graph`` and ``scores`` set.
@@ -147,6 +163,7 @@ def acdc(
         threshold: τ — a removal whose damage is below it is kept (the paper: 0.01–0.1).
         metric: ``"kl"``, ``"nll"`` or a higher-is-better metric name.
         ablation: what a removed edge carries (``"patch"``, ``"zero"``, ``"mean"``).
+        stack: trials evaluated speculatively in one forward pass (memory grows with it; 1 = sequential).
 
     Raises:
         ValueError: a negative threshold, an empty batch or an unknown metric.
@@ -154,36 +171,49 @@ def acdc(
     """
     if threshold < 0:
         raise ValueError(f"threshold must be ≥ 0, got {threshold}")
+    if stack < 1:
+        raise ValueError(f"stack must be ≥ 1, got {stack}")
     if len(batch) == 0:
         raise ValueError("the batch is empty; nothing to run ACDC on")
     if metric not in LOWER_IS_BETTER:
         get_metric(metric)  # raises for an unknown name
-    values = prepare_ablation(model, graph, ablation, batch, mean_reference, batch_size)
-    evaluate = _Evaluator(model, graph, batch, metric, values, batch_size)
+    ablation_values = prepare_ablation(model, graph, ablation, batch, mean_reference, batch_size)
+    evaluate = _Evaluator(model, graph, batch, metric, ablation_values, batch_size)
     keep = graph.real_edges.clone()
     scores = torch.zeros_like(graph.scores)
     current = full = evaluate(keep)
-    trials = untried = 0
+    trials = untried = passes = 0
     order = receiver_order(graph)
     bar = tqdm(total=int(keep.sum()), desc=f"ACDC (τ={threshold})", disable=not progress, leave=False)
     for receiver in order:
         owners = _owners(graph, receiver)
         alive = not owners or bool(keep[owners].any())
-        for upstream in _incoming(keep, receiver):
-            bar.update(1)
-            if not alive:
-                keep[upstream, receiver] = False
-                untried += 1
-                continue
-            keep[upstream, receiver] = False
-            new = evaluate(keep)
-            trials += 1
-            damage = evaluate.damage(current, new)
-            scores[upstream, receiver] = damage
-            if damage < threshold:
-                current = new
-            else:
-                keep[upstream, receiver] = True
+        pending = list(_incoming(keep, receiver))
+        if not alive:
+            keep[pending, receiver] = False
+            untried += len(pending)
+            bar.update(len(pending))
+            continue
+        while pending:
+            group = pending[:stack]
+            masks = keep[None].repeat(len(group), 1, 1)
+            for j in range(len(group)):
+                masks[j:, group[j], receiver] = False  # mask j removes the first j + 1 edges of the group
+            values = evaluate.many(masks)
+            passes += 1
+            consumed = len(group)
+            for j, upstream in enumerate(group):
+                trials += 1
+                bar.update(1)
+                damage = evaluate.damage(current, values[j])
+                scores[upstream, receiver] = damage
+                if damage < threshold:
+                    keep[upstream, receiver] = False
+                    current = values[j]
+                else:
+                    consumed = j + 1  # the rest of the stack assumed this edge removed: re-run it
+                    break
+            pending = pending[consumed:]
     bar.close()
     graph.scores = scores
     graph.in_graph = keep
@@ -192,6 +222,6 @@ def acdc(
             f"ACDC removed every edge at threshold {threshold}: no single edge moves {metric} by that much. "
             "Lower the threshold."
         )
-    kind = values.kind
+    kind = ablation_values.kind
     graph.prune(from_input=kind == "patch")
-    return graph, AcdcRun(trials, untried, full, current)
+    return graph, AcdcRun(trials, passes, untried, full, current)

@@ -70,8 +70,10 @@ class _MaskedRun:
         self.ablated = ablated
         real = graph.real_edges.to(ablated.device)
         keep = keep.to(ablated.device)
+        # a stack of K masks ([K, up, rx]) runs K copies of the batch side by side (dense only)
+        self.stack = int(keep.shape[0]) if keep.dim() == 3 else 0
         binary = not keep.dtype.is_floating_point or bool(((keep == 0) | (keep == 1)).all())
-        self.dense = keep.requires_grad or not binary
+        self.dense = keep.requires_grad or not binary or self.stack > 0
         self.drop = (1 - keep.to(ablated.dtype)) * real.to(ablated.dtype) if self.dense else None
         self.keep = None if self.dense else keep.bool() & real
         self.delta = torch.zeros_like(ablated)
@@ -91,7 +93,7 @@ class _MaskedRun:
 
     def needs_hook(self, visible: int, rx: slice) -> bool:
         if self.dense:
-            weights = self.drop[:visible, rx]
+            weights = self.drop[..., :visible, rx]
             return weights.requires_grad or bool(weights.any())
         return not bool(self.keep[:visible, rx].all())
 
@@ -101,6 +103,10 @@ class _MaskedRun:
             raise RuntimeError("a receiver ran before all of its upstream nodes: hook order is not causal")
         n_rx = rx.stop - rx.start
         shape = (n_rx, *self.delta.shape[1:])
+        if self.stack:
+            weights = self.drop[:, :visible, rx]  # [K, visible, n_rx]
+            flat = self.delta[:visible].reshape(visible, self.stack, -1)  # copies of the batch side by side
+            return torch.einsum("kvr,vkx->rkx", weights.to(flat.dtype), flat).reshape(shape)
         if self.dense:
             weights = self.drop[:visible, rx]
             flat = self.delta[:visible].reshape(visible, -1)
@@ -156,3 +162,27 @@ def run_masked(
             entries outside ``graph.real_edges`` are ignored.
     """
     return models.run_with_hooks(model, tokens, _MaskedRun(graph, ablated.to(tokens.device), keep).hooks())
+
+
+def run_masked_stack(
+    model: Any,
+    graph: Graph,
+    tokens: Tensor,
+    ablated: Float[Tensor, "up b p d"],
+    keeps: Tensor,
+) -> Float[Tensor, "k b p vocab"]:
+    """:func:`run_masked` for ``K`` masks at once: one forward pass over ``K`` copies of the batch.
+
+    Args:
+        keeps: ``[K, up, rx]`` bool or float masks.
+
+    Returns:
+        ``[K, b, p, vocab]`` — the logits of each mask, equal to ``K`` separate :func:`run_masked` calls.
+    """
+    k = int(keeps.shape[0])
+    b = tokens.shape[0]
+    stacked_tokens = tokens.repeat(k, 1)
+    stacked_ablated = ablated.to(tokens.device).repeat(1, k, 1, 1)
+    run = _MaskedRun(graph, stacked_ablated, keeps)
+    logits = models.run_with_hooks(model, stacked_tokens, run.hooks())
+    return logits.reshape(k, b, *logits.shape[1:])

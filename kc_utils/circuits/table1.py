@@ -231,7 +231,7 @@ def find_relation_circuit(
         )
         circuit = scored.copy()
         budget = f"acdc τ={acdc_threshold:g}"
-        run_info = {"acdc_trials": run.trials}
+        run_info = {"acdc_trials": run.trials, "acdc_passes": run.passes}
     else:
         scored = attribute(
             model,
@@ -350,7 +350,9 @@ def transfer_matrix(
     return matrix
 
 
-def table1(results: Sequence[RelationCircuit], transfer: pd.DataFrame | None = None) -> pd.DataFrame:
+def table1(
+    results: Sequence[RelationCircuit], transfer: pd.DataFrame | dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """One row per relation plus the average: sizes, knees, and every metric for every kind and split.
 
     Columns: ``type``, ``relation``, ``budget``, ``#edges``, ``% edges``, ``knee70``/``knee90``
@@ -358,8 +360,10 @@ def table1(results: Sequence[RelationCircuit], transfer: pd.DataFrame | None = N
     {kind}`` for splits Dval/Dtest, metrics hit@10/hit@1 and kinds of :data:`KINDS`, with
     ``{split} hit@10 random std`` and ``… nodes std``; ``Dval faithfulness``/``Dtest faithfulness``
     (normalised logit difference); ``Dtest hit@10 other`` (mean over other relations of
-    ``transfer``, when given); ``corrupt high`` (the empty circuit already has Dtest Hit@10 ≥ 0.5).
+    ``transfer``, when given; a dict ``{metric: matrix}`` adds one column per metric, e.g.
+    ``Dtest hit@1 other``); ``corrupt high`` (the empty circuit already has Dtest Hit@10 ≥ 0.5).
     """
+    transfers = {"hit@10": transfer} if isinstance(transfer, pd.DataFrame) else dict(transfer or {})
     rows = []
     for r in results:
         row: dict[str, Any] = {
@@ -379,9 +383,10 @@ def table1(results: Sequence[RelationCircuit], transfer: pd.DataFrame | None = N
                 for kind in ("random", "nodes"):
                     row[f"{label} {metric} {kind} std"] = r.random_std.get(split, {}).get(kind, {}).get(metric, np.nan)
             row[f"{label} faithfulness"] = r.faithfulness.get(split, np.nan)
-        if transfer is not None and r.relation in transfer.index:
-            others = transfer.loc[r.relation].drop(r.relation, errors="ignore")
-            row["Dtest hit@10 other"] = float(others.mean()) if others.notna().any() else np.nan
+        for metric, matrix in transfers.items():
+            if r.relation in matrix.index:
+                others = matrix.loc[r.relation].drop(r.relation, errors="ignore")
+                row[f"Dtest {metric} other"] = float(others.mean()) if others.notna().any() else np.nan
         row["corrupt high"] = (
             bool(row["Dtest hit@10 empty"] >= 0.5) if not np.isnan(row["Dtest hit@10 empty"]) else False
         )

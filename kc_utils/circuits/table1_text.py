@@ -62,6 +62,11 @@ def describe_table1(table: pd.DataFrame) -> str:
             if "Dtest hit@10 other" in rows and rows["Dtest hit@10 other"].notna().any()
             else "."
         )
+        + (
+            f" Another relation's circuit reaches Dtest Hit@1 {mean['Dtest hit@1 other']:.2f}."
+            if "Dtest hit@1 other" in rows and rows["Dtest hit@1 other"].notna().any()
+            else ""
+        )
         + f" Hit@1: circuit {mean['Dtest hit@1 circuit']:.2f}, full model {mean['Dtest hit@1 full']:.2f}, "
         f"empty {mean['Dtest hit@1 empty']:.2f}. Faithfulness (normalised logit difference) averages "
         f"{mean['Dval faithfulness']:.2f} on Dval and {mean['Dtest faithfulness']:.2f} on Dtest."
@@ -76,6 +81,13 @@ def describe_table1(table: pd.DataFrame) -> str:
         )
     else:
         parts.append("Random connected circuits differ from the empty circuit in every relation.")
+    nodes_like_empty = (rows["Dtest hit@1 nodes"] - rows["Dtest hit@1 empty"]).abs() < 0.05
+    if nodes_like_empty.all():
+        parts.append(
+            "Random circuits on the circuit's own nodes score like the empty circuit too (Dtest Hit@1 "
+            f"{mean['Dtest hit@1 nodes']:.2f} vs {mean['Dtest hit@1 empty']:.2f}): the fact flows through a specific "
+            "wiring of these components, not through the components alone."
+        )
     gap = rows["Dtest hit@10 circuit"] - rows["Dtest hit@10 nodes"]
     gap1 = rows["Dtest hit@1 circuit"] - rows["Dtest hit@1 nodes"]
     parts.append(
