@@ -521,7 +521,10 @@ def test_case_summary_and_its_sentence_on_hand_made_tables():
     text = hal.describe_case(case)
     assert text.startswith("For 'p' the model answers 'Italian', not 'physicist'.")
     assert "'physicist' reaches rank 0 (0 = top-1) after block 1 and 'Italian' rank 0 after block 0" in text
-    assert "'physicist' is top-1 after block 1 and 'Italian' after block 2" in text
+    assert "both attributes are built up at the subject (rank ≤ 2)" in text
+    assert "'physicist' becomes top-1 after block 1 and 'Italian' becomes top-1 after block 2" in text
+    assert "only 'Italian' is built up" in hal.describe_case(case | {"correct_subject_rank": 5.0})
+    assert "'physicist' never becomes top-1" in hal.describe_case(case | {"correct_last_top1_layer": float("nan")})
     assert "a1.h1: it adds +1.50 to the logit of 'Italian' and +0.00 to that of 'physicist' (75% of" in text
     assert text.endswith("Its top tokens at the last position: Italian, German.")
     with pytest.raises(ValueError, match="lacks"):
@@ -570,3 +573,20 @@ def test_describe_enrichment_on_hand_made_curves():
     )
     with pytest.raises(ValueError, match="no layer 7"):
         hal.describe_enrichment({"known": known}, 2, layer=7)
+
+
+def test_describe_departures_on_hand_made_tables():
+    kinds = pd.DataFrame({"kind": ["correct", "knowledge_present", "knowledge_present", "knowledge_absent"]})
+    known = pd.DataFrame({"kind": ["correct"] * 4})
+    survey = pd.DataFrame(
+        {"relation": ["country_currency"], "n_present": [9], "n_wrong": [10], "same_subject_share": [0.0]}
+    )
+    text = hal.describe_departures(4, "rel", "T {}", "S {}", kinds, known, survey)
+    assert "has 4 layers" in text and "For rel, 2 of 3 (67%) wrong answers to 'T {}' are knowledge-present" in text
+    assert "asked with 'S {}' are answered 100% correctly" in text
+    assert text.endswith(
+        "country_currency, is asked here with a never-trained template as well: 9 of 10 (90%) of its wrong answers "
+        "are knowledge-present, and 0% of those are another attribute of the subject (the paper's 'Malaysian' is one)."
+    )
+    with pytest.raises(ValueError, match="kind"):
+        hal.describe_departures(4, "rel", "T {}", "S {}", kinds.rename(columns={"kind": "k"}), known)
