@@ -49,6 +49,25 @@ def check_parameters(notebook: str | Path, parameters: dict[str, Any]) -> None:
         )
 
 
+def ipc_kernel_manager() -> type:
+    """A kernel manager that talks to the kernel over Unix sockets in a temporary folder.
+
+    The default TCP transport makes every kernel log "Kernel is running over TCP without
+    encryption"; local IPC is both quieter and private to this user.
+    """
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IpcKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport = "ipc"
+            self.ip = str(Path(tempfile.mkdtemp(prefix="kc-kernel-")) / "kernel")
+
+    return IpcKernelManager
+
+
 def parse_value(text: str) -> Any:
     """A ``-p`` value: a Python literal when it parses as one (``3``, ``0.1``, ``None``, ``[1, 2]``), else a string."""
     try:
@@ -91,7 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(args.notebook, args.output, parameters=parameters, cwd=args.cwd, kernel_name=args.kernel)
+    pm.execute_notebook(
+        args.notebook,
+        args.output,
+        parameters=parameters,
+        cwd=args.cwd,
+        kernel_name=args.kernel,
+        kernel_manager_class=ipc_kernel_manager(),
+    )
     return 0
 
 
