@@ -22,7 +22,7 @@ from kc_utils.editing.sentences import (
     describe_location,
     describe_sweep,
 )
-from kc_utils.editing.sweep import edit_sweep, summarise_sweep
+from kc_utils.editing.sweep import edit_sweep, summarise_leak_circuits, summarise_sweep
 from kc_utils.organism.split import RelationSplit, Split
 
 TEXTS = [
@@ -403,14 +403,16 @@ def test_describe_case_and_leak_on_hand_made_tables() -> None:
     assert "is a2.h0 (direct logit +3.25; before: a3.h1, +0.50)" in text
     leak = pd.DataFrame(
         [
-            {"group": "leaking", "n": 3, "share": 0.25, "in_circuit": 1.0},
-            {"group": "not leaking", "n": 5, "share": 0.05, "in_circuit": 0.0},
+            {"group": "leaking", "n": 3, "n_edits": 2, "share": 0.25, "in_circuit": 1.0},
+            {"group": "not leaking", "n": 5, "n_edits": 2, "share": 0.05, "in_circuit": 0.5},
         ]
     )
     assert describe_leak_circuits(leak, "m0") == (
-        "For the 3 subjects that leak, the edited m0 carries 25% of the circuit's attribution and is in their top "
-        "circuit; for the 5 that do not, 5%, not in their top circuit."
+        "For the 3 subjects that leak (under 2 edits), the edited m0 carries 25% of their circuit's attribution and "
+        "is in their top circuit for 100% of the edits; for 5 subjects of the same edits that do not leak, 5%, in "
+        "the top circuit for 50%."
     )
-    empty = pd.DataFrame([{"group": "leaking", "n": 0, "share": float("nan"), "in_circuit": float("nan")}])
+    empty = summarise_leak_circuits(pd.DataFrame(columns=["group", "n", "share", "in_circuit"]))
+    assert list(empty["n"]) == [0, 0]
     assert describe_leak_circuits(empty, "m0").startswith("No unrelated subject leaked")
     assert "4 layers against GPT-2 medium's 24, and block 0 has no attention" in describe_departure(4, [0])

@@ -41,7 +41,15 @@ from kc_utils.data.metrics import rank_of
 from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, prepare_request, single_token
 from kc_utils.organism.split import Split
 
-__all__ = ["METRICS", "EditEvaluator", "ProbeSet", "build_probes", "counterfactual_requests"]
+__all__ = [
+    "METRICS",
+    "EditEvaluator",
+    "ProbeSet",
+    "build_probes",
+    "corrupt_twin",
+    "counterfactual_requests",
+    "relation_split",
+]
 
 METRICS = (
     "reliability",
@@ -64,12 +72,64 @@ class ProbeSet:
         prompts: probe prompts.
         kinds: one of ``edit``, ``train_template``, ``unseen_template``, ``same_relation``, ``same_subject`` each.
         leak_eligible: per prompt, a ``same_relation`` probe whose true object is not the new object.
+        subjects: the subject of each prompt.
     """
 
     request: EditRequest
     prompts: tuple[str, ...]
     kinds: tuple[str, ...]
     leak_eligible: tuple[bool, ...]
+    subjects: tuple[str, ...] = ()
+
+
+def relation_split(model_name: str, relations: Sequence[str]) -> Split:
+    """The facts and templates to edit and evaluate: the organism's own split (trained facts, training and
+    never-trained templates) for ``"kc-organism"``; for any other model every fact of the relation files, with
+    each relation's last template as the "unseen" one (a pretrained model saw unknown text, so "unseen" only
+    means "not used to build the edit")."""
+    from kc_utils.organism.paths import WEIGHTS_DIR
+    from kc_utils.organism.split import RelationSplit, load_split
+
+    if model_name == "kc-organism":
+        return load_split(WEIGHTS_DIR)
+    from kc_utils.data.relations import load_relation
+
+    out = {}
+    for key in relations:
+        rel = load_relation(key)
+        n_train = max(1, len(rel.prompt_templates) - 1)
+        out[key] = RelationSplit(
+            key=key,
+            trained=rel.samples,
+            held_out=(),
+            excluded=(),
+            train_templates=rel.prompt_templates[:n_train],
+            unseen_templates=rel.prompt_templates[n_train:],
+        )
+    return Split(seed=0, relations=out)
+
+
+def corrupt_twin(model: Any, split: Split, relation: str, subject: str, answer: str, seed: int = 0) -> tuple[str, str]:
+    """A corrupt prompt for circuit attribution: another trained subject of ``relation`` whose prompt (first
+    training template) has the same token length and whose object's first token differs from ``answer``'s.
+
+    Returns:
+        ``(corrupt prompt, its object)``.
+
+    Raises:
+        EditError: when no such subject exists.
+    """
+    from kc_utils.data.facts import pair_corrupt
+    from kc_utils.data.relations import Sample
+
+    rs = split.relations[relation]
+    twin = pair_corrupt(model, rs.train_templates[0], [Sample(subject, answer)], list(rs.trained), seed)[0]
+    if twin.corrupt_prompt is None:
+        raise EditError(
+            f"no subject of {relation} has as many tokens as {subject!r} in {rs.train_templates[0]!r}: patching "
+            "needs a same-length corrupt prompt; pick another case"
+        )
+    return twin.corrupt_prompt, twin.corrupt_object
 
 
 def counterfactual_requests(
@@ -138,12 +198,14 @@ def build_probes(split: Split, request: EditRequest, n_neighbours: int = 10, see
         (t.replace("{}", request.subject), "train_template", False) for t in rs.train_templates if t != template
     ]
     prompts += [(t.replace("{}", request.subject), "unseen_template", False) for t in rs.unseen_templates]
+    subjects = [request.subject] * len(prompts)
     others = sorted(
         {s.subject: s for s in rs.trained if s.subject != request.subject}.values(), key=lambda s: s.subject
     )
     rng = random.Random(f"{seed}-{request.subject}")
     for s in rng.sample(others, min(n_neighbours, len(others))):
         prompts.append((template.replace("{}", s.subject), "same_relation", s.object != request.target_new))
+        subjects.append(s.subject)
     for key in sorted(split.relations):
         if key == request.relation:
             continue
@@ -158,6 +220,7 @@ def build_probes(split: Split, request: EditRequest, n_neighbours: int = 10, see
         prompts=tuple(p for p, _, _ in prompts),
         kinds=tuple(k for _, k, _ in prompts),
         leak_eligible=tuple(e for _, _, e in prompts),
+        subjects=tuple(subjects),
     )
 
 
@@ -249,16 +312,18 @@ class EditEvaluator:
         }
 
     def leaking_subjects(self, index: int) -> tuple[list[str], list[str]]:
-        """The same-relation neighbour prompts of request ``index`` whose top-1 became the new object after
-        the edit, and those whose did not (model as it is now)."""
+        """The same-relation neighbours of request ``index`` (subjects, true object ≠ new object) whose top-1 is
+        the new object on the model as it is now (after the edit), and those whose top-1 is not."""
         ps, target = self.probes[index], self.prepared[index].target
-        chosen = [p for p, e in zip(ps.prompts, ps.leak_eligible) if e]
+        chosen = [(s, p) for s, p, e in zip(ps.subjects, ps.prompts, ps.leak_eligible) if e]
         if not chosen:
             return [], []
-        tokens, last = _pad(self.model, chosen)
+        tokens, last = _pad(self.model, [p for _, p in chosen])
         with torch.no_grad():
             top = models.run_with_hooks(self.model, tokens)[torch.arange(len(chosen)), last].argmax(-1).tolist()
-        return [p for p, t in zip(chosen, top) if t == target], [p for p, t in zip(chosen, top) if t != target]
+        return [s for (s, _), t in zip(chosen, top) if t == target], [
+            s for (s, _), t in zip(chosen, top) if t != target
+        ]
 
     def location(self, index: int, layer: int) -> dict[str, float]:
         """Where the edit of request ``index`` at MLP ``layer`` acts (model as it is now, edited).

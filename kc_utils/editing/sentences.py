@@ -114,21 +114,22 @@ def describe_case(case: pd.DataFrame) -> str:
 
 
 def describe_leak_circuits(table: pd.DataFrame, node: str) -> str:
-    """Read a leak-circuit table (one row per ``group`` ``leaking``/``not leaking`` with ``n``, ``share`` and
-    ``in_circuit``) for the edited ``node``."""
+    """Read a :func:`~kc_utils.editing.sweep.summarise_leak_circuits` table (one row per ``group``
+    ``leaking``/``not leaking`` with ``n``, ``n_edits``, ``share`` and ``in_circuit``) for the edited ``node``."""
     rows = table.set_index("group")
     if "leaking" not in rows.index or rows.loc["leaking", "n"] == 0:
-        return f"No unrelated subject leaked in this edit, so there is no leaking circuit to compare through {node}."
+        return f"No unrelated subject leaked under these edits, so there is no leaking circuit to read through {node}."
     leak = rows.loc["leaking"]
     text = (
-        f"For the {int(leak['n'])} subjects that leak, the edited {node} carries {_pct(leak['share'])} of the "
-        f"circuit's attribution and is {'in' if leak['in_circuit'] else 'not in'} their top circuit"
+        f"For the {int(leak['n'])} subjects that leak (under {int(leak['n_edits'])} edits), the edited {node} carries "
+        f"{_pct(leak['share'])} of their circuit's attribution and is in their top circuit for "
+        f"{_pct(leak['in_circuit'])} of the edits"
     )
     if "not leaking" in rows.index and rows.loc["not leaking", "n"] > 0:
         other = rows.loc["not leaking"]
         text += (
-            f"; for the {int(other['n'])} that do not, {_pct(other['share'])}, "
-            f"{'in' if other['in_circuit'] else 'not in'} their top circuit"
+            f"; for {int(other['n'])} subjects of the same edits that do not leak, {_pct(other['share'])}, in the top "
+            f"circuit for {_pct(other['in_circuit'])}"
         )
     return text + "."
 
