@@ -14,8 +14,11 @@ PAPERMILL_ARGS ?=
 OUT_DIR ?=
 PUBLISH := $(if $(and $(filter kc-organism,$(MODEL)),$(if $(strip $(PAPERMILL_ARGS) $(OUT_DIR)),,yes)),-p publish True,)
 OUT_ARG := $(if $(OUT_DIR),-p out_dir $(OUT_DIR),)
+# notebooks run two at a time (each on one CPU thread for the organism); JOBS=1 runs them in turn
+JOBS ?= 2
+RUN_NOTEBOOKS := $(patsubst notebooks/%.ipynb,runs/%.ipynb,$(NOTEBOOKS))
 
-.PHONY: install reproduce test lint test-unit test-notebooks bench clean
+.PHONY: install reproduce test lint test-unit test-notebooks bench clean FORCE
 
 install: $(VENV)/.installed
 
@@ -29,11 +32,17 @@ $(VENV)/.installed: pyproject.toml
 
 reproduce: install
 	@mkdir -p runs
-	@set -e; for nb in $(NOTEBOOKS); do \
-		name=$$(basename $$nb .ipynb); \
-		echo "== $$name (model_name=$(MODEL))"; \
-		$(PY) -m kc_utils.execute $$nb runs/$$name.ipynb --cwd . -p model_name $(MODEL) $(PUBLISH) $(OUT_ARG) $(PAPERMILL_ARGS); \
-	done
+	@$(MAKE) --no-print-directory -j$(JOBS) $(RUN_NOTEBOOKS)
+
+# one executed copy per notebook; notebook 02 reads the circuits notebook 01 saved
+runs/%.ipynb: notebooks/%.ipynb FORCE install
+	@echo "== $* (model_name=$(MODEL))"
+	@$(PY) -m kc_utils.execute $< $@ --cwd . -p model_name $(MODEL) $(PUBLISH) $(OUT_ARG) $(PAPERMILL_ARGS) \
+		> runs/$*.log 2>&1 || { tail -40 runs/$*.log; echo "!! $* failed (log: runs/$*.log)"; exit 1; }
+	@echo "   $* done"
+runs/02_head_roles.ipynb: runs/01_knowledge_circuits.ipynb
+
+FORCE:
 
 test: install lint
 	$(PY) -m pytest tests $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env)
