@@ -200,6 +200,7 @@ def test_circuit_sources_text():
         }
     )
     sentence = text.circuit_sources_text(sources)
+    assert text.circuit_sources_text(sources, folder="`runs/x`").startswith("2 circuits reused from `runs/x` (")
     assert sentence == (
         "2 circuits reused from notebook 01 (recorded settings match): r1, r3. 1 circuit recomputed here with "
         "the same settings — r2: no saved circuit at x/r2.json."

@@ -404,11 +404,11 @@ def single_ablation_text(table: pd.DataFrame, ablation: str = "mean") -> str:
 
 
 # ----------------------------------------------------------------------------- provenance and departures
-def circuit_sources_text(sources: pd.DataFrame) -> str:
+def circuit_sources_text(sources: pd.DataFrame, folder: str = "notebook 01") -> str:
     """Which relations reused notebook 01's circuit and which were recomputed here, and why.
 
     ``sources``: one row per relation with ``relation``, ``source`` (``"reused"`` or
-    ``"recomputed"``) and ``reason``.
+    ``"recomputed"``) and ``reason``; ``folder`` names where the reused circuits came from.
     """
     _need(sources, ["relation", "source", "reason"], "circuit-source")
     reused = sources[sources["source"] == "reused"]
@@ -416,7 +416,7 @@ def circuit_sources_text(sources: pd.DataFrame) -> str:
     text = []
     if len(reused):
         text.append(
-            f"{_plural(len(reused), 'circuit')} reused from notebook 01 (recorded settings match): "
+            f"{_plural(len(reused), 'circuit')} reused from {folder} (recorded settings match): "
             f"{', '.join(reused['relation'])}."
         )
     if len(redone):
