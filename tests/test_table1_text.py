@@ -56,7 +56,7 @@ def test_description_states_what_the_table_says():
     text = describe_table1(_table())
     assert "degenerate** in 2 of 3 relations" in text
     assert "phase (3 distinct answers)" in text
-    assert "holds on Dtest for 2 of 3 relations (not for phase)" in text
+    assert "holds on Dtest for 2 of 3 relations (not for phase), with circuits of 2.0% of the edges." in text
     assert "10.0 edges on average (range 10–10)" in text  # knee90 of the two relations that reach it
     assert "circuit**" in text and "0.80 for the circuit" in text
     # Hit@1 other 0.10 against circuit (1.0 + 0.9 + 0.5) / 2 / 3 = 0.40: a quarter of it
@@ -76,3 +76,14 @@ def test_node_set_baseline_equal_to_empty_is_said():
     for split in ("Dval", "Dtest"):
         table[f"{split} hit@1 nodes"] = table[f"{split} hit@1 empty"]
     assert "wiring of these components" in describe_table1(table)
+
+
+def test_large_circuits_are_not_called_small_and_little_wiring_gain_is_said():
+    table = _table()
+    table["% edges"] = 60.0
+    for split in ("Dval", "Dtest"):
+        for metric in ("hit@10", "hit@1"):
+            table[f"{split} {metric} nodes"] = table[f"{split} {metric} circuit"]
+    text = describe_table1(table)
+    assert "but these circuits are not small: they keep 60% of the edges" in text
+    assert "The wiring adds little beyond the components here" in text
