@@ -138,7 +138,8 @@ def describe_method_comparison(table: pd.DataFrame, first: str, second: str) -> 
     smaller = int((table[f"{second} edges"] < table[f"{first} edges"]).sum())
     better = int((table[f"{second} Dtest faithfulness"] > table[f"{first} Dtest faithfulness"]).sum())
     return (
-        f"Over {n} relations, {second} keeps {mean[f'{second} edges']:.1f} edges on average against "
+        f"Over {n} relation{'s' if n != 1 else ''}, {second} keeps {mean[f'{second} edges']:.1f} edges "
+        f"on average against "
         f"{mean[f'{first} edges']:.1f} for {first} (smaller in {smaller} of {n}). The two circuits share "
         f"{mean['edge overlap']:.0%} of their edges and {mean['node overlap']:.0%} of their nodes on average "
         f"(Jaccard). Dtest faithfulness: {first} {mean[f'{first} Dtest faithfulness']:.2f}, "
