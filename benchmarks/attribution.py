@@ -61,7 +61,7 @@ N_TOKENS = 16
 IG_STEPS = 5
 CIRCUIT_EDGES = 1000
 EVAL_ROUNDS = 3
-THREADS = 2
+N_VAL = 24  # Dval prompts of the organism relation (notebook 01 default)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -185,7 +185,7 @@ def tl_peer(model: Any, graph_cls: Any, batch: Any, pairs: int) -> dict:
         for (writer, reader), score in result.edge_scores.items():  # sum over positions
             total[graph.upstream_index[_tl_writer(writer)], graph.receiver_index[_tl_reader(reader)]] += score
     return {
-        "seconds_per_pair": {c: v / pairs for c, v in seconds.items()},
+        "seconds": seconds,
         "pairs": pairs,
         "scores": (total / pairs).float(),
     }
@@ -208,33 +208,35 @@ def _tl_reader(node: Any) -> str:
 
 
 CLOCKS = ("wall", "cpu")
-#: ratio name → (numerator, denominator) keys of a repeat's timings
-RATIOS = {
-    "eap/floor": ("eap", "floor_eap"),
-    "eap_ig/floor": ("eap_ig", "floor_ig"),
-    "eap/fwd": ("eap", "fwd_ref"),
-    "fb/fwd": ("fb", "fwd"),
-    "circuit_logits/fwd": ("circuit_logits", "fwd_eval"),
-    "masked_fwd/fwd": ("masked_fwd", "fwd_eval"),
-    "corrupt_collect/fwd": ("corrupt_collect", "fwd_eval"),
-}
 
 
-def ratio_estimates(rows: list[dict], minima: dict, num: str, den: str) -> dict[str, float]:
-    """Three estimates of ``num / den``: median of per-repeat wall ratios, ratio of wall minima,
-    median of per-repeat CPU-time ratios."""
-    return {
-        "wall": median([r["wall"][num] / r["wall"][den] for r in rows]),
-        "wall_min": minima["wall"][num] / minima["wall"][den],
-        "cpu": median([r["cpu"][num] / r["cpu"][den] for r in rows]),
-    }
+def load_hf(path: str | Path) -> Any:
+    """The plain ``transformers`` model of a checkpoint (no bridge, no hooks), parameters frozen, eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(path).eval()
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    return hf
 
 
-def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Path) -> None:
-    """Measure one shape; write a JSON of timings, ratios and RSS to ``out``."""
+def per_repeat_ratio(rows: list[dict], num: str, den: str, clock: str) -> float:
+    """Median over repeats of ``num / den``, each ratio taken within one repeat."""
+    return median([r[clock][num] / r[clock][den] for r in rows])
+
+
+def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) -> None:
+    """Measure one random-weight shape; write a JSON of timings, ratios and RSS to ``out``.
+
+    One repeat = the passes behind the floors (bridge and plain HF), EAP, EAP-IG, the
+    TransformerLens peer and ours on the same pairs, circuit evaluation, and capped ACDC, in that
+    order, so that every ratio compares measurements taken within the same minute or two.
+    """
     import torch
 
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
+    from acdc_speed import AcdcBench
+
     from kc_utils import Graph, attribute, make_batch
     from kc_utils import models as kc_models
     from kc_utils.circuits.ablation import ablated_outputs
@@ -243,22 +245,25 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
     from kc_utils.circuits.patching import run_masked
     from kc_utils.data.metrics import logit_diff
 
-    res: dict[str, Any] = {"shape": shape, "load_start": load_avg()}
+    res: dict[str, Any] = {"shape": shape, "load_start": load_avg(), "torch_threads": torch.get_num_threads()}
     res["rss_before_load_gb"] = peak_rss_gb()
     model = kc_models.load_model(str(checkpoint), device="cpu")
+    hf = load_hf(checkpoint)
+    res["hf_attention"] = getattr(hf.config, "_attn_implementation", "?")
     res["rss_after_load_gb"] = peak_rss_gb()
     batch = make_batch(model, *prompt_texts())
     assert tuple(batch.clean.shape) == (N_PROMPTS, N_TOKENS), batch.clean.shape
     graph = Graph.from_model(model)
     res["n_edges"] = graph.n_edges
     n = len(batch)
+    pairs = args.peer_pairs_medium if shape == "gpt2-medium" else args.peer_pairs
 
     def forward() -> None:
         with torch.no_grad():
             model(batch.clean)
 
     def forward_backward() -> None:
-        """One pass with gradient w.r.t. the input embedding only (EAP's backward work)."""
+        """One bridge pass with gradient w.r.t. the input embedding only (EAP's backward work)."""
         with frozen_parameters(model), torch.enable_grad():
             leaf = {}
 
@@ -269,38 +274,63 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
             logits = kc_models.run_with_hooks(model, batch.clean, [(kc_models.INPUT_HOOK, as_leaf)])
             (logit_diff(logits, batch).sum() / n).backward()
 
-    def floor_sequence() -> dict[str, dict[str, float]]:
-        """2 forwards + IG_STEPS forward/backward passes: the EAP floor, the EAP-IG floor, one fwd, one fwd/bwd."""
-        fwd = [timed(forward) for _ in range(2)]
-        fb = [timed(forward_backward) for _ in range(IG_STEPS)]
-        return {
-            clock: {
-                "floor_eap": sum(t[clock] for t in fwd) + fb[0][clock],
-                "floor_ig": sum(t[clock] for t in fwd) + sum(t[clock] for t in fb),
-                "fwd": median([t[clock] for t in fwd]),
-                "fb": median([t[clock] for t in fb]),
-            }
-            for clock in CLOCKS
-        }
+    def hf_forward() -> None:
+        with torch.no_grad():
+            hf(input_ids=batch.clean)
 
-    def eap() -> None:
-        attribute(model, graph, batch, "logit_diff", method="eap", progress=False)
+    def hf_forward_backward() -> None:
+        """The same pass through the plain HF model: gradient w.r.t. the token embeddings only."""
+        with torch.enable_grad():
+            embeds = hf.get_input_embeddings()(batch.clean).detach().requires_grad_(True)
+            (logit_diff(hf(inputs_embeds=embeds).logits, batch).sum() / n).backward()
+
+    def passes() -> dict[str, dict[str, float]]:
+        """Per-pass medians: bridge fwd (2 timed), bridge fwd/bwd (IG_STEPS timed), HF fwd (2), HF fwd/bwd (2)."""
+        timings = {
+            "fwd": [timed(forward) for _ in range(2)],
+            "fb": [timed(forward_backward) for _ in range(IG_STEPS)],
+            "hf_fwd": [timed(hf_forward) for _ in range(2)],
+            "hf_fb": [timed(hf_forward_backward) for _ in range(2)],
+        }
+        out = {clock: {k: median([t[clock] for t in ts]) for k, ts in timings.items()} for clock in CLOCKS}
+        for t in out.values():
+            t["floor_eap"] = 2 * t["fwd"] + t["fb"]  # the stated floor: clean + corrupt forwards, one fwd/bwd
+            t["floor_ig"] = 2 * t["fwd"] + IG_STEPS * t["fb"]
+            t["run_eap"] = t["fwd"] + t["fb"]  # what attribute() runs: corrupt forward + clean fwd/bwd
+            t["run_ig"] = t["fwd"] + IG_STEPS * t["fb"]
+            t["hf_eap"] = t["hf_fwd"] + t["hf_fb"]  # the same passes through plain transformers
+            t["hf_ig"] = t["hf_fwd"] + IG_STEPS * t["hf_fb"]
+        return out
+
+    def eap(b=batch) -> None:
+        attribute(model, graph, b, "logit_diff", method="eap", progress=False)
 
     def eap_ig() -> None:
         attribute(model, graph, batch, "logit_diff", method="eap-ig", ig_steps=IG_STEPS, progress=False)
 
+    acdc_bench = None
+    if args.acdc_trials > 0:
+        acdc_bench = AcdcBench(model, hf, batch, args.acdc_stacks, args.acdc_trials, timed, shape)
+
     # warm-up: every code path once
-    forward()
-    forward_backward()
-    eap()
+    forward(), forward_backward(), hf_forward(), hf_forward_backward(), eap()
     circuit = graph.copy().top_n(min(CIRCUIT_EDGES, graph.n_edges // 10))
     res["circuit_edges"] = circuit.n_edges_in_graph
     circuit_logits(model, circuit, batch, "patch")
+    if acdc_bench is not None:
+        acdc_bench.warm_up()
+    sub = batch.select(list(range(pairs))) if pairs > 0 else None
+    tl_last: dict | None = None
 
     rows: list[dict[str, Any]] = []
-    for rep in range(repeats):
-        row: dict[str, Any] = {"load": load_avg(), **floor_sequence()}
+    for rep in range(args.repeats):
+        row: dict[str, Any] = {"load": load_avg(), **passes()}
         times = {"eap": timed(eap), "eap_ig": timed(eap_ig)}
+        if sub is not None:  # the peer, then ours on the same pairs, inside the same repeat
+            tl_last = tl_peer(model, Graph, sub, pairs)
+            if "skipped" not in tl_last:
+                times["tl_pairs"] = tl_last["seconds"]
+                times["ours_pairs"] = timed(lambda: eap(sub))
         # evaluation passes are short: EVAL_ROUNDS interleaved rounds, the fastest of each kind kept
         rounds: list[dict[str, dict[str, float]]] = []
         with torch.no_grad():
@@ -319,64 +349,66 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
             times[key] = {clock: min(r[key][clock] for r in rounds) for clock in CLOCKS}
         for clock in CLOCKS:
             row[clock].update({k: t[clock] for k, t in times.items()})
-            row[clock]["fwd_ref"] = min(row[clock]["fwd"], row[clock]["fwd_eval"])
         rows.append(row)
         print(
-            f"  [{shape}] repeat {rep + 1}/{repeats} (load {row['load']}): "
+            f"  [{shape}] repeat {rep + 1}/{args.repeats} (load {row['load']}): "
             + ", ".join(f"{k} {v:.2f}/{row['cpu'][k]:.2f}" for k, v in row["wall"].items())
             + "  (wall/CPU s)",
             flush=True,
         )
+        if acdc_bench is not None:
+            acdc_bench.repeat()
     res["rows"] = rows
     res["median"] = {clock: {k: median([r[clock][k] for r in rows]) for k in rows[0][clock]} for clock in CLOCKS}
-    res["min"] = {clock: {k: min(r[clock][k] for r in rows) for k in rows[0][clock]} for clock in CLOCKS}
     res["median"]["load"] = median([r["load"] for r in rows])
-    res["ratio"] = {name: ratio_estimates(rows, res["min"], num, den) for name, (num, den) in RATIOS.items()}
+    res["ratio"] = {
+        name: {clock: per_repeat_ratio(rows, num, den, clock) for clock in CLOCKS}
+        for name, (num, den) in RATIOS.items()
+    }
+    if sub is not None and "tl_pairs" in rows[0]["cpu"]:
+        res["ratio"]["ours/tl_same_pairs"] = {c: per_repeat_ratio(rows, "ours_pairs", "tl_pairs", c) for c in CLOCKS}
+        # the batch of 16 against the peer scaled from its pairs to 16 (its cost is linear in pairs)
+        res["ratio"]["ours_batch/tl_batch"] = {
+            c: median([r[c]["eap"] / (r[c]["tl_pairs"] * n / pairs) for r in rows]) for c in CLOCKS
+        }
     res["rss_kc_gb"] = peak_rss_gb()
+    if acdc_bench is not None:
+        res["acdc"] = acdc_bench.result()
 
-    # ---- peer: TransformerLens attribution patching, first `peer_pairs` pairs
-    if peer_pairs > 0:
-        sub = batch.select(list(range(peer_pairs)))
-        tl = tl_peer(model, Graph, sub, peer_pairs)
-        if "skipped" in tl:
-            res["tl"] = tl
-        else:
-            ours_time = timed(lambda: attribute(model, graph, sub, "logit_diff", method="eap", progress=False))
-            ours = graph.scores.clone()
-            med = res["median"]
-            # The same linearisation point as TL (gradient on the corrupt run): swap clean and
-            # corrupt, keep the clean answers in the metric, and negate.
-            from dataclasses import replace
+    # ---- correctness of the peer (not timed): its scores against ours, at both linearisation points
+    if tl_last is not None and "skipped" in tl_last:
+        res["tl"] = tl_last
+    elif tl_last is not None:
+        eap(sub)
+        ours = graph.scores.clone()
+        # The same linearisation point as TL (gradient on the corrupt run): swap clean and
+        # corrupt, keep the clean answers in the metric, and negate.
+        from dataclasses import replace
 
-            rows_idx = torch.arange(peer_pairs)
+        rows_idx = torch.arange(pairs)
 
-            def clean_logit_diff(logits, b):
-                final = logits[rows_idx, sub.last_pos]
-                return final[rows_idx, sub.answer] - final[rows_idx, sub.corrupt_answer]
+        def clean_logit_diff(logits, b):
+            final = logits[rows_idx, sub.last_pos]
+            return final[rows_idx, sub.answer] - final[rows_idx, sub.corrupt_answer]
 
-            swapped = replace(sub, clean=sub.corrupt, corrupt=sub.clean)
-            attribute(model, graph, swapped, clean_logit_diff, method="eap", progress=False)
-            ours_at_corrupt = -graph.scores.clone()
-            real = graph.real_edges
-            theirs = tl["scores"]
-            res["tl"] = {
-                "pairs": peer_pairs,
-                "seconds_per_pair": tl["seconds_per_pair"],
-                "seconds_batch_extrapolated": {c: tl["seconds_per_pair"][c] * n for c in CLOCKS},
-                "ours_eap_same_pairs_s": ours_time,
-                "ours/tl_same_pairs": {c: ours_time[c] / (tl["seconds_per_pair"][c] * peer_pairs) for c in CLOCKS},
-                "ours_batch/tl_batch": {c: med[c]["eap"] / (tl["seconds_per_pair"][c] * n) for c in CLOCKS},
-                "pearson": pearson(ours[real], theirs[real]),
-                "spearman": spearman(ours[real], theirs[real]),
-                "pearson_same_point": pearson(ours_at_corrupt[real], theirs[real]),
-                "max_rel_diff_same_point": float(
-                    (ours_at_corrupt[real] - theirs[real]).abs().max() / theirs[real].abs().max()
-                ),
-            }
-        res["rss_with_tl_gb"] = peak_rss_gb()
+        swapped = replace(sub, clean=sub.corrupt, corrupt=sub.clean)
+        attribute(model, graph, swapped, clean_logit_diff, method="eap", progress=False)
+        ours_at_corrupt = -graph.scores.clone()
+        real = graph.real_edges
+        theirs = tl_last["scores"]
+        res["tl"] = {
+            "pairs": pairs,
+            "pearson": pearson(ours[real], theirs[real]),
+            "spearman": spearman(ours[real], theirs[real]),
+            "pearson_same_point": pearson(ours_at_corrupt[real], theirs[real]),
+            "max_rel_diff_same_point": float(
+                (ours_at_corrupt[real] - theirs[real]).abs().max() / theirs[real].abs().max()
+            ),
+        }
+    res["rss_with_tl_gb"] = peak_rss_gb()
 
     # scores for the auto-circuit comparison: EAP on the whole batch
-    attribute(model, graph, batch, "logit_diff", method="eap", progress=False)
+    eap()
     torch.save(
         {
             "clean": batch.clean,
@@ -397,36 +429,104 @@ def worker(shape: str, checkpoint: Path, repeats: int, peer_pairs: int, out: Pat
     out.write_text(json.dumps(res, indent=1))
 
 
+def organism_worker(args: argparse.Namespace, out: Path) -> None:
+    """ACDC on the organism: a Table-1 relation's Dval (as ``find_relation_circuit`` builds it), every trial."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from acdc_speed import AcdcBench
+
+    from kc_utils import models as kc_models
+    from kc_utils.data.facts import build_circuit_dataset, facts_to_batch
+    from kc_utils.data.relations import load_relation
+    from kc_utils.notebook import candidate_samples
+
+    res: dict[str, Any] = {"shape": "kc-organism", "load_start": load_avg(), "torch_threads": torch.get_num_threads()}
+    model = kc_models.load_model(kc_models.ORGANISM_NAME, device="cpu")
+    hf = load_hf(kc_models.resolve_model_name(kc_models.ORGANISM_NAME))
+    res["hf_attention"] = getattr(hf.config, "_attn_implementation", "?")
+    relation = load_relation(args.organism_relation)
+    samples = candidate_samples(kc_models.ORGANISM_NAME, relation)
+    dataset = build_circuit_dataset(model, relation, N_VAL, N_VAL, samples=samples, seed=0)
+    batch = facts_to_batch(model, dataset.val)
+    res["relation"] = args.organism_relation
+    from kc_utils import Graph
+
+    res["n_edges"] = Graph.from_model(model).n_edges
+    bench = AcdcBench(model, hf, batch, args.acdc_stacks, None, timed, "kc-organism")
+    bench.warm_up()
+    for _ in range(args.repeats):
+        bench.repeat()
+    res["acdc"] = bench.result()
+    res["load_end"] = load_avg()
+    res["date"] = time.strftime("%Y-%m-%d %H:%M")
+    out.write_text(json.dumps(res, indent=1))
+
+
+#: ratio name → (numerator, denominator) keys of a repeat's timings
+RATIOS = {
+    "eap/floor": ("eap", "floor_eap"),
+    "eap/run": ("eap", "run_eap"),
+    "eap/hf": ("eap", "hf_eap"),
+    "eap_ig/floor": ("eap_ig", "floor_ig"),
+    "eap_ig/run": ("eap_ig", "run_ig"),
+    "eap_ig/hf": ("eap_ig", "hf_ig"),
+    "fwd/hf_fwd": ("fwd", "hf_fwd"),
+    "fb/hf_fb": ("fb", "hf_fb"),
+    "circuit_logits/fwd": ("circuit_logits", "fwd_eval"),
+    "masked_fwd/fwd": ("masked_fwd", "fwd_eval"),
+    "corrupt_collect/fwd": ("corrupt_collect", "fwd_eval"),
+}
+
+
 # ----------------------------------------------------------------------------- driver
+def worker_args(args: argparse.Namespace, repeats: int) -> list[str]:
+    """The measuring options, passed on to a worker process."""
+    return [
+        "--repeats",
+        str(repeats),
+        "--threads",
+        str(args.threads),
+        "--peer-pairs",
+        str(args.peer_pairs),
+        "--peer-pairs-medium",
+        str(args.peer_pairs_medium),
+        "--acdc-trials",
+        str(args.acdc_trials),
+        "--organism-relation",
+        args.organism_relation,
+        "--acdc-stacks",
+        *map(str, args.acdc_stacks),
+    ]
+
+
+def worker_env(args: argparse.Namespace) -> dict[str, str]:
+    threads = str(args.threads)
+    return dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+
+
 def run_shape(shape: str, args: argparse.Namespace, workdir: Path) -> dict:
     checkpoint = workdir / shape
     script = str(Path(__file__).resolve())
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    env = worker_env(args)
     print(f"== {shape}: building a random checkpoint (vocab {VOCAB}) in {checkpoint}", flush=True)
     subprocess.run([sys.executable, script, "--build", shape, str(checkpoint)], check=True, env=env)
     out = workdir / f"{shape}.json"
     repeats = args.repeats_medium if shape == "gpt2-medium" and args.repeats_medium else args.repeats
     print(f"== {shape}: measuring ({repeats} repeats, load {load_avg()})", flush=True)
-    subprocess.run(
-        [
-            sys.executable,
-            script,
-            "--worker",
-            shape,
-            str(checkpoint),
-            "--repeats",
-            str(repeats),
-            "--peer-pairs",
-            str(args.peer_pairs_medium if shape == "gpt2-medium" else args.peer_pairs),
-            "--out",
-            str(out),
-        ],
-        check=True,
-        env=env,
-    )
+    command = [sys.executable, script, "--worker", shape, str(checkpoint), "--out", str(out)]
+    subprocess.run(command + worker_args(args, repeats), check=True, env=env)
     res = json.loads(out.read_text())
     res["auto_circuit"] = run_auto_circuit(shape, checkpoint, args, env)
     return res
+
+
+def run_organism(args: argparse.Namespace, workdir: Path) -> dict:
+    out = workdir / "kc-organism.json"
+    print(f"== kc-organism: ACDC on {args.organism_relation} ({args.repeats} repeats, load {load_avg()})", flush=True)
+    command = [sys.executable, str(Path(__file__).resolve()), "--organism-worker", "--out", str(out)]
+    subprocess.run(command + worker_args(args, args.repeats), check=True, env=worker_env(args))
+    return json.loads(out.read_text())
 
 
 def run_auto_circuit(shape: str, checkpoint: Path, args: argparse.Namespace, env: dict) -> dict:
@@ -467,91 +567,236 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def triple(q: dict[str, float]) -> str:
-    """A ratio's three estimates: median of per-repeat wall ratios · ratio of wall minima · CPU-time ratio."""
-    return f"**{q['wall']:.2f}** · {q['wall_min']:.2f} · {q['cpu']:.2f}"
+def pair(q: dict[str, float], spec: str = ".2f") -> str:
+    """A ratio's two estimates, each the median of per-repeat ratios: **CPU time** · wall clock."""
+    return f"**{q['cpu']:{spec}}** · {q['wall']:{spec}}"
 
 
-def table(results: list[dict]) -> str:
+def secs(r: dict, key: str, spec: str = ".2f") -> str:
+    """Median wall seconds (median CPU seconds)."""
+    return f"{r['median']['wall'][key]:{spec}} ({r['median']['cpu'][key]:{spec}})"
+
+
+def attribution_tables(results: list[dict]) -> list[str]:
+    shapes = [r for r in results if "rows" in r]
+    if not shapes:
+        return []
     lines = [
-        "| shape | edges | load | EAP s | **EAP / floor** | EAP-IG s | **EAP-IG / floor** | fwd s "
-        "| circuit_logits s | **eval / fwd** | masked fwd / fwd | corrupt collect / fwd | peak RSS GB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        w, c, q = r["median"]["wall"], r["median"]["cpu"], r["ratio"]
-        lines.append(
-            f"| {r['shape']} | {r['n_edges']} | {r['median']['load']:.1f} | {w['eap']:.2f} ({c['eap']:.2f}) | "
-            f"{triple(q['eap/floor'])} | {w['eap_ig']:.2f} ({c['eap_ig']:.2f}) | {triple(q['eap_ig/floor'])} | "
-            f"{w['fwd_eval']:.2f} ({c['fwd_eval']:.2f}) | {w['circuit_logits']:.2f} ({c['circuit_logits']:.2f}) | "
-            f"{triple(q['circuit_logits/fwd'])} | {triple(q['masked_fwd/fwd'])} | {triple(q['corrupt_collect/fwd'])} | "
-            f"{r['rss_kc_gb']:.2f} |"
-        )
-    peers = [
+        "### Attribution against three references",
         "",
-        "| shape | peer | peer s for the batch of 16, wall (CPU) | **ours / peer**, wall · CPU | Pearson | Spearman | notes |",
-        "|---|---|---|---|---|---|---|",
+        "| shape | edges | load | EAP s | **EAP / own floor** | EAP / passes it runs | EAP / plain HF passes "
+        f"| EAP-IG({IG_STEPS}) s | **EAP-IG / own floor** | EAP-IG / passes it runs | EAP-IG / plain HF passes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        tl = r.get("tl")
+    for r in shapes:
+        q = r["ratio"]
+        lines.append(
+            f"| {r['shape']} | {r['n_edges']} | {r['median']['load']:.1f} | {secs(r, 'eap')} | {pair(q['eap/floor'])} | "
+            f"{pair(q['eap/run'])} | {pair(q['eap/hf'])} | {secs(r, 'eap_ig')} | {pair(q['eap_ig/floor'])} | "
+            f"{pair(q['eap_ig/run'])} | {pair(q['eap_ig/hf'])} |"
+        )
+    lines += [
+        "",
+        "### The passes behind the references, and circuit evaluation",
+        "",
+        "| shape | bridge fwd s | HF fwd s | **bridge / HF fwd** | bridge fwd/bwd s | HF fwd/bwd s | **bridge / HF fwd/bwd** "
+        "| circuit_logits s | **eval / fwd** | masked fwd / fwd | corrupt collect / fwd | peak RSS GB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in shapes:
+        q = r["ratio"]
+        lines.append(
+            f"| {r['shape']} | {secs(r, 'fwd')} | {secs(r, 'hf_fwd')} | {pair(q['fwd/hf_fwd'])} | {secs(r, 'fb')} | "
+            f"{secs(r, 'hf_fb')} | {pair(q['fb/hf_fb'])} | {secs(r, 'circuit_logits')} | {pair(q['circuit_logits/fwd'])} | "
+            f"{pair(q['masked_fwd/fwd'])} | {pair(q['corrupt_collect/fwd'])} | {r['rss_kc_gb']:.2f} |"
+        )
+    lines += [
+        "",
+        "### Peers (timed inside the same repeats as ours)",
+        "",
+        "| shape | peer | peer s on its pairs | ours s on the same pairs | **ours / peer**, same pairs "
+        "| ours on 16 / peer scaled to 16 | Pearson | Spearman | notes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in shapes:
+        tl, q = r.get("tl"), r["ratio"]
         if tl and "skipped" not in tl:
-            s, q, same = tl["seconds_batch_extrapolated"], tl["ours_batch/tl_batch"], tl["ours/tl_same_pairs"]
-            peers.append(
-                f"| {r['shape']} | TransformerLens 4.3 `attribution_patch` (edge) | {s['wall']:.1f} ({s['cpu']:.1f}); "
-                f"{tl['pairs']} pairs timed, ×{N_PROMPTS / tl['pairs']:g} | **{q['wall']:.3f}** · {q['cpu']:.3f}; on the same "
-                f"{tl['pairs']} pairs, timed right after it: {same['wall']:.3f} · {same['cpu']:.3f} | "
-                f"{tl['pearson']:.3f} | {tl['spearman']:.3f} | its gradient is taken on the corrupt run; taken there too, "
-                f"ours agrees: r = {tl['pearson_same_point']:.6f}, max rel. diff {tl['max_rel_diff_same_point']:.1e} |"
+            lines.append(
+                f"| {r['shape']} | TransformerLens {r.get('tl_version', '4.3')} `attribution_patch` (edge) | "
+                f"{secs(r, 'tl_pairs', '.1f')}; {tl['pairs']} pair(s) | {secs(r, 'ours_pairs')} | "
+                f"{pair(q['ours/tl_same_pairs'], '.3f')} | {pair(q['ours_batch/tl_batch'], '.3f')} | "
+                f"{tl['pearson']:.3f} | {tl['spearman']:.3f} | its gradient is taken on the corrupt run; taken there "
+                f"too, ours agrees: r = {tl['pearson_same_point']:.6f}, max rel. diff {tl['max_rel_diff_same_point']:.1e} |"
             )
         elif tl:
-            peers.append(f"| {r['shape']} | TransformerLens | – | – | – | – | {tl['skipped']} |")
+            lines.append(f"| {r['shape']} | TransformerLens | – | – | – | – | – | – | {tl['skipped']} |")
         ac = r.get("auto_circuit", {})
         if ac and "skipped" not in ac:
-            # our EAP time from the run that wrote the peer's input (the same machine conditions)
             w = ac.get("ours_eap_seconds", r["median"]["wall"]["eap"])
             c = ac.get("ours_eap_cpu_seconds", r["median"]["cpu"]["eap"])
-            peers.append(
-                f"| {r['shape']} | auto-circuit 1.0.1 `mask_gradient_prune_scores` (EAP) | {ac['seconds']:.1f} ({ac['cpu_seconds']:.1f}) | "
-                f"**{w / ac['seconds']:.3f}** · {c / ac['cpu_seconds']:.3f} | {ac['pearson']:.6f} | {ac['spearman']:.6f} | "
-                f"own process, peak RSS {ac['rss_gb']:.2f} GB, max rel. diff {ac['max_rel_diff']:.1e}; {ac['note']} |"
+            lines.append(
+                f"| {r['shape']} | auto-circuit 1.0.1 `mask_gradient_prune_scores` (EAP), own process after ours, "
+                f"not interleaved | {ac['seconds']:.1f} ({ac['cpu_seconds']:.1f}); batch of 16 | – | – | "
+                f"**{c / ac['cpu_seconds']:.3f}** · {w / ac['seconds']:.3f} | {ac['pearson']:.6f} | {ac['spearman']:.6f} | "
+                f"peak RSS {ac['rss_gb']:.2f} GB, max rel. diff {ac['max_rel_diff']:.1e}; {ac['note']} |"
             )
-        elif ac and r["shape"] != "gpt2-medium":
-            peers.append(f"| {r['shape']} | auto-circuit | – | – | – | – | {ac['skipped']} |")
-    return "\n".join(lines + peers)
+        elif ac:
+            lines.append(f"| {r['shape']} | auto-circuit | – | – | – | – | – | – | not run: {ac['skipped']} |")
+    return lines
+
+
+def acdc_table(results: list[dict]) -> list[str]:
+    runs = [r for r in results if r.get("acdc")]
+    if not runs:
+        return []
+    lines = [
+        "### ACDC: trials and passes per second against plain forwards of the same batch",
+        "",
+        "| model | batch | trials | stack K | masked passes (masks evaluated) | ACDC s | trials / s | masked passes / s "
+        "| plain fwd / s | **trial / plain fwd** | trial / HF fwd | masked pass / (K · fwd) | **speed vs K = "
+        f"{runs[0]['acdc']['stacks'][0]}** | same circuit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        a = r["acdc"]
+        label = r["shape"] + (f" ({r['relation']} Dval)" if r.get("relation") else "")
+        cap = (
+            f"{a['max_trials']} (capped: the logits' first {a['max_trials']} incoming edges)"
+            if a["max_trials"]
+            else "all"
+        )
+        for k, s in a["summary"].items():
+            lines.append(
+                f"| {label} | {a['batch'][0]} × {a['batch'][1]} | {s['trials']} of {cap} + {s['removed_untried']} "
+                f"removed untried | {k} | {s['masked_calls']} ({s['masks_evaluated']}) | "
+                f"{s['seconds:wall']:.2f} ({s['seconds:cpu']:.2f}) | {s['trials_per_s:cpu']:.2f} ({s['trials_per_s:wall']:.2f}) | "
+                f"{s['passes_per_s:cpu']:.2f} ({s['passes_per_s:wall']:.2f}) | {s['fwd_per_s:cpu']:.1f} ({s['fwd_per_s:wall']:.1f}) | "
+                f"**{s['trial/fwd:cpu']:.2f}** · {s['trial/fwd:wall']:.2f} | {s['trial/hf_fwd:cpu']:.2f} · "
+                f"{s['trial/hf_fwd:wall']:.2f} | {s['masked_pass/k_fwd:cpu']:.2f} · {s['masked_pass/k_fwd:wall']:.2f} | "
+                f"**{s['speed_vs_first:cpu']:.2f}** · {s['speed_vs_first:wall']:.2f} | "
+                f"{'yes' if s['same_circuit'] else 'NO'} ({s['circuit_edges']} edges) |"
+            )
+    return lines
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def machine_line(results: list[dict]) -> str:
     import torch
+    import transformers
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    threads = sorted({r.get("torch_threads", "?") for r in results}, key=str)
     loads = ", ".join(f"{r['shape']} {r['load_start']}→{r['load_end']} ({r.get('date', '?')})" for r in results)
     return (
-        f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} "
-        f"({THREADS} threads), Python {platform.python_version()}; 1-min load average at start→end: {loads}"
+        f"{time.strftime('%Y-%m-%d %H:%M')}; CPU: {cpu_model()}, {os.cpu_count()} cores visible "
+        f"({len(os.sched_getaffinity(0))} usable); torch {torch.__version__} with {', '.join(map(str, threads))} "
+        f"thread(s) per worker (`torch.set_num_threads`, OMP_NUM_THREADS likewise); transformers "
+        f"{transformers.__version__}; Python {platform.python_version()}. 1-minute load average at start→end: {loads}."
     )
+
+
+def write_report(results: list[dict], args: argparse.Namespace, seconds: float) -> None:
+    shapes = [r for r in results if "rows" in r]
+    organism = next((r for r in results if r["shape"] == "kc-organism"), None)
+    notes = [
+        "**The machine was loaded** while this ran: it is shared by several agents (2 cores, 1-minute load average "
+        "as above, against 2 cores). Each worker therefore uses one thread, and the **CPU time** of the process "
+        "(`time.process_time`) is the primary clock: bold ratios are medians of per-repeat CPU-time ratios, the "
+        "second number the median of per-repeat wall-clock ratios. Times are median wall seconds (median CPU "
+        "seconds). Wall times under contention can be several times the CPU times.",
+    ]
+    if shapes:
+        notes += [
+            f"Attribution: batch {N_PROMPTS} prompts × {N_TOKENS} tokens, random weights, vocabulary {VOCAB}, "
+            f"EAP-IG m = {IG_STEPS}; " + ", ".join(f"{len(r['rows'])} repeats on {r['shape']}" for r in shapes) + ".",
+            f"References, all with the same batch and parameters frozen: **own floor** = 2 bridge forwards + m bridge "
+            "forward/backward passes (gradient w.r.t. the input embedding only; m = 1 for EAP, "
+            f"{IG_STEPS} for EAP-IG), the floor as first stated. **Passes it runs** = 1 bridge forward (the corrupt "
+            "prompts; the clean outputs come from the forward half of the first forward/backward) + m bridge "
+            "forward/backward passes: exactly the passes `attribute` runs, without its hooks and scoring. **Plain HF "
+            "passes** = the same 1 + m passes through the plain `transformers` model loaded from the same checkpoint "
+            "(attention implementation "
+            + ", ".join(f"{r['shape']} {r.get('hf_attention', '?')}" for r in shapes)
+            + "), which computes neither per-head outputs nor split q/k/v inputs. Each reference is assembled "
+            "from per-pass medians measured in the same repeat.",
+            "Evaluation: circuit = top "
+            f"{CIRCUIT_EDGES} edges by |EAP score|, then pruned ("
+            + ", ".join(f"{r['circuit_edges']} kept on {r['shape']}" for r in shapes)
+            + f"), patch ablation; eval / fwd = `circuit_logits` over one bridge forward, each the fastest of "
+            f"{EVAL_ROUNDS} interleaved rounds within a repeat.",
+            "Peak RSS = `ru_maxrss` of the measuring process before the peer's correctness check ("
+            + ", ".join(f"{r['shape']} {fmt(r.get('rss_with_tl_gb'))} GB after it" for r in shapes)
+            + ").",
+        ]
+    acdc_runs = [r for r in results if r.get("acdc")]
+    if acdc_runs:
+        a0 = acdc_runs[0]["acdc"]
+        notes.append(
+            f"ACDC: `acdc(model, graph, batch, threshold={a0['threshold']}, metric={a0['metric']!r}, "
+            f"ablation={a0['ablation']!r}, stack=K)` timed end to end (corrupt collection, the KL reference, every "
+            "trial, the prune), each K in turn, between plain forwards of the same batch in the same repeat. A trial "
+            "is one edge tried; a masked pass is one `run_masked_stack` call (one forward over K copies of the "
+            "batch, counted by a wrapper), including the full model's metric; masks evaluated − trials − 1 is the "
+            "speculation discarded after rejections. trial / plain fwd = ACDC seconds per trial over one plain bridge "
+            "forward; masked pass / (K · fwd) = time inside the masked passes per mask over one plain forward (the "
+            "cost of masking per copy); speed vs K = 1 = ACDC seconds at K = 1 over ACDC seconds at K. Rates are per "
+            "CPU second (per wall second)."
+            + (
+                f" On the random shapes ACDC is capped at its first {a0['max_trials']} trials (the logits receiver's "
+                "first incoming edges, latest writer first); the cap wraps two helpers of `kc_utils.circuits.acdc` "
+                "during the call."
+                if any(r["acdc"]["max_trials"] for r in acdc_runs)
+                else ""
+            )
+        )
+    if organism is not None:
+        notes.append(
+            f"Organism: `load_model('kc-organism')`, relation {organism['relation']}, Dval of {N_VAL} prompts built as "
+            "`find_relation_circuit` does (`build_circuit_dataset` over `candidate_samples`, seed 0), "
+            f"{organism['n_edges']} edges, {len(organism['acdc']['rows'])} repeats, ACDC uncapped."
+        )
+    if seconds:
+        notes.append(f"Wall time of the whole invocation: {seconds:.0f} s.")
+    body = "\n".join(attribution_tables(results) + [""] + acdc_table(results))
+    report = f"{machine_line(results)}\n\n{body}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    print("\n" + report)
+    RESULTS.write_text("# Benchmark results (`benchmarks/attribution.py`)\n\n" + report)
+    RAW_RESULTS.write_text(json.dumps(results, indent=1))
+    print(f"written {RESULTS}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="GPT-2-small shape only")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median reported; ≥ 3)")
+    parser.add_argument("--quick", action="store_true", help="1 repeat, no peer: a fast look")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (medians reported; ≥ 3)")
     parser.add_argument("--repeats-medium", type=int, help="repeats for GPT-2-medium (default: --repeats)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (1 on a shared machine)")
     parser.add_argument(
-        "--peer-pairs", type=int, default=4, help="prompt pairs the TransformerLens peer is timed on (0: skip)"
+        "--peer-pairs",
+        type=int,
+        default=1,
+        help="prompt pairs the TransformerLens peer is timed on per repeat (0: skip)",
     )
-    parser.add_argument("--peer-pairs-medium", type=int, default=1, help="the same for GPT-2-medium (its peer is slow)")
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), help="shapes to run (default: small and medium)")
+    parser.add_argument("--peer-pairs-medium", type=int, default=1, help="the same for GPT-2-medium")
     parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="keep the other shapes' rows from the last run (benchmarks/results.json) in the report",
+        "--shapes", nargs="+", choices=list(SHAPES), default=["gpt2-small"], help="random-weight shapes to run"
+    )
+    parser.add_argument("--no-organism", action="store_true", help="skip ACDC on the organism")
+    parser.add_argument("--organism-relation", default="country_capital_city", help="the Table-1 relation for ACDC")
+    parser.add_argument(
+        "--acdc-trials", type=int, default=16, help="ACDC trials on the random shapes (their first ones; 0: skip)"
+    )
+    parser.add_argument("--acdc-stacks", type=int, nargs="+", default=[1, 8, 16], help="ACDC stack sizes, first = base")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the rows of models not run now from benchmarks/results.json"
     )
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite results.md from results.json, measure nothing"
@@ -559,69 +804,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-auto-circuit", action="store_true", help="skip the auto-circuit peer")
     parser.add_argument("--build", nargs=2, metavar=("SHAPE", "DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("SHAPE", "DIR"), help=argparse.SUPPRESS)
+    parser.add_argument("--organism-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats, args.peer_pairs, args.peer_pairs_medium = 1, 0, 0
 
     if args.build:
         build_checkpoint(args.build[0], Path(args.build[1]))
         return
     if args.worker:
-        worker(args.worker[0], Path(args.worker[1]), args.repeats, args.peer_pairs, args.out)
+        worker(args.worker[0], Path(args.worker[1]), args, args.out)
         return
-
+    if args.organism_worker:
+        organism_worker(args, args.out)
+        return
     if args.report_only:
         write_report(json.loads(RAW_RESULTS.read_text()), args, 0.0)
         return
-    shapes = args.shapes or (["gpt2-small"] if args.quick else ["gpt2-small", "gpt2-medium"])
+
     start = time.perf_counter()
-    kept: list[dict] = []
+    names = list(args.shapes) + ([] if args.no_organism else ["kc-organism"])
+    kept = []
     if args.merge and RAW_RESULTS.exists():
-        kept = [r for r in json.loads(RAW_RESULTS.read_text()) if r["shape"] not in shapes]
+        kept = [r for r in json.loads(RAW_RESULTS.read_text()) if r["shape"] not in names]
+    order = [*SHAPES, "kc-organism"]
     results: list[dict] = []
-    previous = (
-        {r["shape"]: r for r in json.loads(RAW_RESULTS.read_text())} if args.merge and RAW_RESULTS.exists() else {}
-    )
     with tempfile.TemporaryDirectory(prefix="kc-bench-") as tmp:
-        for shape in shapes:
-            res = run_shape(shape, args, Path(tmp))
-            old_ac = previous.get(shape, {}).get("auto_circuit", {})
-            if args.no_auto_circuit and old_ac and "skipped" not in old_ac:  # keep the last measured peer
-                res["auto_circuit"] = dict(
-                    old_ac, note=old_ac.get("note", "") + f"; kept from the run of {previous[shape].get('date', '?')}"
-                )
-            results.append(res)
-            merged = sorted(kept + results, key=lambda r: list(SHAPES).index(r["shape"]))
-            write_report(merged, args, time.perf_counter() - start)  # after each shape: a crash keeps the rest
-
-
-def write_report(results: list[dict], args: argparse.Namespace, seconds: float) -> None:
-    text = table(results)
-    medium = next((r for r in results if r["shape"] == "gpt2-medium"), None)
-    notes = [
-        f"Batch {N_PROMPTS} prompts × {N_TOKENS} tokens, random weights, vocabulary {VOCAB}, EAP-IG m = {IG_STEPS}, "
-        f"circuit = top {CIRCUIT_EDGES} edges by |EAP score|, then pruned ({', '.join(str(r['circuit_edges']) + ' kept on ' + r['shape'] for r in results)}), "
-        f"patch ablation; {', '.join(str(len(r['rows'])) + ' repeats on ' + r['shape'] for r in results)}."
-        + (f" Wall time of the last invocation {seconds:.0f} s." if seconds else ""),
-        "Times: median wall seconds (median CPU seconds of the process). Ratios: **median of the per-repeat wall-clock "
-        "ratios** · ratio of the wall-clock minima · median of the per-repeat CPU-time ratios. The machine is shared, so a "
-        "pass's wall time can swing several-fold; the CPU-time ratio is the steadiest estimate of the work done.",
-        "Floors: EAP = 2 plain forwards + 1 forward/backward (grad w.r.t. the input embedding only, parameters frozen); "
-        f"EAP-IG = 2 forwards + {IG_STEPS} forward/backward passes; same bridge model, same batch, no kc_utils hooks. "
-        f"eval / fwd = `circuit_logits` (corrupt collection + masked forward) over one plain forward, each the fastest of "
-        f"{EVAL_ROUNDS} interleaved rounds within a repeat; masked fwd and corrupt collect are its two parts.",
-        "Peak RSS = `ru_maxrss` of the measuring process (kc_utils work only; TransformerLens peer excluded: "
-        + ", ".join(f"{r['shape']} {fmt(r.get('rss_with_tl_gb'))} GB with it" for r in results)
-        + ").",
-    ]
-    if medium is not None:
-        notes.append(
-            f"GPT-2-medium peak RSS {medium['rss_kc_gb']:.2f} GB: {'within' if medium['rss_kc_gb'] < 24 else 'OVER'} 24 GB."
-        )
-    report = f"{machine_line(results)}\n\n{text}\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-    print("\n" + report)
-    RESULTS.write_text("# Benchmark results (`benchmarks/attribution.py`)\n\n" + report)
-    RAW_RESULTS.write_text(json.dumps(results, indent=1))
-    print(f"written {RESULTS}")
+        for name in names:
+            results.append(run_organism(args, Path(tmp)) if name == "kc-organism" else run_shape(name, args, Path(tmp)))
+            merged = sorted(kept + results, key=lambda r: order.index(r["shape"]))
+            write_report(merged, args, time.perf_counter() - start)  # after each model: a crash keeps the rest
 
 
 if __name__ == "__main__":
