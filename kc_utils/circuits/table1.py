@@ -324,8 +324,8 @@ def transfer_matrix(
     """Does relation b's circuit serve relation a? ``matrix[a][b]`` = a's ``split`` metric under b's circuit.
 
     b's circuit is re-selected from b's scores at a's circuit size (top-n, the same pruning rule),
-    so every cell compares circuits of one size; the diagonal is a's own circuit. A cell whose
-    re-selected circuit is empty after pruning is NaN.
+    so every cell compares circuits of one size (for ACDC circuits, b's top edges by ACDC damage);
+    the diagonal is a's own circuit. A cell whose re-selected circuit is empty after pruning is NaN.
     """
     from_input = ablation == "patch"
     names = [r.relation for r in results]
@@ -337,12 +337,15 @@ def transfer_matrix(
         batch = facts_to_batch(model, facts)
         masks, columns = [], []
         for b in results:
-            if b.scored is None:
+            if b is a:  # the diagonal is the relation's own circuit, however it was selected
+                masks.append(a.graph.in_graph)
+            elif b.scored is None:
                 continue
-            try:
-                masks.append(b.scored.copy().top_n(a.n_edges, from_input=from_input).in_graph)
-            except CircuitError:
-                continue
+            else:
+                try:
+                    masks.append(b.scored.copy().top_n(a.n_edges, from_input=from_input).in_graph)
+                except CircuitError:
+                    continue
             columns.append(b.relation)
         values = evaluate_masks(model, a.graph, batch, masks, [metric], ablation, batch_size=batch_size)
         for column, value in zip(columns, values):
