@@ -56,10 +56,10 @@ from tqdm.auto import tqdm
 from kc_utils import models
 from kc_utils.analysis.head_groups import (
     all_heads,
-    answer_scores,
     group_ablation,
     group_ablation_summary,
     random_head_sets,
+    score_row,
     writing_heads,
 )
 from kc_utils.analysis.heads import position_masks, resolve_heads
@@ -563,18 +563,6 @@ def patch_heads_from_prompts(
         return models.run_with_hooks(model, batch.clean, hooks)
 
 
-def _scores_row(kind: str, heads: Sequence[str], logits: Tensor, batch: PromptBatch, draw: int | None) -> dict:
-    scores = answer_scores(logits, batch)
-    return {
-        "set": kind,
-        "draw": draw,
-        "heads": tuple(heads),
-        "n_heads": len(heads),
-        "top1": float(scores["top1"].mean()),
-        "prob": float(scores["prob"].mean()),
-    }
-
-
 def repair(
     model: Any,
     batch: PromptBatch,
@@ -625,10 +613,10 @@ def repair(
     draws = random_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed)
     taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
     with torch.no_grad():
-        rows = [_scores_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
-    rows.append(_scores_row("group", group, patch_heads_from_prompts(model, batch, source, group, taken), batch, None))
+        rows = [score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
+    rows.append(score_row("group", group, patch_heads_from_prompts(model, batch, source, group, taken), batch, None))
     for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
-        rows.append(_scores_row("random", draw, patch_heads_from_prompts(model, batch, source, draw, taken), batch, i))
+        rows.append(score_row("random", draw, patch_heads_from_prompts(model, batch, source, draw, taken), batch, i))
     return pd.DataFrame.from_records(rows)
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "patching_effect",
     "evaluate_head_sets",
     "random_head_sets",
+    "score_row",
     "writing_heads",
 ]
 
@@ -101,7 +102,8 @@ def answer_scores(logits: Float[Tensor, "b p v"], batch: PromptBatch) -> dict[st
     return scores
 
 
-def _row(kind: str, heads: Sequence[str], logits: Tensor, batch: PromptBatch, draw: int | None) -> dict[str, Any]:
+def score_row(kind: str, heads: Sequence[str], logits: Tensor, batch: PromptBatch, draw: int | None) -> dict[str, Any]:
+    """One row of a head-set table: which set (``kind``, ``draw``, ``heads``) and its mean ``top1`` and ``prob``."""
     scores = answer_scores(logits, batch)
     return {
         "set": kind,
@@ -152,10 +154,14 @@ def group_ablation(
         needed = sorted(set(group) | {h for d in draws for h in d})
         means = head_mean_outputs(model, mean_reference if mean_reference is not None else batch, needed)
     with torch.no_grad():
-        rows = [_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
-    rows.append(_row("group", group, run_with_heads_ablated(model, batch, group, ablation, means=means), batch, None))
+        rows = [score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
+    rows.append(
+        score_row("group", group, run_with_heads_ablated(model, batch, group, ablation, means=means), batch, None)
+    )
     for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
-        rows.append(_row("random", draw, run_with_heads_ablated(model, batch, draw, ablation, means=means), batch, i))
+        rows.append(
+            score_row("random", draw, run_with_heads_ablated(model, batch, draw, ablation, means=means), batch, i)
+        )
     return pd.DataFrame.from_records(rows)
 
 
@@ -250,7 +256,7 @@ def patching_effect(
     draws = random_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed) if n_random else []
 
     def row(kind: str, names: Sequence[str], logits: Tensor, draw: int | None) -> dict[str, Any]:
-        base = _row(kind, names, logits, batch, draw)
+        base = score_row(kind, names, logits, batch, draw)
         base["flip"] = float(answer_scores(logits, batch)["corrupt_top1"].mean())
         return base
 
