@@ -1,32 +1,27 @@
-"""Speed and memory of kc_utils attribution and circuit evaluation, against floors and peers.
+"""Speed and memory of kc_utils attribution, circuit evaluation and ACDC, against references and peers.
 
 Run with ``make bench`` (or ``.venv/bin/python benchmarks/attribution.py [--quick]``); not part of CI.
+``benchmarks/README.md`` says what is measured and how to read it. In short, per model (random-weight
+GPT-2 shapes with a 50257-word vocabulary, booted through :func:`kc_utils.models.load_model` like any
+local checkpoint; the shipped organism for ACDC), one worker process each, one torch thread each:
 
-What is measured, per model shape (random-weight GPT-2-small 12×12×768 and GPT-2-medium 24×16×1024,
-vocabulary 50257, booted through :func:`kc_utils.models.load_model` like any local checkpoint),
-on one batch of 16 prompts × 16 tokens with corrupted twins, ``torch.set_num_threads(2)``:
+1. **Attribution against three references**, all on the same batch of 16 prompts × 16 tokens:
+   the *own floor* (2 bridge forwards + m bridge forward/backward passes, m = 1 for EAP and
+   ``IG_STEPS`` for EAP-IG), the *passes it runs* (1 bridge forward on the corrupt prompts + m
+   forward/backward passes on the clean ones — what ``attribute`` really does, without its hooks
+   and scoring), and the same 1 + m passes through the *plain Hugging Face model* (which computes
+   no per-head outputs nor split q/k/v inputs).
+2. **Circuit evaluation against one forward**: ``circuit_logits`` on a top-n circuit, patch ablation,
+   and its two parts (corrupt collection, masked forward).
+3. **Peers inside the same repeats**: TransformerLens 4.3's edge ``attribution_patch`` on the first
+   ``--peer-pairs`` pairs, then ours on the same pairs; its scores correlated with ours. auto-circuit
+   (``peer_auto_circuit.py``, its own virtual environment) after the repeats when that environment exists.
+4. **ACDC** (:mod:`acdc_speed`): trials and masked passes per second against plain forwards of the same
+   batch, for each stack size, on the organism (a Table-1 relation's Dval, every trial) and on the
+   random shapes (the first ``--acdc-trials`` trials).
 
-1. **Attribution vs. its floor.** EAP needs two plain forwards (clean and corrupt outputs) and one
-   forward/backward pass; EAP-IG with ``m`` steps needs two forwards and ``m`` forward/backward
-   passes. The floor is exactly those passes through the same bridge model on the same batch with
-   no kc_utils hooks: parameters frozen, gradient taken with respect to the input embedding only.
-   Everything else — hooks, buffers, the scoring einsums — is overhead, and ``ours / floor`` says
-   how much.
-2. **Circuit evaluation vs. one forward.** ``circuit_logits`` on a top-n circuit with patch
-   ablation, split into the corrupt-output collection (one hooked forward on the corrupt prompts)
-   and the masked forward (``run_masked``).
-3. **Peak RSS** of the process that does all of this (one subprocess per shape, so each shape's
-   ``ru_maxrss`` is its own), before and after the peers run.
-4. **Peers.** TransformerLens 4.3's edge attribution patching (``attribution_patch`` with
-   ``granularity="edge"``; one prompt pair at a time, per-position edges), timed on the first
-   ``--peer-pairs`` pairs and scaled to the batch (its cost is linear in pairs by construction);
-   its edge scores summed over positions map one-to-one onto kc_utils edges and are correlated
-   with ours. Optionally auto-circuit's EAP in its own virtual environment
-   (``benchmarks/peer_auto_circuit.py``; skipped with a message when that environment is absent).
-
-Every timing uses ``time.perf_counter`` after a warm-up pass; each repeat runs the floor, EAP,
-EAP-IG and the evaluation back to back, so ratios are taken within a repeat (the machine may be
-shared) and the median over repeats is reported, next to the load average.
+Every timing records wall clock (``perf_counter``) and process CPU time (``process_time``) after a
+warm-up; ratios are taken within a repeat and their medians over repeats are reported, CPU first.
 """
 
 from __future__ import annotations
@@ -732,9 +727,9 @@ def write_report(results: list[dict], args: argparse.Namespace, seconds: float) 
             + ", ".join(f"{r['circuit_edges']} kept on {r['shape']}" for r in shapes)
             + f"), patch ablation; eval / fwd = `circuit_logits` over one bridge forward, each the fastest of "
             f"{EVAL_ROUNDS} interleaved rounds within a repeat.",
-            "Peak RSS = `ru_maxrss` of the measuring process before the peer's correctness check ("
-            + ", ".join(f"{r['shape']} {fmt(r.get('rss_with_tl_gb'))} GB after it" for r in shapes)
-            + ").",
+            "Peak RSS = `ru_maxrss` of the measuring process after the repeats, ACDC with the largest K included "
+            "(a stack of K copies holds K times the batch's activations and logits), before the peer's correctness "
+            "check (" + ", ".join(f"{r['shape']} {fmt(r.get('rss_with_tl_gb'))} GB after it" for r in shapes) + ").",
         ]
     acdc_runs = [r for r in results if r.get("acdc")]
     if acdc_runs:
@@ -763,6 +758,7 @@ def write_report(results: list[dict], args: argparse.Namespace, seconds: float) 
             "`find_relation_circuit` does (`build_circuit_dataset` over `candidate_samples`, seed 0), "
             f"{organism['n_edges']} edges, {len(organism['acdc']['rows'])} repeats, ACDC uncapped."
         )
+    seconds = seconds or max((r.get("invocation_s", 0.0) for r in results), default=0.0)
     if seconds:
         notes.append(f"Wall time of the whole invocation: {seconds:.0f} s.")
     body = "\n".join(attribution_tables(results) + [""] + acdc_table(results))
@@ -833,6 +829,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="kc-bench-") as tmp:
         for name in names:
             results.append(run_organism(args, Path(tmp)) if name == "kc-organism" else run_shape(name, args, Path(tmp)))
+            for r in results:
+                r["invocation_s"] = time.perf_counter() - start
             merged = sorted(kept + results, key=lambda r: order.index(r["shape"]))
             write_report(merged, args, time.perf_counter() - start)  # after each model: a crash keeps the rest
 
