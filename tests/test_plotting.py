@@ -52,3 +52,14 @@ def test_save_figure_writes_html(tmp_path):
     assert written[0] == tmp_path / "overlap.html" and written[0].read_text().lstrip().lower().startswith(
         "<!doctype html>"
     )
+
+
+def test_a_self_contained_figure_needs_no_sibling_script(tmp_path):
+    import pandas as pd
+
+    fig = plot_overlap(pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["x", "y"], columns=["x", "y"]))
+    shared = save_figure(fig, "shared", tmp_path / "shared", png=False)[0]
+    alone = save_figure(fig, "alone", tmp_path / "alone", png=False, self_contained=True)[0]
+    assert (tmp_path / "shared" / "plotly.min.js").exists() and 'src="plotly.min.js"' in shared.read_text()
+    assert not (tmp_path / "alone" / "plotly.min.js").exists()
+    assert "plotly.min.js" not in alone.read_text()[:2000] and alone.stat().st_size > 1_000_000
