@@ -58,7 +58,9 @@ from kc_utils.analysis.head_groups import (
     all_heads,
     group_ablation,
     group_ablation_summary,
+    heads_by_layer,
     random_head_sets,
+    run_with_head_writes,
     score_row,
     writing_heads,
 )
@@ -537,30 +539,16 @@ def patch_heads_from_prompts(
     """
     if len(source) != len(batch):
         raise ValueError(f"the source has {len(source)} prompts but the batch {len(batch)}; pair them one to one")
-    names = resolve_heads(model, list(heads))
-    if not names:
-        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
+    by_layer = heads_by_layer(model, heads)
     taken = source_outputs if source_outputs is not None else last_position_head_outputs(model, source)
     if taken.shape[1] != len(batch):
         raise ValueError(f"source_outputs hold {taken.shape[1]} prompts but the batch {len(batch)}")
-    by_layer: dict[int, list[int]] = {}
-    for name in names:
-        _, layer, head = parse_node(model, name)
-        by_layer.setdefault(int(layer), []).append(int(head))
     rows = torch.arange(len(batch), device=batch.clean.device)
 
-    def patch(layer: int, head_ids: list[int]):
-        def hook(result: Tensor, hook: Any) -> Tensor:
-            result = result.clone()
-            for h in head_ids:
-                result[rows, batch.last_pos, h] = taken[layer, :, h].to(result.dtype)
-            return result
+    def write(layer: int, head: int, result: Tensor) -> None:
+        result[rows, batch.last_pos, head] = taken[layer, :, head].to(result.dtype)
 
-        return hook
-
-    hooks = [(models.head_result_hook(layer), patch(layer, ids)) for layer, ids in by_layer.items()]
-    with torch.no_grad():
-        return models.run_with_hooks(model, batch.clean, hooks)
+    return run_with_head_writes(model, batch.clean, by_layer, write)
 
 
 def repair(

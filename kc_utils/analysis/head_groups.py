@@ -25,13 +25,13 @@ builders read.
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -50,10 +50,12 @@ __all__ = [
     "group_ablation_summary",
     "group_test_summary",
     "group_vs_random",
+    "heads_by_layer",
     "patch_head_outputs",
     "patching_effect",
     "evaluate_head_sets",
     "random_head_sets",
+    "run_with_head_writes",
     "score_row",
     "writing_heads",
 ]
@@ -184,6 +186,48 @@ def group_ablation_summary(table: pd.DataFrame) -> dict[str, float]:
     return out
 
 
+def heads_by_layer(model: Any, heads: Sequence[str]) -> dict[int, list[int]]:
+    """``{layer: [head index, …]}`` of a head set, checked against the model.
+
+    Raises:
+        ValueError: an empty set or a name that is not a head of the model.
+    """
+    names = resolve_heads(model, list(heads))
+    if not names:
+        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
+    by_layer: dict[int, list[int]] = {}
+    for name in names:
+        _, layer, head = parse_node(model, name)
+        by_layer.setdefault(int(layer), []).append(int(head))
+    return by_layer
+
+
+def run_with_head_writes(
+    model: Any,
+    tokens: Int[Tensor, "b p"],
+    by_layer: dict[int, list[int]],
+    write: Callable[[int, int, Tensor], None],
+) -> Float[Tensor, "b p v"]:
+    """Logits of ``tokens`` where ``write(layer, head, result)`` rewrites chosen heads' outputs in place.
+
+    ``result`` is a copy of the layer's per-head outputs ``[b, p, h, d]``; every head not listed in
+    ``by_layer`` and every other component run as usual.
+    """
+
+    def hook_for(layer: int, head_ids: list[int]):
+        def hook(result: Tensor, hook: Any) -> Tensor:
+            result = result.clone()
+            for head in head_ids:
+                write(layer, head, result)
+            return result
+
+        return hook
+
+    hooks = [(models.head_result_hook(layer), hook_for(layer, ids)) for layer, ids in by_layer.items()]
+    with torch.no_grad():
+        return models.run_with_hooks(model, tokens, hooks)
+
+
 def patch_head_outputs(
     model: Any, batch: PromptBatch, heads: Sequence[str], position: str = "last"
 ) -> Float[Tensor, "b p v"]:
@@ -200,34 +244,19 @@ def patch_head_outputs(
         raise ValueError("head-output patching needs corrupted prompts; build the batch with corrupt_prompts")
     if position not in ("last", "all"):
         raise ValueError(f"unknown position {position!r}; use 'last' or 'all'")
-    names = resolve_heads(model, list(heads))
-    if not names:
-        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
-    by_layer: dict[int, list[int]] = {}
-    for name in names:
-        _, layer, head = parse_node(model, name)
-        by_layer.setdefault(int(layer), []).append(int(head))
-    hook_names = [models.head_result_hook(layer) for layer in by_layer]
+    by_layer = heads_by_layer(model, heads)
     with torch.no_grad():
-        _, corrupt_cache = models.run_with_cache(model, batch.corrupt, hook_names)
+        _, corrupt = models.run_with_cache(model, batch.corrupt, [models.head_result_hook(i) for i in by_layer])
     rows = torch.arange(len(batch), device=batch.clean.device)
 
-    def patch(layer: int, head_ids: list[int]):
-        def hook(result: Tensor, hook: Any) -> Tensor:
-            result = result.clone()
-            source = corrupt_cache[models.head_result_hook(layer)].to(result.dtype)
-            for h in head_ids:
-                if position == "all":
-                    result[:, :, h] = source[:, :, h]
-                else:
-                    result[rows, batch.last_pos, h] = source[rows, batch.last_pos, h]
-            return result
+    def write(layer: int, head: int, result: Tensor) -> None:
+        source = corrupt[models.head_result_hook(layer)].to(result.dtype)
+        if position == "all":
+            result[:, :, head] = source[:, :, head]
+        else:
+            result[rows, batch.last_pos, head] = source[rows, batch.last_pos, head]
 
-        return hook
-
-    hooks = [(models.head_result_hook(layer), patch(layer, ids)) for layer, ids in by_layer.items()]
-    with torch.no_grad():
-        return models.run_with_hooks(model, batch.clean, hooks)
+    return run_with_head_writes(model, batch.clean, by_layer, write)
 
 
 def patching_effect(
