@@ -31,7 +31,7 @@ def test_random_head_sets_never_contain_the_excluded_heads_and_are_deterministic
 
 def test_group_ablation_rows_match_direct_ablation(tiny_model, batch):
     group = ["a1.h0", "a1.h2"]
-    table = head_groups.group_ablation(tiny_model, batch, group, n_random=4, ablation="zero", progress=False)
+    table = head_groups.group_ablation(tiny_model, batch, group, n_random=4, ablation="zero")
     assert list(table["set"]) == ["none", "group"] + ["random"] * 4
     expected = head_groups.answer_scores(run_with_heads_ablated(tiny_model, batch, group, "zero"), batch)
     assert table.loc[1, "top1"] == pytest.approx(float(expected["top1"].mean()))
@@ -73,7 +73,8 @@ def test_patching_a_head_at_the_last_position_equals_a_hand_made_swap(tiny_model
     with torch.no_grad():
         expected = models.run_with_hooks(tiny_model, batch.clean, [(models.head_result_hook(1), swap)])
     torch.testing.assert_close(logits, expected)
-    table = head_groups.patching_effect(tiny_model, batch, [head], n_random=3, progress=False)
+    pool = head_groups.all_heads(tiny_model)
+    table = head_groups.group_vs_random(tiny_model, batch, [head], pool, "patching", n_random=3, overlap=False)
     assert list(table["set"]) == ["none", "group", "random", "random", "random"]
     assert table["flip"].between(0, 1).all()
 

@@ -589,9 +589,7 @@ def repair(
     if intervention not in INTERVENTIONS:
         raise ValueError(f"unknown intervention {intervention!r}; use one of {INTERVENTIONS}")
     if intervention != "patch":
-        return group_ablation(
-            model, batch, heads, n_random, intervention, pool, seed, mean_reference=mean_reference, progress=progress
-        )
+        return group_ablation(model, batch, heads, n_random, intervention, pool, seed, mean_reference=mean_reference)
     if source is None:
         raise ValueError("intervention='patch' needs a source batch (the same facts in a template the model answers)")
     group = resolve_heads(model, list(heads))

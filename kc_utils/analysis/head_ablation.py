@@ -19,7 +19,7 @@ share expected of ``k`` tokens drawn at random from the vocabulary.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import pandas as pd
@@ -32,6 +32,7 @@ from kc_utils import models
 from kc_utils.analysis.heads import resolve_heads
 from kc_utils.analysis.lens import parse_node
 from kc_utils.circuits.graph import Graph
+from kc_utils.circuits.nodes import head_name
 from kc_utils.data.prompts import PromptBatch
 from kc_utils.data.relations import Relation
 
@@ -40,8 +41,10 @@ __all__ = [
     "ablation_by_role",
     "head_ablation_effects",
     "head_mean_outputs",
+    "heads_by_layer",
     "object_share",
     "relation_object_tokens",
+    "run_with_head_writes",
     "run_with_heads_ablated",
 ]
 
@@ -106,26 +109,54 @@ def run_with_heads_ablated(
     heads = resolve_heads(model, heads)
     if ablation == "mean" and means is None:
         means = head_mean_outputs(model, mean_reference if mean_reference is not None else batch, heads)
-    by_layer: dict[int, list[str]] = {}
-    for name in heads:
-        by_layer.setdefault(int(parse_node(model, name)[1]), []).append(name)
 
-    def replace(names: list[str]):
+    def write(layer: int, head: int, result: Tensor) -> None:
+        result[:, :, head] = 0.0 if ablation == "zero" else means[head_name(layer, head)].to(result.dtype)
+
+    by_layer = heads_by_layer(model, heads) if heads else {}  # no heads: the plain model
+    return run_with_head_writes(model, batch.clean, by_layer, write)
+
+
+def heads_by_layer(model: Any, heads: Sequence[str]) -> dict[int, list[int]]:
+    """``{layer: [head index, …]}`` of a head set, checked against the model.
+
+    Raises:
+        ValueError: an empty set or a name that is not a head of the model.
+    """
+    names = resolve_heads(model, list(heads))
+    if not names:
+        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
+    by_layer: dict[int, list[int]] = {}
+    for name in names:
+        _, layer, head = parse_node(model, name)
+        by_layer.setdefault(int(layer), []).append(int(head))
+    return by_layer
+
+
+def run_with_head_writes(
+    model: Any,
+    tokens: Int[Tensor, "b p"],
+    by_layer: dict[int, list[int]],
+    write: Callable[[int, int, Tensor], None],
+) -> Float[Tensor, "b p v"]:
+    """Logits of ``tokens`` where ``write(layer, head, result)`` rewrites chosen heads' outputs in place.
+
+    ``result`` is a copy of the layer's per-head outputs ``[b, p, h, d]``; every head not listed in
+    ``by_layer`` and every other component run as usual.
+    """
+
+    def hook_for(layer: int, head_ids: list[int]):
         def hook(result: Tensor, hook: Any) -> Tensor:
             result = result.clone()
-            for name in names:
-                head = int(parse_node(model, name)[2])
-                if ablation == "zero":
-                    result[:, :, head] = 0.0
-                else:
-                    result[:, :, head] = means[name].to(result.dtype)
+            for head in head_ids:
+                write(layer, head, result)
             return result
 
         return hook
 
-    fwd_hooks = [(models.head_result_hook(layer), replace(names)) for layer, names in by_layer.items()]
+    hooks = [(models.head_result_hook(layer), hook_for(layer, ids)) for layer, ids in by_layer.items()]
     with torch.no_grad():
-        return models.run_with_hooks(model, batch.clean, fwd_hooks)
+        return models.run_with_hooks(model, tokens, hooks)
 
 
 def object_share(

@@ -9,10 +9,11 @@ probability by at most a few hundredths). The causal evidence for a *role* is a 
    drawn from the heads *not* in the set (:func:`random_head_sets`), and report their mean ± std.
    Means for ``"mean"`` ablation are computed once, over the whole batch, for every head that any
    set can contain.
-2. **Head-output patching** (:func:`patch_head_outputs`): replace the set's outputs at the last
-   position with their outputs on the corrupted prompt (another subject, same token length), every
-   other component untouched; :func:`patching_effect` reports how often the answer flips to the
-   corrupt answer — the set carries the subject's attribute to the last token if it does.
+2. **Head-output patching** (:func:`patch_head_outputs`, one set; :func:`group_vs_random` with
+   ``test="patching"``, many): replace the set's outputs at the last position with their outputs on
+   the corrupted prompt (another subject, same token length), every other component untouched, and
+   count how often the answer flips to the corrupt answer — the set carries the subject's attribute
+   to the last token if it does.
 
 3. **Roles as groups** (:func:`group_vs_random`, notebook 02): either test for a role's heads against
    random same-size sets drawn from the heads that write anything (:func:`writing_heads`), which
@@ -25,18 +26,22 @@ builders read.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from kc_utils import models
-from kc_utils.analysis.head_ablation import HEAD_ABLATIONS, head_mean_outputs, run_with_heads_ablated
+from kc_utils.analysis.head_ablation import (
+    HEAD_ABLATIONS,
+    head_mean_outputs,
+    heads_by_layer,
+    run_with_head_writes,
+)
 from kc_utils.analysis.heads import resolve_heads
 from kc_utils.analysis.lens import parse_node
 from kc_utils.data.metrics import answer_logits, rank_of
@@ -50,12 +55,9 @@ __all__ = [
     "group_ablation_summary",
     "group_test_summary",
     "group_vs_random",
-    "heads_by_layer",
     "patch_head_outputs",
-    "patching_effect",
     "evaluate_head_sets",
     "random_head_sets",
-    "run_with_head_writes",
     "score_row",
     "writing_heads",
 ]
@@ -126,9 +128,10 @@ def group_ablation(
     pool: Sequence[str] | None = None,
     seed: int = 0,
     mean_reference: PromptBatch | None = None,
-    progress: bool = True,
 ) -> pd.DataFrame:
     """Ablate ``heads`` together, and ``n_random`` random same-size sets from ``pool`` minus ``heads``.
+
+    :func:`group_vs_random` with ``test="ablation"`` and random sets disjoint from the group.
 
     Args:
         heads: the set under test (names such as ``"a3.h1"``).
@@ -136,35 +139,27 @@ def group_ablation(
         ablation: ``"mean"`` (each head's mean output over ``mean_reference``, default the whole
             batch, computed once) or ``"zero"``.
         pool: heads the random sets are drawn from (default: every head of the model). Pass the
-            heads that can matter (e.g. those of layers with attention) so that the baseline is not
-            made of heads that never write anything.
+            heads that can matter (e.g. :func:`writing_heads`) so that the baseline is not made of
+            heads that never write anything.
 
     Returns:
         One row per evaluated set: ``set`` (``"none"`` = the unablated model, ``"group"``,
         ``"random"``), ``draw`` (random draw index), ``heads``, ``n_heads``, ``top1`` (accuracy)
-        and ``prob`` (mean answer probability).
+        and ``prob`` (mean answer probability), plus :func:`group_vs_random`'s ``flip`` and ``overlap``.
     """
-    if ablation not in HEAD_ABLATIONS:
-        raise ValueError(f"unknown ablation {ablation!r}; use one of {HEAD_ABLATIONS}")
-    group = resolve_heads(model, list(heads))
-    if not group:
-        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
-    pool_heads = resolve_heads(model, list(pool)) if pool is not None else all_heads(model)
-    draws = random_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed)
-    means = None
-    if ablation == "mean":
-        needed = sorted(set(group) | {h for d in draws for h in d})
-        means = head_mean_outputs(model, mean_reference if mean_reference is not None else batch, needed)
-    with torch.no_grad():
-        rows = [score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
-    rows.append(
-        score_row("group", group, run_with_heads_ablated(model, batch, group, ablation, means=means), batch, None)
+    pool_heads = list(pool) if pool is not None else all_heads(model)
+    return group_vs_random(
+        model,
+        batch,
+        heads,
+        pool_heads,
+        "ablation",
+        n_random,
+        ablation,
+        overlap=False,
+        seed=seed,
+        mean_reference=mean_reference,
     )
-    for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
-        rows.append(
-            score_row("random", draw, run_with_heads_ablated(model, batch, draw, ablation, means=means), batch, i)
-        )
-    return pd.DataFrame.from_records(rows)
 
 
 def group_ablation_summary(table: pd.DataFrame) -> dict[str, float]:
@@ -184,48 +179,6 @@ def group_ablation_summary(table: pd.DataFrame) -> dict[str, float]:
         out[f"{metric}_random_std"] = float(np.std(randoms[metric])) if len(randoms) else float("nan")
     out["n_random"] = float(len(randoms))
     return out
-
-
-def heads_by_layer(model: Any, heads: Sequence[str]) -> dict[int, list[int]]:
-    """``{layer: [head index, …]}`` of a head set, checked against the model.
-
-    Raises:
-        ValueError: an empty set or a name that is not a head of the model.
-    """
-    names = resolve_heads(model, list(heads))
-    if not names:
-        raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
-    by_layer: dict[int, list[int]] = {}
-    for name in names:
-        _, layer, head = parse_node(model, name)
-        by_layer.setdefault(int(layer), []).append(int(head))
-    return by_layer
-
-
-def run_with_head_writes(
-    model: Any,
-    tokens: Int[Tensor, "b p"],
-    by_layer: dict[int, list[int]],
-    write: Callable[[int, int, Tensor], None],
-) -> Float[Tensor, "b p v"]:
-    """Logits of ``tokens`` where ``write(layer, head, result)`` rewrites chosen heads' outputs in place.
-
-    ``result`` is a copy of the layer's per-head outputs ``[b, p, h, d]``; every head not listed in
-    ``by_layer`` and every other component run as usual.
-    """
-
-    def hook_for(layer: int, head_ids: list[int]):
-        def hook(result: Tensor, hook: Any) -> Tensor:
-            result = result.clone()
-            for head in head_ids:
-                write(layer, head, result)
-            return result
-
-        return hook
-
-    hooks = [(models.head_result_hook(layer), hook_for(layer, ids)) for layer, ids in by_layer.items()]
-    with torch.no_grad():
-        return models.run_with_hooks(model, tokens, hooks)
 
 
 def patch_head_outputs(
@@ -257,44 +210,6 @@ def patch_head_outputs(
             result[rows, batch.last_pos, head] = source[rows, batch.last_pos, head]
 
     return run_with_head_writes(model, batch.clean, by_layer, write)
-
-
-def patching_effect(
-    model: Any,
-    batch: PromptBatch,
-    heads: Sequence[str],
-    n_random: int = 20,
-    pool: Sequence[str] | None = None,
-    seed: int = 0,
-    position: str = "last",
-    progress: bool = True,
-) -> pd.DataFrame:
-    """Patch ``heads`` (and ``n_random`` random same-size sets) from the corrupt run; who flips the answer?
-
-    Returns:
-        One row per set like :func:`group_ablation` (``set`` = ``"none"``/``"group"``/``"random"``),
-        with ``top1`` (clean answer still first), ``prob`` and ``flip`` (share of prompts whose
-        top-1 became the corrupt answer).
-    """
-    if bool((batch.corrupt_answer < 0).any()):
-        raise ValueError(
-            "patching_effect needs a corrupt answer for every prompt (build the batch with corrupt_answers)"
-        )
-    group = resolve_heads(model, list(heads))
-    pool_heads = resolve_heads(model, list(pool)) if pool is not None else all_heads(model)
-    draws = random_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed) if n_random else []
-
-    def row(kind: str, names: Sequence[str], logits: Tensor, draw: int | None) -> dict[str, Any]:
-        base = score_row(kind, names, logits, batch, draw)
-        base["flip"] = float(answer_scores(logits, batch)["corrupt_top1"].mean())
-        return base
-
-    with torch.no_grad():
-        rows = [row("none", (), models.run_with_hooks(model, batch.clean), None)]
-    rows.append(row("group", group, patch_head_outputs(model, batch, group, position), None))
-    for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
-        rows.append(row("random", draw, patch_head_outputs(model, batch, draw, position), i))
-    return pd.DataFrame.from_records(rows)
 
 
 # ----------------------------------------------------------------------------- roles tested as groups (notebook 02)
@@ -427,10 +342,10 @@ def group_vs_random(
 ) -> pd.DataFrame:
     """A head set and ``n_random`` random same-size sets from ``pool``, ablated or patched together.
 
-    Unlike :func:`group_ablation` and :func:`patching_effect`, the random sets may share heads with
-    the group (``overlap=True``): when the group is half of a small pool (the organism's movers are
-    about 6 of its 12 writing heads), the sets disjoint from it are one set repeated, and "random
-    heads" must mean any heads.
+    By default the random sets may share heads with the group (``overlap=True``): when the group is
+    half of a small pool (the organism's movers are about 6 of its 12 writing heads), the sets
+    disjoint from it are one set repeated, and "random heads" must mean any heads.
+    :func:`group_ablation` is this function with ``overlap=False``.
 
     Args:
         test: ``"ablation"`` (``ablation``-ablate the set at every position) or ``"patching"``
