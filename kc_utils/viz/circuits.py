@@ -221,21 +221,8 @@ def plot_faithfulness_curves(curves: dict[str, Sequence[Any]], total_edges: int,
 
 
 def plot_overlap(overlap: pd.DataFrame, title: str = "node overlap between relations' circuits (Jaccard)") -> go.Figure:
-    """Heatmap of a square overlap table."""
-    fig = go.Figure(
-        go.Heatmap(
-            z=overlap.values,
-            x=list(overlap.columns),
-            y=list(overlap.index),
-            colorscale="Blues",
-            zmin=0,
-            zmax=1,
-            text=np.round(overlap.values, 2),
-            texttemplate="%{text}",
-        )
-    )
-    fig.update_layout(title=title, height=150 + 40 * len(overlap), template="plotly_white")
-    return fig
+    """Heatmap of a square overlap table (values in [0, 1])."""
+    return plot_matrix(overlap, title)
 
 
 def plot_size_curves(
@@ -280,8 +267,15 @@ def plot_size_curves(
     return fig
 
 
-def plot_matrix(matrix: pd.DataFrame, title: str, zmin: float = 0.0, zmax: float = 1.0) -> go.Figure:
-    """Heatmap of a relation × relation table (e.g. a transfer matrix), values printed with 2 decimals."""
+def plot_matrix(
+    matrix: pd.DataFrame,
+    title: str,
+    zmin: float = 0.0,
+    zmax: float = 1.0,
+    x_title: str = "",
+    y_title: str = "",
+) -> go.Figure:
+    """Heatmap of a relation × relation table (an overlap or transfer matrix), values printed with 2 decimals."""
     values = matrix.to_numpy(dtype=float)
     fig = go.Figure(
         go.Heatmap(
@@ -299,7 +293,7 @@ def plot_matrix(matrix: pd.DataFrame, title: str, zmin: float = 0.0, zmax: float
         title=title,
         height=200 + 32 * len(matrix),
         template="plotly_white",
-        xaxis=dict(title="circuit of", tickangle=-45),
-        yaxis=dict(title="facts of", autorange="reversed"),
+        xaxis=dict(title=x_title, tickangle=-45),
+        yaxis=dict(title=y_title, autorange="reversed"),
     )
     return fig
