@@ -16,7 +16,7 @@ A thin library behind the numbered notebooks, one subpackage per concept:
 
 from kc_utils.circuits.acdc import acdc
 from kc_utils.circuits.attribute import attribute
-from kc_utils.circuits.evaluate import evaluate_circuit, faithfulness, faithfulness_curve, random_circuit
+from kc_utils.circuits.evaluate import evaluate_circuit, faithfulness, random_circuit
 from kc_utils.circuits.graph import CircuitError, Graph
 from kc_utils.data.prompts import PromptBatch, PromptError, make_batch
 from kc_utils.models import ModelLoadError, load_model
@@ -29,7 +29,6 @@ __all__ = [
     "make_batch",
     "evaluate_circuit",
     "faithfulness",
-    "faithfulness_curve",
     "random_circuit",
     "CircuitError",
     "Graph",

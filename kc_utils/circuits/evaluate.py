@@ -1,4 +1,4 @@
-"""Running circuits: faithfulness, curves over edge counts, and random baselines.
+"""Running circuits: evaluation with ablated edges, faithfulness, random baselines (sizes: ``budget``).
 
 A circuit is evaluated by running the model once with every edge outside it ablated
 (:func:`kc_utils.circuits.patching.run_masked`): patched from the corrupted prompt, zeroed, or replaced by
@@ -14,8 +14,7 @@ Faithfulness of a circuit C for a metric m (Hanna et al. 2024 normalisation):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -202,43 +201,3 @@ def node_set_edges(graph: Graph, circuit: Graph) -> Tensor:
         [all(t in nodes for t in graph.receiver_targets(n)) or n == "logits" for n in graph.receiver_names]
     )
     return graph.real_edges & up[:, None] & rx[None, :]
-
-
-@dataclass
-class CurvePoint:
-    """One point of a faithfulness curve."""
-
-    n_edges: int
-    metrics: dict[str, float]
-    random_mean: dict[str, float]
-    random_std: dict[str, float]
-
-
-def faithfulness_curve(
-    model: Any,
-    graph: Graph,
-    batch: PromptBatch,
-    edge_counts: Iterable[int],
-    metrics: Sequence[str] = ("hit@10", "logit_diff"),
-    ablation: Ablation | AblationValues = "patch",
-    n_random: int = 0,
-    seed: int = 0,
-    selection: str = "top_n",
-    batch_size: int | None = None,
-    from_input: bool = True,
-) -> list[CurvePoint]:
-    """Circuit metrics (and random-circuit baselines) for each edge count, top-n selection."""
-    circuits = [getattr(graph.copy(), selection)(n, from_input=from_input) for n in edge_counts]
-    randoms = [
-        [random_circuit(graph, c.n_edges_in_graph, seed=seed + i, from_input=from_input) for i in range(n_random)]
-        for c in circuits
-    ]
-    masks = [c.in_graph for c in circuits] + [r.in_graph for rs in randoms for r in rs]
-    values = evaluate_masks(model, graph, batch, masks, metrics, ablation, batch_size=batch_size)
-    points = []
-    for i, circuit in enumerate(circuits):
-        random_mean, random_std = mean_and_std(
-            values[len(circuits) + i * n_random : len(circuits) + (i + 1) * n_random]
-        )
-        points.append(CurvePoint(circuit.n_edges_in_graph, values[i], random_mean, random_std))
-    return points

@@ -5,7 +5,6 @@ Save them with :func:`kc_utils.viz.save.save_figure`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -185,39 +184,6 @@ def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
     slider.observe(redraw, names="value")
     redraw()
     return widgets.VBox([widgets.HBox([dropdown, slider]), out])
-
-
-def plot_faithfulness_curves(curves: dict[str, Sequence[Any]], total_edges: int, metric: str = "hit@10") -> go.Figure:
-    """Circuit ``metric`` against the number of edges (log x), with random-circuit baselines dashed."""
-    fig = go.Figure()
-    palette = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
-    for i, (name, points) in enumerate(curves.items()):
-        colour = palette[i % len(palette)]
-        xs = [p.n_edges for p in points]
-        fig.add_trace(
-            go.Scatter(
-                x=xs, y=[p.metrics[metric] for p in points], mode="lines+markers", name=name, line=dict(color=colour)
-            )
-        )
-        if points and points[0].random_mean:
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=[p.random_mean[metric] for p in points],
-                    mode="lines",
-                    name=f"{name} (random)",
-                    line=dict(color=colour, dash="dot"),
-                    error_y=dict(array=[p.random_std[metric] for p in points], visible=True),
-                )
-            )
-    fig.update_layout(
-        xaxis=dict(type="log", title=f"edges kept (of {total_edges})"),
-        yaxis=dict(title=f"Dval {metric}"),
-        template="plotly_white",
-        height=450,
-        title=f"faithfulness curve: circuit vs random circuits ({metric})",
-    )
-    return fig
 
 
 def plot_overlap(overlap: pd.DataFrame, title: str = "node overlap between relations' circuits (Jaccard)") -> go.Figure:
