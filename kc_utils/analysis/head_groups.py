@@ -44,6 +44,7 @@ from kc_utils.analysis.head_ablation import (
 )
 from kc_utils.analysis.heads import resolve_heads
 from kc_utils.analysis.lens import parse_node
+from kc_utils.circuits.nodes import head_name
 from kc_utils.data.metrics import answer_logits, rank_of
 from kc_utils.data.prompts import PromptBatch
 
@@ -291,8 +292,8 @@ def evaluate_head_sets(
         for layer in layers:
             table = torch.zeros(n_heads, d_model, device=device, dtype=models.model_dtype(model))
             for h in range(n_heads):
-                if f"a{layer}.h{h}" in means:
-                    table[h] = means[f"a{layer}.h{h}"].to(table.dtype)
+                if head_name(layer, h) in means:
+                    table[h] = means[head_name(layer, h)].to(table.dtype)
             replacement[layer] = table[None, None]
     rows = torch.arange(b, device=device)
     at = torch.zeros(batch.clean.shape, dtype=torch.bool, device=device)

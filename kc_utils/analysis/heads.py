@@ -85,6 +85,7 @@ from kc_utils.analysis.lens import (
     subject_mask,
 )
 from kc_utils.circuits.graph import Graph
+from kc_utils.circuits.nodes import head_name
 from kc_utils.data.metrics import rank_of
 from kc_utils.data.prompts import PromptBatch
 
@@ -155,7 +156,7 @@ def resolve_heads(model: Any, heads: Graph | Sequence[str] | None = None) -> lis
     """
     if heads is None:
         shape = models.model_shape(model)
-        return [f"a{layer}.h{h}" for layer in range(shape.n_layers) for h in range(shape.n_heads)]
+        return [head_name(layer, h) for layer in range(shape.n_layers) for h in range(shape.n_heads)]
     if isinstance(heads, Graph):
         return [n for n in heads.nodes_in_graph() if n.startswith("a")]
     if isinstance(heads, str):
