@@ -15,7 +15,7 @@ from kc_utils.circuits.table1 import (
     node_overlap,
     shared_nodes,
     table1,
-    transfer_matrix,
+    transfer_matrices,
 )
 from kc_utils.data.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
 from kc_utils.data.metrics import rank
@@ -168,12 +168,14 @@ def test_find_relation_circuit_end_to_end(tiny_gpt2, tmp_path, method):
     assert saved.provenance["relation"] == "tiny_capital" and saved.provenance["n_val"] == len(dataset.val)
     assert gv_path.read_text().startswith("digraph")
     twin = dataclasses.replace(result, relation="tiny_capital_twin")
-    matrix = transfer_matrix(tiny_gpt2, [result, twin])
+    matrices = transfer_matrices(tiny_gpt2, [result, twin])
+    matrix = matrices["hit@10"]
+    assert matrices["hit@1"].shape == (2, 2)
     assert matrix.shape == (2, 2) and matrix.notna().all().all()
     if method != "acdc":  # the twin's scores select the same circuit: transferring it changes nothing
         assert matrix.iloc[0, 1] == pytest.approx(matrix.iloc[0, 0])
     assert matrix.iloc[0, 0] == pytest.approx(result.metrics["test"]["circuit"]["hit@10"])
-    table = table1([result, twin], matrix)
+    table = table1([result, twin], matrices)
     assert list(table["relation"]) == ["tiny_capital", "tiny_capital_twin", "average"]
     assert {"Dtest hit@1 nodes", "Dval faithfulness", "corrupt high", "knee90"} <= set(table.columns)
     overlap = node_overlap({"a": result.graph, "b": result.graph})

@@ -16,7 +16,7 @@ The experiment behind the paper's Table 1 (Yao et al. 2024), with baselines that
      the fact — :func:`kc_utils.circuits.table1_text.describe_table1` says so when it happens);
    * ``nodes``: random circuits of the same size drawn from the edges among the circuit's own
      nodes — the same components, wired at random;
-   * ``other relation`` (:func:`transfer_matrix`): another relation's circuit of the same size.
+   * ``other relation`` (:func:`transfer_matrices`): another relation's circuit of the same size.
 4. Metrics: Hit@10 (the paper's), Hit@1, the answer's probability, the logit difference and its
    normalised faithfulness; the number of distinct answers flags relations whose corrupted run
    already scores high (few objects).
@@ -71,7 +71,7 @@ __all__ = [
     "node_overlap",
     "shared_nodes",
     "table1",
-    "transfer_matrix",
+    "transfer_matrices",
 ]
 
 #: The 14 relations of the paper's Table 1, in its order.
@@ -313,15 +313,17 @@ def _version() -> str:
     return __version__
 
 
-def transfer_matrix(
+def transfer_matrices(
     model: Any,
     results: Sequence[RelationCircuit],
-    metric: str = "hit@10",
+    metrics: Sequence[str] = ("hit@10", "hit@1"),
     split: str = "test",
     ablation: Ablation = "patch",
     batch_size: int | None = 32,
-) -> pd.DataFrame:
-    """Does relation b's circuit serve relation a? ``matrix[a][b]`` = a's ``split`` metric under b's circuit.
+) -> dict[str, pd.DataFrame]:
+    """Does relation b's circuit serve relation a? ``matrices[metric][a][b]`` = a's ``split`` metric under b's circuit.
+
+    Every metric comes from the same evaluation pass.
 
     b's circuit is re-selected from b's scores at a's circuit size (top-n, the same pruning rule),
     so every cell compares circuits of one size (for ACDC circuits, b's top edges by ACDC damage);
@@ -329,7 +331,7 @@ def transfer_matrix(
     """
     from_input = ablation == "patch"
     names = [r.relation for r in results]
-    matrix = pd.DataFrame(np.nan, index=names, columns=names)
+    matrices = {metric: pd.DataFrame(np.nan, index=names, columns=names) for metric in metrics}
     for a in results:
         facts = a.dataset.test if split == "test" else a.dataset.val
         if not facts:
@@ -347,26 +349,24 @@ def transfer_matrix(
                 except CircuitError:
                     continue
             columns.append(b.relation)
-        values = evaluate_masks(model, a.graph, batch, masks, [metric], ablation, batch_size=batch_size)
+        values = evaluate_masks(model, a.graph, batch, masks, list(metrics), ablation, batch_size=batch_size)
         for column, value in zip(columns, values):
-            matrix.loc[a.relation, column] = value[metric]
-    return matrix
+            for metric, matrix in matrices.items():
+                matrix.loc[a.relation, column] = value[metric]
+    return matrices
 
 
-def table1(
-    results: Sequence[RelationCircuit], transfer: pd.DataFrame | dict[str, pd.DataFrame] | None = None
-) -> pd.DataFrame:
+def table1(results: Sequence[RelationCircuit], transfers: dict[str, pd.DataFrame] | None = None) -> pd.DataFrame:
     """One row per relation plus the average: sizes, knees, and every metric for every kind and split.
 
     Columns: ``type``, ``relation``, ``budget``, ``#edges``, ``% edges``, ``knee70``/``knee90``
     (edges; NaN = never reached), ``#Dval``, ``#Dtest``, ``#objects``; then ``{split} {metric}
     {kind}`` for splits Dval/Dtest, metrics hit@10/hit@1 and kinds of :data:`KINDS`, with
     ``{split} hit@10 random std`` and ``… nodes std``; ``Dval faithfulness``/``Dtest faithfulness``
-    (normalised logit difference); ``Dtest hit@10 other`` (mean over other relations of
-    ``transfer``, when given; a dict ``{metric: matrix}`` adds one column per metric, e.g.
-    ``Dtest hit@1 other``); ``corrupt high`` (the empty circuit already has Dtest Hit@10 ≥ 0.5).
+    (normalised logit difference); ``Dtest {metric} other`` for each of ``transfers``
+    (:func:`transfer_matrices`: the mean over the other relations); ``corrupt high`` (the empty
+    circuit already has Dtest Hit@10 ≥ 0.5).
     """
-    transfers = {"hit@10": transfer} if isinstance(transfer, pd.DataFrame) else dict(transfer or {})
     rows = []
     for r in results:
         row: dict[str, Any] = {
@@ -386,7 +386,7 @@ def table1(
                 for kind in ("random", "nodes"):
                     row[f"{label} {metric} {kind} std"] = r.random_std.get(split, {}).get(kind, {}).get(metric, np.nan)
             row[f"{label} faithfulness"] = r.faithfulness.get(split, np.nan)
-        for metric, matrix in transfers.items():
+        for metric, matrix in (transfers or {}).items():
             if r.relation in matrix.index:
                 others = matrix.loc[r.relation].drop(r.relation, errors="ignore")
                 row[f"Dtest {metric} other"] = float(others.mean()) if others.notna().any() else np.nan
