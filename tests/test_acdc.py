@@ -98,6 +98,10 @@ def test_acdc_thresholds_bracket_the_circuit(tiny_gpt2, country_batch_args):
         acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, threshold=1e9, progress=False)
     with pytest.raises(ValueError, match="threshold"):
         acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, threshold=-1)
+    with pytest.raises(ValueError, match="stack must be"):
+        acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, stack=0)
+    with pytest.raises(ValueError, match="unknown metric 'kll' for ACDC; use 'kl', 'nll'"):
+        acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, metric="kll")
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,12 @@ def acdc(
     if len(batch) == 0:
         raise ValueError("the batch is empty; nothing to run ACDC on")
     if metric not in LOWER_IS_BETTER:
-        get_metric(metric)  # raises for an unknown name
+        try:
+            get_metric(metric)
+        except ValueError:
+            raise ValueError(
+                f"unknown metric {metric!r} for ACDC; use 'kl', 'nll' or a metric such as 'logit_diff' or 'logprob'"
+            ) from None
     ablation_values = prepare_ablation(model, graph, ablation, batch, mean_reference, batch_size)
     evaluate = _Evaluator(model, graph, batch, metric, ablation_values, batch_size)
     keep = graph.real_edges.clone()
