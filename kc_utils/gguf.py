@@ -46,6 +46,7 @@ __all__ = [
     "PACKAGED_MODELS",
     "PackagedModel",
     "cache_root",
+    "cached_add_bos_token",
     "dequantized_checkpoint",
     "file_sha256",
     "inspect_gguf",
@@ -282,16 +283,19 @@ def dequantized_checkpoint(
     Raises:
         GGUFFileError: see :func:`inspect_gguf`; weights that dequantize to non-finite values.
     """
-    info = inspect_gguf(path)
-    digest = sha256 or file_sha256(info.path)
-    folder = cache_root() / "gguf" / f"{info.path.stem}-{digest[:16]}"
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise GGUFFileError(f"No GGUF file at {path}. Pass the path of a .gguf file.")
+    digest = sha256 or file_sha256(path)
+    folder = cache_root() / "gguf" / f"{path.stem}-{digest[:16]}"
     record = folder / RECORD_NAME
     if record.is_file() and (folder / "config.json").is_file():
         try:
             if json.loads(record.read_text())["sha256"] == digest:
-                return folder
+                return folder  # the same bytes were checked and dequantized before
         except (ValueError, KeyError):
             pass  # an unreadable record: rebuild below
+    info = inspect_gguf(path)
     if progress:
         print(f"Dequantizing {info.path.name} ({info.size / 2**20:.0f} MiB) into {folder} (once; later loads reuse it)")
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -308,6 +312,7 @@ def dequantized_checkpoint(
             "package": package.distribution if package else None,
             "package_version": _installed_version(package.distribution) if package else None,
             "dtype": "float32",
+            "add_bos_token": info.add_bos_token,
         }
         (staging / RECORD_NAME).write_text(json.dumps(source, indent=1, sort_keys=True) + "\n")
         if folder.exists():
@@ -317,6 +322,13 @@ def dequantized_checkpoint(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def cached_add_bos_token(folder: Path) -> bool:
+    """Whether the GGUF file behind a cached checkpoint asks for BOS (``tokenizer.ggml.add_bos_token``).
+
+    A file that does not say counts as no."""
+    return bool(json.loads((Path(folder) / RECORD_NAME).read_text()).get("add_bos_token"))
 
 
 def _installed_version(distribution: str) -> str | None:

@@ -303,8 +303,8 @@ def resolve_model(name: str) -> ModelSource:
             path, digest = gguf.packaged_gguf(spec)
             return ModelSource(gguf.dequantized_checkpoint(path, sha256=digest, package=spec), spec.prepend_bos)
         if str(name).lower().endswith(".gguf"):
-            info = gguf.inspect_gguf(name)
-            return ModelSource(gguf.dequantized_checkpoint(info.path), bool(info.add_bos_token))
+            folder = gguf.dequantized_checkpoint(name)
+            return ModelSource(folder, gguf.cached_add_bos_token(folder))
     except gguf.GGUFFileError as error:
         raise ModelLoadError(str(error)) from error
     path = Path(name).expanduser()

@@ -63,7 +63,7 @@ def test_missing_file_and_wrong_magic(tmp_path):
         gguf.inspect_gguf(fake)
 
 
-@pytest.mark.parametrize("n_bytes", [100_000, 2_000_000, 50_000_000])
+@pytest.mark.parametrize("n_bytes", [100_000, 50_000_000])
 def test_truncated_copies_are_refused(tmp_path, n_bytes):
     """Cut inside the tensor table (first two) and inside the tensor data (last)."""
     cut = tmp_path / "cut.gguf"
