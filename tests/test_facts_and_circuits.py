@@ -147,6 +147,8 @@ def test_budgets_are_checked_before_any_work():
     assert size_grid(5) == [1, 2, 3, 4, 5]
     grid = size_grid(10_000, largest=500)
     assert grid[:12] == list(range(1, 13)) and grid[-1] == 500 and grid == sorted(set(grid))
+    sparse = size_grid(70_651, largest=5000, n_points=16)
+    assert sparse[0] == 1 and sparse[-1] == 5000 and len(sparse) == 16 and sparse == sorted(set(sparse))
 
 
 def test_knee_is_the_smallest_circuit_reaching_the_level():

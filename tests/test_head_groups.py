@@ -89,3 +89,24 @@ def test_bad_inputs_get_clear_errors(tiny_model, batch):
     no_corrupt = make_batch(tiny_model, list(batch.prompts), list(batch.answers))
     with pytest.raises(ValueError, match="corrupted prompts"):
         head_groups.patch_head_outputs(tiny_model, no_corrupt, ["a1.h0"])
+
+
+def test_heads_for_single_ablation_keeps_every_role_and_samples_the_rest():
+    import pandas as pd
+
+    from kc_utils.analysis.head_ablation import heads_for_single_ablation
+
+    roles = pd.DataFrame(
+        {
+            "head": [f"a1.h{i}" for i in range(8)],
+            "role": ["mover", "other", "relation", "other", "other", "mix", "other", "other"],
+        }
+    )
+    assert heads_for_single_ablation(roles) == roles["head"].tolist()
+    picked = heads_for_single_ablation(roles, max_other=2, seed=3)
+    assert {"a1.h0", "a1.h2", "a1.h5"} <= set(picked) and len(picked) == 5
+    assert picked == [h for h in roles["head"] if h in picked]  # the table's order
+    assert picked == heads_for_single_ablation(roles, max_other=2, seed=3)  # seeded
+    assert heads_for_single_ablation(roles, max_other=0) == ["a1.h0", "a1.h2", "a1.h5"]
+    with pytest.raises(ValueError, match="max_other"):
+        heads_for_single_ablation(roles, max_other=-1)

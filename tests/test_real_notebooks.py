@@ -18,8 +18,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_notebook(name: str, tmp_path: Path, *knobs: str) -> tuple[Path, str]:
-    """Execute ``notebooks/<name>.ipynb`` on smollm2-135m with ``knobs`` (``-p``/``-y`` arguments)."""
+def run_notebook(name: str, tmp_path: Path, knobs: dict[str, object], yaml: str | None = None) -> tuple[Path, str]:
+    """Execute ``notebooks/<name>.ipynb`` on smollm2-135m with ``knobs`` (and a YAML mapping of list knobs)."""
     out = tmp_path / "out"
     command = [
         sys.executable,
@@ -38,7 +38,8 @@ def run_notebook(name: str, tmp_path: Path, *knobs: str) -> tuple[Path, str]:
         "-p",
         "out_dir",
         str(out),
-        *knobs,
+        *[part for knob, value in knobs.items() for part in ("-p", knob, str(value))],
+        *(["-y", yaml] if yaml else []),
     ]
     tracked_before = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
     result = subprocess.run(command, capture_output=True, text=True, timeout=1500)
@@ -60,23 +61,8 @@ def test_notebook_01_on_smollm2_leaves_out_what_it_cannot_serve(tmp_path):
     out, text = run_notebook(
         "01_knowledge_circuits",
         tmp_path,
-        "-y",
-        "relations: [country_capital_city, word_last_letter]",
-        "-p",
-        "n_val",
-        "6",
-        "-p",
-        "n_test",
-        "6",
-        "-p",
-        "ig_steps",
-        "2",
-        "-p",
-        "n_edges",
-        "200",
-        "-p",
-        "n_random",
-        "1",
+        {"n_val": 6, "n_test": 6, "ig_steps": 2, "n_edges": 200, "n_random": 1},
+        yaml="relations: [country_capital_city, word_last_letter]",
     )
     table = pd.read_csv(out / "01_table1_smollm2-135m.csv")
     assert list(table["relation"]) == ["country_capital_city", "average"]
@@ -94,18 +80,7 @@ def test_notebook_06_on_smollm2_runs_to_the_end(tmp_path):
     out, text = run_notebook(
         "06_query_localization",
         tmp_path,
-        "-p",
-        "n_facts",
-        "2",
-        "-p",
-        "ig_steps",
-        "2",
-        "-p",
-        "summary_facts",
-        "0",
-        "-p",
-        "n_random",
-        "2",
+        {"n_facts": 2, "ig_steps": 2, "summary_facts": 0, "summary_steps": 2, "n_random": 2},
     )
     assert (out / "06_consistency_facts_smollm2-135m.csv").exists()
     assert "30 MLPs x 1536 neurons = 46,080 neurons searched" in text

@@ -19,6 +19,7 @@ share expected of ``k`` tokens drawn at random from the vocabulary.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -267,3 +268,32 @@ def ablation_by_role(effects: pd.DataFrame, roles: pd.DataFrame) -> pd.DataFrame
     out.insert(0, "n_heads", grouped.size())
     out.insert(1, "heads", grouped["head"].agg(list))
     return out.reset_index()
+
+
+def heads_for_single_ablation(roles: pd.DataFrame, max_other: int | None = None, seed: int = 0) -> list[str]:
+    """The heads to ablate one at a time: every head with a role, and the heads without one (role ``"other"``).
+
+    On a real model nearly every head writes something, and ablating each of hundreds of heads on every relation
+    costs a forward pass each; the heads with a role are what the reading needs, and a seeded random sample of
+    ``max_other`` role-less heads is their comparison. ``max_other=None`` keeps every role-less head.
+
+    Args:
+        roles: a table of :func:`kc_utils.analysis.heads.head_roles` (``head``, ``role``).
+        max_other: at most this many role-less heads, drawn at random with ``seed``; ``None`` keeps all.
+
+    Returns:
+        Head names in the order of ``roles``.
+
+    Raises:
+        ValueError: a table without ``head`` and ``role`` columns, or a negative ``max_other``.
+    """
+    for column in ("head", "role"):
+        if column not in roles:
+            raise ValueError(f"the roles table has no {column!r} column")
+    if max_other is not None and (isinstance(max_other, bool) or not isinstance(max_other, int) or max_other < 0):
+        raise ValueError(f"max_other must be None or a whole number >= 0, got {max_other!r}")
+    other = roles.loc[roles["role"] == "other", "head"].tolist()
+    if max_other is not None and len(other) > max_other:
+        other = set(random.Random(seed).sample(other, max_other))
+    keep = set(other) | set(roles.loc[roles["role"] != "other", "head"])
+    return [head for head in roles["head"] if head in keep]

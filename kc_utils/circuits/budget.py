@@ -85,9 +85,18 @@ def edge_budget(n_edges: int | float, graph: Graph) -> int:
     return count
 
 
-def size_grid(total: int, largest: int | None = None) -> list[int]:
-    """Edge counts to try: every count up to 12, then about 24 log-spaced counts up to ``largest``."""
+def size_grid(total: int, largest: int | None = None, n_points: int | None = None) -> list[int]:
+    """Edge counts to try.
+
+    By default every count up to 12, then about 24 log-spaced counts up to ``largest`` (or ``total``). With
+    ``n_points``, about that many log-spaced counts from 1 instead: on a graph of tens of thousands of edges, circuits
+    of 1–12 edges all behave like the empty one, and each count costs a masked forward pass.
+    """
     top = min(total, largest or total)
+    if n_points is not None:
+        if n_points < 2:
+            raise ValueError(f"n_points must be at least 2, got {n_points}")
+        return sorted({int(x) for x in np.unique(np.round(np.geomspace(1, max(top, 1), n_points))) if 1 <= x <= top})
     small = list(range(1, min(12, top) + 1))
     spread = np.unique(np.round(np.geomspace(13, max(top, 13), 24)).astype(int)) if top > 12 else []
     return sorted({*small, *(int(x) for x in spread if x <= top)})

@@ -98,6 +98,8 @@ FIND_METHODS = (*METHODS, "acdc")
 KINDS = ("full", "circuit", "empty", "random", "nodes")
 #: The largest circuit the knee search tries on a large graph.
 _KNEE_SEARCH_CAP = 5000
+#: Sizes on the faithfulness curve of a graph larger than KNEE_MAX_EDGES.
+_LARGE_GRAPH_CURVE_POINTS = 16
 
 
 @dataclass
@@ -244,7 +246,10 @@ def find_relation_circuit(
             batch_size=batch_size,
             progress=False,
         )
-    grid = size_grid(scored.n_edges, None if scored.n_edges <= KNEE_MAX_EDGES else _KNEE_SEARCH_CAP)
+    if scored.n_edges <= KNEE_MAX_EDGES:
+        grid = size_grid(scored.n_edges)
+    else:  # a real model's graph: fewer, log-spaced sizes (each costs a masked forward pass)
+        grid = size_grid(scored.n_edges, _KNEE_SEARCH_CAP, n_points=_LARGE_GRAPH_CURVE_POINTS)
     curve = size_curve(model, scored, val, grid, ablation, from_input=from_input, batch_size=batch_size)
     knees = {}
     for level in knee_levels:
