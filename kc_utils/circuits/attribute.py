@@ -121,7 +121,7 @@ def receiver_gradients(
         return hook
 
     def record(s: slice, z: Tensor) -> None:
-        clean[s] = z.detach()
+        clean[s] = z.detach().to(clean.device)  # under a device_map, blocks live on several devices
 
     capture_hooks = [(name, capture(key)) for name, key in _receiver_keys(graph)]
     ordered = [1.0] + [a for a in alphas if a != 1.0] + [1.0] * (list(alphas).count(1.0) - 1)
@@ -137,7 +137,7 @@ def receiver_gradients(
                     raise ValueError("ablated_input is needed for interpolation steps α ≠ 1")
                 embedding = ablated_input + alpha * (clean[0] - ablated_input)
                 leaf = embedding.detach().clone().requires_grad_(True)
-                hooks = [(models.INPUT_HOOK, lambda act, hook, leaf=leaf: leaf)]
+                hooks = [(models.INPUT_HOOK, lambda act, hook, leaf=leaf: leaf.to(act.device))]
             with torch.enable_grad():
                 logits = models.run_with_hooks(model, tokens, hooks + capture_hooks)
                 objective(logits).backward()
@@ -163,17 +163,19 @@ def scores_from_gradients(
             g = grads.get((layer, letter))
             n = graph.receiver_slice(layer, letter).stop - graph.receiver_slice(layer, letter).start
             columns.append(
-                g.float().permute(0, 1, 3, 2).reshape(-1, n) if g is not None else flat.new_zeros(flat.shape[1], n)
+                g.float().to(flat.device).permute(0, 1, 3, 2).reshape(-1, n)
+                if g is not None
+                else flat.new_zeros(flat.shape[1], n)
             )
         g = grads.get((layer, "mlp"))
-        columns.append(g.float().reshape(-1, 1) if g is not None else flat.new_zeros(flat.shape[1], 1))
+        columns.append(g.float().to(flat.device).reshape(-1, 1) if g is not None else flat.new_zeros(flat.shape[1], 1))
         visible = graph.n_upstream_before_mlp(layer)
         start = graph.receiver_slice(layer, "q").start
         block = torch.cat(columns, dim=1)
         scores[:visible, start : start + block.shape[1]] = flat[:visible] @ block
     g = grads.get((-1, "logits"))
     if g is not None:
-        scores[:, graph.logits_receiver] = flat @ g.float().reshape(-1)
+        scores[:, graph.logits_receiver] = flat @ g.float().to(flat.device).reshape(-1)
     return scores * graph.real_edges.to(scores.device)
 
 

@@ -9,6 +9,9 @@ or a mean). Since the residual stream already holds ``Σ_u z_u``, each receiver 
 
 with one matrix product per hook over a buffer ``delta[u] = z_u − ẑ_u`` filled as the forward
 pass goes (for a 0/1 mask: a running sum minus the few kept rows, see :class:`_MaskedRun`).
+Under a ``device_map`` the buffers stay on the tokens' device: node outputs are moved there as they
+are written, and each receiver's correction (``[rx, b, p, d]``, the small operand) is moved to the
+receiver's activation.
 ``keep`` may be a float tensor that requires grad: that gives the mask-gradient view of EAP.
 """
 
@@ -46,7 +49,7 @@ def collect_outputs(model: Any, graph: Graph, tokens: Tensor) -> Float[Tensor, "
     )
 
     def write(s: slice, z: Tensor) -> None:
-        buffer[s] = z.detach()
+        buffer[s] = z.detach().to(buffer.device)  # a block on another device (device_map) hands its output here
 
     with torch.no_grad():
         models.run_with_hooks(model, tokens, upstream_hooks(graph, write))
@@ -81,7 +84,7 @@ class _MaskedRun:
         self.written = 0
 
     def write(self, s: slice, z: Tensor) -> None:
-        update = z - self.ablated[s]
+        update = z.to(self.ablated.device) - self.ablated[s]
         if update.requires_grad or self.delta.requires_grad:
             # out of place, so autograd can follow z through the buffer (mask gradients)
             self.delta = torch.cat([self.delta[: s.start], update, self.delta[s.stop :]], dim=0)
@@ -126,10 +129,10 @@ class _MaskedRun:
         hooks = upstream_hooks(graph, self.write)
 
         def per_head(visible: int, rx: slice):
-            return lambda act, hook: act - self.correction(visible, rx).permute(1, 2, 0, 3).to(act.dtype)
+            return lambda act, hook: act - self.correction(visible, rx).permute(1, 2, 0, 3).to(act.device, act.dtype)
 
         def single(visible: int, rx: slice):
-            return lambda act, hook: act - self.correction(visible, rx)[0].to(act.dtype)
+            return lambda act, hook: act - self.correction(visible, rx)[0].to(act.device, act.dtype)
 
         for layer in range(graph.shape.n_layers):
             visible = graph.n_upstream_before_attention(layer)
