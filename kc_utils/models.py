@@ -342,6 +342,8 @@ def load_model(
     device: str | torch.device | None = "auto",
     dtype: torch.dtype = torch.float32,
     check_decomposition: bool = True,
+    device_map: str | dict[str, int | str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
 ) -> Any:
     """Boot a model through ``TransformerBridge`` and configure it for edge patching.
 
@@ -354,6 +356,10 @@ def load_model(
         dtype: weight dtype, e.g. ``torch.float32`` or ``torch.bfloat16``.
         check_decomposition: refuse a model whose residual stream is not the sum of its node outputs
             (:func:`check_residual_decomposition`); switch off only to inspect such a model, never for edges.
+        device_map: spread the model over several devices of one machine: ``"auto"`` (contiguous whole blocks,
+            balanced, within ``max_memory``) or a map of placement units to devices
+            (:mod:`kc_utils.placement`); ``device`` is then ignored. Tested on CPU only (see the README).
+        max_memory: per-device budgets for ``device_map="auto"`` (``{0: "20GiB", 1: "20GiB"}``).
 
     Returns:
         A ``TransformerBridge`` in compatibility mode with raw weights, per-head results,
@@ -386,7 +392,8 @@ def load_model(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             logging.getLogger("transformers").setLevel(logging.ERROR)
-            model = TransformerBridge.boot_transformers(str(source), device=torch_device, dtype=dtype)
+            boot = {"device": torch_device} if device_map is None else _placement(source, device_map, max_memory)
+            model = TransformerBridge.boot_transformers(str(source), dtype=dtype, **boot)
     finally:
         if previous_offline is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
@@ -398,6 +405,28 @@ def load_model(
     if check_decomposition:
         check_residual_decomposition(model, name=name)
     return model
+
+
+def _placement(
+    source: str | Path, device_map: str | dict[str, int | str], max_memory: dict[int | str, int | str] | None
+) -> dict[str, Any]:
+    """The bridge's boot arguments for a device map: ``device=`` when every unit lands on one device (the bridge
+    refuses a one-device map), else ``device_map=``."""
+    from transformers import AutoConfig
+
+    from kc_utils.placement import auto_device_map, check_device_map, meta_model, placement_units
+
+    skeleton = meta_model(AutoConfig.from_pretrained(str(source)))
+    placed = (
+        auto_device_map(skeleton, max_memory)
+        if device_map == "auto"
+        else check_device_map(device_map, placement_units(skeleton))
+    )
+    devices = set(placed.values())
+    if len(devices) == 1:
+        (only,) = devices
+        return {"device": torch.device(f"cuda:{only}" if isinstance(only, int) else only)}
+    return {"device_map": placed}
 
 
 def configure_for_patching(model: Any) -> Any:

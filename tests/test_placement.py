@@ -131,3 +131,11 @@ def test_the_engine_on_a_model_loaded_with_a_device_map_gives_the_plain_models_s
         scores.append((graph.scores.clone(), metrics))
     torch.testing.assert_close(scores[1][0], scores[0][0])
     assert scores[1][1] == pytest.approx(scores[0][1], abs=1e-6)
+
+
+def test_load_model_takes_a_device_map():
+    """On a machine without GPUs, device_map="auto" places every unit on the CPU (one device: a plain boot)."""
+    from kc_utils.models import load_model, model_device
+
+    model = load_model("kc-organism", device_map="auto")
+    assert model_device(model).type == "cpu"
