@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from kc_utils.viz.style import TEMPLATE
+
 __all__ = [
     "plot_attention_scaling",
     "plot_consistency_distribution",
@@ -59,7 +61,7 @@ def plot_query_neurons(
     )
     for boundary in np.flatnonzero(np.diff(used[:, 0])):
         fig.add_vline(x=boundary + 0.5, line=dict(color="grey", dash="dot"))
-    fig.update_layout(title=title, template="plotly_white", height=180 + 40 * len(queries), xaxis_title="neuron")
+    fig.update_layout(title=title, template=TEMPLATE, height=180 + 40 * len(queries), xaxis_title="neuron")
     fig.update_xaxes(type="category", tickangle=-60)
     return fig
 
@@ -79,7 +81,7 @@ def plot_query_overlap(matrix: np.ndarray, queries: Sequence[str], title: str = 
             colorbar=dict(title="Jaccard"),
         )
     )
-    fig.update_layout(title=title, template="plotly_white", height=200 + 45 * len(queries))
+    fig.update_layout(title=title, template=TEMPLATE, height=200 + 45 * len(queries))
     fig.update_yaxes(autorange="reversed")
     return fig
 
@@ -96,7 +98,7 @@ def plot_consistency_distribution(table: pd.DataFrame, static: float, otsu: floa
     )
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=TEMPLATE,
         height=380,
         xaxis_title="consistency score (mean pairwise Jaccard)",
         yaxis_title="facts",
@@ -127,7 +129,7 @@ def plot_relation_consistency(summary: pd.DataFrame, paper_share: float, title: 
     fig.add_vline(x=paper_share, line=dict(color="black", dash="dash"), annotation_text=f"LLaMA3-8B {paper_share:.0%}")
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=TEMPLATE,
         barmode="group",
         height=260 + 28 * len(summary),
         xaxis=dict(title="share of inconsistent facts", range=[0, 1], tickformat=".0%"),
@@ -151,7 +153,7 @@ def plot_interventions(summary: pd.DataFrame, title: str = "") -> go.Figure:
         )
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=TEMPLATE,
         barmode="group",
         height=380,
         xaxis_title="neurons of the source query scaled by",
@@ -187,7 +189,7 @@ def plot_attention_scaling(summary: pd.DataFrame, title: str = "") -> go.Figure:
                     row=1,
                     col=col,
                 )
-    fig.update_layout(title=title, template="plotly_white", barmode="group", height=400)
+    fig.update_layout(title=title, template=TEMPLATE, barmode="group", height=400)
     fig.update_yaxes(tickformat=".0%", row=1, col=1)
     return fig
 
@@ -213,5 +215,5 @@ def plot_modification(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 row=r,
                 col=1,
             )
-    fig.update_layout(title=title, template="plotly_white", barmode="group", height=330 * len(tasks))
+    fig.update_layout(title=title, template=TEMPLATE, barmode="group", height=330 * len(tasks))
     return fig
