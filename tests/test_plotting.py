@@ -90,3 +90,16 @@ def test_the_circuit_pair_explorer_starts_at_a_budget_that_draws_and_says_what_p
         with pytest.raises(ValueError):
             pair[0].copy().top_n(smallest - 1)
             pair[1].copy().top_n(smallest - 1)
+
+
+def test_a_shared_script_page_says_what_is_missing_when_copied_alone(tmp_path):
+    import pandas as pd
+
+    from kc_utils.viz.save import MISSING_SCRIPT_NOTE
+
+    fig = plot_overlap(pd.DataFrame([[1.0, 0.5], [0.5, 1.0]], index=["x", "y"], columns=["x", "y"]))
+    page = save_figure(fig, "shared", tmp_path, png=False)[0].read_text()
+    check = page[page.index('typeof Plotly === "undefined"') :]
+    assert MISSING_SCRIPT_NOTE in check and check.index(MISSING_SCRIPT_NOTE) < check.index("</body>")
+    alone = save_figure(fig, "alone", tmp_path / "alone", png=False, self_contained=True)[0].read_text()
+    assert MISSING_SCRIPT_NOTE not in alone
