@@ -10,7 +10,7 @@ import torch
 from kc_utils import models
 from kc_utils.analysis import hallucination as hal
 from kc_utils.analysis.head_ablation import run_with_heads_ablated
-from kc_utils.analysis.head_groups import group_ablation_summary
+from kc_utils.analysis.head_groups import all_heads, group_ablation_summary
 from kc_utils.analysis.lens import logit_lens, project_node
 from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
 from kc_utils.data.metrics import answer_logits
@@ -378,7 +378,12 @@ def test_repair_rate_where_the_answer_is_known(tiny_model):
     batch = make_batch(tiny_model, PROMPTS, answers)
     assert batch.answer.tolist() == target.tolist()
     table = hal.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=20, progress=False)
-    assert list(table["set"]) == ["none", "group"] + ["random"] * 20
+    others = [h for h in all_heads(tiny_model) if h != "a1.h2"]
+    assert len(others) <= 20  # few enough single heads: the baseline is all of them, each once
+    assert list(table["set"]) == ["none", "group"] + ["random"] * len(others)
+    assert [h for (h,) in table.loc[table["set"] == "random", "heads"]] == others
+    sampled = hal.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=3, progress=False)
+    assert (sampled["set"] == "random").sum() == 3  # more sets than n_random: n_random draws
     summary = group_ablation_summary(table)
     assert summary["top1_group"] == 1.0
     assert summary["top1_original"] == pytest.approx(float((before == target).float().mean()))
@@ -486,6 +491,11 @@ def test_describe_repair_on_hand_made_summaries():
         "on the other 23 failures) makes it top-1 for 50%, against 10% ± 10% for 20 random sets of 1 head "
         "(p = 0.05, permutation over the random sets). The set beats the random sets at p < 0.05."
     )
+    few = hal.describe_repair(summary | {"n_random": 11, "p_value": 1 / 12}, ["a2.h2"])
+    assert few.endswith(
+        "With 11 random sets the smallest p-value possible is 1/12 = 0.08, so no set of this size can "
+        "reach p < 0.05 here."
+    )
     weak = hal.describe_repair(summary | {"top1_random_std": 0.3, "p_value": 0.2}, ["a2.h2", "a1.h0"], "mean")
     assert "mean-ablating a2.h2, a1.h0 makes" in weak and "2 heads" in weak and "does not beat" in weak
     assert "p = 0.20" in weak
@@ -493,6 +503,19 @@ def test_describe_repair_on_hand_made_summaries():
     assert "degenerate" in flat
     with pytest.raises(ValueError, match="lacks"):
         hal.describe_repair({"top1_group": 0.5}, ["a2.h2"])
+
+
+def test_baseline_head_sets_are_exhaustive_when_few():
+    pool = ["a1.h0", "a1.h1", "a1.h2", "a1.h3"]
+    assert hal.baseline_head_sets(pool, 2, 10, exclude=["a1.h0"]) == [
+        ["a1.h1", "a1.h2"],
+        ["a1.h1", "a1.h3"],
+        ["a1.h2", "a1.h3"],
+    ]
+    drawn = hal.baseline_head_sets(pool, 2, 2, seed=1)
+    assert len(drawn) == 2 and drawn == hal.baseline_head_sets(pool, 2, 2, seed=1)
+    with pytest.raises(ValueError, match="cannot draw 5 heads"):
+        hal.baseline_head_sets(pool, 5, 10)
 
 
 def test_permutation_p_value_and_split_on_hand_made_values():

@@ -44,6 +44,7 @@ This module turns that reading into measurements over many prompts:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -57,9 +58,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
+from kc_utils.analysis.head_ablation import head_mean_outputs
 from kc_utils.analysis.head_groups import (
     all_heads,
-    group_ablation,
+    evaluate_head_sets,
     group_ablation_summary,
     heads_by_layer,
     random_head_sets,
@@ -82,6 +84,7 @@ __all__ = [
     "PROMPT_KINDS",
     "FailureAnalysis",
     "analyse_failures",
+    "baseline_head_sets",
     "classify_from_lens",
     "case_summary",
     "classify_and_name",
@@ -565,6 +568,24 @@ def patch_heads_from_prompts(
     return run_with_head_writes(model, batch.clean, by_layer, write)
 
 
+def baseline_head_sets(
+    pool: Sequence[str], size: int, n: int, exclude: Sequence[str] = (), seed: int = 0
+) -> list[list[str]]:
+    """The random-set baseline of a ``size``-head set: **every** set of ``size`` heads from ``pool`` minus
+    ``exclude`` when there are at most ``n`` of them (the exact permutation distribution; a small pool
+    such as the organism's 11 other writing heads gives 11 single heads, not ``n`` draws that repeat
+    them), otherwise ``n`` random sets (:func:`kc_utils.analysis.head_groups.random_head_sets`).
+
+    Raises:
+        ValueError: like :func:`~kc_utils.analysis.head_groups.random_head_sets`.
+    """
+    excluded = set(exclude)
+    candidates = [h for h in dict.fromkeys(pool) if h not in excluded]
+    if size >= 1 and len(candidates) >= size and math.comb(len(candidates), size) <= n:
+        return [list(c) for c in itertools.combinations(candidates, size)]
+    return random_head_sets(pool, size, n, exclude=exclude, seed=seed)
+
+
 def repair(
     model: Any,
     batch: PromptBatch,
@@ -578,6 +599,9 @@ def repair(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Intervene on ``heads`` and on ``n_random`` random same-size sets; how often is the correct answer top-1?
+
+    The random sets are :func:`baseline_head_sets`: every same-size set of the pool minus ``heads`` when
+    there are at most ``n_random`` of them (an exact baseline), else ``n_random`` random draws.
 
     Args:
         batch: the failing prompts, ``batch.answer`` = the correct answers.
@@ -602,21 +626,37 @@ def repair(
     """
     if intervention not in INTERVENTIONS:
         raise ValueError(f"unknown intervention {intervention!r}; use one of {INTERVENTIONS}")
-    if intervention != "patch":
-        return group_ablation(model, batch, heads, n_random, intervention, pool, seed, mean_reference=mean_reference)
-    if source is None:
+    if intervention == "patch" and source is None:
         raise ValueError("intervention='patch' needs a source batch (the same facts in a template the model answers)")
     group = resolve_heads(model, list(heads))
     if not group:
         raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
     pool_heads = resolve_heads(model, list(pool)) if pool is not None else all_heads(model)
-    draws = random_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed)
+    draws = baseline_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed)
+    sets = [("none", None, []), ("group", None, group)] + [("random", i, d) for i, d in enumerate(draws)]
+    rows = []
+    if intervention != "patch":
+        needed = sorted({h for _, _, names in sets for h in names})
+        means = head_mean_outputs(model, mean_reference if mean_reference is not None else batch, needed)
+        final = evaluate_head_sets(model, batch, [names for _, _, names in sets], "ablation", intervention, means)
+        for (kind, draw, names), logits in zip(sets, final):
+            logits = logits.float()
+            rows.append(
+                {
+                    "set": kind,
+                    "draw": draw,
+                    "heads": tuple(names),
+                    "n_heads": len(names),
+                    "top1": float((rank_of(logits, batch.answer) == 0).float().mean()),
+                    "prob": float(logits.softmax(-1).gather(1, batch.answer[:, None])[:, 0].mean()),
+                }
+            )
+        return pd.DataFrame.from_records(rows)
     taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
     with torch.no_grad():
-        rows = [score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
-    rows.append(score_row("group", group, patch_heads_from_prompts(model, batch, source, group, taken), batch, None))
-    for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
-        rows.append(score_row("random", draw, patch_heads_from_prompts(model, batch, source, draw, taken), batch, i))
+        rows.append(score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None))
+    for kind, draw, names in tqdm(sets[1:], desc="head sets", disable=not progress, leave=False):
+        rows.append(score_row(kind, names, patch_heads_from_prompts(model, batch, source, names, taken), batch, draw))
     return pd.DataFrame.from_records(rows)
 
 
@@ -983,7 +1023,13 @@ def describe_repair(
             "on a single value."
         )
     verdict = "beats the random sets" if summary["p_value"] < ALPHA else "does not beat the random sets"
-    return text + f" The set {verdict} at p < {ALPHA:g}."
+    text += f" The set {verdict} at p < {ALPHA:g}."
+    if 1 / (n + 1) >= ALPHA:
+        text += (
+            f" With {n} random sets the smallest p-value possible is 1/{n + 1} = {1 / (n + 1):.2f}, so no set of this "
+            f"size can reach p < {ALPHA:g} here."
+        )
+    return text
 
 
 def describe_wrong_answers(kinds: pd.DataFrame, group_column: str = "group") -> str:
