@@ -66,10 +66,11 @@ __all__ = [
 #: The five relations of the paper's Table 2, in its order.
 TABLE2_RELATIONS = ("adj_comparative", "word_sentiment", "substance_phase", "occupation_gender", "person_occupation")
 
-#: Where the paper's numbers come from.
+#: Where the paper's numbers come from (the numbers themselves are :data:`PAPER_TABLE2`, kept here with it).
 PAPER_TABLE2_SOURCE = (
-    "Yao et al. 2024, Knowledge Circuits in Pretrained Transformers, Table 2 (GPT-2 medium, accuracy in %), "
-    "as quoted in shared/PAPERS.md"
+    "Yao et al. 2024, Knowledge Circuits in Pretrained Transformers (NeurIPS 2024, arXiv:2405.17969), §6 "
+    "(in-context learning), Table 2: GPT-2 medium, accuracy in % with the demonstration, with the new heads "
+    "ablated and with as many random heads ablated"
 )
 
 #: The paper's Table 2 (accuracy in %): original (with the demonstration), new heads ablated, random heads ablated.
