@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
