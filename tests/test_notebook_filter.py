@@ -44,9 +44,14 @@ def test_the_filter_keys_agree_everywhere():
 
 
 def clean(text: str) -> str:
-    return subprocess.run(
-        [str(NBSTRIPOUT), "--extra-keys", filter_keys()], input=text, capture_output=True, text=True, check=True
-    ).stdout
+    """The filter's output, in process (the same function the nbstripout command runs)."""
+    from nbstripout._nbstripout import main  # noqa: F401  (the command's module: its defaults below)
+    from nbstripout._utils import strip_output
+
+    defaults = "metadata.signature metadata.widgets cell.metadata.collapsed cell.metadata.ExecuteTime "
+    defaults += "cell.metadata.execution cell.metadata.heading_collapsed cell.metadata.hidden cell.metadata.scrolled "
+    nb = nbformat.reads(text, as_version=nbformat.NO_CONVERT)
+    return nbformat.writes(strip_output(nb, False, False, False, (defaults + filter_keys()).split())) + "\n"
 
 
 def git(repo: Path, *args: str) -> str:
@@ -70,11 +75,13 @@ def session_rewrite(path: Path) -> None:
 
 
 def _scratch_repo(tmp_path: Path) -> tuple[Path, Path]:
+    """A repository holding the smallest notebook, committed through the filter and checked out again."""
     repo = tmp_path / "repo"
     (repo / "notebooks").mkdir(parents=True)
     shutil.copy(ROOT / ".gitattributes", repo / ".gitattributes")
-    notebook = repo / "notebooks" / NOTEBOOKS[0].name
-    shutil.copy(NOTEBOOKS[0], notebook)
+    smallest = min(NOTEBOOKS, key=lambda p: p.stat().st_size)
+    notebook = repo / "notebooks" / smallest.name
+    shutil.copy(smallest, notebook)
     git(repo, "init", "-q")
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "notebooks")
