@@ -15,7 +15,7 @@ import torch
 
 from kc_utils.circuits.graph import Graph
 from kc_utils.models import ModelShape
-from kc_utils.viz import circuits, hallucination, heads, icl
+from kc_utils.viz import circuits, hallucination, heads, icl, neurons
 from kc_utils.viz.conventions import figure_problems
 from kc_utils.viz.style import TEMPLATE
 
@@ -124,6 +124,17 @@ def _figures() -> dict[str, go.Figure]:
         "span_attention": icl.plot_span_attention(spans),
         "table2": icl.plot_table2(table2),
         "attention": heads.plot_attention(pattern),
+        "query_neurons": neurons.plot_query_neurons(
+            np.array([[[0.5, 1.0]], [[0.25, 0.75]]]), np.array([[[True, False]], [[False, True]]]), [3], ["q1", "q2"]
+        ),
+        "query_overlap": neurons.plot_query_overlap(np.array([[1.0, np.nan], [0.3333, 1.0]]), ["q1", "q2"]),
+        "consistency": neurons.plot_consistency_distribution(pd.DataFrame({"cs": [0.1234, 0.5, 0.75]}), 0.3, 0.49),
+        "relation_consistency": neurons.plot_relation_consistency(
+            pd.DataFrame({"relation": ["a", "b"], "n_facts": [3, 4], "inconsistent_static": [0.5, 0.75]}).assign(
+                inconsistent_otsu=[0.25, 0.8]
+            ),
+            0.77,
+        ),
         "matrix_with_nan": circuits.plot_matrix(
             pd.DataFrame([[1.0, np.nan], [0.25, 1.0]], index=["a", "b"], columns=["a", "b"]), "overlap"
         ),
@@ -132,7 +143,7 @@ def _figures() -> dict[str, go.Figure]:
 
 NAMES = (
     "confidence answer_lens head_dla repair rank_curves circuit circuit_pair accuracy_by_k span_attention table2 "
-    "attention matrix_with_nan"
+    "attention query_neurons query_overlap consistency relation_consistency matrix_with_nan"
 ).split()
 
 
@@ -177,3 +188,15 @@ def test_the_circuit_pair_has_labels_on_both_panels_and_each_legend_entry_once()
     diff = compare_circuits(before, after)
     if diff.heads_dropped:
         assert "head dropped with demonstrations" in names
+
+
+def test_the_neuron_figures_keep_their_labels_off_the_bars_and_the_axis():
+    fig = _figures()["relation_consistency"]
+    (label,) = [a for a in fig.layout.annotations if a.text.startswith("LLaMA3-8B")]
+    assert label.yref == "paper" and label.y >= 1.0  # above the plot area, not over a bar
+    fig = _figures()["consistency"]
+    notes = {a.text.split()[0]: a for a in fig.layout.annotations}
+    assert set(notes) == {"static", "Otsu"} and all(a.y == 1 and a.yanchor == "top" for a in notes.values())
+    assert {notes["static"].xanchor, notes["Otsu"].xanchor} == {"left", "right"}  # on opposite sides of their lines
+    hover = [t for t in _figures()["query_neurons"].data if t.name == "knowledge neuron"][0]
+    assert list(hover.customdata) == [0.5, 1.0]  # a marked neuron shows its score on hover

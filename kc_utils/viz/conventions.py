@@ -68,7 +68,8 @@ def figure_problems(fig: go.Figure) -> list[str]:
         template = getattr(trace, "hovertemplate", None)
         template = template if isinstance(template, str) else ""
         if hoverinfo != "skip":
-            axes = {a: getattr(trace, a, None) for a in ("x", "y", "z")}
+            binned = ("x", "y") if trace.type in ("histogram", "histogram2d") else ()  # hover shows bin ranges
+            axes = {a: getattr(trace, a, None) for a in ("x", "y", "z") if a not in binned}
             fractional = [a for a, v in axes.items() if _fractional(v)]
             preformatted = hoverinfo in ("text", "name", "none") and (
                 getattr(trace, "hovertext", None) is not None or getattr(trace, "text", None) is not None
