@@ -626,6 +626,11 @@ def test_describe_explained_and_survey_on_hand_made_tables():
         "2 relations with enough failures to hold out (a)."
     )
     assert hal.describe_survey(survey.assign(n_present=0)) == "None of the 4 relations has a knowledge-present failure."
+    few = survey.assign(n_random=[11, 11, 0, 0], p_value=[1 / 12, 1.0, np.nan, np.nan])
+    assert hal.describe_survey(few).endswith(
+        "With at most 11 other heads to compare with, no single head can reach p < 0.05 (the smallest p-value is "
+        "1/12); the head repairs more than every other head in 1 of them (a)."
+    )
 
 
 def test_describe_enrichment_on_hand_made_curves():

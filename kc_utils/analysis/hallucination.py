@@ -1194,13 +1194,22 @@ def describe_survey(table: pd.DataFrame) -> str:
         )
 
     listed = ", ".join(one(r) for r in with_failures.itertuples())
-    return (
+    text = (
         f"{len(with_failures)} of {len(table)} relations have knowledge-present failures: {listed}. In "
         f"{len(same)} of them most wrong answers are another attribute of the subject "
         f"({', '.join(same['relation']) or 'none'}). Patching the single head with the largest mean contribution on "
         f"half the failures beats random heads on the other half (p < {ALPHA:g}) in {len(beats)} of the "
         f"{len(scored)} relations with enough failures to hold out ({', '.join(beats['relation']) or 'none'})."
     )
+    if "n_random" in scored and len(scored) and (1 / (scored["n_random"] + 1) >= ALPHA).all():
+        floor = scored[np.isclose(scored["p_value"], 1 / (scored["n_random"] + 1)) & (scored["repaired"] > 0)]
+        n = int(scored["n_random"].max())
+        text += (
+            f" With at most {n} other heads to compare with, no single head can reach p < {ALPHA:g} (the smallest "
+            f"p-value is 1/{n + 1}); the head repairs more than every other head in {len(floor)} of them "
+            f"({', '.join(floor['relation']) or 'none'})."
+        )
+    return text
 
 
 def describe_enrichment(curves: Mapping[str, pd.DataFrame], max_rank: int, layer: int = 0) -> str:
