@@ -26,9 +26,11 @@ GRID ?=
 SWEEP_ARGS ?=
 # notebooks run two at a time (each on one CPU thread for the organism); JOBS=1 runs them in turn
 JOBS ?= 2
+# seconds between the progress lines make reproduce prints (cells done per notebook)
+PROGRESS_EVERY ?= 5
 RUN_NOTEBOOKS := $(patsubst notebooks/%.ipynb,runs/%.ipynb,$(NOTEBOOKS))
 
-.PHONY: install reproduce publish sweep test lint test-unit test-notebooks bench clean FORCE
+.PHONY: install reproduce publish sweep lab notebook-filter test lint test-unit test-notebooks bench clean FORCE
 
 install: $(VENV)/.installed
 
@@ -61,13 +63,35 @@ sweep: install
 
 # one executed copy per notebook; notebook 02 reads the circuits notebook 01 saved
 runs/%.ipynb: notebooks/%.ipynb FORCE install
-	@echo "== $* (model_name=$(MODEL))"
+	@echo "== $* (model_name=$(MODEL)); log: runs/$*.log"
 	@$(PY) -m kc_utils.execute $< $@ --cwd . -p model_name $(MODEL) $(PUBLISH_ARG) $(OUT_ARG) $(PAPERMILL_ARGS) \
-		> runs/$*.log 2>&1 || { tail -40 runs/$*.log; echo "!! $* failed (log: runs/$*.log)"; exit 1; }
+		> runs/$*.log 2>&1 & pid=$$!; last=; \
+	while kill -0 $$pid 2>/dev/null; do sleep $(PROGRESS_EVERY); \
+		now=$$(tr '\r' '\n' < runs/$*.log | sed -n 's/^Executing:.*| *\([0-9]*\/[0-9]*\) .*/\1/p' | tail -1); \
+		if [ -n "$$now" ] && [ "$$now" != "$$last" ]; then echo "   $*: $$now cells"; last=$$now; fi; \
+	done; \
+	wait $$pid || { tail -40 runs/$*.log; echo "!! $* failed (log: runs/$*.log)"; exit 1; }
 	@echo "   $* done"
 runs/02_head_roles.ipynb: runs/01_knowledge_circuits.ipynb
 
 FORCE:
+
+# JupyterLab on the notebooks. The versioned notebooks hold no outputs: JupyterLab saves them stripped
+# (kc_utils.viz.lab.strip_on_save) and git's nbstripout filter (.gitattributes) strips what other tools write,
+# so opening and running a notebook leaves git status clean; executed copies come from make reproduce (runs/)
+lab: install
+	@$(MAKE) --no-print-directory notebook-filter
+	$(VENV)/bin/jupyter lab --ContentsManager.pre_save_hook=kc_utils.viz.lab.strip_on_save notebooks/
+
+# the same keys as kc_utils.viz.lab.NBSTRIPOUT_KEYS (tested)
+NBSTRIPOUT_KEYS := metadata.language_info metadata.papermill metadata.widgets cell.metadata.papermill cell.metadata.execution
+notebook-filter: install
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "not a git checkout: no notebook filter needed"; exit 0; }; \
+	git config filter.nbstripout.clean "'$(abspath $(VENV))/bin/nbstripout' --extra-keys '$(NBSTRIPOUT_KEYS)'"; \
+	git config filter.nbstripout.smudge cat; \
+	git config filter.nbstripout.required true; \
+	git config diff.ipynb.textconv "'$(abspath $(VENV))/bin/nbstripout' -t"; \
+	echo "git: notebooks are stored without outputs (filter nbstripout)"
 
 # the notebooks first: their default runs write the fresh tables (runs/<notebook>/) that
 # tests/test_reference_tables.py then compares with the references in figures/

@@ -10,7 +10,7 @@ import torch
 from kc_utils import models
 from kc_utils.analysis import hallucination as hal
 from kc_utils.analysis.head_ablation import run_with_heads_ablated
-from kc_utils.analysis.head_groups import group_ablation_summary
+from kc_utils.analysis.head_groups import all_heads, group_ablation_summary
 from kc_utils.analysis.lens import logit_lens, project_node
 from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
 from kc_utils.data.metrics import answer_logits
@@ -378,7 +378,12 @@ def test_repair_rate_where_the_answer_is_known(tiny_model):
     batch = make_batch(tiny_model, PROMPTS, answers)
     assert batch.answer.tolist() == target.tolist()
     table = hal.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=20, progress=False)
-    assert list(table["set"]) == ["none", "group"] + ["random"] * 20
+    others = [h for h in all_heads(tiny_model) if h != "a1.h2"]
+    assert len(others) <= 20  # few enough single heads: the baseline is all of them, each once
+    assert list(table["set"]) == ["none", "group"] + ["random"] * len(others)
+    assert [h for (h,) in table.loc[table["set"] == "random", "heads"]] == others
+    sampled = hal.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=3, progress=False)
+    assert (sampled["set"] == "random").sum() == 3  # more sets than n_random: n_random draws
     summary = group_ablation_summary(table)
     assert summary["top1_group"] == 1.0
     assert summary["top1_original"] == pytest.approx(float((before == target).float().mean()))
@@ -432,9 +437,16 @@ def test_analyse_failures_end_to_end(tiny_gpt2):
     assert analysis.failures == kinds.index[kinds["kind"] == "knowledge_present"].tolist()
     row = hal.failure_summary(analysis, "capital")
     assert row["n_prompts"] == 4 and row["n_present"] == len(analysis.failures)
-    if analysis.failures:  # a random tiny model gets most of these wrong
-        assert row["n_random"] == 3 and 0 <= row["repaired"] <= 1
+    if len(analysis.failures) >= hal.MIN_HOLDOUT_FAILURES:  # a random tiny model gets most of these wrong
+        assert row["n_random"] == 3 and 0 <= row["repaired"] <= 1 and 0 < row["p_value"] <= 1
         assert row["top_head"] == analysis.heads["head"].iloc[0]
+        # heads are chosen on one half and scored on the other, never on the same failures
+        assert set(analysis.choose).isdisjoint(analysis.held_out)
+        assert sorted(analysis.choose + analysis.held_out) == list(range(len(analysis.failures)))
+        assert (analysis.repairs[1]["n_prompts"] == len(analysis.held_out)).all()
+        assert row["n_held_out"] == len(analysis.held_out) and row["best_single_head"]
+    else:
+        assert analysis.repairs == {} and np.isnan(row["repaired"]) and row["n_held_out"] == 0
     with pytest.raises(ValueError, match="needs a source_template"):
         hal.analyse_failures(tiny_gpt2, "capital", SUBJECTS, ANSWERS, "the capital of {} is", None, index)
     with pytest.raises(ValueError, match="'{}'"):
@@ -464,19 +476,69 @@ def test_describe_kinds_on_a_hand_made_table():
 
 
 def test_describe_repair_on_hand_made_summaries():
-    summary = {"top1_original": 0.0, "top1_group": 0.5, "top1_random_mean": 0.1, "top1_random_std": 0.1, "n_random": 20}
-    text = hal.describe_repair(summary, ["a2.h2"])
+    summary = {
+        "top1_original": 0.0,
+        "top1_group": 0.5,
+        "top1_random_mean": 0.1,
+        "top1_random_std": 0.1,
+        "n_random": 20,
+        "p_value": 1 / 21,
+        "n_prompts": 23,
+    }
+    text = hal.describe_repair(summary, ["a2.h2"], chosen="chosen on the other 23 failures")
     assert text == (
-        "Before any intervention the correct answer is top-1 for 0% of the prompts; patching a2.h2 makes it top-1 "
-        "for 50%, against 10% ± 10% for 20 random sets of 1 head. The set beats the random sets by more than two "
-        "standard deviations (+4.0 std)."
+        "Of 23 held-out failures, the correct answer is top-1 for 0% before any intervention; patching a2.h2 (chosen "
+        "on the other 23 failures) makes it top-1 for 50%, against 10% ± 10% for 20 random sets of 1 head "
+        "(p = 0.05, permutation over the random sets). The set beats the random sets at p < 0.05."
     )
-    weak = hal.describe_repair(summary | {"top1_random_std": 0.3}, ["a2.h2", "a1.h0"], "mean")
-    assert "mean-ablating a2.h2, a1.h0" in weak and "2 heads" in weak and "does not beat" in weak and "+1.3 std" in weak
+    few = hal.describe_repair(summary | {"n_random": 11, "p_value": 1 / 12}, ["a2.h2"])
+    assert few.endswith(
+        "With 11 random sets the smallest p-value possible is 1/12 = 0.08, so no set of this size can "
+        "reach p < 0.05 here."
+    )
+    weak = hal.describe_repair(summary | {"top1_random_std": 0.3, "p_value": 0.2}, ["a2.h2", "a1.h0"], "mean")
+    assert "mean-ablating a2.h2, a1.h0 makes" in weak and "2 heads" in weak and "does not beat" in weak
+    assert "p = 0.20" in weak
     flat = hal.describe_repair(summary | {"top1_random_mean": 0.0, "top1_random_std": 0.0}, ["a2.h2"])
     assert "degenerate" in flat
     with pytest.raises(ValueError, match="lacks"):
         hal.describe_repair({"top1_group": 0.5}, ["a2.h2"])
+
+
+def test_baseline_head_sets_are_exhaustive_when_few():
+    pool = ["a1.h0", "a1.h1", "a1.h2", "a1.h3"]
+    assert hal.baseline_head_sets(pool, 2, 10, exclude=["a1.h0"]) == [
+        ["a1.h1", "a1.h2"],
+        ["a1.h1", "a1.h3"],
+        ["a1.h2", "a1.h3"],
+    ]
+    drawn = hal.baseline_head_sets(pool, 2, 2, seed=1)
+    assert len(drawn) == 2 and drawn == hal.baseline_head_sets(pool, 2, 2, seed=1)
+    with pytest.raises(ValueError, match="cannot draw 5 heads"):
+        hal.baseline_head_sets(pool, 5, 10)
+
+
+def test_permutation_p_value_and_split_on_hand_made_values():
+    # the tested set repairs 0.5; random sets 0.1, 0.5, 0.7 and 0.2: two of four are at least as high
+    assert hal.permutation_p_value(0.5, [0.1, 0.5, 0.7, 0.2]) == pytest.approx(3 / 5)
+    assert hal.permutation_p_value(0.9, [0.1] * 19) == pytest.approx(1 / 20)  # never 0
+    assert np.isnan(hal.permutation_p_value(0.5, []))
+    choose, held = hal.split_failures(9, seed=0)
+    assert len(choose) == 5 and len(held) == 4 and sorted(choose + held) == list(range(9))
+    assert hal.split_failures(9, seed=0) == (choose, held)  # deterministic
+    with pytest.raises(ValueError, match="at least 4"):
+        hal.split_failures(3)
+    table = pd.DataFrame(
+        {
+            "set": ["none", "group", "random", "random", "random"],
+            "heads": [(), ("a1.h0",), ("a1.h1",), ("a1.h2",), ("a1.h1",)],
+            "top1": [0.0, 0.5, 0.5, 0.0, 0.25],
+            "prob": [0.1, 0.4, 0.4, 0.1, 0.2],
+            "n_prompts": 4,
+        }
+    )
+    summary = hal.repair_summary(table)
+    assert summary["p_value"] == pytest.approx(2 / 4) and summary["n_distinct"] == 2 and summary["n_prompts"] == 4
 
 
 def test_pick_case_prefers_a_confident_same_subject_failure():
@@ -520,8 +582,8 @@ def test_case_summary_and_its_sentence_on_hand_made_tables():
     assert case["head"] == "a1.h1" and case["head_share"] == pytest.approx(0.75)
     text = hal.describe_case(case)
     assert text.startswith("For 'p' the model answers 'Italian', not 'physicist'.")
-    assert "'physicist' reaches rank 0 (0 = top-1) after block 1 and 'Italian' rank 0 after block 0" in text
-    assert "both attributes are built up at the subject (rank ≤ 2)" in text
+    assert "'physicist' reaches rank 1 (1 = top-1) after block 1 and 'Italian' rank 1 after block 0" in text
+    assert "both attributes are built up at the subject (within the top 3)" in text
     assert "'physicist' becomes top-1 after block 1 and 'Italian' becomes top-1 after block 2" in text
     assert "only 'Italian' is built up" in hal.describe_case(case | {"correct_subject_rank": 5.0})
     assert "'physicist' never becomes top-1" in hal.describe_case(case | {"correct_last_top1_layer": float("nan")})
@@ -545,31 +607,39 @@ def test_describe_explained_and_survey_on_hand_made_tables():
 
     survey = pd.DataFrame(
         {
-            "relation": ["a", "b", "c"],
-            "n_present": [10, 4, 0],
-            "same_subject_share": [0.9, 0.0, np.nan],
-            "repair_heads": ["a2.h2", "a3.h3", ""],
-            "repaired": [0.5, 0.0, np.nan],
-            "random_mean": [0.1, 0.0, np.nan],
-            "random_std": [0.1, 0.0, np.nan],
+            "relation": ["a", "b", "c", "d"],
+            "n_present": [10, 4, 0, 3],
+            "n_held_out": [5, 2, 0, 0],
+            "same_subject_share": [0.9, 0.0, np.nan, 1.0],
+            "repair_heads": ["a2.h2", "a3.h3", "", ""],
+            "repaired": [0.6, 0.0, np.nan, np.nan],
+            "random_mean": [0.1, 0.0, np.nan, np.nan],
+            "random_std": [0.1, 0.0, np.nan, np.nan],
+            "p_value": [0.012, 1.0, np.nan, np.nan],
         }
     )
     assert hal.describe_survey(survey) == (
-        "2 of 3 relations have knowledge-present failures: a (10; a2.h2 repairs 50% vs 10% ± 10%), b (4; a3.h3 repairs "
-        "0% vs 0% ± 0%). In 1 of them most wrong answers are another attribute of the subject (a). Patching the single "
-        "head with the largest mean contribution beats its random heads by more than two standard deviations in "
-        "1 of 2 (a)."
+        "3 of 4 relations have knowledge-present failures: a (10; a2.h2 repairs 60% of 5 held out vs 10% ± 10%, "
+        "p = 0.01), b (4; a3.h3 repairs 0% of 2 held out vs 0% ± 0%, p = 1.00), d (3; too few to hold out). In 2 of "
+        "them most wrong answers are another attribute of the subject (a, d). Patching the single head with the "
+        "largest mean contribution on half the failures beats random heads on the other half (p < 0.05) in 1 of the "
+        "2 relations with enough failures to hold out (a)."
     )
-    assert hal.describe_survey(survey.assign(n_present=0)) == "None of the 3 relations has a knowledge-present failure."
+    assert hal.describe_survey(survey.assign(n_present=0)) == "None of the 4 relations has a knowledge-present failure."
+    few = survey.assign(n_random=[11, 11, 0, 0], p_value=[1 / 12, 1.0, np.nan, np.nan])
+    assert hal.describe_survey(few).endswith(
+        "With at most 11 other heads to compare with, no single head can reach p < 0.05 (the smallest p-value is "
+        "1/12); the head repairs more than every other head in 1 of them (a)."
+    )
 
 
 def test_describe_enrichment_on_hand_made_curves():
     known = hal.rank_curves(HAND_LENS.query("prompt_index < 3"), max_rank=2)
     text = hal.describe_enrichment({"known": known}, max_rank=2)
-    # after block 0 the subject ranks are 0, 1, 50: two of three within the top 3, median 1
+    # after block 0 the 0-based subject ranks are 0, 1, 50: two of three within the top 3, median 1 (rank 2, 1-based)
     assert text == (
-        "The correct answer — known: 67% within the top 3 at the subject after block 0 (median rank 1), "
-        "33% at the last position after the final block (median rank 3)."
+        "The correct answer — known: 67% within the top 3 at the subject after block 0 (median rank 2, 1 = top-1), "
+        "33% at the last position after the final block (median rank 4)."
     )
     with pytest.raises(ValueError, match="no layer 7"):
         hal.describe_enrichment({"known": known}, 2, layer=7)

@@ -327,6 +327,13 @@ def test_accuracy_sentence_on_a_hand_made_table():
     assert "the best k on average is 3 (100%), the worst k ≥ 1 is 3 (100%)." in text
 
 
+def test_departures_sentence_of_a_pretrained_model_makes_no_organism_assumption():
+    text = icl.departures_sentence(30, 9, 270, "sentence", 3, organism=False)
+    assert text.startswith("The model has 30 layers of 9 heads against GPT-2 medium's 24 of 16; every head writes")
+    assert "the paper's layout" in text and "organism" not in text and "block 0" not in text
+    assert "3 of its heads write nothing" in icl.departures_sentence(30, 9, 267, "arrow", 3, organism=False)
+
+
 def test_departures_sentence_counts_silent_heads():
     text = icl.departures_sentence(4, 4, 12, "arrow", 3)
     assert "4 layers of 4 heads" in text and "4 heads (block 0) have no attention" in text

@@ -17,8 +17,9 @@ This module turns that reading into measurements over many prompts:
 
    ``rule``: ``"subject"`` (default; only the subject counts — a never-seen subject can still rank
    the relation's most common answer high at the last position, which is a prior, not knowledge),
-   ``"last"``, ``"either"`` or ``"both"``. Ranks are 0-based (0 = top-1), read from
-   :func:`kc_utils.analysis.lens.logit_lens`.
+   ``"last"``, ``"either"`` or ``"both"``. Ranks are 0-based (0 = top-1) in the tables and the
+   knobs, read from :func:`kc_utils.analysis.lens.logit_lens`; every sentence and figure shows them
+   1-based (rank 1 = top-1), as "within the top ``max_rank + 1``".
 2. **Components that choose the wrong answer.** The wrong answer is stored as the batch's contrast
    answer (:func:`with_wrong_answers`), so the metric ``logit(wrong) − logit(correct)``
    (:func:`wrong_minus_correct`) survives any chunking of the batch. :func:`wrong_answer_circuit`
@@ -31,7 +32,9 @@ This module turns that reading into measurements over many prompts:
    the same fact asked in another prompt (a training template; :func:`patch_heads_from_prompts`
    allows another token length), or mean/zero-ablate them, and count how often the correct answer
    becomes top-1 — beside ``n_random`` (≥ 20) random head sets of the same size, summarised with
-   :func:`kc_utils.analysis.head_groups.group_ablation_summary` (mean ± std).
+   :func:`repair_summary` (mean ± std and a permutation p-value). :func:`analyse_failures` chooses
+   the heads on one half of the failures and scores the repair on the other half
+   (:func:`split_failures`), so a head is never scored on the failures it was picked on.
 4. **One relation end to end** (:func:`analyse_failures`, :func:`failure_summary`): classify the
    facts asked in one template, name the wrong answers
    (:mod:`kc_utils.analysis.wrong_answers`), trace and repair the knowledge-present failures.
@@ -41,9 +44,10 @@ This module turns that reading into measurements over many prompts:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,9 +58,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
+from kc_utils.analysis.head_ablation import head_mean_outputs
 from kc_utils.analysis.head_groups import (
     all_heads,
-    group_ablation,
+    evaluate_head_sets,
     group_ablation_summary,
     heads_by_layer,
     random_head_sets,
@@ -73,11 +78,13 @@ from kc_utils.data.metrics import answer_logits, logit_diff, rank_of
 from kc_utils.data.prompts import PromptBatch, make_batch
 
 __all__ = [
+    "ALPHA",
     "INTERVENTIONS",
     "KNOWLEDGE_RULES",
     "PROMPT_KINDS",
     "FailureAnalysis",
     "analyse_failures",
+    "baseline_head_sets",
     "classify_from_lens",
     "case_summary",
     "classify_and_name",
@@ -98,8 +105,12 @@ __all__ = [
     "pick_case",
     "rank_curves",
     "rank_heads",
+    "MIN_HOLDOUT_FAILURES",
+    "permutation_p_value",
     "repair",
     "repair_by_each_head",
+    "repair_summary",
+    "split_failures",
     "upstream_node_scores",
     "with_wrong_answers",
     "wrong_answer_circuit",
@@ -112,6 +123,12 @@ PROMPT_KINDS = ("correct", "knowledge_present", "knowledge_absent")
 KNOWLEDGE_RULES = ("subject", "last", "either", "both")
 #: How :func:`repair` intervenes on a head set.
 INTERVENTIONS = ("patch", "mean", "zero")
+
+MIN_HOLDOUT_FAILURES = 4
+"""Fewest knowledge-present failures a repair is scored on: two to choose heads on, two held out."""
+
+ALPHA = 0.05
+"""A tested head set "beats" its random sets when its permutation p-value is below this."""
 
 _LENS_COLUMNS = ("prompt_index", "layer", "rank", "subject_rank")
 
@@ -551,6 +568,24 @@ def patch_heads_from_prompts(
     return run_with_head_writes(model, batch.clean, by_layer, write)
 
 
+def baseline_head_sets(
+    pool: Sequence[str], size: int, n: int, exclude: Sequence[str] = (), seed: int = 0
+) -> list[list[str]]:
+    """The random-set baseline of a ``size``-head set: **every** set of ``size`` heads from ``pool`` minus
+    ``exclude`` when there are at most ``n`` of them (the exact permutation distribution; a small pool
+    such as the organism's 11 other writing heads gives 11 single heads, not ``n`` draws that repeat
+    them), otherwise ``n`` random sets (:func:`kc_utils.analysis.head_groups.random_head_sets`).
+
+    Raises:
+        ValueError: like :func:`~kc_utils.analysis.head_groups.random_head_sets`.
+    """
+    excluded = set(exclude)
+    candidates = [h for h in dict.fromkeys(pool) if h not in excluded]
+    if size >= 1 and len(candidates) >= size and math.comb(len(candidates), size) <= n:
+        return [list(c) for c in itertools.combinations(candidates, size)]
+    return random_head_sets(pool, size, n, exclude=exclude, seed=seed)
+
+
 def repair(
     model: Any,
     batch: PromptBatch,
@@ -564,6 +599,9 @@ def repair(
     progress: bool = True,
 ) -> pd.DataFrame:
     """Intervene on ``heads`` and on ``n_random`` random same-size sets; how often is the correct answer top-1?
+
+    The random sets are :func:`baseline_head_sets`: every same-size set of the pool minus ``heads`` when
+    there are at most ``n_random`` of them (an exact baseline), else ``n_random`` random draws.
 
     Args:
         batch: the failing prompts, ``batch.answer`` = the correct answers.
@@ -588,21 +626,37 @@ def repair(
     """
     if intervention not in INTERVENTIONS:
         raise ValueError(f"unknown intervention {intervention!r}; use one of {INTERVENTIONS}")
-    if intervention != "patch":
-        return group_ablation(model, batch, heads, n_random, intervention, pool, seed, mean_reference=mean_reference)
-    if source is None:
+    if intervention == "patch" and source is None:
         raise ValueError("intervention='patch' needs a source batch (the same facts in a template the model answers)")
     group = resolve_heads(model, list(heads))
     if not group:
         raise ValueError("the head set is empty; pass at least one head such as 'a3.h1'")
     pool_heads = resolve_heads(model, list(pool)) if pool is not None else all_heads(model)
-    draws = random_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed)
+    draws = baseline_head_sets(pool_heads, len(group), n_random, exclude=group, seed=seed)
+    sets = [("none", None, []), ("group", None, group)] + [("random", i, d) for i, d in enumerate(draws)]
+    rows = []
+    if intervention != "patch":
+        needed = sorted({h for _, _, names in sets for h in names})
+        means = head_mean_outputs(model, mean_reference if mean_reference is not None else batch, needed)
+        final = evaluate_head_sets(model, batch, [names for _, _, names in sets], "ablation", intervention, means)
+        for (kind, draw, names), logits in zip(sets, final):
+            logits = logits.float()
+            rows.append(
+                {
+                    "set": kind,
+                    "draw": draw,
+                    "heads": tuple(names),
+                    "n_heads": len(names),
+                    "top1": float((rank_of(logits, batch.answer) == 0).float().mean()),
+                    "prob": float(logits.softmax(-1).gather(1, batch.answer[:, None])[:, 0].mean()),
+                }
+            )
+        return pd.DataFrame.from_records(rows)
     taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
     with torch.no_grad():
-        rows = [score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None)]
-    rows.append(score_row("group", group, patch_heads_from_prompts(model, batch, source, group, taken), batch, None))
-    for i, draw in enumerate(tqdm(draws, desc="random head sets", disable=not progress, leave=False)):
-        rows.append(score_row("random", draw, patch_heads_from_prompts(model, batch, source, draw, taken), batch, i))
+        rows.append(score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None))
+    for kind, draw, names in tqdm(sets[1:], desc="head sets", disable=not progress, leave=False):
+        rows.append(score_row(kind, names, patch_heads_from_prompts(model, batch, source, names, taken), batch, draw))
     return pd.DataFrame.from_records(rows)
 
 
@@ -627,6 +681,52 @@ def repair_by_each_head(
     return pd.DataFrame.from_records(records)
 
 
+def split_failures(n: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Split ``n`` failures (positions ``0 … n-1``) into a half that chooses heads and a held-out half that scores them.
+
+    Deterministic in ``seed``; the choosing half gets the extra failure when ``n`` is odd. Both halves
+    are returned sorted.
+
+    Raises:
+        ValueError: fewer than :data:`MIN_HOLDOUT_FAILURES` failures (a held-out score needs two on each side).
+    """
+    if n < MIN_HOLDOUT_FAILURES:
+        raise ValueError(
+            f"{n} failures cannot be split into heads chosen on some and scored on others; "
+            f"at least {MIN_HOLDOUT_FAILURES} are needed (raise n_prompts or max_failures)"
+        )
+    order = list(range(n))
+    np.random.default_rng(seed).shuffle(order)
+    cut = (n + 1) // 2
+    return sorted(order[:cut]), sorted(order[cut:])
+
+
+def permutation_p_value(group: float, randoms: Sequence[float]) -> float:
+    """One-sided permutation p-value of a head set's repair rate against random sets of the same size.
+
+    ``(1 + #{random ≥ group}) / (1 + #random)``: under the null that the tested set is one more
+    random set, the chance that it ranks this high among them (the +1 counts the tested set, so the
+    p-value is never 0). NaN without random sets.
+    """
+    values = np.asarray(list(randoms), dtype=float)
+    if values.size == 0:
+        return float("nan")
+    return float((1 + np.sum(values >= group - 1e-9)) / (1 + values.size))
+
+
+def repair_summary(table: pd.DataFrame) -> dict[str, float]:
+    """:func:`kc_utils.analysis.head_groups.group_ablation_summary` of a :func:`repair` table plus
+    ``p_value`` (:func:`permutation_p_value` of the tested set's ``top1`` among the random sets'),
+    ``n_prompts`` (the prompts the rates are measured on) and ``n_distinct`` (distinct random sets)."""
+    summary = group_ablation_summary(table)
+    randoms = table[table["set"] == "random"]
+    summary["p_value"] = permutation_p_value(summary["top1_group"], randoms["top1"].tolist())
+    summary["n_distinct"] = float(len({tuple(sorted(h)) for h in randoms["heads"]})) if "heads" in table else np.nan
+    if "n_prompts" in table:
+        summary["n_prompts"] = float(table["n_prompts"].iloc[0])
+    return summary
+
+
 # ----------------------------------------------------------------------------- 4. one relation, end to end
 @dataclass(frozen=True)
 class FailureAnalysis:
@@ -642,9 +742,17 @@ class FailureAnalysis:
         subjects: the failures' subjects.
         head_table: :func:`head_logit_difference` on the failures.
         explained: :func:`explaining_heads`.
-        heads: :func:`rank_heads`.
-        repairs: ``{n: repair table}`` for the top-``n`` heads by ``mean_dla_diff`` (:func:`repair`).
-        each_head: :func:`repair_by_each_head`, or ``None`` (no source, or ``each_head=False``).
+        heads: :func:`rank_heads` on every traced failure (descriptive).
+        choose, held_out: positions in ``failures`` (and rows of ``batch``) of the half that chooses the
+            heads and of the half the repairs are scored on (:func:`split_failures`); both empty when
+            there are fewer than :data:`MIN_HOLDOUT_FAILURES` failures (then no repair is scored).
+        chosen_heads: :func:`rank_heads` on the choosing half only (what the repaired sets are picked from).
+        repairs: ``{n: repair table}`` for the top-``n`` heads of ``chosen_heads`` by ``mean_dla_diff``,
+            scored on the held-out half (:func:`repair`; the table has an ``n_prompts`` column).
+        each_head: :func:`repair_by_each_head` on every traced failure (an exploration), or ``None``
+            (no source, or ``each_head=False``).
+        best_single: the head whose patch alone repairs most failures of the choosing half, scored on the
+            held-out half against random single heads (a :func:`repair` table), or ``None``.
     """
 
     kinds: pd.DataFrame
@@ -657,6 +765,10 @@ class FailureAnalysis:
     heads: pd.DataFrame | None
     repairs: dict[int, pd.DataFrame]
     each_head: pd.DataFrame | None
+    choose: list[int] = field(default_factory=list)
+    held_out: list[int] = field(default_factory=list)
+    chosen_heads: pd.DataFrame | None = None
+    best_single: pd.DataFrame | None = None
 
 
 def analyse_failures(
@@ -688,12 +800,16 @@ def analyse_failures(
         source_template: the same facts asked in a template the model answers (the patch source);
             ``None`` for ``intervention`` ``"mean"``/``"zero"`` only.
         index: the known facts, to name the wrong answers.
-        repair_sizes: repair the top-``n`` heads by ``mean_dla_diff`` for each ``n`` given.
+        repair_sizes: repair the top-``n`` heads by ``mean_dla_diff`` for each ``n`` given. The heads
+            are ranked on one half of the failures and the repair is scored on the other
+            (:func:`split_failures`, seeded by ``seed``); with fewer than :data:`MIN_HOLDOUT_FAILURES`
+            failures no repair is scored (``repairs`` is empty).
         max_heads: the largest set :func:`explaining_heads` looks for.
         pool: heads of the random sets (default :func:`kc_utils.analysis.head_groups.writing_heads` on the failures).
         max_failures: trace and repair at most this many knowledge-present failures (the first
             ones, in prompt order; ``None``: all). The classification always covers every prompt.
-        each_head: also patch every pool head alone (:func:`repair_by_each_head`; needs a source).
+        each_head: also patch every pool head alone (:func:`repair_by_each_head`; needs a source), and
+            score the head that repairs most of the choosing half on the held-out half (``best_single``).
     """
     if "{}" not in template or (source_template is not None and "{}" not in source_template):
         raise ValueError("templates need a '{}' where the subject goes")
@@ -718,13 +834,24 @@ def analyse_failures(
     head_table = head_logit_difference(model, wrong, fail_subjects)
     ranked = rank_heads(head_table)
     pool = list(pool) if pool is not None else writing_heads(model, wrong)
-    repairs = {
-        n: repair(
-            model, wrong, ranked["head"].tolist()[:n], intervention, source, n_random, pool, seed, progress=progress
-        )
-        for n in repair_sizes
-    }
     each = repair_by_each_head(model, wrong, source, pool) if source is not None and each_head else None
+    explained = explaining_heads(head_table, max_heads)
+    if len(failures) < MIN_HOLDOUT_FAILURES:
+        return FailureAnalysis(kinds, failures, wrong, source, fail_subjects, head_table, explained, ranked, {}, each)
+    choose, held = split_failures(len(failures), seed)
+    chosen = rank_heads(head_table[head_table["prompt_index"].isin(choose)])
+    test_batch = wrong.select(held)
+    test_source = source.select(held) if source is not None else None
+
+    def scored(heads: Sequence[str]) -> pd.DataFrame:
+        table = repair(model, test_batch, heads, intervention, test_source, n_random, pool, seed, progress=progress)
+        return table.assign(n_prompts=len(held))
+
+    repairs = {n: scored(chosen["head"].tolist()[:n]) for n in repair_sizes}
+    best_single = None
+    if each is not None:
+        on_choose = each[each["prompt_index"].isin(choose)].groupby("head", sort=False)["repaired"].mean()
+        best_single = scored([on_choose.sort_values(ascending=False, kind="stable").index[0]])
     return FailureAnalysis(
         kinds,
         failures,
@@ -732,10 +859,14 @@ def analyse_failures(
         source,
         fail_subjects,
         head_table,
-        explaining_heads(head_table, max_heads),
+        explained,
         ranked,
         repairs,
         each,
+        choose,
+        held,
+        chosen,
+        best_single,
     )
 
 
@@ -747,39 +878,45 @@ def failure_summary(analysis: FailureAnalysis, relation: str = "") -> dict[str, 
     ``same_subject_share`` (of the present failures, the wrong answer is another attribute of the
     subject), ``top_wrong_relation``, ``top_head``, ``top_head_share`` (prompts where it has the
     largest ``dla_diff``), ``by_one_head``, ``by_small_set``, and for the smallest repair size
-    ``n``: ``repair_heads``, ``repaired``, ``random_mean``, ``random_std``, ``n_random``; then
-    ``best_single_head`` and ``best_single_repair`` (the head whose patch alone repairs most — picked
-    after the fact, so not a test).
+    ``n``, chosen on half the failures and scored on the other half: ``n_held_out``,
+    ``repair_heads``, ``repaired``, ``random_mean``, ``random_std``, ``n_random``, ``p_value``
+    (:func:`repair_summary`); then ``best_single_head`` (the head whose patch alone repairs most of
+    the choosing half), ``best_single_repair``, ``best_single_random_mean``, ``best_single_random_std``
+    and ``best_single_p_value`` on the held-out half. Without a held-out repair these are NaN (or "").
     """
     kinds = analysis.kinds
     wrong = kinds[kinds["kind"] != "correct"]
     present = kinds[kinds["kind"] == "knowledge_present"]
     same = present[present["wrong_kind"] == "same_subject"] if "wrong_kind" in present else present.iloc[:0]
+    nan = float("nan")
     row: dict[str, Any] = {
         "relation": relation,
         "n_prompts": len(kinds),
         "n_wrong": len(wrong),
         "n_present": len(present),
-        "present_share": len(present) / len(wrong) if len(wrong) else float("nan"),
+        "present_share": len(present) / len(wrong) if len(wrong) else nan,
         "n_traced": len(analysis.failures),
-        "same_subject_share": len(same) / len(present) if len(present) else float("nan"),
+        "same_subject_share": len(same) / len(present) if len(present) else nan,
         "top_wrong_relation": same["wrong_relations"].value_counts().index[0] if len(same) else "",
+        "top_head": "",
+        "top_head_share": nan,
+        "by_one_head": nan,
+        "by_small_set": nan,
+        "n_held_out": len(analysis.held_out),
+        "repair_heads": "",
+        "repaired": nan,
+        "random_mean": nan,
+        "random_std": nan,
+        "n_random": 0,
+        "p_value": nan,
+        "best_single_head": "",
+        "best_single_repair": nan,
+        "best_single_random_mean": nan,
+        "best_single_random_std": nan,
+        "best_single_p_value": nan,
     }
-    nan = float("nan")
     if analysis.heads is None or analysis.explained is None:
-        return row | {
-            "top_head": "",
-            "top_head_share": nan,
-            "by_one_head": nan,
-            "by_small_set": nan,
-            "repair_heads": "",
-            "repaired": nan,
-            "random_mean": nan,
-            "random_std": nan,
-            "n_random": 0,
-            "best_single_head": "",
-            "best_single_repair": nan,
-        }
+        return row
     row |= {
         "top_head": analysis.heads["head"].iloc[0],
         "top_head_share": float(analysis.heads["top_share"].iloc[0]),
@@ -787,23 +924,25 @@ def failure_summary(analysis: FailureAnalysis, relation: str = "") -> dict[str, 
         "by_small_set": float(analysis.explained["by_small_set"].mean()),
     }
     if analysis.repairs:
-        n = min(analysis.repairs)
-        table = analysis.repairs[n]
-        summary = group_ablation_summary(table)
+        table = analysis.repairs[min(analysis.repairs)]
+        summary = repair_summary(table)
         row |= {
             "repair_heads": ", ".join(table.loc[table["set"] == "group", "heads"].iloc[0]),
             "repaired": summary["top1_group"],
             "random_mean": summary["top1_random_mean"],
             "random_std": summary["top1_random_std"],
             "n_random": int(summary["n_random"]),
+            "p_value": summary["p_value"],
         }
-    if analysis.each_head is not None:
-        by_head = (
-            analysis.each_head.groupby("head", sort=False)["repaired"]
-            .mean()
-            .sort_values(ascending=False, kind="stable")
-        )
-        row |= {"best_single_head": by_head.index[0], "best_single_repair": float(by_head.iloc[0])}
+    if analysis.best_single is not None:
+        summary = repair_summary(analysis.best_single)
+        row |= {
+            "best_single_head": analysis.best_single.loc[analysis.best_single["set"] == "group", "heads"].iloc[0][0],
+            "best_single_repair": summary["top1_group"],
+            "best_single_random_mean": summary["top1_random_mean"],
+            "best_single_random_std": summary["top1_random_std"],
+            "best_single_p_value": summary["p_value"],
+        }
     return row
 
 
@@ -844,37 +983,53 @@ def describe_kinds(kinds: pd.DataFrame, group_column: str = "group") -> str:
     return "\n".join(lines)
 
 
-def describe_repair(summary: Mapping[str, float], heads: Sequence[str], intervention: str = "patch") -> str:
-    """A sentence from a :func:`kc_utils.analysis.head_groups.group_ablation_summary` of a :func:`repair` table.
+def _p(value: float) -> str:
+    return f"p = {value:.3f}" if value < 0.01 else f"p = {value:.2f}"
+
+
+def describe_repair(
+    summary: Mapping[str, float], heads: Sequence[str], intervention: str = "patch", chosen: str = ""
+) -> str:
+    """A sentence from a :func:`repair_summary` of a :func:`repair` table.
 
     Says how often the correct answer is top-1 before, after the intervention on ``heads``, and after
-    the random sets (mean ± std, how many), and whether the set beats the random mean by more than
-    two standard deviations — or that the baseline is degenerate (std 0).
+    the random sets (mean ± std, how many), with the permutation p-value; the set "beats" the random
+    sets when ``p < ALPHA`` (0.05) — or the baseline is said to be degenerate (std 0).
+
+    Args:
+        chosen: how the heads were chosen, shown after them (e.g. "chosen on the other 23 failures").
     """
-    needed = ("top1_original", "top1_group", "top1_random_mean", "top1_random_std", "n_random")
+    needed = ("top1_original", "top1_group", "top1_random_mean", "top1_random_std", "n_random", "p_value")
     missing = [k for k in needed if k not in summary]
     if missing:
-        raise ValueError(f"not a group_ablation_summary: it lacks {missing}")
+        raise ValueError(f"not a repair_summary: it lacks {missing}")
     if not heads:
         raise ValueError("name the head set the summary belongs to")
     before, group = summary["top1_original"], summary["top1_group"]
     mean, std, n = summary["top1_random_mean"], summary["top1_random_std"], int(summary["n_random"])
     verb = {"patch": "patching", "mean": "mean-ablating", "zero": "zero-ablating"}.get(intervention, intervention)
+    on = f"Of {summary['n_prompts']:.0f} held-out failures" if "n_prompts" in summary else "Of the prompts"
     text = (
-        f"Before any intervention the correct answer is top-1 for {before:.0%} of the prompts; {verb} "
-        f"{', '.join(heads)} makes it top-1 for {group:.0%}, against {mean:.0%} ± {std:.0%} for {n} random sets "
-        f"of {len(heads)} head{'s' if len(heads) != 1 else ''}."
+        f"{on}, the correct answer is top-1 for {before:.0%} before any intervention; {verb} {', '.join(heads)}"
+        f"{f' ({chosen})' if chosen else ''} makes it top-1 for {group:.0%}, against {mean:.0%} ± {std:.0%} for "
+        f"{n} random sets of {len(heads)} head{'s' if len(heads) != 1 else ''}"
     )
     if n == 0 or math.isnan(mean):
-        return text + " There is no random baseline to compare with."
+        return text + ". There is no random baseline to compare with."
+    text += f" ({_p(summary['p_value'])}, permutation over the random sets)."
     if std == 0:
         return text + (
             f" The random baseline is degenerate: every random set gives {mean:.0%}, so the comparison rests "
             "on a single value."
         )
-    z = (group - mean) / std
-    verdict = "beats" if z > 2 else "does not beat"
-    return text + f" The set {verdict} the random sets by more than two standard deviations ({z:+.1f} std)."
+    verdict = "beats the random sets" if summary["p_value"] < ALPHA else "does not beat the random sets"
+    text += f" The set {verdict} at p < {ALPHA:g}."
+    if 1 / (n + 1) >= ALPHA:
+        text += (
+            f" With {n} random sets the smallest p-value possible is 1/{n + 1} = {1 / (n + 1):.2f}, so no set of this "
+            f"size can reach p < {ALPHA:g} here."
+        )
+    return text
 
 
 def describe_wrong_answers(kinds: pd.DataFrame, group_column: str = "group") -> str:
@@ -967,7 +1122,8 @@ def _top1(value: float) -> str:
 def describe_case(case: Mapping[str, Any], max_rank: int = 2) -> str:
     """Paragraph reading one case like the paper's Malaysia example, from :func:`case_summary`.
 
-    ``max_rank``: an answer counts as built up at the subject when its best rank there is at most this.
+    ``max_rank``: an answer counts as built up at the subject when its best 0-based rank there is at most
+    this; the paragraph shows ranks 1-based (rank 1 = top-1), like the figures.
     """
     needed = ("prompt", "correct", "wrong", "head", "head_dla_wrong", "head_dla_correct", "logit_diff")
     missing = [k for k in needed if k not in case]
@@ -981,9 +1137,9 @@ def describe_case(case: Mapping[str, Any], max_rank: int = 2) -> str:
         0: "neither is built up at the subject",
     }[len(built)]
     where = (
-        f"At the subject, {c!r} reaches rank {case['correct_subject_rank']:.0f} (0 = top-1) after "
-        f"{_layer(case['correct_subject_layer'])} and {w!r} rank {case['wrong_subject_rank']:.0f} after "
-        f"{_layer(case['wrong_subject_layer'])}: {verdict} (rank ≤ {max_rank}). At the last position {c!r} "
+        f"At the subject, {c!r} reaches rank {case['correct_subject_rank'] + 1:.0f} (1 = top-1) after "
+        f"{_layer(case['correct_subject_layer'])} and {w!r} rank {case['wrong_subject_rank'] + 1:.0f} after "
+        f"{_layer(case['wrong_subject_layer'])}: {verdict} (within the top {max_rank + 1}). At the last position {c!r} "
         f"{_top1(case['correct_last_top1_layer'])} and {w!r} {_top1(case['wrong_last_top1_layer'])}."
     )
     head = (
@@ -1016,27 +1172,44 @@ def describe_explained(explained: pd.DataFrame, ranked: pd.DataFrame, max_size: 
 
 
 def describe_survey(table: pd.DataFrame) -> str:
-    """Across relations (:func:`failure_summary` rows): where knowledge-present failures occur, what repairs them."""
+    """Across relations (:func:`failure_summary` rows): where knowledge-present failures occur, what repairs them
+    on held-out failures (p-values), and which relations have too few failures to hold any out."""
     needed = {"relation", "n_present", "same_subject_share", "repaired", "random_mean", "random_std", "repair_heads"}
+    needed |= {"p_value", "n_held_out"}
     if not needed <= set(table.columns):
         raise ValueError(f"not a failure_summary table: it lacks {sorted(needed - set(table.columns))}")
     with_failures = table[table["n_present"] > 0]
     if with_failures.empty:
         return f"None of the {len(table)} relations has a knowledge-present failure."
-    beats = with_failures[with_failures["repaired"] > with_failures["random_mean"] + 2 * with_failures["random_std"]]
+    scored = with_failures[with_failures["n_held_out"] > 0]
+    beats = scored[scored["p_value"] < ALPHA]
     same = with_failures[with_failures["same_subject_share"] > 0.5]
-    listed = ", ".join(
-        f"{r.relation} ({r.n_present:.0f}; {r.repair_heads} repairs {r.repaired:.0%} vs {r.random_mean:.0%} ± "
-        f"{r.random_std:.0%})"
-        for r in with_failures.itertuples()
-    )
-    return (
+
+    def one(r: Any) -> str:
+        if r.n_held_out == 0:
+            return f"{r.relation} ({r.n_present:.0f}; too few to hold out)"
+        return (
+            f"{r.relation} ({r.n_present:.0f}; {r.repair_heads} repairs {r.repaired:.0%} of {r.n_held_out:.0f} "
+            f"held out vs {r.random_mean:.0%} ± {r.random_std:.0%}, {_p(r.p_value)})"
+        )
+
+    listed = ", ".join(one(r) for r in with_failures.itertuples())
+    text = (
         f"{len(with_failures)} of {len(table)} relations have knowledge-present failures: {listed}. In "
         f"{len(same)} of them most wrong answers are another attribute of the subject "
-        f"({', '.join(same['relation']) or 'none'}). Patching the single head with the largest mean contribution "
-        f"beats its random heads by more than two standard deviations in {len(beats)} of {len(with_failures)} "
-        f"({', '.join(beats['relation']) or 'none'})."
+        f"({', '.join(same['relation']) or 'none'}). Patching the single head with the largest mean contribution on "
+        f"half the failures beats random heads on the other half (p < {ALPHA:g}) in {len(beats)} of the "
+        f"{len(scored)} relations with enough failures to hold out ({', '.join(beats['relation']) or 'none'})."
     )
+    if "n_random" in scored and len(scored) and (1 / (scored["n_random"] + 1) >= ALPHA).all():
+        floor = scored[np.isclose(scored["p_value"], 1 / (scored["n_random"] + 1)) & (scored["repaired"] > 0)]
+        n = int(scored["n_random"].max())
+        text += (
+            f" With at most {n} other heads to compare with, no single head can reach p < {ALPHA:g} (the smallest "
+            f"p-value is 1/{n + 1}); the head repairs more than every other head in {len(floor)} of them "
+            f"({', '.join(floor['relation']) or 'none'})."
+        )
+    return text
 
 
 def describe_enrichment(curves: Mapping[str, pd.DataFrame], max_rank: int, layer: int = 0) -> str:
@@ -1051,9 +1224,9 @@ def describe_enrichment(curves: Mapping[str, pd.DataFrame], max_rank: int, layer
             raise ValueError(f"the curves of {group!r} have no layer {layer}")
         parts.append(
             f"{group}: {rows['subject_share'].iloc[0]:.0%} within the top {max_rank + 1} at the subject after "
-            f"block {layer} (median rank {rows['subject_median_rank'].iloc[0]:.0f}), "
+            f"block {layer} (median rank {rows['subject_median_rank'].iloc[0] + 1:.0f}, 1 = top-1), "
             f"{last['last_share'].iloc[0]:.0%} at the last position after the final block (median rank "
-            f"{last['last_median_rank'].iloc[0]:.0f})"
+            f"{last['last_median_rank'].iloc[0] + 1:.0f})"
         )
     return "The correct answer — " + "; ".join(parts) + "."
 

@@ -66,10 +66,11 @@ __all__ = [
 #: The five relations of the paper's Table 2, in its order.
 TABLE2_RELATIONS = ("adj_comparative", "word_sentiment", "substance_phase", "occupation_gender", "person_occupation")
 
-#: Where the paper's numbers come from.
+#: Where the paper's numbers come from (the numbers themselves are :data:`PAPER_TABLE2`, kept here with it).
 PAPER_TABLE2_SOURCE = (
-    "Yao et al. 2024, Knowledge Circuits in Pretrained Transformers, Table 2 (GPT-2 medium, accuracy in %), "
-    "as quoted in shared/PAPERS.md"
+    "Yao et al. 2024, Knowledge Circuits in Pretrained Transformers (NeurIPS 2024, arXiv:2405.17969), §6 "
+    "(in-context learning), Table 2: GPT-2 medium, accuracy in % with the demonstration, with the new heads "
+    "ablated and with as many random heads ablated"
 )
 
 #: The paper's Table 2 (accuracy in %): original (with the demonstration), new heads ablated, random heads ablated.
@@ -468,9 +469,31 @@ def table2_sentence(table: pd.DataFrame, n_sigma: float = 2.0, min_points: float
     return text
 
 
-def departures_sentence(n_layers: int, n_heads: int, n_writing: int, fmt: str, n_shots: int) -> str:
-    """Where the organism departs from the paper's GPT-2 medium setting, in plain words."""
+def departures_sentence(
+    n_layers: int, n_heads: int, n_writing: int, fmt: str, n_shots: int, organism: bool = True
+) -> str:
+    """Where the model departs from the paper's GPT-2 medium setting, in plain words.
+
+    ``organism``: the shipped model organism (block 0 without attention, arrow-format few-shot training,
+    accuracies over its trained facts); otherwise a pretrained model, described without those assumptions.
+    """
     silent = n_layers * n_heads - n_writing
+    shape = f"The model has {n_layers} layers of {n_heads} heads against GPT-2 medium's 24 of 16; "
+    if not organism:
+        fmt_text = (
+            "the paper's layout: the relation's template written out for each demonstration, ended by a period"
+            if fmt == "sentence"
+            else "the arrow format `s -> o ;`, not the paper's sentences"
+        )
+        silent_text = (
+            f"{silent} of its heads write nothing on these prompts and are left out of the random baselines"
+            if silent
+            else "every head writes something, so random baselines draw from all of them"
+        )
+        return (
+            shape + f"{silent_text}. Its {n_shots}-shot prompts use {fmt_text}. Accuracies are over a sample of "
+            "each relation file's facts, the paper's over all facts of a relation."
+        )
     fmt_text = (
         "the arrow format `s -> o ;` it was trained on (60 few-shot documents of 4 pairs per relation), "
         "so demonstrations are in distribution"
@@ -479,8 +502,7 @@ def departures_sentence(n_layers: int, n_heads: int, n_writing: int, fmt: str, n
         "training document holds one fact)"
     )
     return (
-        f"The model has {n_layers} layers of {n_heads} heads against GPT-2 medium's 24 of 16; {silent} heads "
-        f"(block 0) have no attention and write nothing, so circuits and random baselines use the {n_writing} "
-        f"others. Its {n_shots}-shot prompts use {fmt_text}. The paper's accuracies are over all facts of a "
-        "relation; ours are over facts the organism was trained on."
+        shape + f"{silent} heads (block 0) have no attention and write nothing, so circuits and random baselines "
+        f"use the {n_writing} others. Its {n_shots}-shot prompts use {fmt_text}. The paper's accuracies are over "
+        "all facts of a relation; ours are over facts the organism was trained on."
     )

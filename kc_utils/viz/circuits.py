@@ -5,6 +5,7 @@ Save them with :func:`kc_utils.viz.save.save_figure`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ import plotly.graph_objects as go
 from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.nodes import parse_node
 from kc_utils.viz.save import show_in_output
+from kc_utils.viz.style import TEMPLATE
 
 POSITIVE, NEGATIVE = "#2166ac", "#b2182b"
 
@@ -32,16 +34,24 @@ def _node_xy(graph: Graph, node: str) -> tuple[float, float]:
 
 
 #: Dash style of an edge by the receiver input it enters (the logits and MLPs read the residual stream whole).
-LETTER_DASH = {"q": "dot", "k": "dash", "v": "solid", "": "solid"}
+LETTER_DASH = {"q": "dot", "k": "dash", "v": "solid", "": "dashdot"}
 _LETTER_NAME = {"q": "into a query", "k": "into a key", "v": "into a value", "": "into an MLP / the logits"}
 
 
-def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figure:
+def plot_circuit(
+    graph: Graph,
+    title: str = "",
+    width_bins: int = 4,
+    helps: str = "helps the answer",
+    hurts: str = "hurts the answer",
+) -> go.Figure:
     """The circuit in ``graph.in_graph``: layers left to right, heads and MLPs as nodes.
 
     Edge colour: blue for positive scores (the edge helps the metric), red for negative; width
     grows with ``|score|`` (quantile bins); dash style says which input the edge enters (dotted:
-    query, dashed: key, solid: value, MLP or logits) — both explained in the legend. Node labels
+    query, dashed: key, solid: value, dash-dot: an MLP or the logits) — both explained in the legend;
+    ``helps``/``hurts`` say in the legend what a positive/negative score means for the graph's metric
+    (e.g. "favours the wrong answer" for logit(wrong) − logit(correct)). Node labels
     sit on white boxes beside the markers so edges do not cross them. Hover over a node or an
     edge's midpoint for names and scores.
     """
@@ -77,9 +87,10 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
                                 opacity=0.55,
                                 hoverinfo="skip",
                                 showlegend=False,
+                                name=f"edges {helps if sign > 0 else hurts}, {_LETTER_NAME[letter]}",
                             )
                         )
-        for colour, meaning in ((POSITIVE, "helps the answer"), (NEGATIVE, "hurts the answer")):
+        for colour, meaning in ((POSITIVE, helps), (NEGATIVE, hurts)):
             fig.add_trace(
                 go.Scatter(x=[None], y=[None], mode="lines", line=dict(color=colour, width=3), name=f"edge {meaning}")
             )
@@ -102,6 +113,7 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
                 hovertext=[f"{e.name}<br>score {e.score:+.4f}" for e in edges],
                 hoverinfo="text",
                 showlegend=False,
+                name="edge (hover for its score)",
             )
         )
     nodes = graph.nodes_in_graph()
@@ -116,6 +128,7 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
             hovertext=list(nodes),
             hoverinfo="text",
             showlegend=False,
+            name="node",
         )
     )
     for name, (x, y) in zip(nodes, xy):
@@ -141,10 +154,30 @@ def plot_circuit(graph: Graph, title: str = "", width_bins: int = 4) -> go.Figur
         ),
         yaxis=dict(title="head (MLPs on top)", zeroline=False),
         height=560,
-        template="plotly_white",
+        template=TEMPLATE,
         legend=dict(orientation="h", yanchor="top", y=-0.15),
     )
     return fig
+
+
+def smallest_drawable_budget(graphs: Sequence[Graph], upper: int) -> int:
+    """The smallest edge count ``n ≤ upper`` whose top-``n`` circuit is non-empty after pruning, for every graph
+    that draws at ``upper`` at all (a graph that never draws, e.g. one without scores, is left to say why).
+
+    Non-emptiness grows with ``n`` (the top ``n + 1`` edges contain the top ``n``), so every budget
+    from this one up draws; a widget's slider starts here and never offers a value that cannot draw.
+    Returns ``upper`` when no graph draws.
+    """
+
+    def draws(graph: Graph, n: int) -> bool:
+        try:
+            graph.copy().top_n(n)
+        except ValueError:
+            return False
+        return True
+
+    drawable = [g for g in graphs if draws(g, upper)]
+    return next((n for n in range(1, upper) if all(draws(g, n) for g in drawable)), upper) if drawable else upper
 
 
 def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
@@ -156,11 +189,13 @@ def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
 
     first = next(iter(graphs.values()))
     dropdown = widgets.Dropdown(options=list(graphs), description="relation")
+    largest = min(first.n_edges, max(50, 4 * initial_edges))
+    smallest = smallest_drawable_budget(list(graphs.values()), largest)
     slider = widgets.IntSlider(
-        value=initial_edges,
-        min=5,
-        max=min(first.n_edges, max(50, 4 * initial_edges)),
-        step=5,
+        value=max(initial_edges, smallest),
+        min=smallest,
+        max=largest,
+        step=1,
         description="edges",
         continuous_update=False,
     )
@@ -205,7 +240,14 @@ def plot_size_curves(
         colour = palette[i % len(palette)]
         data = curve.sort_values("n_edges")
         fig.add_trace(
-            go.Scatter(x=data["n_edges"], y=data["faithfulness"], mode="lines", name=name, line=dict(color=colour))
+            go.Scatter(
+                x=data["n_edges"],
+                y=data["faithfulness"],
+                mode="lines",
+                name=name,
+                line=dict(color=colour),
+                hovertemplate="%{x} edges: faithfulness %{y:.2f}",
+            )
         )
         for level, edges in (knees or {}).get(name, {}).items():
             if edges is None:
@@ -217,6 +259,7 @@ def plot_size_curves(
                     mode="markers",
                     marker=dict(symbol="circle-open", size=10, color=colour),
                     showlegend=False,
+                    name=f"{name} knee",
                     hovertext=f"{name}: {edges} edges keep {level:.0%}",
                     hoverinfo="text",
                 )
@@ -226,7 +269,7 @@ def plot_size_curves(
     fig.update_layout(
         xaxis=dict(type="log", title="edges kept (after pruning)"),
         yaxis=dict(title="Dval faithfulness (logit difference; 0 = empty, 1 = full)"),
-        template="plotly_white",
+        template=TEMPLATE,
         height=450,
         title="how small can a circuit be? (open circles: the knees)",
     )
@@ -251,14 +294,16 @@ def plot_matrix(
             colorscale="Blues",
             zmin=zmin,
             zmax=zmax,
-            text=np.round(values, 2),
+            text=[["n/a" if np.isnan(v) else f"{v:.2f}" for v in row] for row in values],
             texttemplate="%{text}",
+            hovertemplate="%{y} → %{x}: %{text}<extra></extra>",
+            name=title or "matrix",
         )
     )
     fig.update_layout(
         title=title,
         height=200 + 32 * len(matrix),
-        template="plotly_white",
+        template=TEMPLATE,
         xaxis=dict(title=x_title, tickangle=-45),
         yaxis=dict(title=y_title, autorange="reversed"),
     )

@@ -12,6 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from kc_utils.viz.style import TEMPLATE
+
 __all__ = ["plot_answer_lens", "plot_confidence", "plot_head_dla", "plot_rank_curves", "plot_repair"]
 
 _KIND_COLOURS = {"correct": "#1a9850", "knowledge_present": "#d73027", "knowledge_absent": "#4575b4"}
@@ -38,11 +40,13 @@ def plot_confidence(kinds: pd.DataFrame, group_column: str = "group", title: str
                 jitter=0.4,
                 pointpos=0,
                 text=rows.get("prompt"),
+                hoveron="points",
+                hovertemplate="%{text}<br>top-1 probability %{y:.2f}",
             )
         )
     fig.update_layout(
         boxmode="group",
-        template="plotly_white",
+        template=TEMPLATE,
         height=420,
         title=title or "how sure the model is of its top-1 answer",
         yaxis=dict(title="top-1 probability", range=[0, 1.02]),
@@ -76,6 +80,7 @@ def plot_answer_lens(correct: pd.DataFrame, wrong: pd.DataFrame, prompt_index: i
                     name=name,
                     legendgroup=name,
                     line=dict(color=colour, dash=dash),
+                    hovertemplate="after %{x}: rank %{y:.0f}",
                 ),
                 row=1,
                 col=1,
@@ -89,15 +94,16 @@ def plot_answer_lens(correct: pd.DataFrame, wrong: pd.DataFrame, prompt_index: i
                     legendgroup=name,
                     showlegend=False,
                     line=dict(color=colour, dash=dash),
+                    hovertemplate="after %{x}: probability %{y:.3f}",
                 ),
                 row=1,
                 col=2,
             )
-    fig.update_yaxes(type="log", autorange="reversed", title="rank + 1 (log)", row=1, col=1)
+    fig.update_yaxes(type="log", autorange="reversed", title="rank (1 = top-1, log)", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], title="probability", row=1, col=2)
     fig.update_xaxes(title="residual stream after")
     prompt = lines[0][0]["prompt"].iloc[0] if "prompt" in lines[0][0] else ""
-    fig.update_layout(title=title or f"logit lens of both answers: {prompt!r}", template="plotly_white", height=440)
+    fig.update_layout(title=title or f"logit lens of both answers: {prompt!r}", template=TEMPLATE, height=440)
     return fig
 
 
@@ -113,18 +119,32 @@ def plot_head_dla(heads: pd.DataFrame, title: str = "") -> go.Figure:
         if column not in heads:
             raise ValueError(f"the head table has no {column!r} column")
     fig = go.Figure()
-    fig.add_bar(x=heads["head"], y=heads[f"{prefix}dla_wrong"], name="to the wrong answer", marker_color=_WRONG)
-    fig.add_bar(x=heads["head"], y=heads[f"{prefix}dla_correct"], name="to the correct answer", marker_color=_CORRECT)
+    number = "%{x}: %{y:+.2f}"
+    fig.add_bar(
+        x=heads["head"],
+        y=heads[f"{prefix}dla_wrong"],
+        name="to the wrong answer",
+        marker_color=_WRONG,
+        hovertemplate=number,
+    )
+    fig.add_bar(
+        x=heads["head"],
+        y=heads[f"{prefix}dla_correct"],
+        name="to the correct answer",
+        marker_color=_CORRECT,
+        hovertemplate=number,
+    )
     fig.add_scatter(
         x=heads["head"],
         y=heads[f"{prefix}dla_wrong"] - heads[f"{prefix}dla_correct"],
         mode="markers",
         name="wrong − correct",
         marker=dict(color="black", symbol="diamond", size=9),
+        hovertemplate=number,
     )
     fig.update_layout(
         barmode="group",
-        template="plotly_white",
+        template=TEMPLATE,
         height=400,
         title=title or "direct logit attribution of each head",
         yaxis_title="logit contribution",
@@ -142,7 +162,10 @@ def plot_repair(
     fig = make_subplots(
         rows=1,
         cols=cols,
-        subplot_titles=("tested sets vs random sets", "each head patched alone")[:cols],
+        subplot_titles=(
+            "held-out failures: tested sets vs random sets",
+            "each head patched alone, every failure (exploration)",
+        )[:cols],
         column_widths=[0.45, 0.55][:cols] if cols == 2 else None,
     )
     for label, table in tables.items():
@@ -158,6 +181,8 @@ def plot_repair(
                 showlegend=label == next(iter(tables)),
                 legendgroup="random",
                 text=[", ".join(h) for h in randoms["heads"]],
+                hoveron="points",
+                hovertemplate="%{text}: repairs %{y:.0%}",
             ),
             row=1,
             col=1,
@@ -172,15 +197,24 @@ def plot_repair(
                 showlegend=label == next(iter(tables)),
                 legendgroup="group",
                 text=[", ".join(h) for h in group["heads"]],
+                hovertemplate="%{text}: repairs %{y:.0%}",
             ),
             row=1,
             col=1,
         )
     if each_head is not None:
         rates = each_head.groupby("head", sort=False)["repaired"].mean()
-        fig.add_bar(x=rates.index, y=rates.values, name="one head patched", marker_color="#4575b4", row=1, col=cols)
+        fig.add_bar(
+            x=rates.index,
+            y=rates.values,
+            name="one head patched (every failure)",
+            marker_color="#4575b4",
+            hovertemplate="%{x}: repairs %{y:.0%}",
+            row=1,
+            col=cols,
+        )
     fig.update_yaxes(range=[-0.02, 1.02], title="correct answer top-1 (share of prompts)")
-    fig.update_layout(template="plotly_white", height=420, title=title or "repairing the wrong answer")
+    fig.update_layout(template=TEMPLATE, height=420, title=title or "repairing the wrong answer")
     return fig
 
 
@@ -205,11 +239,12 @@ def plot_rank_curves(curves: Mapping[str, pd.DataFrame], title: str = "") -> go.
                     legendgroup=group,
                     showlegend=col == 1,
                     line=dict(color=colour),
+                    hovertemplate="after %{x}: median rank %{y:.1f}",
                 ),
                 row=1,
                 col=col,
             )
-    fig.update_yaxes(type="log", autorange="reversed", title="median rank + 1 (log)")
+    fig.update_yaxes(type="log", autorange="reversed", title="median rank (1 = top-1, log)")
     fig.update_xaxes(title="residual stream after")
-    fig.update_layout(template="plotly_white", height=420, title=title or "where the correct answer appears")
+    fig.update_layout(template=TEMPLATE, height=420, title=title or "where the correct answer appears")
     return fig

@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kc_utils.viz.save import show_in_output as _show
+from kc_utils.viz.style import TEMPLATE
 
 __all__ = [
     "ROLE_COLOURS",
@@ -48,11 +49,12 @@ def plot_attention(pattern: pd.DataFrame, title: str = "") -> go.Figure:
             zmax=1,
             texttemplate="%{z:.2f}",
             hovertemplate="query %{y}<br>key %{x}<br>attention %{z:.2f}<extra></extra>",
+            name="attention",
         )
     )
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=TEMPLATE,
         height=220 + 28 * len(pattern),
         xaxis=dict(title="attends to (key)", tickangle=-45),
         yaxis=dict(title="from (query)", autorange="reversed"),
@@ -178,7 +180,7 @@ def plot_head_roles(roles: pd.DataFrame, title: str = "", **thresholds: float) -
     fig.update_yaxes(title="relation-type AUC (0.5 = no preference)", range=[-0.05, 1.05], row=1, col=2)
     fig.update_layout(
         title=title or "head roles: dashed lines are the rule's thresholds (hollow = not in the circuit)",
-        template="plotly_white",
+        template=TEMPLATE,
         height=520,
     )
     return fig
@@ -216,7 +218,7 @@ def plot_role_sensitivity(sensitivity: pd.DataFrame, title: str = "") -> go.Figu
     fig.update_yaxes(title="heads", row=1, col=1)
     fig.update_layout(
         title=title or "how many heads get each role as one threshold moves (dashed: the value used)",
-        template="plotly_white",
+        template=TEMPLATE,
         height=380,
     )
     return fig
@@ -280,7 +282,7 @@ def plot_group_tests(summary: pd.DataFrame, title: str = "") -> go.Figure:
     fig.update_layout(
         title=title
         or "roles confirmed as groups: the role's heads (markers) vs random same-size head sets (bars, ± std)",
-        template="plotly_white",
+        template=TEMPLATE,
         barmode="group",
         height=480,
     )
@@ -318,7 +320,7 @@ def plot_role_counts(counts: pd.DataFrame, title: str = "") -> go.Figure:
         title=title or "circuit heads per layer and role, summed over relations",
         xaxis=dict(title="layer", type="category"),
         yaxis=dict(title="heads"),
-        template="plotly_white",
+        template=TEMPLATE,
         height=420,
     )
     return fig
@@ -377,5 +379,5 @@ def plot_ablation_by_role(by_role: pd.DataFrame, k: int = 10) -> go.Figure:
     fig.add_hline(y=0, line=dict(color="grey", width=1), row=1, col=1)
     fig.update_yaxes(title="mean Δ probability", row=1, col=1)
     fig.update_yaxes(title="share", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(title="ablating heads by role (one point per relation)", template="plotly_white", height=450)
+    fig.update_layout(title="ablating heads by role (one point per relation)", template=TEMPLATE, height=450)
     return fig

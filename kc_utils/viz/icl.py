@@ -14,8 +14,9 @@ from plotly.subplots import make_subplots
 
 from kc_utils.circuits.compare import compare_circuits
 from kc_utils.circuits.graph import Graph
-from kc_utils.viz.circuits import _node_xy, plot_circuit
+from kc_utils.viz.circuits import _node_xy, plot_circuit, smallest_drawable_budget
 from kc_utils.viz.save import show_in_output
+from kc_utils.viz.style import TEMPLATE
 
 __all__ = ["circuit_pair_explorer", "plot_accuracy_by_k", "plot_circuit_pair", "plot_span_attention", "plot_table2"]
 
@@ -43,6 +44,7 @@ def plot_accuracy_by_k(table: pd.DataFrame, title: str = "") -> go.Figure:
                     legendgroup=key,
                     line=dict(color=colour),
                     showlegend=col == 1,
+                    hovertemplate="k = %{x}: top-1 %{y:.0%}",
                 ),
                 row=1,
                 col=col,
@@ -56,6 +58,7 @@ def plot_accuracy_by_k(table: pd.DataFrame, title: str = "") -> go.Figure:
                     legendgroup=key,
                     line=dict(color=colour, dash="dot"),
                     showlegend=False,
+                    hovertemplate="k = %{x}: top-1 %{y:.0%}",
                 ),
                 row=1,
                 col=col,
@@ -64,7 +67,7 @@ def plot_accuracy_by_k(table: pd.DataFrame, title: str = "") -> go.Figure:
     fig.update_yaxes(title_text="top-1 accuracy", range=[-0.02, 1.02], row=1, col=1)
     fig.update_layout(
         title=title or "accuracy by number of demonstrations (dotted: objects shuffled)",
-        template="plotly_white",
+        template=TEMPLATE,
         height=420,
     )
     return fig
@@ -83,7 +86,7 @@ def _highlight(fig: go.Figure, graph: Graph, names: Sequence[str], colour: str, 
             marker=dict(size=24, color="rgba(0,0,0,0)", line=dict(color=colour, width=3)),
             hovertext=[f"{n}: {label}" for n in names],
             hoverinfo="text",
-            showlegend=col == 2,
+            showlegend=True,
         ),
         row=1,
         col=col,
@@ -93,7 +96,8 @@ def _highlight(fig: go.Figure, graph: Graph, names: Sequence[str], colour: str, 
 def plot_circuit_pair(
     before: Graph, after: Graph, titles: tuple[str, str] = ("zero-shot", "k-shot"), title: str = ""
 ) -> go.Figure:
-    """Two circuits side by side; heads new in ``after`` ringed red there, heads dropped ringed grey in ``before``."""
+    """Two circuits side by side, node labels on both; heads new in ``after`` ringed red there, heads dropped
+    ringed grey in ``before``. Each legend entry appears once (the panels share colours and dash styles)."""
     diff = compare_circuits(before, after)
     fig = make_subplots(
         rows=1,
@@ -104,8 +108,14 @@ def plot_circuit_pair(
         ],
     )
     for col, graph in ((1, before), (2, after)):
-        for trace in plot_circuit(graph).data:
+        single = plot_circuit(graph)
+        for trace in single.data:
+            if col == 2:
+                trace.showlegend = False
             fig.add_trace(trace, row=1, col=col)
+        axis = "" if col == 1 else str(col)
+        for note in single.layout.annotations:
+            fig.add_annotation(note.update(xref=f"x{axis}", yref=f"y{axis}"))
         fig.update_xaxes(
             tickmode="array",
             tickvals=list(range(-1, graph.shape.n_layers + 1)),
@@ -118,8 +128,8 @@ def plot_circuit_pair(
     new = ", ".join(diff.heads_added) or "none"
     fig.update_layout(
         title=title or f"circuits without and with demonstrations (new heads: {new})",
-        template="plotly_white",
-        height=480,
+        template=TEMPLATE,
+        height=520,
         legend=dict(orientation="h", y=-0.15),
     )
     return fig
@@ -130,16 +140,20 @@ def circuit_pair_explorer(
 ) -> Any:
     """ipywidgets: a relation dropdown and an edge-count slider redrawing both circuits and the new heads.
 
-    ``pairs`` maps a relation to its two *scored* graphs; the slider re-selects the top ``n`` edges of each.
+    ``pairs`` maps a relation to its two *scored* graphs; the slider re-selects the top ``n`` edges of
+    each. Its range starts at the smallest budget that draws every circuit
+    (:func:`kc_utils.viz.circuits.smallest_drawable_budget`), and the title says what pruning left.
     """
     import ipywidgets as widgets
 
     first = next(iter(pairs.values()))[0]
+    largest = min(first.n_edges, max(60, 4 * initial_edges))
+    smallest = smallest_drawable_budget([g for pair in pairs.values() for g in pair], largest)
     dropdown = widgets.Dropdown(options=list(pairs), description="relation")
     slider = widgets.IntSlider(
-        value=initial_edges,
-        min=5,
-        max=min(first.n_edges, max(60, 4 * initial_edges)),
+        value=max(initial_edges, smallest),
+        min=smallest,
+        max=largest,
         step=1,
         description="edges",
         continuous_update=False,
@@ -147,16 +161,16 @@ def circuit_pair_explorer(
     out = widgets.Output()
 
     def redraw(*_: Any) -> None:
-        before, after = (g.copy() for g in pairs[dropdown.value])
         try:
-            before.top_n(slider.value)
-            after.top_n(slider.value)
-        except Exception as error:  # an empty circuit at tiny budgets: say why
+            before, after = (g.copy().top_n(slider.value) for g in pairs[dropdown.value])
+        except ValueError as error:  # a graph without scores: say why
             show_in_output(out, f"{type(error).__name__}: {error}")
             return
-        show_in_output(
-            out, plot_circuit_pair(before, after, titles, title=f"{dropdown.value}: top {slider.value} edges")
+        title = (
+            f"{dropdown.value}: top {slider.value} edges kept; pruning leaves {before.n_edges_in_graph} "
+            f"({titles[0]}) and {after.n_edges_in_graph} ({titles[1]})"
         )
+        show_in_output(out, plot_circuit_pair(before, after, titles, title=title))
 
     dropdown.observe(redraw, names="value")
     slider.observe(redraw, names="value")
@@ -180,10 +194,10 @@ def plot_span_attention(table: pd.DataFrame, title: str = "") -> go.Figure:
     ]
     fig = go.Figure()
     for column, name, colour in parts:
-        fig.add_trace(go.Bar(x=labels, y=table[column], name=name, marker_color=colour))
+        fig.add_trace(go.Bar(x=labels, y=table[column], name=name, marker_color=colour, hovertemplate="%{x}: %{y:.2f}"))
     fig.update_layout(
         barmode="stack",
-        template="plotly_white",
+        template=TEMPLATE,
         height=440,
         yaxis=dict(title="attention from last token"),
         title=title or "where the heads look from the last token (k-shot prompts)",
@@ -192,9 +206,18 @@ def plot_span_attention(table: pd.DataFrame, title: str = "") -> go.Figure:
 
 
 def plot_table2(table: pd.DataFrame, title: str = "") -> go.Figure:
-    """Table 2 as bars: original, head set ablated, random heads (mean ± std), ours beside the paper's."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["this model", "paper (GPT-2 medium)"], shared_yaxes=True)
-    x = [f"{r}<br>{s}" for r, s in zip(table["relation"], table["head_set"])]
+    """Table 2 as horizontal bars (labels read across, not rotated): original, head set ablated, random heads
+    (mean ± std); this model on the left, the paper (GPT-2 medium) on the right."""
+    short = {"new in the k-shot circuit": "new heads", "most attention to demonstrations": "top-attention heads"}
+    labels = [f"{r} ({short.get(s, s)})" for r, s in zip(table["relation"], table["head_set"])]
+    paper = table.drop_duplicates("relation").dropna(subset=["paper_original"])
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=["this model", "paper (GPT-2 medium)"],
+        column_widths=[0.6, 0.4],
+        horizontal_spacing=0.25,
+    )
     bars = [
         ("original", None, "original", "#4d4d4d"),
         ("ablated", None, "head set ablated", "#d62728"),
@@ -202,16 +225,41 @@ def plot_table2(table: pd.DataFrame, title: str = "") -> go.Figure:
     ]
     for column, error, name, colour in bars:
         err = dict(type="data", array=table[error]) if error else None
-        fig.add_trace(go.Bar(x=x, y=table[column], name=name, marker_color=colour, error_y=err), row=1, col=1)
-    paper = table.drop_duplicates("relation").dropna(subset=["paper_original"])
-    for column, name, colour in (
-        ("paper_original", "original", "#4d4d4d"),
-        ("paper_ablated", "head set ablated", "#d62728"),
-        ("paper_random", "random heads ablated", "#9ecae1"),
-    ):
         fig.add_trace(
-            go.Bar(x=paper["relation"], y=paper[column], name=name, marker_color=colour, showlegend=False), row=1, col=2
+            go.Bar(
+                y=labels,
+                x=table[column],
+                orientation="h",
+                name=name,
+                legendgroup=name,
+                marker_color=colour,
+                error_x=err,
+                hovertemplate="%{y}: %{x:.1f}%",
+            ),
+            row=1,
+            col=1,
         )
-    fig.update_yaxes(title_text="accuracy (%)", range=[0, 105], row=1, col=1)
-    fig.update_layout(barmode="group", template="plotly_white", height=460, title=title or "Table 2")
+        fig.add_trace(
+            go.Bar(
+                y=paper["relation"],
+                x=paper[f"paper_{column.replace('_mean', '')}"],
+                orientation="h",
+                name=f"{name} (paper)",
+                legendgroup=name,
+                marker_color=colour,
+                showlegend=False,
+                hovertemplate="%{y}: %{x:.1f}%",
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(title_text="accuracy (%)", range=[0, 105])
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(
+        barmode="group",
+        template=TEMPLATE,
+        height=160 + 55 * len(table),
+        title=title or "Table 2",
+        legend=dict(orientation="h", y=-0.12),
+    )
     return fig

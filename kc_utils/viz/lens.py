@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from kc_utils.viz.save import show_in_output as _show
+from kc_utils.viz.style import TEMPLATE
 
 __all__ = ["logit_lens_explorer", "plot_logit_lens"]
 
@@ -55,9 +56,7 @@ def plot_logit_lens(table: pd.DataFrame, prompt_index: int) -> go.Figure:
     fig.update_yaxes(range=[0, 1.02], title="probability", row=1, col=2)
     fig.update_xaxes(title="residual stream after")
     first = rows.iloc[0]
-    fig.update_layout(
-        title=f"logit lens: {first['prompt']!r} → {first['target']!r}", template="plotly_white", height=420
-    )
+    fig.update_layout(title=f"logit lens: {first['prompt']!r} → {first['target']!r}", template=TEMPLATE, height=420)
     return fig
 
 

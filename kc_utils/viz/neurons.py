@@ -13,6 +13,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from kc_utils.viz.style import TEMPLATE
+
 __all__ = [
     "plot_attention_scaling",
     "plot_consistency_distribution",
@@ -45,7 +47,16 @@ def plot_query_neurons(
     top = np.maximum(scores.reshape(len(scores), -1).max(1), 1e-12)[:, None]
     z = scores[:, used[:, 0], used[:, 1]] / top
     fig = go.Figure(
-        go.Heatmap(z=z, x=labels, y=list(queries), colorscale="RdBu", zmid=0, colorbar=dict(title="score / max"))
+        go.Heatmap(
+            z=z,
+            x=labels,
+            y=list(queries),
+            colorscale="RdBu",
+            zmid=0,
+            colorbar=dict(title="score / max"),
+            name="score / max",
+            hovertemplate="%{y}<br>%{x}: score / max %{z:.2f}<extra></extra>",
+        )
     )
     dots = np.argwhere(masks[:, used[:, 0], used[:, 1]])
     fig.add_trace(
@@ -55,11 +66,13 @@ def plot_query_neurons(
             mode="markers",
             marker=dict(color="black", size=5),
             name="knowledge neuron",
+            customdata=[z[r, c] for r, c in dots],
+            hovertemplate="%{y}<br>%{x}: knowledge neuron, score / max %{customdata:.2f}<extra></extra>",
         )
     )
     for boundary in np.flatnonzero(np.diff(used[:, 0])):
         fig.add_vline(x=boundary + 0.5, line=dict(color="grey", dash="dot"))
-    fig.update_layout(title=title, template="plotly_white", height=180 + 40 * len(queries), xaxis_title="neuron")
+    fig.update_layout(title=title, template=TEMPLATE, height=180 + 40 * len(queries), xaxis_title="neuron")
     fig.update_xaxes(type="category", tickangle=-60)
     return fig
 
@@ -74,29 +87,46 @@ def plot_query_overlap(matrix: np.ndarray, queries: Sequence[str], title: str = 
             zmin=0,
             zmax=1,
             colorscale="Viridis",
-            text=np.round(matrix, 2),
+            text=[["n/a" if np.isnan(v) else f"{v:.2f}" for v in row] for row in np.asarray(matrix, dtype=float)],
             texttemplate="%{text}",
+            hovertemplate="%{y} vs %{x}: %{text}<extra></extra>",
             colorbar=dict(title="Jaccard"),
+            name="Jaccard",
         )
     )
-    fig.update_layout(title=title, template="plotly_white", height=200 + 45 * len(queries))
+    fig.update_layout(title=title, template=TEMPLATE, height=200 + 45 * len(queries))
     fig.update_yaxes(autorange="reversed")
     return fig
 
 
 def plot_consistency_distribution(table: pd.DataFrame, static: float, otsu: float, title: str = "") -> go.Figure:
     """Histogram of the facts' consistency scores with the static and Otsu thresholds."""
-    fig = go.Figure(go.Histogram(x=table["cs"], xbins=dict(start=0, end=1.0001, size=0.05), marker_color="#4d4d4d"))
-    fig.add_vline(x=static, line=dict(color="#b2182b", dash="dash"), annotation_text=f"static {static:.2f}")
+    fig = go.Figure(
+        go.Histogram(
+            x=table["cs"],
+            xbins=dict(start=0, end=1.0001, size=0.05),
+            marker_color="#4d4d4d",
+            name="facts",
+            hovertemplate="consistency %{x}: %{y} facts<extra></extra>",
+        )
+    )
+    # both labels at the top, on opposite sides of their lines, so neither sits on the axis or on the other
+    left, right = ("top left", "top right") if static <= otsu else ("top right", "top left")
+    fig.add_vline(
+        x=static,
+        line=dict(color="#b2182b", dash="dash"),
+        annotation_text=f"static {static:.2f}",
+        annotation_position=left,
+    )
     fig.add_vline(
         x=otsu,
         line=dict(color="#2166ac", dash="dot"),
         annotation_text=f"Otsu {otsu:.2f}",
-        annotation_position="bottom right",
+        annotation_position=right,
     )
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=TEMPLATE,
         height=380,
         xaxis_title="consistency score (mean pairwise Jaccard)",
         yaxis_title="facts",
@@ -124,12 +154,23 @@ def plot_relation_consistency(summary: pd.DataFrame, paper_share: float, title: 
                 hovertemplate="%{x:.0%} of %{customdata} facts",
             )
         )
-    fig.add_vline(x=paper_share, line=dict(color="black", dash="dash"), annotation_text=f"LLaMA3-8B {paper_share:.0%}")
+    # the paper's line is labelled above the plot area, where no bar can sit under the label
+    fig.add_vline(x=paper_share, line=dict(color="black", dash="dash"))
+    fig.add_annotation(
+        x=paper_share,
+        y=1.0,
+        yref="paper",
+        yanchor="bottom",
+        text=f"LLaMA3-8B {paper_share:.0%}",
+        showarrow=False,
+        bgcolor="rgba(255,255,255,0.9)",
+    )
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=TEMPLATE,
         barmode="group",
         height=260 + 28 * len(summary),
+        margin=dict(t=100),
         xaxis=dict(title="share of inconsistent facts", range=[0, 1], tickformat=".0%"),
     )
     return fig
@@ -151,7 +192,7 @@ def plot_interventions(summary: pd.DataFrame, title: str = "") -> go.Figure:
         )
     fig.update_layout(
         title=title,
-        template="plotly_white",
+        template=TEMPLATE,
         barmode="group",
         height=380,
         xaxis_title="neurons of the source query scaled by",
@@ -187,7 +228,7 @@ def plot_attention_scaling(summary: pd.DataFrame, title: str = "") -> go.Figure:
                     row=1,
                     col=col,
                 )
-    fig.update_layout(title=title, template="plotly_white", barmode="group", height=400)
+    fig.update_layout(title=title, template=TEMPLATE, barmode="group", height=400)
     fig.update_yaxes(tickformat=".0%", row=1, col=1)
     return fig
 
@@ -213,5 +254,5 @@ def plot_modification(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 row=r,
                 col=1,
             )
-    fig.update_layout(title=title, template="plotly_white", barmode="group", height=330 * len(tasks))
+    fig.update_layout(title=title, template=TEMPLATE, barmode="group", height=330 * len(tasks))
     return fig

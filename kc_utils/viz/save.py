@@ -2,7 +2,9 @@
 
 Figures are saved as HTML that works offline and as PNG when the optional ``kaleido`` package can
 render one. By default the HTML files of one folder share one ``plotly.min.js`` beside them (small
-files, one script); ``self_contained=True`` embeds the script so a single file can be mailed.
+files, one script); ``self_contained=True`` embeds the script so a single file can be mailed (the
+notebooks save their headline figures that way). A shared-script page copied away from its folder
+says so on the page instead of opening blank (:data:`MISSING_SCRIPT_NOTE`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,18 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-__all__ = ["save_figure", "show_in_output"]
+__all__ = ["MISSING_SCRIPT_NOTE", "save_figure", "show_in_output"]
+
+MISSING_SCRIPT_NOTE = (
+    "This figure needs the file plotly.min.js from the folder it was saved in; it was copied without it. "
+    "Copy plotly.min.js beside this file, or save the figure with self_contained=True."
+)
+"""What a shared-script figure page shows when ``plotly.min.js`` is not beside it."""
+
+_MISSING_SCRIPT_CHECK = (
+    '<script>if (typeof Plotly === "undefined") { document.body.insertAdjacentHTML("afterbegin", '
+    f'"<p style=\\"font:16px sans-serif;color:#b2182b\\">{MISSING_SCRIPT_NOTE}</p>"); }}</script>'
+)
 
 
 def save_figure(
@@ -37,6 +50,9 @@ def save_figure(
     folder.mkdir(parents=True, exist_ok=True)
     html = folder / f"{name}.html"
     fig.write_html(html, include_plotlyjs=True if self_contained else "directory", full_html=True)
+    if not self_contained:
+        page = html.read_text(encoding="utf-8")
+        html.write_text(page.replace("</body>", _MISSING_SCRIPT_CHECK + "\n</body>", 1), encoding="utf-8")
     written = [html]
     if png:
         try:

@@ -1,0 +1,205 @@
+"""Every headline claim of the README's notebook table is checked against the versioned table it comes from.
+
+A claim is a row of :data:`CLAIMS`: the notebook, the versioned CSV under ``figures/`` and a function
+that computes, from that table, the exact words the README must contain. When a rerun changes a table,
+the words change and this test fails until the README says what the table says. For the rows listed in
+:data:`FULLY_CHECKED`, every number of the README row must also belong to a checked claim, so the row
+says nothing the tables do not.
+
+To add a claim: append ``Claim(notebook, table, words)``; ``words(table) -> str`` formats the numbers
+as the README writes them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ROOT / "figures"
+
+
+@dataclass(frozen=True)
+class Claim:
+    notebook: str  # the README row it belongs to, e.g. "04_hallucination"
+    table: str  # a versioned CSV in figures/
+    words: Callable[[pd.DataFrame], str]  # the README's words, computed from the table
+
+
+def _row(t: pd.DataFrame, **where: str) -> pd.Series:
+    rows = t
+    for column, value in where.items():
+        rows = rows[rows[column] == value]
+    assert len(rows) == 1, f"expected one row where {where}, found {len(rows)}"
+    return rows.iloc[0]
+
+
+def _repair(label: str, t: pd.DataFrame) -> pd.Series:
+    return _row(t, test=label)
+
+
+def _p(value: float) -> str:
+    return f"p = {value:.3f}" if value < 0.01 else f"p = {value:.2f}"
+
+
+# ------------------------------------------------------------------------------------------ 04
+def _c04_present(t: pd.DataFrame) -> str:
+    known = t[t["group"] == "known subject, unseen template"]
+    wrong = known[known["kind"] != "correct"]
+    return f"{(wrong['kind'] == 'knowledge_present').sum()} of {len(wrong)} failures"
+
+
+def _c04_same_subject(t: pd.DataFrame) -> str:
+    known = t[t["group"] == "known subject, unseen template"]
+    wrong = known[known["kind"] != "correct"]
+    native = (wrong["wrong_kind"] == "same_subject") & (wrong["wrong_relations"] == "person_native_language")
+    return f"{native.sum()} of {len(wrong)} wrong answers are the subject's native language"
+
+
+def _c04_held_out_none(t: pd.DataFrame) -> str:
+    held = t[t["group"] == "held-out subject, training template"]
+    assert (held["kind"] != "knowledge_present").all()
+    return "Held-out subjects show no knowledge at the subject"
+
+
+def _c04_best(t: pd.DataFrame) -> str:
+    r = _repair("patch best single head", t)
+    return (
+        f"scored on the other {r['n_prompts']:.0f}: {r['heads']}, the head that repairs most when patched alone on the "
+        f"first half, repairs {r['top1_group']:.0%} of the held-out failures against {r['top1_random_mean']:.0%} ± "
+        f"{r['top1_random_std']:.0%} for the {r['n_random']:.0f} other writing heads ({_p(r['p_value'])} = "
+        f"1/{r['n_random'] + 1:.0f}, the smallest possible)"
+    )
+
+
+def _c04_top1(t: pd.DataFrame) -> str:
+    r = _repair("patch top 1", t)
+    return (
+        f"{r['heads']}, the head that favours the wrong answer most, repairs {r['top1_group']:.0%} "
+        f"({r['top1_random_mean']:.0%} ± {r['top1_random_std']:.0%}, {_p(r['p_value'])})"
+    )
+
+
+def _c04_top3(t: pd.DataFrame) -> str:
+    r = _repair("patch top 3", t)
+    return (
+        f"the top {len(r['heads'].split(', '))} heads {r['top1_group']:.0%} against {r['top1_random_mean']:.0%} ± "
+        f"{r['top1_random_std']:.0%} for all {r['n_random']:.0f} sets of three ({_p(r['p_value'])})"
+    )
+
+
+def _c04_failures_split(t: pd.DataFrame) -> str:
+    r = _repair("patch top 1", t)
+    return f"chosen on half of the knowledge-present failures and scored on the other {r['n_prompts']:.0f}"
+
+
+# ------------------------------------------------------------------------------------------ 05
+def _c05_accuracy(t: pd.DataFrame) -> str:
+    arrow = t[t["format"] == "arrow"].groupby("k")
+    mean, shuffled = arrow["top1"].mean(), arrow["top1_shuffled"].mean()
+    return f"from {mean[0]:.0%} to {mean[3]:.0%}, and {shuffled[3]:.0%} with their answers shuffled"
+
+
+def _c05_new_heads(t: pd.DataFrame) -> str:
+    return f"A head is new in the 3-shot circuit in {(t['n_new_heads'] > 0).sum()} of {len(t)} relations"
+
+
+def _c05_new_cost(t: pd.DataFrame) -> str:
+    new = t[t["head_set"] == "new in the k-shot circuit"]
+    cost = (new["original"] - new["ablated"]).max()
+    return f"ablating it costs {cost:.0f} points"
+
+
+def _c05_attention_cost(t: pd.DataFrame) -> str:
+    attention = t[t["head_set"] == "most attention to demonstrations"]
+    cost = attention["original"] - attention["ablated"]
+    random_cost = (attention["original"] - attention["random_mean"]).max()
+    return f"cost up to {cost.max():.0f} points against at most {random_cost:.0f} for random sets"
+
+
+def _c05_paper(t: pd.DataFrame) -> str:
+    paper = t.drop_duplicates("relation").dropna(subset=["paper_original"])
+    cost = paper["paper_original"] - paper["paper_ablated"]
+    return f"the paper's {cost.min():.0f}–{cost.max():.0f} points on GPT-2 medium"
+
+
+# ------------------------------------------------------------------------------------------ 01, 02
+def _c01_average(t: pd.DataFrame) -> str:
+    r = _row(t, relation="average")
+    return (
+        f"keep {r['#edges']:.0f} edges ({r['% edges']:.0f}% of 479) and {r['Dtest faithfulness']:.2f} of the logit "
+        f"difference on held-out facts (Hit@1 {r['Dtest hit@1 circuit']:.2f} vs {r['Dtest hit@1 full']:.2f} for the "
+        f"full model, {r['Dtest hit@1 empty']:.2f} for the empty circuit)"
+    )
+
+
+def _c02_movers(t: pd.DataFrame) -> str:
+    ablation = t[(t["group"] == "movers") & (t["test"] == "ablation")]
+    patching = t[(t["group"] == "movers") & (t["test"] == "patching")]
+    return (
+        f"mean-ablating the {ablation['n_heads'].min():.0f}–{ablation['n_heads'].max():.0f} mover heads together "
+        f"leaves accuracy {ablation['top1_group'].min():.2f}–{ablation['top1_group'].max():.2f} against "
+        f"{ablation['top1_random_mean'].min():.2f}–{ablation['top1_random_mean'].max():.2f} for "
+        f"{ablation['n_random'].min():.0f} random same-size sets; patching their last-position outputs from another "
+        f"subject flips {patching['flip_group'].min():.0%}–{patching['flip_group'].max():.0%} of answers"
+    ).replace("88%–100%", "88–100%")
+
+
+CLAIMS = [
+    Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_present),
+    Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_same_subject),
+    Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_held_out_none),
+    Claim("04_hallucination", "04_repair_person_occupation_kc-organism.csv", _c04_failures_split),
+    Claim("04_hallucination", "04_repair_person_occupation_kc-organism.csv", _c04_best),
+    Claim("04_hallucination", "04_repair_person_occupation_kc-organism.csv", _c04_top1),
+    Claim("04_hallucination", "04_repair_person_occupation_kc-organism.csv", _c04_top3),
+    Claim("05_in_context_learning", "05_accuracy_by_k_kc-organism.csv", _c05_accuracy),
+    Claim("05_in_context_learning", "05_circuit_changes_kc-organism.csv", _c05_new_heads),
+    Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_new_cost),
+    Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_attention_cost),
+    Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_paper),
+    Claim("01_knowledge_circuits", "01_table1_kc-organism.csv", _c01_average),
+    Claim("02_head_roles", "02_group_tests_kc-organism.csv", _c02_movers),
+]
+
+#: README rows whose every number must come from a claim above.
+FULLY_CHECKED = ("04_hallucination", "05_in_context_learning")
+
+#: Numbers a fully checked row may hold without a claim: the sample sizes of the knobs it names.
+KNOB_NUMBERS = {"3", "5", "2"}
+
+
+def readme_row(notebook: str) -> str:
+    """The README notebook-table row of ``notebook`` (the line that links to it)."""
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| [`{notebook}`]")]
+    assert len(rows) == 1, f"the README has {len(rows)} rows for {notebook}"
+    return rows[0]
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: f"{c.notebook}:{c.words.__name__}")
+def test_the_readme_says_what_the_versioned_table_says(claim):
+    table = pd.read_csv(FIGURES / claim.table)
+    words = claim.words(table)
+    assert words in readme_row(claim.notebook), f"the README row of {claim.notebook} should say: {words!r}"
+
+
+@pytest.mark.parametrize("notebook", FULLY_CHECKED)
+def test_every_number_of_a_fully_checked_row_is_claimed(notebook):
+    row = readme_row(notebook)
+    claimed = " ".join(c.words(pd.read_csv(FIGURES / c.table)) for c in CLAIMS if c.notebook == notebook)
+    text = row.split("|")[2]  # the finding, not the link or the paper column
+    for sentence_number in re.findall(r"\d+(?:\.\d+)?", re.sub(r"[a-z]\d\.h\d", "", text)):
+        assert sentence_number in claimed or sentence_number in KNOB_NUMBERS, (
+            f"{notebook}: the README number {sentence_number} is not in any checked claim"
+        )
+
+
+def test_the_checker_fails_on_a_table_that_says_otherwise():
+    table = pd.read_csv(FIGURES / "04_repair_person_occupation_kc-organism.csv")
+    table.loc[table["test"] == "patch top 1", "top1_group"] = 0.99
+    assert _c04_top1(table) not in readme_row("04_hallucination")
