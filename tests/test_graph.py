@@ -159,3 +159,32 @@ def test_graphviz_lists_the_circuit():
     text = graph.to_graphviz()
     assert text.startswith("digraph circuit {") and text.rstrip().endswith("}")
     assert text.count("->") == graph.n_edges_in_graph
+
+
+def _greedy_step_by_step(graph, n):
+    """The plain rule: at each step scan every edge and take the best one into the circuit's receivers."""
+    values = torch.where(graph.real_edges, graph.scores.abs(), torch.tensor(float("-inf")))
+    taken = torch.zeros_like(graph.real_edges)
+    active = torch.zeros(graph.n_receivers, dtype=torch.bool)
+    active[graph.logits_receiver] = True
+    owners = graph._receivers_of_upstream()
+    order = []
+    for _ in range(n):
+        candidates = torch.where(active[None, :] & ~taken, values, float("-inf"))
+        best = int(torch.argmax(candidates))
+        if candidates.view(-1)[best] == float("-inf"):
+            break
+        u, r = divmod(best, graph.n_receivers)
+        taken[u, r] = True
+        active |= owners[u]
+        order.append(best)
+    return order
+
+
+@pytest.mark.parametrize("shape", [ModelShape(3, 4, 4, 8), ModelShape(2, 4, 2, 8)])
+def test_greedy_order_is_the_step_by_step_rule(shape):
+    graph = _scored(shape, seed=5)
+    graph.scores = (graph.scores * 4).round() / 4  # ties, broken by edge index in both
+    order = graph.greedy_order().tolist()
+    assert order == _greedy_step_by_step(graph, graph.n_edges + 5)
+    assert len(order) == int(graph.real_edges.sum())  # every edge is reachable from the logits

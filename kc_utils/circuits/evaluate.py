@@ -162,10 +162,14 @@ def random_circuit(
     low, high = n_edges, int(pool.sum())
     best: Graph | None = None
 
+    order = rand.greedy_order()  # greedy(steps) takes its first `steps` edges: grown once, cut many times
+
     def size(steps: int) -> tuple[int, Graph | None]:
         candidate = rand.copy()
+        candidate.in_graph = torch.zeros_like(rand.real_edges)
+        candidate.in_graph.view(-1)[order[:steps]] = True
         try:
-            candidate.greedy(steps, from_input=from_input)
+            candidate.prune(from_input)
         except CircuitError:
             return 0, None
         candidate.in_graph &= pool

@@ -21,14 +21,16 @@ and then :meth:`Graph.prune` removes edges of nodes with no path from ``input`` 
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from kc_utils.circuits import nodes
@@ -264,25 +266,47 @@ class Graph:
     def greedy(self, n: int, absolute: bool = True, prune: bool = True, from_input: bool = True) -> Graph:
         """Grow the circuit from the logits: repeatedly add the best edge into a node already in it.
 
-        Every edge added reaches the logits, so the circuit is connected on the output side.
+        Every edge added reaches the logits, so the circuit is connected on the output side. The circuit is the
+        first ``n`` edges of :meth:`greedy_order`.
         """
         self._check_count(n)
-        self._require_scores()
-        values = self.scores.abs() if absolute else self.scores
-        values = torch.where(self.real_edges, values, torch.tensor(float("-inf")))
+        order = self.greedy_order(absolute)
         self.in_graph = torch.zeros_like(self.real_edges)
-        receiver_active = torch.zeros(self.n_receivers, dtype=torch.bool)
-        receiver_active[self.logits_receiver] = True
-        receivers_of_upstream = self._receivers_of_upstream()
-        for _ in range(n):
-            candidates = torch.where(receiver_active[None, :] & ~self.in_graph, values, float("-inf"))
-            best = int(torch.argmax(candidates))
-            if candidates.view(-1)[best] == float("-inf"):
-                break
-            u, r = divmod(best, self.n_receivers)
-            self.in_graph[u, r] = True
-            receiver_active |= receivers_of_upstream[u]
+        self.in_graph.view(-1)[order[:n]] = True
         return self.prune(from_input) if prune else self
+
+    def greedy_order(self, absolute: bool = True) -> Int[Tensor, "k"]:
+        """Flat edge indices (``u · n_receivers + r``) in the order the greedy growth from the logits adds them.
+
+        Step by step: the best-scoring edge (by ``|score|`` when ``absolute``; ties to the lower index) among
+        the edges not yet taken whose receiver belongs to a node already in the circuit; taking it brings its
+        upstream node's receivers in. A heap of the candidate edges makes the whole order cost
+        ``O(E log E)`` instead of one scan of every edge per step, so that a random circuit on a real model's
+        tens of thousands of edges takes seconds; the order is the one the step-by-step rule gives (tested).
+        """
+        self._require_scores()
+        values = (self.scores.abs() if absolute else self.scores).detach().double().cpu().numpy()
+        real = self.real_edges.cpu().numpy()
+        owns = self._receivers_of_upstream().numpy()
+        n_rx = self.n_receivers
+        active = np.zeros(n_rx, dtype=bool)
+        heap: list[tuple[float, int]] = []
+
+        def activate(receivers: np.ndarray) -> None:
+            for r in receivers:
+                if active[r]:
+                    continue
+                active[r] = True
+                for u in np.flatnonzero(real[:, r]):
+                    heapq.heappush(heap, (-float(values[u, r]), int(u) * n_rx + int(r)))
+
+        activate(np.array([self.logits_receiver]))
+        order: list[int] = []
+        while heap:
+            _, flat = heapq.heappop(heap)
+            order.append(flat)
+            activate(np.flatnonzero(owns[flat // n_rx]))
+        return torch.tensor(order, dtype=torch.long)
 
     def _receivers_of_upstream(self) -> Bool[Tensor, "up rx"]:
         """``[u, r]`` is True when receiver ``r`` reads into upstream node ``u``'s computation."""
