@@ -19,7 +19,14 @@ from kc_utils.analysis.multihop import (
     restore_components,
 )
 from kc_utils.circuits.graph import Graph
-from kc_utils.circuits.overlap import overlap_scores, overlap_table, random_overlaps, set_overlap, summarise_overlaps
+from kc_utils.circuits.overlap import (
+    overlap_scores,
+    overlap_table,
+    paired_overlaps,
+    random_overlaps,
+    set_overlap,
+    summarise_overlaps,
+)
 from kc_utils.data.facts import facts_to_batch
 from kc_utils.data.multihop import (
     build_two_hop_dataset,
@@ -212,6 +219,8 @@ def test_random_overlaps_are_seeded_and_sized():
     summary = summarise_overlaps(draws)
     assert summary["n"] == 4 and summary["edge_overlap_mean"] == pytest.approx(draws["edge_overlap"].mean())
     assert (draws["edges_a"] - 6).abs().max() <= 2 and (draws["edges_b"] - 9).abs().max() <= 2
+    with pytest.raises(ValueError, match="one to one"):
+        paired_overlaps([Graph(SHAPE)], [])
 
 
 # ----------------------------------------------------------------------------- bridge lens, movers, restoring

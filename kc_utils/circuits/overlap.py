@@ -37,6 +37,8 @@ __all__ = [
     "circuit_nodes",
     "overlap_scores",
     "overlap_table",
+    "paired_overlaps",
+    "random_circuits",
     "random_overlaps",
     "set_overlap",
     "summarise_overlaps",
@@ -110,6 +112,36 @@ def overlap_table(circuits: Mapping[str, Graph], pairs: Sequence[tuple[str, str]
     return pd.DataFrame(rows)
 
 
+def random_circuits(
+    graph: Graph,
+    n_edges: int,
+    n: int,
+    seed: int = 0,
+    from_input: bool = True,
+    allowed: torch.Tensor | None = None,
+) -> list[Graph]:
+    """``n`` random circuits of ``n_edges`` edges each (:func:`~kc_utils.circuits.evaluate.random_circuit`, seed + i).
+
+    Args:
+        graph: any graph of the model (its ``real_edges`` define what can be drawn).
+        allowed: ``Bool[up, rx]`` edges to draw from (default: all).
+    """
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return [random_circuit(graph, n_edges, seed=seed + i, allowed=allowed, from_input=from_input) for i in range(n)]
+
+
+def paired_overlaps(first: Sequence[Graph], second: Sequence[Graph]) -> pd.DataFrame:
+    """:func:`overlap_scores` of ``first[i]`` with ``second[i]`` for every ``i``: one row per draw (``draw`` first).
+
+    Raises:
+        ValueError: lists of different lengths.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"pair draws one to one: got {len(first)} and {len(second)} circuits")
+    return pd.DataFrame([{"draw": i, **overlap_scores(a, b)} for i, (a, b) in enumerate(zip(first, second))])
+
+
 def random_overlaps(
     graph: Graph,
     n_edges_a: int,
@@ -121,23 +153,18 @@ def random_overlaps(
 ) -> pd.DataFrame:
     """Overlaps of ``n_random`` pairs of independent random circuits with ``n_edges_a`` and ``n_edges_b`` edges.
 
-    Draw ``i`` uses seeds ``seed + 2i`` and ``seed + 2i + 1``, so the table is deterministic.
-
-    Args:
-        graph: any graph of the model (its ``real_edges`` define what can be drawn).
-        allowed: ``Bool[up, rx]`` edges to draw from (default: all).
+    The ``a`` circuits use seeds ``seed + i``, the ``b`` circuits ``seed + n_random + i``, so the table
+    is deterministic and the two sides never share a draw. (To compare several circuits pairwise, draw
+    each side once with :func:`random_circuits` and pair them with :func:`paired_overlaps`.)
 
     Returns:
         One row per draw: ``draw`` and :func:`overlap_scores`.
     """
     if n_random < 1:
         raise ValueError(f"n_random must be at least 1, got {n_random}")
-    rows = []
-    for i in range(n_random):
-        a = random_circuit(graph, n_edges_a, seed=seed + 2 * i, allowed=allowed, from_input=from_input)
-        b = random_circuit(graph, n_edges_b, seed=seed + 2 * i + 1, allowed=allowed, from_input=from_input)
-        rows.append({"draw": i, **overlap_scores(a, b)})
-    return pd.DataFrame(rows)
+    a = random_circuits(graph, n_edges_a, n_random, seed, from_input, allowed)
+    b = random_circuits(graph, n_edges_b, n_random, seed + n_random, from_input, allowed)
+    return paired_overlaps(a, b)
 
 
 def summarise_overlaps(draws: pd.DataFrame) -> dict[str, float]:

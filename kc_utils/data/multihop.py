@@ -174,8 +174,10 @@ class TwoHopDataset:
         templates: ``{hop: template}`` for the three prompts.
         n_candidates: composed facts considered.
         dropped_untokenisable: ``(subject, reason)`` of facts with an answer the tokenizer cannot represent.
-        answers: one row per tokenisable fact: ``subject``, ``bridge``, ``answer`` and, per hop, the
-            answer's ``rank`` (0 = top-1) and whether it is ``known`` (rank < ``top_k``).
+        answers: one row per tokenisable fact: ``subject``, ``bridge``, ``answer``, ``{hop}_known`` per
+            hop (the answer ranks below ``top_k``), ``composed`` (known at all three) and
+            ``two_hop_says_bridge`` (the two-hop prompt's top-1 is the bridge: the model answered the
+            first hop only; False where the bridge has no token of its own there).
         both_hops: facts answered at both single hops (with their twins).
         val, test: Dval and Dtest, drawn from the facts answered at both hops *and* composed.
         top_k: the known-fact filter's ``k``.
@@ -198,8 +200,14 @@ class TwoHopDataset:
         return [f for f in self.both_hops if f.subject in kept]
 
     def gap_row(self) -> dict[str, Any]:
-        """Counts of the known-fact filter and the compositionality gap (1 − composed / both hops) as one row."""
+        """Counts of the known-fact filter and the compositionality gap (1 − composed / both hops) as one row.
+
+        Beside them, two readings of a model that does not compose: how many of the facts known at both
+        hops get the bridge itself as the two-hop top-1, and the share of those facts whose answer is
+        their most common answer (what always saying that answer would score).
+        """
         a = self.answers
+        answers = a.loc[a["first_hop_known"] & a["second_hop_known"], "answer"]
         both = int((a["first_hop_known"] & a["second_hop_known"]).sum())
         composed = int((a["first_hop_known"] & a["second_hop_known"] & a["two_hop_known"]).sum())
         return {
@@ -216,6 +224,12 @@ class TwoHopDataset:
             ),
             "composed share": composed / both if both else float("nan"),
             "gap": 1 - composed / both if both else float("nan"),
+            "two-hop top-1 is the bridge": int(
+                (a["two_hop_says_bridge"] & a["first_hop_known"] & a["second_hop_known"]).sum()
+            ),
+            "most common answer share": float(answers.value_counts().iloc[0] / len(answers))
+            if len(answers)
+            else float("nan"),
         }
 
 
@@ -314,6 +328,7 @@ def build_two_hop_dataset(
     template_index: int = 0,
     top_k: int = 1,
     seed: int = 0,
+    require_split: bool = True,
 ) -> TwoHopDataset:
     """Composed facts of ``first ∘ second`` the model answers, with twins and a Dval/Dtest split (module docstring).
 
@@ -324,11 +339,14 @@ def build_two_hop_dataset(
         template_index: which of each relation's own templates the single hops use.
         top_k: a hop is answered when its answer's first token ranks in the top ``top_k`` (1 = top-1).
         n_val, n_test: facts in Dval (at most half of the composed facts) and Dtest (at most what is left).
+        require_split: raise when fewer than 2 facts are composed; with ``False`` such a dataset is
+            returned with an empty Dval and Dtest (its counts still tell the compositionality gap).
 
     Raises:
         ValueError: relations that do not chain (types or shared entities), a pair without a template,
             a template without exactly one ``{}``, sizes below 1, or a template index out of range.
-        PromptError: fewer than 2 facts answered at both hops and composed (nothing to split).
+        PromptError: fewer than 2 facts answered at both hops and composed (nothing to split), unless
+            ``require_split`` is False.
     """
     if first.range_name != second.domain_name:
         raise ValueError(
@@ -375,17 +393,22 @@ def build_two_hop_dataset(
         answers = [_object_of(hop, t) for t in kept]
         rows[f"{hop}_known"] = known_mask(model, prompts, answers, top_k) if kept else []
     rows["composed"] = rows["first_hop_known"] & rows["second_hop_known"] & rows["two_hop_known"]
+    # a model that answers only the first hop says the bridge itself after the two-hop prompt
+    two_hop_prompts = [templates["two_hop"].format(t[0]) for t in kept]
+    bridge_ok = [continuation_first_token(model, p, t[1]) is not None for p, t in zip(two_hop_prompts, kept)]
+    says_bridge = known_mask(model, two_hop_prompts, [t[1] for t in kept], 1) if kept and all(bridge_ok) else []
+    rows["two_hop_says_bridge"] = says_bridge if len(says_bridge) == len(kept) else False
     both = [t for t, ok in zip(kept, rows["first_hop_known"] & rows["second_hop_known"]) if ok]
     composed = [t for t, ok in zip(kept, rows["composed"]) if ok]
-    if len(composed) < 2:
+    if len(composed) < 2 and require_split:
         raise PromptError(
             f"{composition.key}: the model answers {len(both)} of {len(kept)} facts at both hops (top-{top_k}) and "
             f"only {len(composed)} of those composed; need at least 2 to split into Dval and Dtest — choose another "
             "composition, a larger top_k, or a model that composes"
         )
-    order = composed[:]
+    order = composed[:] if len(composed) >= 2 else []
     random.Random(seed).shuffle(order)
-    n_val_eff = min(n_val, max(1, len(order) // 2))
+    n_val_eff = min(n_val, max(1, len(order) // 2)) if order else 0
     val_facts, test_facts = order[:n_val_eff], order[n_val_eff : n_val_eff + n_test]
     in_split = set(val_facts) | set(test_facts)
     neither = [t for t in both if t not in in_split]
