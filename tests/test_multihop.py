@@ -174,6 +174,18 @@ def test_two_hop_dataset_refuses_bad_input(tiny_gpt2):
             template=TWO_HOP,
             top_k=999,
         )
+    counted = build_two_hop_dataset(
+        tiny_gpt2,
+        FIRST,
+        SECOND,
+        2,
+        2,
+        first_samples=[Sample("Eiffel Tower", "France")],
+        template=TWO_HOP,
+        top_k=999,
+        require_split=False,
+    )
+    assert counted.val == counted.test == [] and counted.gap_row()["both hops known"] == 1
 
 
 # ----------------------------------------------------------------------------- overlaps on a hand-built graph

@@ -255,8 +255,13 @@ def _twins(
     facts: Sequence[tuple[str, str, str]],
     pool: Sequence[tuple[str, str, str]],
     seed: int,
+    strict: bool = True,
 ) -> list[TwoHopFact]:
-    """Corrupt twins for the three prompts of each fact (module docstring, step 5)."""
+    """Corrupt twins for the three prompts of each fact (module docstring, step 5).
+
+    ``strict``: a prompt whose pool holds no other answer raises; otherwise (facts in neither split,
+    which no circuit is found on) it keeps its own answer as the counterfactual answer.
+    """
     rng = random.Random(seed)
     everyone = list(dict.fromkeys([*facts, *pool]))
     length: dict[tuple[str, str], int] = {}
@@ -282,6 +287,8 @@ def _twins(
         s, o = _subject_of(hop, fact), _object_of(hop, fact)
         if twin is None:  # no same-length twin: patch ablation falls back to the mean for this prompt
             others = [t for t in pool if first_token[hop, _subject_of(hop, t)] not in (None, first_token[hop, s])]
+            if not others and not strict:
+                return FactPrompt(s, o, templates[hop].format(s), None, None, o)
             if not others:
                 raise PromptError(f"{hop}: every candidate shares the answer of {s!r}; no counterfactual exists")
             return FactPrompt(s, o, templates[hop].format(s), None, None, _object_of(hop, rng.choice(others)))
@@ -414,7 +421,7 @@ def build_two_hop_dataset(
     neither = [t for t in both if t not in in_split]
     val = _twins(model, templates, val_facts, val_facts + neither, seed)
     test = _twins(model, templates, test_facts, test_facts + neither, seed + 1)
-    rest = _twins(model, templates, neither, neither + val_facts + test_facts, seed + 2) if neither else []
+    rest = _twins(model, templates, neither, neither + val_facts + test_facts, seed + 2, strict=False)
     by_subject = {f.subject: f for f in val + test + rest}
     return TwoHopDataset(
         composition=composition,
