@@ -119,3 +119,48 @@ def country_batch_args():
     ]
     corrupt_answers = ["Lima", "Seoul", "Italian", "Wellington"]
     return prompts, answers, corrupt, corrupt_answers
+
+
+# ----------------------------------------------------------------------------- the real model
+@pytest.fixture(scope="session")
+def smollm2_checkpoint():
+    """The dequantized SmolLM2-135M folder in the user's cache (built on first use, about half a minute)."""
+    from kc_utils.models import resolve_model
+
+    return Path(resolve_model("smollm2-135m").location)
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_checkpoint):
+    """SmolLM2-135M booted through the model door, on CPU."""
+    from kc_utils.models import load_model
+
+    return load_model("smollm2-135m", device="cpu")
+
+
+def save_tiny_gemma3(folder: Path, seed: int = 0) -> Path:
+    """A random tiny Gemma-3 text model (post-attention and post-MLP norms) with the tiny tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        sliding_window=16,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    model = Gemma3ForCausalLM(config)
+    _randomise(model, seed, scale=0.5)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -134,3 +134,15 @@ def test_acdc_removes_every_edge_of_components_that_write_nothing(half_dead_gpt2
     nodes = set(graph.nodes_in_graph())
     assert nodes <= live, nodes - live
     assert "a1.h0" in nodes  # the only head that can carry the subject to the last position
+
+
+def test_acdc_wanted_auto_follows_the_graph_size():
+    from kc_utils.circuits.acdc import ACDC_AUTO_MAX_EDGES, acdc_wanted
+
+    assert acdc_wanted("auto", 479)[0] is True
+    run, why = acdc_wanted("auto", 70_651)
+    assert run is False and "70,651 edges" in why and "compare_acdc True" in why
+    assert acdc_wanted("auto", ACDC_AUTO_MAX_EDGES)[0] is True
+    assert acdc_wanted(True, 10**6)[0] is True and acdc_wanted(False, 10)[0] is False
+    with pytest.raises(ValueError, match="True, False or 'auto'"):
+        acdc_wanted("yes", 10)

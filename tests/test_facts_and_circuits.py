@@ -17,7 +17,7 @@ from kc_utils.circuits.table1 import (
     table1,
     transfer_matrices,
 )
-from kc_utils.data.facts import build_circuit_dataset, facts_to_batch, pair_corrupt
+from kc_utils.data.facts import build_circuit_dataset, build_datasets, facts_to_batch, pair_corrupt
 from kc_utils.data.metrics import rank
 from kc_utils.data.prompts import PromptError
 from kc_utils.data.relations import Relation, Sample
@@ -91,6 +91,33 @@ def test_samples_are_an_argument(tiny_gpt2):
 def test_known_fact_filter_can_reject_everything(tiny_gpt2):
     with pytest.raises(PromptError, match="known to the model"):
         build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=3, n_test=3, top_k=0)
+
+
+def test_relations_a_model_cannot_serve_are_left_out_with_their_reason(tiny_gpt2):
+    single = dataclasses.replace(
+        CAPITALS,
+        name="tiny single answer",
+        samples=tuple(Sample(country, "Paris") for country in ("France", "Spain", "Japan", "Peru")),
+    )
+    unknown = dataclasses.replace(CAPITALS, name="tiny unknown")
+    built = build_datasets(
+        tiny_gpt2,
+        {"tiny_capital": CAPITALS, "tiny_single_answer": single},
+        n_val=2,
+        n_test=2,
+        top_k=1000,
+        progress=False,
+    )
+    assert list(built.datasets) == ["tiny_capital"]
+    assert list(built.skipped) == ["tiny_single_answer"]
+    assert "same answer" in built.skipped["tiny_single_answer"]
+    assert "1 of 2 relations are left out" in built.describe_skipped()
+    assert "tiny_single_answer: every known fact has the same answer" in built.describe_skipped()
+    assert built.skipped_table().to_dict("records") == [
+        {"relation": "tiny_single_answer", "reason": built.skipped["tiny_single_answer"]}
+    ]
+    with pytest.raises(PromptError, match="none of the relations.*tiny_unknown: only 0 of"):
+        build_datasets(tiny_gpt2, {"tiny_unknown": unknown}, n_val=2, n_test=2, top_k=0, progress=False)
 
 
 def test_edge_budget():

@@ -87,3 +87,17 @@ def test_large_circuits_are_not_called_small_and_little_wiring_gain_is_said():
     text = describe_table1(table)
     assert "but these circuits are not small: they keep 60% of the edges" in text
     assert "The wiring adds little beyond the components here" in text
+
+
+def test_model_against_paper_sentence_is_computed_from_the_shape():
+    from kc_utils.circuits.paper import describe_model_against_paper
+    from kc_utils.shape import ModelShape
+
+    real = describe_model_against_paper("smollm2-135m", ModelShape(30, 9, 3, 576), 70_651, trained_here=False)
+    assert "30 layers of 9 query heads sharing 3 key/value heads and d_model 576" in real
+    assert "70,651 edges — smaller than GPT-2 medium's (24 layers of 16 heads" in real
+    assert "organism" not in real and "trained in this repository" not in real
+    organism = describe_model_against_paper("kc-organism", ModelShape(4, 4, 4, 128), 479, trained_here=True)
+    assert "4 layers of 4 heads and d_model 128" in organism and "trained in this repository" in organism
+    big = describe_model_against_paper("x", ModelShape(32, 32, 8, 4096), 1_600_000, trained_here=False)
+    assert "larger than GPT-2 medium's" in big

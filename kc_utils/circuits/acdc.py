@@ -48,7 +48,34 @@ from kc_utils.circuits.patching import run_masked_stack
 from kc_utils.data.metrics import answer_logits, get_metric
 from kc_utils.data.prompts import PromptBatch
 
-__all__ = ["AcdcRun", "acdc", "receiver_order"]
+__all__ = ["ACDC_AUTO_MAX_EDGES", "AcdcRun", "acdc", "acdc_wanted", "receiver_order"]
+
+#: ``compare_acdc="auto"`` runs ACDC on graphs up to this many edges: it tries every edge, one forward each.
+ACDC_AUTO_MAX_EDGES = 20_000
+
+
+def acdc_wanted(setting: bool | str, n_edges: int) -> tuple[bool, str]:
+    """Whether to run ACDC beside another method, and the reason in words.
+
+    Args:
+        setting: ``True``, ``False`` or ``"auto"`` (run it on graphs up to :data:`ACDC_AUTO_MAX_EDGES` edges,
+            where one trial per edge takes minutes; on larger graphs it would take hours on a CPU).
+        n_edges: edges of the model's graph.
+
+    Raises:
+        ValueError: any other setting.
+    """
+    if setting is True or setting is False:
+        return setting, "compare_acdc is " + str(setting)
+    if setting != "auto":
+        raise ValueError(f"compare_acdc must be True, False or 'auto', got {setting!r}")
+    if n_edges <= ACDC_AUTO_MAX_EDGES:
+        return True, f"compare_acdc='auto' and the graph has {n_edges:,} edges (≤ {ACDC_AUTO_MAX_EDGES:,})"
+    return False, (
+        f"compare_acdc='auto' skips ACDC on this graph of {n_edges:,} edges (> {ACDC_AUTO_MAX_EDGES:,}): ACDC tries "
+        "every edge with one forward pass each, hours on a CPU; pass -p compare_acdc True to run it anyway"
+    )
+
 
 #: Metrics where lower is better (the damage of a removal is the increase).
 LOWER_IS_BETTER = ("kl", "nll")

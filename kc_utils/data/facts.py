@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
@@ -140,7 +141,8 @@ def pair_corrupt(
             out.append(FactPrompt(fact.subject, fact.object, template.format(fact.subject), None, None, counter.object))
         else:
             raise PromptError(
-                f"relation has a single answer for template {template!r}: no counterfactual answer exists"
+                f"every known fact has the same answer (first token) for template {template!r}, so no "
+                "counterfactual answer exists"
             )
     return out
 
@@ -208,6 +210,33 @@ def facts_to_batch(model: Any, facts: Sequence[FactPrompt]) -> PromptBatch:
     )
 
 
+@dataclass(frozen=True)
+class DatasetBuild:
+    """The datasets of several relations, and the relations left out with the reason why.
+
+    Attributes:
+        datasets: relation key → its :class:`CircuitDataset`, in the order asked.
+        skipped: relation key → why the model cannot serve it (too few known facts, a single answer, …).
+    """
+
+    datasets: dict[str, CircuitDataset]
+    skipped: dict[str, str]
+
+    def skipped_table(self) -> pd.DataFrame:
+        """One row per left-out relation: ``relation``, ``reason``."""
+        return pd.DataFrame({"relation": list(self.skipped), "reason": list(self.skipped.values())})
+
+    def describe_skipped(self) -> str:
+        """One sentence naming the left-out relations and why, or saying that none was."""
+        if not self.skipped:
+            return f"All {len(self.datasets)} relations can be served by this model."
+        reasons = "; ".join(f"{key}: {why}" for key, why in self.skipped.items())
+        return (
+            f"{len(self.skipped)} of {len(self.skipped) + len(self.datasets)} relations are left out, since this model "
+            f"cannot serve them — {reasons}."
+        )
+
+
 def build_datasets(
     model: Any,
     relations: dict[str, Relation],
@@ -217,11 +246,29 @@ def build_datasets(
     top_k: int = 10,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, CircuitDataset]:
-    """:func:`build_circuit_dataset` for several relations (``samples`` per relation key), with a progress bar."""
-    return {
-        key: build_circuit_dataset(
-            model, rel, n_val, n_test, samples=None if samples is None else samples[key], top_k=top_k, seed=seed
+) -> DatasetBuild:
+    """:func:`build_circuit_dataset` for several relations (``samples`` per relation key), with a progress bar.
+
+    A relation the model cannot serve — fewer than 2 known facts, or a single answer among them so that no
+    counterfactual exists — is left out and recorded with its reason in :attr:`DatasetBuild.skipped`; it
+    never stops the others.
+
+    Raises:
+        PromptError: when no relation at all can be served (the message lists every reason).
+    """
+    datasets: dict[str, CircuitDataset] = {}
+    skipped: dict[str, str] = {}
+    for key, rel in tqdm(relations.items(), desc="known facts", disable=not progress):
+        try:
+            datasets[key] = build_circuit_dataset(
+                model, rel, n_val, n_test, samples=None if samples is None else samples[key], top_k=top_k, seed=seed
+            )
+        except PromptError as error:
+            skipped[key] = str(error).removeprefix(f"{key}: ")
+    if not datasets:
+        raise PromptError(
+            "the model can serve none of the relations asked: "
+            + "; ".join(f"{k}: {why}" for k, why in skipped.items())
+            + " — choose other relations or a larger top_k"
         )
-        for key, rel in tqdm(relations.items(), desc="known facts", disable=not progress)
-    }
+    return DatasetBuild(datasets, skipped)
