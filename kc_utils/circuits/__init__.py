@@ -6,7 +6,8 @@
 * :mod:`~kc_utils.circuits.patching` — every edge of a circuit patched in one forward pass;
 * :mod:`~kc_utils.circuits.attribute` — EAP, EAP-IG and exact edge scores;
 * :mod:`~kc_utils.circuits.evaluate` — circuits run with ablated edges, faithfulness, baselines;
-* :mod:`~kc_utils.circuits.table1` — one relation's circuit end to end and the Table-1 layout.
+* :mod:`~kc_utils.circuits.table1` — one relation's circuit end to end and the Table-1 layout;
+* :mod:`~kc_utils.circuits.overlap` — node and edge overlap of circuits, against random circuits.
 
 Nothing here imports :mod:`kc_utils.models`' loading code into the graph: the graph knows only a
 :class:`~kc_utils.shape.ModelShape` (an import-linter contract checks it).
