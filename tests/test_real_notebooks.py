@@ -72,7 +72,7 @@ def test_notebook_01_on_smollm2_leaves_out_what_it_cannot_serve(tmp_path):
     assert row["Dval hit@10 full"] >= 0.8  # known facts only
     assert row["#edges"] <= 200
     assert row["Dval hit@10 circuit"] > row["Dval hit@10 empty"]
-    assert "organism" not in text.lower()
+    assert "the organism" not in text.lower()
 
 
 @pytest.mark.usefixtures("smollm2_checkpoint")
@@ -84,4 +84,4 @@ def test_notebook_06_on_smollm2_runs_to_the_end(tmp_path):
     )
     assert (out / "06_consistency_facts_smollm2-135m.csv").exists()
     assert "30 MLPs x 1536 neurons = 46,080 neurons searched" in text
-    assert "organism" not in text.lower()
+    assert "the organism" not in text.lower()
