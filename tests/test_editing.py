@@ -112,7 +112,7 @@ def test_rome_on_the_model_writes_v_star_at_k_star(tiny_model) -> None:
     weight = models.mlp_out_weight(tiny_model, 0)
     with rome_edit(tiny_model, REQUEST, 0, stats, config, target=target) as edit:
         edited = models.mlp_out_weight(tiny_model, 0)
-        torch.testing.assert_close(edited @ target.key, target.value, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(edited @ target.write_key, target.value, atol=1e-4, rtol=1e-4)
         u = stats.inverse.float() @ target.key
         k = torch.randn(u.shape[0], generator=torch.Generator().manual_seed(1))
         k = k - (k @ u) / (u @ u) * u
@@ -123,7 +123,7 @@ def test_rome_on_the_model_writes_v_star_at_k_star(tiny_model) -> None:
 
 def test_key_is_the_mean_of_the_context_keys(tiny_model) -> None:
     config = _request_config()
-    keys = compute_keys(tiny_model, [REQUEST], 1, config)[0]
+    mean_keys, edit_keys = compute_keys(tiny_model, [REQUEST], 1, config)
     contexts = [
         "the capital of France is",
         "the capital city of France is",
@@ -137,20 +137,24 @@ def test_key_is_the_mean_of_the_context_keys(tiny_model) -> None:
         words = text.split()
         position = 1 + words.index("France")
         reference.append(cache[models.mlp_key_hook(1)][0, position])
-    torch.testing.assert_close(keys, torch.stack(reference).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mean_keys[0], torch.stack(reference).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edit_keys[0], reference[0], atol=1e-5, rtol=1e-5)  # the bare edit prompt's key
 
 
-def test_batched_values_equal_one_request_at_a_time(tiny_model) -> None:
+@pytest.mark.parametrize("stop", ["loss", "prob"])
+def test_batched_values_equal_one_request_at_a_time(tiny_model, stop) -> None:
     requests = [
         REQUEST,
         EditRequest("the capital of Japan is", "Japan", "Lima", "Tokyo", "country_capital_city"),
         EditRequest("the capital of New Zealand is", "New Zealand", "Rome", "Wellington", "country_capital_city"),
     ]
-    config = RomeConfig(templates=("the capital city of {} is",), steps=5, lr=0.3, stop_prob=0.5)
+    config = RomeConfig(
+        templates=("the capital city of {} is",), steps=5, lr=0.3, stop=stop, stop_prob=0.5, stop_loss=2.0
+    )
     keys = compute_keys(tiny_model, requests, 0, config)
     batched = compute_values(tiny_model, requests, 0, keys, config)
     for i, request in enumerate(requests):
-        alone = compute_values(tiny_model, [request], 0, keys[i : i + 1], config)[0]
+        alone = compute_values(tiny_model, [request], 0, (keys[0][i : i + 1], keys[1][i : i + 1]), config)[0]
         torch.testing.assert_close(batched[i].value, alone.value, atol=1e-4, rtol=1e-4)
         assert batched[i].steps == alone.steps
 
@@ -160,7 +164,7 @@ def test_rome_value_makes_the_target_likely(tiny_gpt2) -> None:
     target_id = prepare_request(tiny_gpt2, REQUEST).target
     with torch.no_grad():
         before = float(tiny_gpt2(tokens)[0, -1].softmax(-1)[target_id])
-    config = RomeConfig(steps=20, lr=0.5, stop_prob=0.9)
+    config = RomeConfig(steps=20, lr=0.5, stop="prob", stop_prob=0.9)
     target = rome_targets(tiny_gpt2, [REQUEST], 0, config)[0]
     assert target.target_prob > 3 * before
     assert target.delta_norm <= config.clamp_norm_factor * target.reference_norm + 1e-3
