@@ -180,7 +180,7 @@ def test_rome_value_stops_when_nothing_reads_the_subject(tiny_gpt2) -> None:
 def test_ft_m_changes_only_the_chosen_mlp(tiny_model, part) -> None:
     before = {n: p.detach().clone() for n, p in models.all_parameters(tiny_model).items()}
     chosen = set(models.mlp_parameters(tiny_model, 1, part))
-    edit = ft_m_edit(tiny_model, REQUEST, 1, FtmConfig(part=part, lr=1e-2, max_steps=5, stop_prob=1.0))
+    edit = ft_m_edit(tiny_model, REQUEST, 1, FtmConfig(part=part, lr=1e-2, max_steps=5, stop="prob", stop_prob=1.0))
     after = models.all_parameters(tiny_model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and changed <= chosen
@@ -191,13 +191,75 @@ def test_ft_m_changes_only_the_chosen_mlp(tiny_model, part) -> None:
 
 
 def test_ft_m_stops_once_the_target_is_top1(tiny_gpt2) -> None:
-    with ft_m_edit(tiny_gpt2, REQUEST, 0, FtmConfig(part="mlp", lr=5e-2, max_steps=200, stop_prob=0.6)) as edit:
+    with ft_m_edit(
+        tiny_gpt2, REQUEST, 0, FtmConfig(part="mlp", lr=5e-2, max_steps=200, stop="prob", stop_prob=0.6)
+    ) as edit:
         assert edit.info["reached"] and edit.info["steps"] < 200
         tokens = torch.tensor(models.tokenize(tiny_gpt2, [REQUEST.prompt]))
         with torch.no_grad():
             probs = tiny_gpt2(tokens)[0, -1].softmax(-1)
         target = prepare_request(tiny_gpt2, REQUEST).target
         assert int(probs.argmax()) == target and float(probs[target]) > 0.6
+
+
+def _easyedit_ft_m(model, request: EditRequest, layer: int, lr: float, steps: int, eps: float | None) -> dict:
+    """A plain EasyEdit FT-M (``objective_optimization: target_new``) on the Hugging Face model: the parameters
+    whose name contains the output projection of MLP ``layer`` (GPT-2 ``mlp.c_proj`` weight and bias, Llama
+    ``mlp.down_proj.weight``), Adam, cross-entropy on the target token only, no update once the loss is below
+    1e-2, every weight clamped to ``original ± eps``. Returns the trained weights; the model is put back."""
+    hf, tokenizer = models.hf_model(model), model.tokenizer
+    names = {f"transformer.h.{layer}.mlp.c_proj", f"model.layers.{layer}.mlp.down_proj.weight"}
+    weights = {n: p for n, p in hf.named_parameters() if any(k in n.replace("._original_component", "") for k in names)}
+    copies = {n: p.detach().clone() for n, p in weights.items()}
+    was = {n: p.requires_grad for n, p in hf.named_parameters()}
+    for n, p in hf.named_parameters():
+        p.requires_grad = n in weights
+    prompt = [tokenizer.bos_token_id, *tokenizer(request.prompt, add_special_tokens=False)["input_ids"]]
+    full = [
+        tokenizer.bos_token_id,
+        *tokenizer(request.prompt + " " + request.target_new, add_special_tokens=False)["input_ids"],
+    ]
+    optimiser = torch.optim.Adam(list(weights.values()), lr=lr, weight_decay=0)
+    for _ in range(steps):
+        logits = hf(torch.tensor([full])).logits[0, :-1]
+        labels = torch.tensor(full[1:])
+        mask = torch.arange(len(labels)) >= len(prompt) - 1  # the target tokens only
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")[mask].mean()
+        optimiser.zero_grad()
+        if loss.item() >= 1e-2:
+            loss.backward()
+            optimiser.step()
+        if eps is not None:
+            with torch.no_grad():
+                for n, p in weights.items():
+                    p[...] = torch.clamp(p, min=copies[n] - eps, max=copies[n] + eps)
+        if loss.item() < 1e-2:
+            break
+    trained = {n.replace("._original_component", ""): p.detach().clone() for n, p in weights.items()}
+    with torch.no_grad():
+        for n, p in weights.items():
+            p.copy_(copies[n])
+    for n, p in hf.named_parameters():
+        p.requires_grad = was[n]
+    return trained
+
+
+@pytest.mark.parametrize("eps", [None, 2e-3])
+def test_ft_m_defaults_are_easyedit(tiny_model, eps) -> None:
+    """FtmConfig's defaults train what EasyEdit's FT-M trains and give its weights, with and without its norm
+    constraint."""
+    request = EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city")
+    config = FtmConfig(lr=5e-2, norm_constraint=eps)  # a larger step than 5e-4 so that 25 steps move the weights
+    assert config.departures() == ["lr"]
+    expected = _easyedit_ft_m(tiny_model, request, 0, config.lr, config.max_steps, eps)
+    with ft_m_edit(tiny_model, request, 0, config) as edit:
+        params = models.all_parameters(tiny_model)
+        assert set(edit.originals) == set(expected)
+        for name, value in expected.items():
+            torch.testing.assert_close(params[name], value, atol=1e-5, rtol=1e-4)
+            if eps is not None:
+                assert float((params[name] - edit.originals[name]).abs().max()) <= eps + 1e-6
+        assert edit.info["steps"] > 0
 
 
 # ----------------------------------------------------------------------------- reversible, bridge = HF
