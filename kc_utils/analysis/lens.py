@@ -106,7 +106,7 @@ def subject_positions(model: Any, prompt: str, subject: str, prepend_bos: bool =
     """
     start, end = _char_span(prompt, subject)
     tokenizer = model.tokenizer
-    shift = 1 if prepend_bos and tokenizer.bos_token_id is not None else 0
+    shift = 1 if prepend_bos and models.bos_token_id(model) is not None else 0
     if getattr(tokenizer, "is_fast", False):
         encoded = tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
         found = [i for i, (a, b) in enumerate(encoded["offset_mapping"]) if b > a and a < end and b > start]
@@ -127,9 +127,8 @@ def subject_mask(model: Any, batch: PromptBatch, subjects: Sequence[str]) -> Boo
     """
     if len(subjects) != len(batch):
         raise ValueError(f"{len(batch)} prompts but {len(subjects)} subjects; give one subject per prompt")
-    has_bos = model.tokenizer.bos_token_id is not None and bool(
-        (batch.clean[:, 0] == model.tokenizer.bos_token_id).all()
-    )
+    bos = models.bos_token_id(model)
+    has_bos = bos is not None and bool((batch.clean[:, 0] == bos).all())
     mask = torch.zeros(batch.clean.shape, dtype=torch.bool, device=batch.clean.device)
     for i, (prompt, subject) in enumerate(zip(batch.prompts, subjects)):
         positions = subject_positions(model, prompt, subject, prepend_bos=has_bos)
