@@ -99,7 +99,8 @@ def generated_texts(
     if n < 1 or n_tokens < 1:
         raise ValueError(f"n and n_tokens must be >= 1, got {n} and {n_tokens}")
     tokenizer = model.tokenizer
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    start = models.bos_token_id(model)
+    start = next((t for t in (start, tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None), None)
     if start is None:
         raise ValueError("the tokenizer has no BOS or EOS token to start generating from; pass texts instead")
     hf = models.hf_model(model)
