@@ -9,20 +9,40 @@ import torch
 
 from kc_utils import models
 from kc_utils.data.relations import Sample
-from kc_utils.editing.covariance import KeyStatistics, key_statistics
+from kc_utils.editing.covariance import KeyStatistics, generated_texts, key_statistics, relation_texts
 from kc_utils.editing.evaluation import EditEvaluator, build_probes
 from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
 from kc_utils.editing.request import EditError, EditRequest, prepare_request
 from kc_utils.editing.reversible import preserved
-from kc_utils.editing.rome import RomeConfig, compute_keys, compute_values, rome_edit, rome_targets, rome_update
+from kc_utils.editing.rome import (
+    RomeConfig,
+    compute_keys,
+    compute_values,
+    context_prompts,
+    rome_edit,
+    rome_targets,
+    rome_update,
+)
 from kc_utils.editing.sentences import (
     describe_case,
+    describe_covariance,
     describe_departure,
+    describe_departures,
     describe_leak_circuits,
     describe_location,
+    describe_paper_reading,
+    describe_rome_layers,
     describe_sweep,
 )
-from kc_utils.editing.sweep import edit_sweep, summarise_leak_circuits, summarise_sweep
+from kc_utils.editing.sweep import (
+    covariance_effect,
+    default_sweep_layers,
+    departure_table,
+    edit_sweep,
+    rome_departures,
+    summarise_leak_circuits,
+    summarise_sweep,
+)
 from kc_utils.organism.split import RelationSplit, Split
 
 TEXTS = [
@@ -112,7 +132,7 @@ def test_rome_on_the_model_writes_v_star_at_k_star(tiny_model) -> None:
     weight = models.mlp_out_weight(tiny_model, 0)
     with rome_edit(tiny_model, REQUEST, 0, stats, config, target=target) as edit:
         edited = models.mlp_out_weight(tiny_model, 0)
-        torch.testing.assert_close(edited @ target.key, target.value, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(edited @ target.write_key, target.value, atol=1e-4, rtol=1e-4)
         u = stats.inverse.float() @ target.key
         k = torch.randn(u.shape[0], generator=torch.Generator().manual_seed(1))
         k = k - (k @ u) / (u @ u) * u
@@ -123,7 +143,7 @@ def test_rome_on_the_model_writes_v_star_at_k_star(tiny_model) -> None:
 
 def test_key_is_the_mean_of_the_context_keys(tiny_model) -> None:
     config = _request_config()
-    keys = compute_keys(tiny_model, [REQUEST], 1, config)[0]
+    mean_keys, edit_keys = compute_keys(tiny_model, [REQUEST], 1, config)
     contexts = [
         "the capital of France is",
         "the capital city of France is",
@@ -137,20 +157,24 @@ def test_key_is_the_mean_of_the_context_keys(tiny_model) -> None:
         words = text.split()
         position = 1 + words.index("France")
         reference.append(cache[models.mlp_key_hook(1)][0, position])
-    torch.testing.assert_close(keys, torch.stack(reference).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(mean_keys[0], torch.stack(reference).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edit_keys[0], reference[0], atol=1e-5, rtol=1e-5)  # the bare edit prompt's key
 
 
-def test_batched_values_equal_one_request_at_a_time(tiny_model) -> None:
+@pytest.mark.parametrize("stop", ["loss", "prob"])
+def test_batched_values_equal_one_request_at_a_time(tiny_model, stop) -> None:
     requests = [
         REQUEST,
         EditRequest("the capital of Japan is", "Japan", "Lima", "Tokyo", "country_capital_city"),
         EditRequest("the capital of New Zealand is", "New Zealand", "Rome", "Wellington", "country_capital_city"),
     ]
-    config = RomeConfig(templates=("the capital city of {} is",), steps=5, lr=0.3, stop_prob=0.5)
+    config = RomeConfig(
+        templates=("the capital city of {} is",), steps=5, lr=0.3, stop=stop, stop_prob=0.5, stop_loss=2.0
+    )
     keys = compute_keys(tiny_model, requests, 0, config)
     batched = compute_values(tiny_model, requests, 0, keys, config)
     for i, request in enumerate(requests):
-        alone = compute_values(tiny_model, [request], 0, keys[i : i + 1], config)[0]
+        alone = compute_values(tiny_model, [request], 0, (keys[0][i : i + 1], keys[1][i : i + 1]), config)[0]
         torch.testing.assert_close(batched[i].value, alone.value, atol=1e-4, rtol=1e-4)
         assert batched[i].steps == alone.steps
 
@@ -160,7 +184,7 @@ def test_rome_value_makes_the_target_likely(tiny_gpt2) -> None:
     target_id = prepare_request(tiny_gpt2, REQUEST).target
     with torch.no_grad():
         before = float(tiny_gpt2(tokens)[0, -1].softmax(-1)[target_id])
-    config = RomeConfig(steps=20, lr=0.5, stop_prob=0.9)
+    config = RomeConfig(steps=20, lr=0.5, stop="prob", stop_prob=0.9)
     target = rome_targets(tiny_gpt2, [REQUEST], 0, config)[0]
     assert target.target_prob > 3 * before
     assert target.delta_norm <= config.clamp_norm_factor * target.reference_norm + 1e-3
@@ -176,7 +200,7 @@ def test_rome_value_stops_when_nothing_reads_the_subject(tiny_gpt2) -> None:
 def test_ft_m_changes_only_the_chosen_mlp(tiny_model, part) -> None:
     before = {n: p.detach().clone() for n, p in models.all_parameters(tiny_model).items()}
     chosen = set(models.mlp_parameters(tiny_model, 1, part))
-    edit = ft_m_edit(tiny_model, REQUEST, 1, FtmConfig(part=part, lr=1e-2, max_steps=5, stop_prob=1.0))
+    edit = ft_m_edit(tiny_model, REQUEST, 1, FtmConfig(part=part, lr=1e-2, max_steps=5, stop="prob", stop_prob=1.0))
     after = models.all_parameters(tiny_model)
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed and changed <= chosen
@@ -187,13 +211,75 @@ def test_ft_m_changes_only_the_chosen_mlp(tiny_model, part) -> None:
 
 
 def test_ft_m_stops_once_the_target_is_top1(tiny_gpt2) -> None:
-    with ft_m_edit(tiny_gpt2, REQUEST, 0, FtmConfig(part="mlp", lr=5e-2, max_steps=200, stop_prob=0.6)) as edit:
+    with ft_m_edit(
+        tiny_gpt2, REQUEST, 0, FtmConfig(part="mlp", lr=5e-2, max_steps=200, stop="prob", stop_prob=0.6)
+    ) as edit:
         assert edit.info["reached"] and edit.info["steps"] < 200
         tokens = torch.tensor(models.tokenize(tiny_gpt2, [REQUEST.prompt]))
         with torch.no_grad():
             probs = tiny_gpt2(tokens)[0, -1].softmax(-1)
         target = prepare_request(tiny_gpt2, REQUEST).target
         assert int(probs.argmax()) == target and float(probs[target]) > 0.6
+
+
+def _easyedit_ft_m(model, request: EditRequest, layer: int, lr: float, steps: int, eps: float | None) -> dict:
+    """A plain EasyEdit FT-M (``objective_optimization: target_new``) on the Hugging Face model: the parameters
+    whose name contains the output projection of MLP ``layer`` (GPT-2 ``mlp.c_proj`` weight and bias, Llama
+    ``mlp.down_proj.weight``), Adam, cross-entropy on the target token only, no update once the loss is below
+    1e-2, every weight clamped to ``original ± eps``. Returns the trained weights; the model is put back."""
+    hf, tokenizer = models.hf_model(model), model.tokenizer
+    names = {f"transformer.h.{layer}.mlp.c_proj", f"model.layers.{layer}.mlp.down_proj.weight"}
+    weights = {n: p for n, p in hf.named_parameters() if any(k in n.replace("._original_component", "") for k in names)}
+    copies = {n: p.detach().clone() for n, p in weights.items()}
+    was = {n: p.requires_grad for n, p in hf.named_parameters()}
+    for n, p in hf.named_parameters():
+        p.requires_grad = n in weights
+    prompt = [tokenizer.bos_token_id, *tokenizer(request.prompt, add_special_tokens=False)["input_ids"]]
+    full = [
+        tokenizer.bos_token_id,
+        *tokenizer(request.prompt + " " + request.target_new, add_special_tokens=False)["input_ids"],
+    ]
+    optimiser = torch.optim.Adam(list(weights.values()), lr=lr, weight_decay=0)
+    for _ in range(steps):
+        logits = hf(torch.tensor([full])).logits[0, :-1]
+        labels = torch.tensor(full[1:])
+        mask = torch.arange(len(labels)) >= len(prompt) - 1  # the target tokens only
+        loss = torch.nn.functional.cross_entropy(logits, labels, reduction="none")[mask].mean()
+        optimiser.zero_grad()
+        if loss.item() >= 1e-2:
+            loss.backward()
+            optimiser.step()
+        if eps is not None:
+            with torch.no_grad():
+                for n, p in weights.items():
+                    p[...] = torch.clamp(p, min=copies[n] - eps, max=copies[n] + eps)
+        if loss.item() < 1e-2:
+            break
+    trained = {n.replace("._original_component", ""): p.detach().clone() for n, p in weights.items()}
+    with torch.no_grad():
+        for n, p in weights.items():
+            p.copy_(copies[n])
+    for n, p in hf.named_parameters():
+        p.requires_grad = was[n]
+    return trained
+
+
+@pytest.mark.parametrize("eps", [None, 2e-3])
+def test_ft_m_defaults_are_easyedit(tiny_model, eps) -> None:
+    """FtmConfig's defaults train what EasyEdit's FT-M trains and give its weights, with and without its norm
+    constraint."""
+    request = EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city")
+    config = FtmConfig(lr=5e-2, norm_constraint=eps)  # a larger step than 5e-4 so that 25 steps move the weights
+    assert config.departures() == ["lr"]
+    expected = _easyedit_ft_m(tiny_model, request, 0, config.lr, config.max_steps, eps)
+    with ft_m_edit(tiny_model, request, 0, config) as edit:
+        params = models.all_parameters(tiny_model)
+        assert set(edit.originals) == set(expected)
+        for name, value in expected.items():
+            torch.testing.assert_close(params[name], value, atol=1e-5, rtol=1e-4)
+            if eps is not None:
+                assert float((params[name] - edit.originals[name]).abs().max()) <= eps + 1e-6
+        assert edit.info["steps"] > 0
 
 
 # ----------------------------------------------------------------------------- reversible, bridge = HF
@@ -416,3 +502,147 @@ def test_describe_case_and_leak_on_hand_made_tables() -> None:
     assert list(empty["n"]) == [0, 0]
     assert describe_leak_circuits(empty, "m0").startswith("No unrelated subject leaked")
     assert "4 layers against GPT-2 medium's 24, and block 0 has no attention" in describe_departure(4, [0])
+
+
+# ----------------------------------------------------------------------------- the authors' ROME, options, departures
+def test_rome_config_names_its_departures_and_rejects_bad_options() -> None:
+    assert RomeConfig.authors().departures() == []
+    assert RomeConfig().departures() == ["lr_unit", "norm_reference"]
+    earlier = RomeConfig(templates=("{} is",), denominator="mean", kl="last", weight_decay_form="squared", stop="prob")
+    assert earlier.departures() == [
+        "lr_unit",
+        "norm_reference",
+        "templates",
+        "denominator",
+        "weight_decay_form",
+        "kl",
+        "stop",
+    ]
+    with pytest.raises(ValueError, match="denominator must be one of"):
+        RomeConfig(denominator="average")
+    with pytest.raises(ValueError, match="exactly one"):
+        RomeConfig(templates=("no slot",))
+    with pytest.raises(ValueError, match="stop must be"):
+        FtmConfig(stop="never")
+
+
+def test_context_prompts_start_with_the_bare_edit_prompt() -> None:
+    config = RomeConfig(prefixes=("Chile Santiago", "France is big", ""), templates=("the capital city of {} is",))
+    assert context_prompts(REQUEST, config) == [
+        "the capital of France is",
+        "the capital city of France is",
+        "Chile Santiago the capital of France is",
+        "Chile Santiago the capital city of France is",
+    ]  # a prefix holding the subject is skipped
+
+
+def test_generated_and_relation_texts(tiny_gpt2) -> None:
+    first = generated_texts(tiny_gpt2, 3, 4, seed=1)
+    assert first == generated_texts(tiny_gpt2, 3, 4, seed=1) and len(first) == 3
+    assert all(len(models.tokenize(tiny_gpt2, [t], prepend_bos=False)[0]) <= 4 for t in first)
+    sentences = relation_texts(["country_capital_city"], max_per_relation=3)
+    assert len(sentences) == 3 and all("{}" not in s for s in sentences)
+    with pytest.raises(ValueError, match=">= 1"):
+        generated_texts(tiny_gpt2, 0, 4)
+
+
+def test_default_sweep_layers() -> None:
+    assert default_sweep_layers(4) == [0, 1, 2, 3]
+    assert default_sweep_layers(24) == [0, 6, 8, 12, 17, 23]
+    assert default_sweep_layers(30, 3) == [0, 10, 14, 29]
+
+
+def test_departure_table_and_covariance_effect(tiny_gpt2, tiny_split) -> None:
+    requests = [
+        EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city"),
+        EditRequest("the capital of Peru is", "Peru", "Rome", "Lima", "country_capital_city"),
+    ]
+    evaluator = EditEvaluator(tiny_gpt2, [build_probes(tiny_split, r) for r in requests], layers=[0])
+    default = RomeConfig(steps=3)
+    runs = rome_departures(default, ("the capital city of {} is",))
+    assert set(runs) == {"authors' scale", "templates", "templates + denominator", "kl", "weight_decay_form", "stop"}
+    table = departure_table(tiny_gpt2, evaluator, [0], default, {"kl": runs["kl"]}, progress=False)
+    assert list(table["departure"]) == ["default", "kl"] and table.loc[0, "reliability_change"] == 0.0
+    alone = summarise_sweep(edit_sweep(tiny_gpt2, evaluator, [0], ["rome"], rome_config=runs["kl"][1], progress=False))
+    assert table.loc[1, "reliability"] == pytest.approx(alone.loc[0, "reliability_mean"])
+    stats = {
+        "text": key_statistics(tiny_gpt2, [0], TEXTS, progress=False),
+        "identity": {0: KeyStatistics.identity(0, tiny_gpt2.cfg.d_mlp)},
+    }
+    effect = covariance_effect(tiny_gpt2, evaluator, [0], stats, default, progress=False)
+    assert list(effect["source"]) == ["text", "identity"]
+    assert effect.loc[0, "update_cosine"] == pytest.approx(1.0) and effect.loc[1, "update_cosine"] < 0.999
+
+
+def _layer_summary() -> pd.DataFrame:
+    rows = []
+    for method, reliabilities in (("rome", [0.95, 1.0, 0.0]), ("rome-templates", [0.9, 0.4, 0.0])):
+        for layer, reliability in enumerate(reliabilities):
+            rows.append(
+                {
+                    "method": method,
+                    "layer": layer,
+                    "n_edits": 20,
+                    "reliability_mean": reliability,
+                    "generalisation_mean": 0.5,
+                    "generalisation_unseen_mean": 0.25,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_describe_rome_layers_on_a_hand_made_table() -> None:
+    text = describe_rome_layers(_layer_summary(), {"rome": "A", "rome-templates": "B"}, {"rome-templates": True})
+    assert text.startswith(
+        "A: edits work (reliability ≥ 50%) at layers 0 and 1 (95%, 100%) and fail at layer 2 (0%). On the held-out "
+        "template, which its key never saw, generalisation is 25%, 25%, and on the relation's other templates "
+        "(unseen too) 50%, 50%."
+    )
+    assert "B: edits work (reliability ≥ 50%) at layer 0 (90%) and fail at layers 1 and 2 (40%, 0%)" in text
+    assert "on the relation's other templates 50%, in-sample" in text
+
+
+def test_describe_departures_covariance_and_paper_reading_on_hand_made_tables() -> None:
+    rows = [
+        ("default", "authors", 1, 1.0, 0.3, 0.02),
+        ("default", "authors", 2, 0.9, 0.3, 0.02),
+        ("kl", "other KL", 1, 1.0, 0.3, 0.02),
+        ("kl", "other KL", 2, 0.88, 0.3, 0.02),
+        ("templates", "templates too", 1, 0.4, 0.2, 0.05),
+        ("templates", "templates too", 2, 0.9, 0.3, 0.02),
+    ]
+    table = pd.DataFrame(rows, columns=["departure", "what", "layer", "reliability", "generalisation_unseen", "leak"])
+    base = table[table["departure"] == "default"].set_index("layer")["reliability"]
+    table["reliability_change"] = table["reliability"] - table["layer"].map(base)
+    assert describe_departures(table) == (
+        "kl (other KL): reliability within 5% of the default at every layer. templates (templates too): reliability "
+        "-60 points at layer 1 (100% → 40%; held-out template 30% → 20%, leak +2 → +5 points)."
+    )
+    cov = pd.DataFrame(
+        [("corpus", 0, 1.0, 0.01, 1.0), ("identity", 0, 0.7, 0.03, 0.4)],
+        columns=["source", "layer", "reliability", "leak", "update_cosine"],
+    )
+    assert describe_covariance(cov) == (
+        "The same k̄, k_e and v* written with C from corpus or another text: with C from identity, ΔW has cosine "
+        "0.40–0.40 with the corpus one and reliability moves by at most 30 points (layer 0: 100% → 70%; leak +1 → "
+        "+3 points)."
+    )
+    location = pd.DataFrame(
+        [
+            ("rome", 0, 19, 1.0, 0.0),
+            ("rome", 1, 20, 0.2, 0.9),
+            ("rome", 2, 0, float("nan"), float("nan")),
+            ("ft-m", 0, 20, 1.0, 0.0),
+            ("ft-m", 1, 20, 0.1, 1.0),
+        ],
+        columns=["method", "layer", "n_working", "undone_by_subject", "undone_by_last"],
+    )
+    summary = _layer_summary()
+    summary = pd.concat([summary, summary[summary["method"] == "rome"].assign(method="ft-m")], ignore_index=True)
+    text = describe_paper_reading(location, summary)
+    assert (
+        "Here that holds at layer 0: restoring the edited MLP's output at the subject undoes 100% of the working"
+        in (text)
+    )
+    assert "; it does not at layer 1." in text
+    assert "here FT-M's edits live at the last position at layer 1, and not at layer 0." in text

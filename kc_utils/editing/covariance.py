@@ -7,8 +7,13 @@ projection) over every token of some text.
 
 * For the organism the text is its own training corpus (:func:`organism_texts`), so ``C`` is the statistic
   ROME assumes: the keys of what the model was trained on.
-* For any other model, pass any text; without text, :meth:`KeyStatistics.identity` gives ``C = I`` (a stated
-  fallback: the update then disturbs keys in proportion to their overlap with ``k*``).
+* For a pretrained model nothing ships its corpus, so the text must be chosen: :func:`generated_texts` (text
+  the model samples itself from its start token, as the authors' ROME makes its context prefixes; it follows
+  the model's own distribution but is short and repetitive) or :func:`relation_texts` (every sentence of the
+  relation files, object written in: real facts, but templated and narrow). Notebook 03 says which it used and
+  measures how much the choice changes the edits.
+* Without text, :meth:`KeyStatistics.identity` gives ``C = I`` (a stated fallback: the update then disturbs keys
+  in proportion to their overlap with ``k*``).
 
 A small ridge ``λ·mean(diag C)·I`` keeps ``C`` invertible when the text has fewer distinct keys than
 ``d_mlp``; the ridge is part of the returned ``C``, so ``C`` and ``C⁻¹`` are exactly each other's inverse.
@@ -29,7 +34,7 @@ from tqdm.auto import tqdm
 from kc_utils import models
 from kc_utils.organism.paths import WEIGHTS_DIR
 
-__all__ = ["KeyStatistics", "key_statistics", "organism_texts"]
+__all__ = ["KeyStatistics", "generated_texts", "key_statistics", "organism_texts", "relation_texts"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,55 @@ def organism_texts(n_documents: int | None = None, seed: int = 0) -> list[str]:
     documents = build_corpus(load_split(), CorpusConfig(**corpus), epoch=0)
     chosen = documents if n_documents is None else documents[:n_documents]
     return [d.text for d in chosen]
+
+
+def generated_texts(
+    model: Any, n: int, n_tokens: int, seed: int = 0, top_k: int = 5, batch_size: int = 64
+) -> list[str]:
+    """``n`` texts the model samples itself from its start token (top-``top_k`` sampling, ``n_tokens`` new tokens
+    each, as the authors' ``generate_fast`` makes ROME's context templates), deterministic for a ``seed``.
+
+    Raises:
+        ValueError: ``n`` or ``n_tokens`` below 1, or a tokenizer with neither a BOS nor an EOS token.
+    """
+    if n < 1 or n_tokens < 1:
+        raise ValueError(f"n and n_tokens must be >= 1, got {n} and {n_tokens}")
+    tokenizer = model.tokenizer
+    start = models.bos_token_id(model)
+    start = next((t for t in (start, tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None), None)
+    if start is None:
+        raise ValueError("the tokenizer has no BOS or EOS token to start generating from; pass texts instead")
+    hf = models.hf_model(model)
+    device = models.model_device(model)
+    texts: list[str] = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for first in range(0, n, batch_size):
+            rows = min(batch_size, n - first)
+            ids = hf.generate(
+                input_ids=torch.full((rows, 1), start, device=device),
+                attention_mask=torch.ones(rows, 1, dtype=torch.long, device=device),
+                do_sample=True,
+                top_k=top_k,
+                max_new_tokens=n_tokens,
+                min_new_tokens=n_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            texts += [t.strip() for t in tokenizer.batch_decode(ids[:, 1:], skip_special_tokens=True)]
+    return texts
+
+
+def relation_texts(relations: Sequence[str] | None = None, max_per_relation: int | None = None) -> list[str]:
+    """Sentences of the relation files: every prompt template with each sample's subject and object written in
+    (``"The capital of France is Paris"``), in file order; ``relations`` = keys (default: all)."""
+    from kc_utils.data.relations import list_relations, load_relation
+
+    texts = []
+    for key in relations or list_relations():
+        rel = load_relation(key)
+        sentences = [t.replace("{}", s.subject) + " " + s.object for s in rel.samples for t in rel.prompt_templates]
+        texts += sentences if max_per_relation is None else sentences[:max_per_relation]
+    return texts
 
 
 def key_statistics(

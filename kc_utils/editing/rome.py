@@ -1,41 +1,48 @@
-"""ROME (Meng et al. 2022, "Locating and Editing Factual Associations in GPT"), written from the paper.
+"""ROME (Meng et al. 2022, "Locating and Editing Factual Associations in GPT") as its authors run it.
 
 An MLP's output projection is read as a linear associative memory ``W k ≈ v``: the key ``k`` is the MLP's
 hidden vector at the subject's last token, the value ``v`` what the MLP writes there. ROME inserts a new
-association ``(k*, v*)`` with the rank-one update of least disturbance:
+association with a rank-one update. The default :class:`RomeConfig` is the authors' algorithm (their
+``compute_u``, ``compute_v`` and ``execute_rome``); every departure is a named option, documented in
+:class:`RomeConfig` with the authors' name and value beside it.
 
-1. **Key** ``k*`` (:func:`compute_keys`): the key at the subject's last token, averaged over contexts — the
-   edit prompt, the relation's other templates (``RomeConfig.templates``) and a few text prefixes
-   (``RomeConfig.prefixes``), so it is not bound to one prompt's positions.
-2. **Value** ``v*`` (:func:`compute_values`): a vector ``δ`` is added to the MLP's output at the subject's
-   last token of every context and optimised (Adam) so that the new object becomes the next token::
+1. **Key** (:func:`compute_keys`): ``k̄``, the key at the subject's last token averaged over *prefixes of the edit
+   prompt* (the authors' context templates: ``"{}"`` and short texts the model generated itself, each put before
+   the prompt), and ``k_e``, the key of the edit prompt itself. Option ``templates``: average over the
+   relation's other templates too (our earlier variant).
+2. **Value** (:func:`compute_values`): a vector ``δ`` is added to the MLP's output at the subject's last token of
+   every context (and of the KL prompt) and optimised with Adam::
 
-       loss = mean_contexts[-log p(target)] + kl_factor · KL(p₀ ‖ p_δ)("{subject} is a")
-              + weight_decay · ‖δ‖² / ‖r‖²
+       loss = mean_contexts[-log p(target)] + kl_factor · KL(p_δ ‖ p₀)(subject's last token of "{} is a")
+              + weight_decay · ‖δ‖ / ‖ref‖²
 
-   with ``‖δ‖ ≤ clamp_norm_factor · ‖r‖``; it stops early once the target's mean probability over
-   the contexts exceeds ``stop_prob``, or at once when ``δ`` gets no gradient at all (nothing after this layer
-   reads the subject's position, e.g. the last layer). Then ``v* = W k* + δ`` (the value in the weight's own space, bias
-   excluded). The KL term keeps what the model says about the subject in general. One departure from the
-   paper: the scale ``r`` is the residual stream after the MLP at the subject's last token, where the paper
-   uses the MLP's output ``W k* + b``. On the organism, MLPs 1-2 write vectors of norm ~5 into a stream of
-   norm ~450, so a clamp relative to their output would forbid any edit there; at MLP 0 the two agree.
-3. **Update** (:func:`rome_update`): with ``u = C⁻¹ k*`` (``C = E[k kᵀ]``, :mod:`~kc_utils.editing.covariance`)::
+   with ``‖δ‖ ≤ clamp_norm_factor · ‖ref‖`` after each step, ``steps`` forward passes at most (``steps − 1``
+   updates), stopping once the loss is below ``stop_loss``. One shortcut the authors do not take: when the
+   target's loss gets no gradient at all (nothing after this layer reads the subject's position, e.g. the last
+   layer), ``δ`` stays 0 and ΔW = 0; the authors' loop would run on KL round-off and write a useless update.
+   The authors' ``ref`` is ``W k_e + b``, the MLP's output at the edit prompt, and their learning rate is
+   absolute; the default here measures both against the residual stream (``lr_unit``, ``norm_reference``), a
+   stated departure: on the organism MLPs 1–2 write vectors of norm ~5 into a stream of norm ~450, so the
+   authors' clamp forbids any edit there and 19 Adam steps of 0.5 cannot reach the ~460 an edit needs.
+3. **Update** (:func:`rome_update`): with ``u = C⁻¹ k̄`` (``C = E[k kᵀ]``, :mod:`~kc_utils.editing.covariance`)::
 
-       W' = W + (v* − W k*) uᵀ / (uᵀ k*)
+       W' = W + δ uᵀ / (uᵀ k_e)          (the authors: right_vector = δ / (k_e · u))
 
-   so ``W' k* = v*`` exactly and ``W' k = W k`` for every ``k`` with ``kᵀ C⁻¹ k* = 0`` (tested). ``W`` is
-   ``[d_model, d_mlp]`` (torch's Linear orientation); :mod:`kc_utils.models` writes it back in whatever
-   orientation the model stores (GPT-2's Conv1D is the transpose).
+   so ``W' k_e = W k_e + δ = v*``: the edit prompt is hit exactly, and ``W' k = W k`` for every ``k`` with
+   ``kᵀ C⁻¹ k̄ = 0`` (tested). Option ``denominator="mean"`` divides by ``uᵀ k̄`` instead (our earlier variant),
+   which hits ``k̄`` and only partly the edit prompt when ``k̄`` and ``k_e`` differ. ``W`` is ``[d_model, d_mlp]``
+   (torch's Linear orientation); :mod:`kc_utils.models` writes it back in whatever orientation the model stores.
 
 Values of many requests are optimised in one batch (:func:`compute_values`): each request has its own row of
-``δ``, its own loss term and its own early stop, and Adam is elementwise, so the batch gives each request the
-same ``v*`` as optimising it alone (tested against the one-request-at-a-time reference).
+``δ``, its own loss terms and its own stop, and Adam is elementwise, so the batch gives each request the same
+``δ`` as optimising it alone (tested against the one-request-at-a-time run, and against a plain implementation
+of the authors' equations in ``tests/test_rome_reference.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,6 +57,7 @@ from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, ch
 from kc_utils.editing.reversible import EditResult, snapshot
 
 __all__ = [
+    "ROME_DEPARTURES",
     "RomeConfig",
     "RomeTarget",
     "compute_keys",
@@ -60,46 +68,125 @@ __all__ = [
     "rome_update",
 ]
 
+_CHOICES = {
+    "denominator": ("edit", "mean"),
+    "lr_unit": ("absolute", "residual"),
+    "norm_reference": ("output", "residual"),
+    "weight_decay_form": ("norm", "squared"),
+    "kl": ("rome", "last"),
+    "stop": ("loss", "prob"),
+}
+
 
 @dataclass(frozen=True)
 class RomeConfig:
-    """ROME's hyperparameters (defaults follow the paper's GPT-2 XL settings where they transfer).
+    """ROME's hyperparameters. The default is the authors' algorithm (kmeng01/rome, ``hparams/ROME/gpt2-*.json``)
+    except for ``lr_unit`` and ``norm_reference``, which put the step size and the clamp at the model's scale.
+    :meth:`authors` gives the authors' exact settings; :data:`ROME_DEPARTURES` names every departure.
 
     Attributes:
-        templates: templates (one ``{}``) the key and the value are averaged over, besides the edit prompt;
-            for the organism, the relation's training templates.
-        prefixes: text put before each context (``""`` = none); the paper uses short generated texts.
-        value_prefixes: optimise ``δ`` on the prefixed contexts too (the paper); ``False`` (the default, to save
-            time) optimises it on the unprefixed contexts while the key still averages over every prefix.
-        steps: cap on the optimisation steps of ``δ``.
-        lr: Adam's learning rate for ``δ`` measured in units of the reference's RMS per coordinate (``δ = z ·
-            ‖r‖/√d`` and Adam steps ``z``), so one setting serves layers whose outputs differ in scale.
-        kl_factor: weight of the KL term on ``kl_template``.
-        kl_template: the prompt whose next-token distribution must not move (``"{} is a"``).
-        weight_decay: weight of ``‖δ‖² / ‖r‖²``.
-        clamp_norm_factor: ``‖δ‖`` is kept below this times ``‖r‖``.
-        stop_prob: stop once the target's mean probability over the contexts exceeds this.
+        prefixes: texts put before the edit prompt to average the key and optimise the value over; the bare
+            prompt is always the first context. Authors: ``"{}"`` plus 20 texts the model generated itself from
+            ``<|endoftext|>`` (``context_template_length_params [[5, 10], [10, 10]]``: 10 of 5 tokens, 10 of
+            10), each ending in ``". "``. Default none; notebook 03 passes the model's own generations
+            (:func:`~kc_utils.editing.covariance.generated_texts`).
+        templates: the relation's other templates (one ``{}``) to average over as well. Authors: none (``()``).
+            Ours, earlier: the relation's training templates (a departure: it moves ``k̄`` away from the edit
+            prompt's key and makes "generalisation" to those templates in-sample).
+        value_prefixes: optimise ``δ`` over the same contexts as the key (authors: yes). ``False`` optimises it on
+            the unprefixed contexts only, to save time.
+        denominator: ``"edit"`` divides the update by ``uᵀ k_e``, the edit prompt's own key (authors:
+            ``torch.dot(cur_input, left_vector)`` with ``cur_input`` from ``request["prompt"]``), so the edited
+            MLP maps ``k_e`` exactly to ``v*``. ``"mean"``: by ``uᵀ k̄`` (our earlier variant).
+        steps: forward passes of the optimisation of ``δ``, at most ``steps − 1`` updates (authors:
+            ``v_num_grad_steps`` 20).
+        lr: Adam's learning rate (authors: ``v_lr`` 0.5, absolute).
+        lr_unit: ``"absolute"`` (authors) or ``"residual"``: ``lr`` in units of ``‖r‖/√d``, the RMS per coordinate
+            of the residual stream after this layer at the edit prompt's subject (default, a departure: 19 steps
+            of 0.5 move ``δ`` by at most ~10, the organism needs ~460).
+        norm_reference: the norm ``ref`` of the clamp and the weight decay: ``"output"`` is ``‖W k_e + b‖``, the
+            MLP's own output at the edit prompt (authors' ``target_init``), ``"residual"`` is ``‖r‖`` (default, a
+            departure: at the organism's MLP 1 ``‖W k_e + b‖`` is ~5.7, so the authors' clamp of 4 × 5.7 binds).
+        clamp_norm_factor: ``‖δ‖ ≤`` this ``× ref`` after every step (authors: ``clamp_norm_factor`` 4).
+        weight_decay: weight of the decay term (authors: ``v_weight_decay`` 0.5).
+        weight_decay_form: ``"norm"``: ``‖δ‖ / ‖ref‖²`` (authors); ``"squared"``: ``‖δ‖² / ‖ref‖²`` (our earlier
+            variant).
+        kl_factor: weight of the KL term (authors: ``kl_factor`` 0.0625).
+        kl_template: the prompt whose next-token distribution must not move (authors: ``"{} is a"``).
+        kl: ``"rome"``: ``KL(p_δ ‖ p₀)`` at the subject's last token of ``kl_template`` (authors:
+            ``kl_div(kl_distr_init, kl_log_probs, log_target=True)`` at ``lookup_idxs``); ``"last"``:
+            ``KL(p₀ ‖ p_δ)`` at its last token (our earlier variant).
+        stop: ``"loss"``: stop once the total loss is below ``stop_loss`` (authors: ``loss < 5e-2``); ``"prob"``:
+            once the target's mean probability over the contexts exceeds ``stop_prob`` (our earlier variant,
+            which stops after 5–7 steps at p > 0.95).
+        stop_loss: the authors' 0.05.
+        stop_prob: the threshold of ``stop="prob"``.
     """
 
+    prefixes: tuple[str, ...] = ()
     templates: tuple[str, ...] = ()
-    prefixes: tuple[str, ...] = ("",)
-    value_prefixes: bool = False
-    steps: int = 25
+    value_prefixes: bool = True
+    denominator: str = "edit"
+    steps: int = 20
     lr: float = 0.5
+    lr_unit: str = "residual"
+    norm_reference: str = "residual"
+    clamp_norm_factor: float = 4.0
+    weight_decay: float = 0.5
+    weight_decay_form: str = "norm"
     kl_factor: float = 0.0625
     kl_template: str = "{} is a"
-    weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
+    kl: str = "rome"
+    stop: str = "loss"
+    stop_loss: float = 0.05
     stop_prob: float = 0.95
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not self.prefixes:
-            raise ValueError("prefixes must hold at least one text; use ('',) for no prefix")
         for template in (*self.templates, self.kl_template):
             if template.count("{}") != 1:
                 raise ValueError(f"template {template!r} must contain exactly one '{{}}' for the subject")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        for name in ("lr", "clamp_norm_factor", "weight_decay", "kl_factor", "stop_loss", "stop_prob"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+    @classmethod
+    def authors(cls, **changes: Any) -> RomeConfig:
+        """The authors' exact settings (absolute step size, clamp and decay against ``‖W k_e + b‖``)."""
+        return replace(cls(lr_unit="absolute", norm_reference="output"), **changes)
+
+    def departures(self) -> list[str]:
+        """Names (keys of :data:`ROME_DEPARTURES`) of the ways this config departs from the authors' algorithm."""
+        out = [name for name in ("lr_unit", "norm_reference") if getattr(self, name) == "residual"]
+        if self.templates:
+            out.append("templates")
+        if not self.value_prefixes and any(p.strip() for p in self.prefixes):
+            out.append("value_prefixes")
+        out += [
+            name
+            for name, authors in (("denominator", "edit"), ("weight_decay_form", "norm"), ("kl", "rome"))
+            if getattr(self, name) != authors
+        ]
+        if self.stop != "loss":
+            out.append("stop")
+        return out
+
+
+#: Every way :class:`RomeConfig` can depart from the authors' ROME: option → what changes (and why one would).
+ROME_DEPARTURES = {
+    "lr_unit": "learning rate in units of ‖r‖/√d (the residual's RMS per coordinate), not absolute: the model's scale",
+    "norm_reference": "clamp and weight decay against ‖r‖ (the residual stream), not ‖W k_e + b‖ (the MLP's output)",
+    "templates": "key and value averaged over the relation's templates too, not only prefixes of the edit prompt",
+    "value_prefixes": "δ optimised on the unprefixed contexts only (cheaper), the key still over every prefix",
+    "denominator": "update divided by uᵀ k̄ (the averaged key), not uᵀ k_e (the edit prompt's key)",
+    "weight_decay_form": "weight decay ‖δ‖²/‖ref‖², not ‖δ‖/‖ref‖²",
+    "kl": "KL(p₀ ‖ p) at the KL prompt's last token, not KL(p ‖ p₀) at the subject's last token",
+    "stop": "stop when the target's mean probability exceeds stop_prob, not when the loss is below 0.05",
+}
 
 
 @dataclass(frozen=True)
@@ -107,17 +194,20 @@ class RomeTarget:
     """The association ROME writes for one request.
 
     Attributes:
-        key: ``Float[d_mlp]`` ``k*``.
-        value: ``Float[d_model]`` ``v* = W k* + δ``.
+        key: ``Float[d_mlp]`` ``k̄``, the key ``u = C⁻¹ k̄`` is built from (mean over the contexts).
+        write_key: ``Float[d_mlp]`` the key the update maps exactly to ``value``: ``k_e`` (the edit prompt's own
+            key) with ``denominator="edit"``, ``k̄`` with ``"mean"``.
+        value: ``Float[d_model]`` ``v* = W write_key + δ``.
         delta_norm: ``‖δ‖``.
-        output_norm: ``‖W k* + b‖`` (the MLP's own output for the key ``k*``).
-        reference_norm: ``‖r‖``, the residual stream after the MLP at the subject's last token (mean over the
-            contexts), the scale ``δ`` is measured against.
-        steps: optimisation steps taken.
+        output_norm: ``‖W k_e + b‖`` (the MLP's own output at the edit prompt).
+        reference_norm: ``‖r‖``, the residual stream after the MLP at the edit prompt's subject.
+        steps: optimisation updates taken.
         target_prob: the target's mean probability over the contexts with ``δ`` added, when it stopped.
+        n_contexts: contexts the key is averaged over.
     """
 
     key: Float[Tensor, m]
+    write_key: Float[Tensor, m]
     value: Float[Tensor, d]
     delta_norm: float
     output_norm: float
@@ -128,16 +218,15 @@ class RomeTarget:
 
 
 def context_prompts(request: EditRequest, config: RomeConfig) -> list[str]:
-    """The contexts of a request: each prefix before the edit prompt and before each template.
-
-    A prefix that contains the subject is skipped (the subject's position would be ambiguous).
-    """
+    """The contexts of a request, the bare edit prompt first (the authors' ``"{}"``), then each prefix before it;
+    with ``config.templates``, each template the same way. A prefix that contains the subject is skipped (the
+    subject's position would be ambiguous)."""
     prompts = list(dict.fromkeys([request.prompt, *(t.replace("{}", request.subject) for t in config.templates)]))
     out = []
-    for prefix in config.prefixes:
+    for prefix in dict.fromkeys(("", *(p.strip() for p in config.prefixes))):
         if prefix and request.subject in prefix:
             continue
-        out += [(prefix.strip() + " " + p) if prefix.strip() else p for p in prompts]
+        out += [f"{prefix} {p}" if prefix else p for p in prompts]
     return out
 
 
@@ -172,12 +261,15 @@ def _rows(model: Any, texts: list[str], subjects: list[str], request_index: list
 
 def _context_rows(
     model: Any, requests: Sequence[PreparedRequest], config: RomeConfig, with_prefixes: bool = True
-) -> _Rows:
-    texts, subjects, index = [], [], []
+) -> tuple[_Rows, Tensor]:
+    """Rows of every request's contexts, then one KL row per request; and each request's first row (its edit
+    prompt, unprefixed)."""
+    texts, subjects, index, first = [], [], [], []
     if not with_prefixes:
-        config = replace(config, prefixes=("",))
+        config = replace(config, prefixes=())
     for i, prepared in enumerate(requests):
         contexts = context_prompts(prepared.request, config)
+        first.append(len(texts))
         texts += contexts
         subjects += [prepared.request.subject] * len(contexts)
         index += [i] * len(contexts)
@@ -185,7 +277,8 @@ def _context_rows(
         texts.append(config.kl_template.replace("{}", prepared.request.subject))
         subjects.append(prepared.request.subject)
         index.append(len(requests) + i)
-    return _rows(model, texts, subjects, index)
+    rows = _rows(model, texts, subjects, index)
+    return rows, torch.tensor(first, device=rows.tokens.device)
 
 
 def _prepare_all(model: Any, requests: Sequence[EditRequest | PreparedRequest]) -> list[PreparedRequest]:
@@ -196,11 +289,12 @@ def _prepare_all(model: Any, requests: Sequence[EditRequest | PreparedRequest]) 
 
 def compute_keys(
     model: Any, requests: Sequence[EditRequest | PreparedRequest], layer: int, config: RomeConfig
-) -> Float[Tensor, "r m"]:
-    """``k*`` of each request: the key at the subject's last token, averaged over the request's contexts."""
+) -> tuple[Float[Tensor, "r m"], Float[Tensor, "r m"]]:
+    """``(k̄, k_e)`` of each request: the key at the subject's last token averaged over the request's contexts,
+    and the key of the edit prompt itself."""
     check_layer(model, layer)
     prepared = _prepare_all(model, requests)
-    rows = _context_rows(model, prepared, config)
+    rows, first = _context_rows(model, prepared, config)
     n = len(prepared)
     hook = models.mlp_key_hook(layer)
     with torch.no_grad():
@@ -209,7 +303,7 @@ def compute_keys(
     sums = torch.zeros(n, keys.shape[1], dtype=keys.dtype, device=keys.device)
     sums.index_add_(0, rows.request[:-n], keys)
     counts = torch.bincount(rows.request[:-n], minlength=n).to(keys.dtype)
-    return (sums / counts[:, None]).float()
+    return (sums / counts[:, None]).float(), keys[first].float()
 
 
 def _delta_hook(layer: int, delta: Tensor, rows: Tensor, positions: Tensor, owner: Tensor) -> tuple[str, Any]:
@@ -222,14 +316,32 @@ def _delta_hook(layer: int, delta: Tensor, rows: Tensor, positions: Tensor, owne
     return models.mlp_out_hook(layer), add
 
 
+@contextmanager
+def _frozen(model: Any) -> Iterator[None]:
+    """No parameter gradients while ``δ`` is optimised (only ``δ`` is trained); restored afterwards."""
+    params = list(models.all_parameters(model).values())
+    was = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, was):
+            p.requires_grad_(flag)
+
+
 def compute_values(
     model: Any,
     requests: Sequence[EditRequest | PreparedRequest],
     layer: int,
-    keys: Float[Tensor, "r m"],
+    keys: tuple[Float[Tensor, "r m"], Float[Tensor, "r m"]],
     config: RomeConfig,
 ) -> list[RomeTarget]:
-    """``v*`` of each request (module docstring, step 2), all requests optimised in one batch."""
+    """``v*`` of each request (module docstring, step 2), all requests optimised in one batch.
+
+    Args:
+        keys: ``(k̄, k_e)`` from :func:`compute_keys`.
+    """
     check_layer(model, layer)
     prepared = _prepare_all(model, requests)
     n_req = len(prepared)
@@ -237,9 +349,9 @@ def compute_values(
     weight = models.mlp_out_weight(model, layer).to(device).float()
     bias = models.mlp_out_bias(model, layer)
     bias = torch.zeros(weight.shape[0], device=device) if bias is None else bias.to(device).float()
-    keys = keys.to(device).float()
-    value_init = keys @ weight.T  # [r, d]  W k*
-    rows = _context_rows(model, prepared, config, with_prefixes=config.value_prefixes)
+    mean_keys, edit_keys = (k.to(device).float() for k in keys)
+    write_keys = edit_keys if config.denominator == "edit" else mean_keys
+    rows, first = _context_rows(model, prepared, config, with_prefixes=config.value_prefixes)
     n_rows = len(rows.tokens)
     all_rows = torch.arange(n_rows, device=device)
     is_ctx = rows.request < n_req
@@ -247,59 +359,74 @@ def compute_values(
     target = torch.tensor([p.target for p in prepared], device=device)[ctx_request]
     counts = torch.bincount(ctx_request, minlength=n_req).float()
     owner = rows.request % n_req
+    kl_pos = rows.subject_last[~is_ctx] if config.kl == "rome" else rows.last_pos[~is_ctx]
+    kl_rows = all_rows[~is_ctx]
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, rows.tokens, [models.resid_post_hook(layer)])
-        base_logits = models.run_with_hooks(model, rows.tokens)[all_rows, rows.last_pos].float()
-    resid = cache[models.resid_post_hook(layer)][all_rows, rows.subject_last].norm(dim=-1)  # [n]
-    reference = torch.zeros(n_req, device=device).index_add(0, ctx_request, resid[is_ctx]) / counts  # [r]
-    kl_base = base_logits[~is_ctx].log_softmax(-1)  # [r, v]
-    unit = reference / weight.shape[0] ** 0.5  # [r] RMS per coordinate of the reference
+        _, cache = models.run_with_cache(
+            model, rows.tokens, [models.resid_post_hook(layer), models.mlp_out_hook(layer)]
+        )
+    residual = cache[models.resid_post_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # [r]
+    output = cache[models.mlp_out_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # ‖W k_e + b‖
+    reference = residual if config.norm_reference == "residual" else output
+    unit = residual / weight.shape[0] ** 0.5 if config.lr_unit == "residual" else torch.ones_like(residual)
 
-    z = torch.zeros(n_req, weight.shape[0], device=device, requires_grad=True)
+    z = torch.zeros(n_req, weight.shape[0], device=device, requires_grad=True)  # δ = z · unit
     optimiser = torch.optim.Adam([z], lr=config.lr)
     done = torch.zeros(n_req, dtype=torch.bool, device=device)
     steps = torch.zeros(n_req, dtype=torch.long, device=device)
     final_prob = torch.zeros(n_req, device=device)
-    for step in range(config.steps):
-        delta = z * unit[:, None]
-        with models.hooks(model, [_delta_hook(layer, delta, all_rows, rows.subject_last, owner)]):
-            logits = model(rows.tokens)[all_rows, rows.last_pos].float()
-        log_probs = logits[is_ctx].log_softmax(-1).gather(1, target[:, None])[:, 0]  # [contexts]
-        nll = torch.zeros(n_req, device=device).index_add(0, ctx_request, -log_probs) / counts
-        mean_prob = torch.zeros(n_req, device=device).index_add(0, ctx_request, log_probs.detach().exp()) / counts
-        final_prob = torch.where(done, final_prob, mean_prob)
-        done = done | (mean_prob > config.stop_prob)
-        if bool(done.all()) or step == config.steps - 1:
-            break
-        steps += (~done).long()
-        kl_now = logits[~is_ctx].log_softmax(-1)
-        kl_div = (kl_base.exp() * (kl_base - kl_now)).sum(-1)  # [r] KL(p0 || p_delta)
-        decay = delta.pow(2).sum(-1) / reference.pow(2)
-        loss = (nll + config.kl_factor * kl_div + config.weight_decay * decay).sum()
-        optimiser.zero_grad()
-        loss.backward()
-        # a δ with no gradient at all can never reach the answer (nothing reads the subject after this layer)
-        unreachable = ~done & (z.grad.abs().sum(-1) == 0) & (nll > 0)
-        final_prob = torch.where(unreachable, mean_prob, final_prob)
-        steps -= unreachable.long()
-        done = done | unreachable
-        if bool(done.all()):
-            break
-        frozen = z.detach()[done].clone()
-        optimiser.step()
-        with torch.no_grad():
-            limit = config.clamp_norm_factor * reference
-            norms = (z * unit[:, None]).norm(dim=-1)
-            z.mul_(torch.where(norms > limit, limit / norms.clamp_min(1e-12), torch.ones_like(norms))[:, None])
-            z[done] = frozen
+    with _frozen(model):
+        for step in range(config.steps):
+            delta = z * unit[:, None]
+            with models.hooks(model, [_delta_hook(layer, delta, all_rows, rows.subject_last, owner)]):
+                logits = model(rows.tokens)
+            log_probs = logits[all_rows[is_ctx], rows.last_pos[is_ctx]].float().log_softmax(-1)
+            target_log_probs = log_probs.gather(1, target[:, None])[:, 0]  # [contexts]
+            nll = torch.zeros(n_req, device=device).index_add(0, ctx_request, -target_log_probs) / counts
+            mean_prob = (
+                torch.zeros(n_req, device=device).index_add(0, ctx_request, target_log_probs.detach().exp()) / counts
+            )
+            kl_now = logits[kl_rows, kl_pos].float().log_softmax(-1)  # [r, v]
+            if step == 0:  # p₀ from the same pass with δ = 0, as the authors record kl_distr_init
+                kl_base = kl_now.detach().clone()
+            if config.kl == "rome":
+                kl_div = (kl_now.exp() * (kl_now - kl_base)).sum(-1)  # [r] KL(p_δ ‖ p₀)
+            else:
+                kl_div = (kl_base.exp() * (kl_base - kl_now)).sum(-1)  # [r] KL(p₀ ‖ p_δ)
+            if config.weight_decay_form == "norm":
+                decay = delta.norm(dim=-1) / reference.pow(2)
+            else:
+                decay = delta.pow(2).sum(-1) / reference.pow(2)
+            loss = nll + config.kl_factor * kl_div + config.weight_decay * decay  # [r]
+            final_prob = torch.where(done, final_prob, mean_prob)
+            reached = loss.detach() < config.stop_loss if config.stop == "loss" else mean_prob > config.stop_prob
+            done = done | reached
+            if bool(done.all()) or step == config.steps - 1:
+                break
+            if step == 0:  # no gradient of the target's loss: nothing after this layer reads the subject's position
+                (nll_grad,) = torch.autograd.grad(nll.sum(), z, retain_graph=True)
+                done = done | ((nll_grad.abs().sum(-1) == 0) & (nll.detach() > 0))
+                if bool(done.all()):
+                    break
+            optimiser.zero_grad()
+            loss.sum().backward()
+            steps += (~done).long()
+            frozen = z.detach()[done].clone()
+            optimiser.step()
+            with torch.no_grad():
+                z[done] = frozen
+                limit = config.clamp_norm_factor * reference
+                norms = (z * unit[:, None]).norm(dim=-1)
+                z.mul_(torch.where(norms > limit, limit / norms.clamp_min(1e-30), torch.ones_like(norms))[:, None])
     delta = (z * unit[:, None]).detach()
     return [
         RomeTarget(
-            key=keys[i].cpu(),
-            value=(value_init[i] + delta[i]).cpu(),
+            key=mean_keys[i].cpu(),
+            write_key=write_keys[i].cpu(),
+            value=(write_keys[i] @ weight.T + delta[i]).cpu(),
             delta_norm=float(delta[i].norm()),
-            output_norm=float((value_init[i] + bias).norm()),
-            reference_norm=float(reference[i]),
+            output_norm=float(output[i]),
+            reference_norm=float(residual[i]),
             steps=int(steps[i]),
             target_prob=float(final_prob[i]),
             n_contexts=int(counts[i]),
@@ -311,7 +438,7 @@ def compute_values(
 def rome_targets(
     model: Any, requests: Sequence[EditRequest | PreparedRequest], layer: int, config: RomeConfig | None = None
 ) -> list[RomeTarget]:
-    """``(k*, v*)`` of every request at ``layer`` (keys and values computed in batches)."""
+    """``(k̄, k_e, v*)`` of every request at ``layer`` (keys and values computed in batches)."""
     config = config or RomeConfig()
     prepared = _prepare_all(model, requests)
     keys = compute_keys(model, prepared, layer, config)
@@ -319,19 +446,25 @@ def rome_targets(
 
 
 def rome_update(
-    weight: Float[Tensor, "d m"], key: Float[Tensor, m], value: Float[Tensor, d], inverse: Float[Tensor, "m m"]
+    weight: Float[Tensor, "d m"],
+    key: Float[Tensor, m],
+    value: Float[Tensor, d],
+    inverse: Float[Tensor, "m m"],
+    write_key: Float[Tensor, m] | None = None,
 ) -> Float[Tensor, "d m"]:
-    """``W + (v* − W k*) uᵀ / (uᵀ k*)`` with ``u = C⁻¹ k*``, computed in float64, returned in ``weight``'s dtype.
+    """``W + (v* − W k_w) uᵀ / (uᵀ k_w)`` with ``u = C⁻¹ key`` and ``k_w = write_key`` (default: ``key``), computed
+    in float64 and returned in ``weight``'s dtype; ``W' k_w = v*`` exactly.
 
     Raises:
-        EditError: when ``uᵀ k* = k*ᵀ C⁻¹ k*`` is not positive (a zero key).
+        EditError: when ``uᵀ k_w`` is not positive (a zero key, or a write key orthogonal to ``u``).
     """
     w, k, v, c_inv = weight.double(), key.double().to(weight.device), value.double(), inverse.double()
+    k_w = k if write_key is None else write_key.double().to(weight.device)
     u = c_inv.to(weight.device) @ k
-    denominator = u @ k
+    denominator = u @ k_w
     if not bool(denominator > 0):
-        raise EditError(f"k*ᵀ C⁻¹ k* = {float(denominator):.3g} is not positive: the key is zero or C is not positive")
-    residual = v.to(weight.device) - w @ k
+        raise EditError(f"uᵀ k = {float(denominator):.3g} is not positive: the key is zero or C is not positive")
+    residual = v.to(weight.device) - w @ k_w
     return (w + torch.outer(residual, u) / denominator).to(weight.dtype)
 
 
@@ -347,7 +480,7 @@ def rome_edit(
 
     Args:
         stats: ``C`` of this layer's keys (default: the identity fallback).
-        target: a ``(k*, v*)`` already computed by :func:`rome_targets` (else computed here).
+        target: a ``(k̄, k_e, v*)`` already computed by :func:`rome_targets` (else computed here).
 
     Raises:
         EditError: a layer out of range, statistics of another layer, or a bad request.
@@ -364,7 +497,7 @@ def rome_edit(
         target = rome_targets(model, [prepared], layer, config)[0]
     name = next(n for n in models.mlp_parameters(model, layer, "out") if n.endswith("weight"))
     originals = snapshot(model, [name])
-    new_weight = rome_update(weight, target.key, target.value, stats.inverse)
+    new_weight = rome_update(weight, target.key, target.value, stats.inverse, target.write_key)
     models.set_mlp_out_weight(model, layer, new_weight)
     info = {
         "update_norm": float((new_weight - weight).norm()),

@@ -10,7 +10,17 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-__all__ = ["describe_case", "describe_departure", "describe_leak_circuits", "describe_location", "describe_sweep"]
+__all__ = [
+    "describe_case",
+    "describe_covariance",
+    "describe_departure",
+    "describe_departures",
+    "describe_leak_circuits",
+    "describe_location",
+    "describe_paper_reading",
+    "describe_rome_layers",
+    "describe_sweep",
+]
 
 _NAMES = {"rome": "ROME", "ft-m": "FT-M"}
 
@@ -149,3 +159,157 @@ def describe_departure(n_layers: int, attention_free_layers: Sequence[int], pape
         text + ". Its last layer is the only one after which nothing reads the subject's position, so a subject-side "
         "edit there cannot reach the answer; the paper's layer 0 is the closest analogue of this model's layer 0."
     )
+
+
+def _layers(values: Sequence[float]) -> str:
+    items = [str(int(x)) for x in values]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _pcts(values: Sequence[float]) -> str:
+    return ", ".join(_pct(x) for x in values)
+
+
+def describe_rome_layers(
+    summary: pd.DataFrame, labels: dict[str, str], key_templates: dict[str, bool], works_at: float = 0.5
+) -> str:
+    """Layer by layer, where each ROME variant works, from a :func:`~kc_utils.editing.sweep.summarise_sweep` table.
+
+    Args:
+        labels: method → how to name it (``{"rome": "The authors' ROME", "rome-templates": "..."}``); methods of
+            the table not named here are left out.
+        key_templates: method → whether its key averages over the relation's other templates (then only the
+            held-out template measures generalisation to templates the key never saw).
+    """
+    sentences = []
+    for method, label in labels.items():
+        rows = summary[summary["method"] == method].sort_values("layer")
+        if rows.empty:
+            continue
+        working = rows[rows["reliability_mean"] >= works_at]
+        failing = rows[rows["reliability_mean"] < works_at]
+        if working.empty:
+            sentences.append(
+                f"{label}: no edit works at any visited layer ({_layers(rows['layer'])}; reliability at most "
+                f"{_pct(rows['reliability_mean'].max())})."
+            )
+            continue
+        text = (
+            f"{label}: edits work (reliability ≥ {_pct(works_at)}) at layer{'s' if len(working) > 1 else ''} "
+            f"{_layers(working['layer'])} ({_pcts(working['reliability_mean'])})"
+        )
+        if not failing.empty:
+            text += (
+                f" and fail at layer{'s' if len(failing) > 1 else ''} {_layers(failing['layer'])} "
+                f"({_pcts(failing['reliability_mean'])})"
+            )
+        text += (
+            f". On the held-out template, which its key never saw, generalisation is "
+            f"{_pcts(working['generalisation_unseen_mean'])}"
+        )
+        if key_templates.get(method, False):
+            text += (
+                f"; on the relation's other templates {_pcts(working['generalisation_mean'])}, in-sample (its key "
+                "and value are averaged over them)"
+            )
+        else:
+            text += f", and on the relation's other templates (unseen too) {_pcts(working['generalisation_mean'])}"
+        sentences.append(text + ".")
+    return " ".join(sentences)
+
+
+def describe_departures(table: pd.DataFrame, noise: float = 0.05) -> str:
+    """Read a :func:`~kc_utils.editing.sweep.departure_table`: for each departure, the layer where reliability
+    moves most from the default and by how much (changes within ``noise`` read as none)."""
+    sentences = []
+    base = table[table["departure"] == "default"].set_index("layer")
+    for name, rows in table[table["departure"] != "default"].groupby("departure", sort=False):
+        row = rows.loc[rows["reliability_change"].abs().idxmax()]
+        layer = int(row["layer"])
+        before = base.loc[layer]
+        if abs(row["reliability_change"]) <= noise:
+            sentences.append(f"{name} ({row['what']}): reliability within {_pct(noise)} of the default at every layer.")
+            continue
+        sentences.append(
+            f"{name} ({row['what']}): reliability {100 * row['reliability_change']:+.0f} points at layer {layer} "
+            f"({_pct(before['reliability'])} → {_pct(row['reliability'])}; held-out template "
+            f"{_pct(before['generalisation_unseen'])} → {_pct(row['generalisation_unseen'])}, leak "
+            f"{100 * before['leak']:+.0f} → {100 * row['leak']:+.0f} points)."
+        )
+    return " ".join(sentences)
+
+
+def describe_covariance(table: pd.DataFrame) -> str:
+    """Read a :func:`~kc_utils.editing.sweep.covariance_effect` table (``source``, ``layer``, ``reliability``,
+    ``locality_relation``, ``leak``, ``update_cosine``): how much the choice of ``C``'s text changes the edits,
+    against the first source."""
+    sources = list(dict.fromkeys(table["source"]))
+    first = table[table["source"] == sources[0]].set_index("layer")
+    parts = []
+    for source in sources[1:]:
+        rows = table[table["source"] == source].set_index("layer")
+        change = (rows["reliability"] - first["reliability"]).abs()
+        layer = int(change.idxmax())
+        parts.append(
+            f"with C from {source}, ΔW has cosine {rows['update_cosine'].min():.2f}–{rows['update_cosine'].max():.2f} "
+            f"with the {sources[0]} one and reliability moves by at most {100 * change.max():.0f} points (layer "
+            f"{layer}: {_pct(first.loc[layer, 'reliability'])} → {_pct(rows.loc[layer, 'reliability'])}; leak "
+            f"{100 * first.loc[layer, 'leak']:+.0f} → {100 * rows.loc[layer, 'leak']:+.0f} points)"
+        )
+    if not parts:
+        return f"Only one source of C ({sources[0]}) was measured."
+    return f"The same k̄, k_e and v* written with C from {sources[0]} or another text: " + "; ".join(parts) + "."
+
+
+def describe_paper_reading(
+    location: pd.DataFrame, summary: pd.DataFrame, rome_method: str = "rome", works_at: float = 0.5
+) -> str:
+    """The paper's reading of ROME and FT-M (Yao et al. §5) against a :func:`~kc_utils.editing.sweep.location_table`
+    and a :func:`~kc_utils.editing.sweep.summarise_sweep` table: where the working edits live, layer by layer."""
+    loc = location.set_index(["method", "layer"])
+    rel = summary.set_index(["method", "layer"])["reliability_mean"]
+    sentences = []
+    rome = [
+        (int(layer), row)
+        for (method, layer), row in loc.iterrows()
+        if method == rome_method and row["n_working"] > 0 and rel.loc[(method, layer)] >= works_at
+    ]
+    if not rome:
+        sentences.append(
+            "The paper reads ROME as writing the new fact at the subject's last token; here no layer has enough "
+            "working ROME edits to test that."
+        )
+    else:
+        at_subject = [layer for layer, row in rome if row["undone_by_subject"] >= 0.5 > row["undone_by_last"]]
+        elsewhere = [layer for layer, _ in rome if layer not in at_subject]
+        text = (
+            "The paper reads ROME as writing the new fact at the subject's last token, from where a mover head "
+            "carries it to the last position. "
+        )
+        if at_subject:
+            shares = _pcts([loc.loc[(rome_method, x), "undone_by_subject"] for x in at_subject])
+            text += (
+                f"Here that holds at layer{'s' if len(at_subject) > 1 else ''} {_layers(at_subject)}: restoring the "
+                f"edited MLP's output at the subject undoes {shares} of the working edits, at the last position "
+                f"{_pcts([loc.loc[(rome_method, x), 'undone_by_last'] for x in at_subject])}"
+            )
+        if elsewhere:
+            text += ("; it does not" if at_subject else "Here it does not hold") + (
+                f" at layer{'s' if len(elsewhere) > 1 else ''} {_layers(elsewhere)}"
+            )
+        sentences.append(text + ".")
+    ftm = [(int(layer), row) for (method, layer), row in loc.iterrows() if method == "ft-m" and row["n_working"] > 0]
+    last = [layer for layer, row in ftm if row["undone_by_last"] >= 0.5]
+    if ftm:
+        text = "The paper's FT-M makes the edited MLP write the target straight into the last token's stream: "
+        if last:
+            text += (
+                f"here FT-M's edits live at the last position at layer{'s' if len(last) > 1 else ''} {_layers(last)}"
+            )
+            others = [layer for layer, _ in ftm if layer not in last]
+            if others:
+                text += f", and not at layer{'s' if len(others) > 1 else ''} {_layers(others)}"
+        else:
+            text += "here no FT-M edit lives at the last position"
+        sentences.append(text + ".")
+    return " ".join(sentences)

@@ -9,26 +9,32 @@ edit. :func:`summarise_sweep` gives the mean ± std per method and layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
+from kc_utils import models
 from kc_utils.editing.covariance import KeyStatistics
 from kc_utils.editing.evaluation import METRICS, EditEvaluator, corrupt_twin
 from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
 from kc_utils.editing.inspect import leak_circuit_table, mlp_node
 from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, check_layer
 from kc_utils.editing.reversible import EditResult
-from kc_utils.editing.rome import RomeConfig, RomeTarget, rome_edit, rome_targets
+from kc_utils.editing.rome import ROME_DEPARTURES, RomeConfig, RomeTarget, rome_edit, rome_targets, rome_update
 from kc_utils.organism.split import Split
 
 __all__ = [
     "LOCATION_COLUMNS",
     "METHODS",
     "apply_edit",
+    "covariance_effect",
     "default_sweep_layers",
+    "departure_table",
     "edit_sweep",
+    "rome_departures",
     "leak_circuits",
     "location_table",
     "summarise_leak_circuits",
@@ -39,12 +45,15 @@ METHODS = ("rome", "ft-m")
 LOCATION_COLUMNS = ("new_top1", "new_top1_subject_restored", "new_top1_last_restored")
 
 
-def default_sweep_layers(n_layers: int) -> list[int]:
-    """Every layer of a model with at most 6 layers; else the paper's five: first, quarters and last
-    (GPT-2 medium: 0, 6, 12, 18, 23)."""
+def default_sweep_layers(n_layers: int, n: int = 5) -> list[int]:
+    """Every layer of a model with at most 6 layers; else ``n`` layers spread from the first to the last
+    (``n = 5``: first, quarters and last, the paper's GPT-2 medium layers 0, 6, 12, 18, 23; ``n = 3``: first,
+    middle, last), with ROME's early-middle layer (a third of the depth: GPT-2 medium's 8 of 24 in the authors'
+    settings) added when it is not among them."""
     if n_layers <= 6:
         return list(range(n_layers))
-    return sorted({0, n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers - 1})
+    spread = {round(i * (n_layers - 1) / (n - 1)) for i in range(n)} if n > 1 else {0}
+    return sorted(spread | {n_layers // 3})
 
 
 def apply_edit(
@@ -230,4 +239,140 @@ def summarise_leak_circuits(table: pd.DataFrame) -> pd.DataFrame:
                 "in_circuit": float(rows["in_circuit"].mean()) if n else float("nan"),
             }
         )
+    return pd.DataFrame.from_records(records)
+
+
+def rome_departures(
+    default: RomeConfig, templates: Sequence[str], more_prefixes: Sequence[str] = ()
+) -> dict[str, tuple[str, RomeConfig]]:
+    """The ROME configs that each change one thing from ``default`` (the authors' algorithm at the model's scale):
+    name → (what changes, config). ``templates`` are the relation's templates (for the template-averaged key);
+    ``more_prefixes`` extra prefixes for the "as many prefixes as the authors" run (skipped when empty)."""
+    out = {
+        "authors' scale": (
+            "learning rate absolute, clamp and decay against ‖W k_e + b‖ (the authors' exact settings)",
+            replace(default, lr_unit="absolute", norm_reference="output"),
+        ),
+        "templates": (
+            ROME_DEPARTURES["templates"] + " (update still at the edit prompt's key)",
+            replace(default, templates=tuple(templates)),
+        ),
+        "templates + denominator": (
+            ROME_DEPARTURES["templates"] + ", and " + ROME_DEPARTURES["denominator"] + " (our earlier ROME)",
+            replace(default, templates=tuple(templates), denominator="mean"),
+        ),
+        "kl": (ROME_DEPARTURES["kl"], replace(default, kl="last")),
+        "weight_decay_form": (ROME_DEPARTURES["weight_decay_form"], replace(default, weight_decay_form="squared")),
+        "stop": (ROME_DEPARTURES["stop"], replace(default, stop="prob")),
+    }
+    if default.prefixes:
+        out["value_prefixes"] = (ROME_DEPARTURES["value_prefixes"], replace(default, value_prefixes=False))
+    if more_prefixes:
+        n = len(default.prefixes) + len(more_prefixes)
+        out["prefixes"] = (
+            f"{n} generated prefixes instead of {len(default.prefixes)}",
+            replace(default, prefixes=(*default.prefixes, *more_prefixes)),
+        )
+    return out
+
+
+def departure_table(
+    model: Any,
+    evaluator: EditEvaluator,
+    layers: Sequence[int],
+    default: RomeConfig | FtmConfig,
+    departures: dict[str, tuple[str, RomeConfig | FtmConfig]],
+    stats: dict[int, KeyStatistics] | None = None,
+    columns: Sequence[str] = METRICS,
+    default_what: str = "the authors' ROME at the model's scale",
+    known: dict[str, tuple[str, pd.DataFrame]] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One method's default and each departure from it (:func:`rome_departures`, or FT-M configs) over the same
+    edits and layers; the method is ROME for :class:`RomeConfig`, FT-M for :class:`FtmConfig`.
+
+    Args:
+        known: departures already swept elsewhere on the same edits: name → (what changes, its
+            :func:`summarise_sweep` table), added without running them again.
+
+    Returns:
+        One row per (``departure``, ``layer``): ``departure`` (``"default"`` first), ``what``, ``n_edits``, the
+        mean of each of ``columns``, and ``reliability_change`` (departure − default, same layer).
+    """
+    method = "rome" if isinstance(default, RomeConfig) else "ft-m"
+    known = known or {}
+    runs = {"default": (default_what, default), **departures}
+    runs = {name: run for name, run in runs.items() if name not in known}
+    frames = []
+    for name, (what, config) in tqdm(runs.items(), desc=f"{method} departures", disable=not progress):
+        configs = {"rome_config": config} if method == "rome" else {"ftm_config": config}
+        sweep = edit_sweep(model, evaluator, layers, [method], stats, locate=False, progress=False, **configs)
+        frames.append(_departure_rows(name, what, summarise_sweep(sweep, columns), columns))
+    for name, (what, summary) in known.items():
+        frames.append(_departure_rows(name, what, summary[summary["layer"].isin(layers)], columns))
+    out = pd.concat(frames, ignore_index=True)
+    order = ["default", *(n for n in departures if n != "default"), *(n for n in known if n != "default")]
+    out = out.set_index("departure").loc[list(dict.fromkeys(order))].reset_index()
+    base = out[out["departure"] == "default"].set_index("layer")["reliability"]
+    out["reliability_change"] = out["reliability"] - out["layer"].map(base)
+    return out
+
+
+def _departure_rows(name: str, what: str, summary: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    table = summary[["layer", "n_edits"]].copy()
+    for column in columns:
+        table[column] = summary[f"{column}_mean"].to_numpy()
+    table.insert(0, "what", what)
+    table.insert(0, "departure", name)
+    return table.reset_index(drop=True)
+
+
+def covariance_effect(
+    model: Any,
+    evaluator: EditEvaluator,
+    layers: Sequence[int],
+    stats_by_source: dict[str, dict[int, KeyStatistics]],
+    config: RomeConfig,
+    columns: Sequence[str] = METRICS,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """The same ROME edits (``k̄, k_e, v*`` computed once per layer) written with ``C`` from each source.
+
+    Returns:
+        One row per (``source``, ``layer``): ``n_edits``, the mean of each of ``columns``, and ``update_cosine``
+        (mean over edits of the cosine between this source's ΔW and the first source's).
+    """
+    sources = list(stats_by_source)
+    records = []
+    bar = tqdm(total=len(layers) * len(sources) * len(evaluator), desc="C sources", disable=not progress)
+    for layer in layers:
+        targets = rome_targets(model, evaluator.prepared, layer, config)
+        weight = models.mlp_out_weight(model, layer)
+        first: list[Any] = []
+        for source in sources:
+            rows = []
+            for index, prepared in enumerate(evaluator.prepared):
+                stats = stats_by_source[source][layer]
+                update = (
+                    rome_update(
+                        weight, targets[index].key, targets[index].value, stats.inverse, targets[index].write_key
+                    )
+                    - weight
+                )
+                if source == sources[0]:
+                    first.append(update)
+                cosine = float(torch.nn.functional.cosine_similarity(update.flatten(), first[index].flatten(), dim=0))
+                with rome_edit(model, prepared, layer, stats, config, target=targets[index]):
+                    rows.append({**evaluator.evaluate(index), "update_cosine": cosine})
+                bar.update()
+            frame = pd.DataFrame.from_records(rows)
+            records.append(
+                {
+                    "source": source,
+                    "layer": layer,
+                    "n_edits": len(frame),
+                    **{c: float(frame[c].mean()) for c in (*columns, "update_cosine")},
+                }
+            )
+    bar.close()
     return pd.DataFrame.from_records(records)
