@@ -21,10 +21,10 @@ with their range.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import pandas as pd
 
+from kc_utils.analysis.head_roles_text import _need, _pct
 from kc_utils.circuits.overlap import MEASURES
 
 __all__ = [
@@ -51,16 +51,6 @@ PAIR_LABELS = {
 
 #: How far above a baseline an overlap must lie to count as "more" (absolute share).
 MARGIN = 0.05
-
-
-def _need(table: pd.DataFrame, columns: Sequence[str], what: str) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ValueError(f"the {what} table lacks columns {missing}")
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.0%}"
 
 
 def gap_text(gap: pd.DataFrame, top_k: int) -> str:

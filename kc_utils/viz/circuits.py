@@ -308,3 +308,27 @@ def plot_matrix(
         yaxis=dict(title=y_title, autorange="reversed"),
     )
     return fig
+
+
+def ring_nodes(
+    fig: Any, graph: Graph, names: Sequence[str], colour: str, label: str, col: int, show_legend: bool = True
+) -> None:
+    """Draw a coloured ring around each node of ``names`` in subplot column ``col`` (one legend entry ``label``)."""
+    if not names:
+        return
+    xy = [_node_xy(graph, n) for n in names]
+    fig.add_trace(
+        go.Scatter(
+            x=[p[0] for p in xy],
+            y=[p[1] for p in xy],
+            mode="markers",
+            name=label,
+            legendgroup=label,
+            marker=dict(size=24, color="rgba(0,0,0,0)", line=dict(color=colour, width=3)),
+            hovertext=[f"{n}: {label}" for n in names],
+            hoverinfo="text",
+            showlegend=show_legend,
+        ),
+        row=1,
+        col=col,
+    )

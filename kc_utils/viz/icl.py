@@ -5,7 +5,6 @@ Save them with :meth:`kc_utils.notebook.RunOutputs.figure`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -14,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from kc_utils.circuits.compare import compare_circuits
 from kc_utils.circuits.graph import Graph
-from kc_utils.viz.circuits import _node_xy, plot_circuit, smallest_drawable_budget
+from kc_utils.viz.circuits import plot_circuit, ring_nodes, smallest_drawable_budget
 from kc_utils.viz.save import show_in_output
 from kc_utils.viz.style import TEMPLATE
 
@@ -73,26 +72,6 @@ def plot_accuracy_by_k(table: pd.DataFrame, title: str = "") -> go.Figure:
     return fig
 
 
-def _highlight(fig: go.Figure, graph: Graph, names: Sequence[str], colour: str, label: str, col: int) -> None:
-    if not names:
-        return
-    xy = [_node_xy(graph, n) for n in names]
-    fig.add_trace(
-        go.Scatter(
-            x=[p[0] for p in xy],
-            y=[p[1] for p in xy],
-            mode="markers",
-            name=label,
-            marker=dict(size=24, color="rgba(0,0,0,0)", line=dict(color=colour, width=3)),
-            hovertext=[f"{n}: {label}" for n in names],
-            hoverinfo="text",
-            showlegend=True,
-        ),
-        row=1,
-        col=col,
-    )
-
-
 def plot_circuit_pair(
     before: Graph, after: Graph, titles: tuple[str, str] = ("zero-shot", "k-shot"), title: str = ""
 ) -> go.Figure:
@@ -123,8 +102,8 @@ def plot_circuit_pair(
             row=1,
             col=col,
         )
-    _highlight(fig, before, diff.heads_dropped, DROPPED, "head dropped with demonstrations", 1)
-    _highlight(fig, after, diff.heads_added, NEW, "head new with demonstrations", 2)
+    ring_nodes(fig, before, diff.heads_dropped, DROPPED, "head dropped with demonstrations", 1)
+    ring_nodes(fig, after, diff.heads_added, NEW, "head new with demonstrations", 2)
     new = ", ".join(diff.heads_added) or "none"
     fig.update_layout(
         title=title or f"circuits without and with demonstrations (new heads: {new})",

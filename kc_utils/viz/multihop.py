@@ -13,32 +13,11 @@ from plotly.subplots import make_subplots
 
 from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.overlap import circuit_nodes
-from kc_utils.viz.circuits import _node_xy, plot_circuit
+from kc_utils.viz.circuits import plot_circuit, ring_nodes
 
 __all__ = ["plot_bridge_lens", "plot_bridge_patching", "plot_overlaps", "plot_three_circuits"]
 
 SHARED_ALL, SHARED_TWO_HOP = "#d62728", "#ff7f0e"
-
-
-def _ring(fig: go.Figure, graph: Graph, names: list[str], colour: str, label: str, col: int, legend: bool) -> None:
-    if not names:
-        return
-    xy = [_node_xy(graph, n) for n in names]
-    fig.add_trace(
-        go.Scatter(
-            x=[p[0] for p in xy],
-            y=[p[1] for p in xy],
-            mode="markers",
-            name=label,
-            legendgroup=label,
-            marker=dict(size=24, color="rgba(0,0,0,0)", line=dict(color=colour, width=3)),
-            hovertext=[f"{n}: {label}" for n in names],
-            hoverinfo="text",
-            showlegend=legend,
-        ),
-        row=1,
-        col=col,
-    )
 
 
 def plot_three_circuits(circuits: Mapping[str, Graph], two_hop: str = "two_hop", title: str = "") -> go.Figure:
@@ -69,10 +48,10 @@ def plot_three_circuits(circuits: Mapping[str, Graph], two_hop: str = "two_hop",
         )
         order = {n: i for i, n in enumerate(graph.upstream_names)}
         everywhere = sorted(names[key] & in_all, key=order.__getitem__)
-        _ring(fig, graph, everywhere, SHARED_ALL, "node in every circuit", col, col == 1)
+        ring_nodes(fig, graph, everywhere, SHARED_ALL, "node in every circuit", col, col == 1)
         if key != two_hop:
             with_two_hop = sorted((names[key] & names[two_hop]) - in_all, key=order.__getitem__)
-            _ring(fig, graph, with_two_hop, SHARED_TWO_HOP, "node shared with the two-hop circuit only", col, True)
+            ring_nodes(fig, graph, with_two_hop, SHARED_TWO_HOP, "node shared with the two-hop circuit only", col, True)
     fig.update_layout(
         title=title or f"three circuits ({len(in_all)} nodes in all of them)",
         template="plotly_white",
