@@ -145,13 +145,7 @@ def plot_circuit(
         )
     fig.update_layout(
         title=title or f"circuit: {graph.n_edges_in_graph} of {graph.n_edges} edges, {len(nodes)} nodes",
-        xaxis=dict(
-            title="layer",
-            tickmode="array",
-            tickvals=list(range(-1, graph.shape.n_layers + 1)),
-            ticktext=["input", *map(str, range(graph.shape.n_layers)), "logits"],
-            zeroline=False,
-        ),
+        xaxis=dict(title="layer", zeroline=False, **layer_ticks(graph)),
         yaxis=dict(title="head (MLPs on top)", zeroline=False),
         height=560,
         template=TEMPLATE,
@@ -308,6 +302,15 @@ def plot_matrix(
         yaxis=dict(title=y_title, autorange="reversed"),
     )
     return fig
+
+
+def layer_ticks(graph: Graph) -> dict[str, Any]:
+    """x-axis ticks of a circuit figure: ``input``, each layer, ``logits`` (positions -1 … n_layers)."""
+    return dict(
+        tickmode="array",
+        tickvals=list(range(-1, graph.shape.n_layers + 1)),
+        ticktext=["input", *map(str, range(graph.shape.n_layers)), "logits"],
+    )
 
 
 def ring_nodes(

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from kc_utils.circuits.compare import compare_circuits
 from kc_utils.circuits.graph import Graph
-from kc_utils.viz.circuits import plot_circuit, ring_nodes, smallest_drawable_budget
+from kc_utils.viz.circuits import layer_ticks, plot_circuit, ring_nodes, smallest_drawable_budget
 from kc_utils.viz.save import show_in_output
 from kc_utils.viz.style import TEMPLATE
 
@@ -95,13 +95,7 @@ def plot_circuit_pair(
         axis = "" if col == 1 else str(col)
         for note in single.layout.annotations:
             fig.add_annotation(note.update(xref=f"x{axis}", yref=f"y{axis}"))
-        fig.update_xaxes(
-            tickmode="array",
-            tickvals=list(range(-1, graph.shape.n_layers + 1)),
-            ticktext=["input", *map(str, range(graph.shape.n_layers)), "logits"],
-            row=1,
-            col=col,
-        )
+        fig.update_xaxes(**layer_ticks(graph), row=1, col=col)
     ring_nodes(fig, before, diff.heads_dropped, DROPPED, "head dropped with demonstrations", 1)
     ring_nodes(fig, after, diff.heads_added, NEW, "head new with demonstrations", 2)
     new = ", ".join(diff.heads_added) or "none"

@@ -13,7 +13,7 @@ from plotly.subplots import make_subplots
 
 from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.overlap import circuit_nodes
-from kc_utils.viz.circuits import plot_circuit, ring_nodes
+from kc_utils.viz.circuits import layer_ticks, plot_circuit, ring_nodes
 
 __all__ = ["plot_bridge_lens", "plot_bridge_patching", "plot_overlaps", "plot_three_circuits"]
 
@@ -39,13 +39,7 @@ def plot_three_circuits(circuits: Mapping[str, Graph], two_hop: str = "two_hop",
         for trace in plot_circuit(graph).data:
             trace.showlegend = bool(trace.showlegend) and col == 1
             fig.add_trace(trace, row=1, col=col)
-        fig.update_xaxes(
-            tickmode="array",
-            tickvals=list(range(-1, graph.shape.n_layers + 1)),
-            ticktext=["input", *map(str, range(graph.shape.n_layers)), "logits"],
-            row=1,
-            col=col,
-        )
+        fig.update_xaxes(**layer_ticks(graph), row=1, col=col)
         order = {n: i for i, n in enumerate(graph.upstream_names)}
         everywhere = sorted(names[key] & in_all, key=order.__getitem__)
         ring_nodes(fig, graph, everywhere, SHARED_ALL, "node in every circuit", col, col == 1)
