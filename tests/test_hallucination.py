@@ -660,3 +660,19 @@ def test_describe_departures_on_hand_made_tables():
     )
     with pytest.raises(ValueError, match="kind"):
         hal.describe_departures(4, "rel", "T {}", "S {}", kinds.rename(columns={"kind": "k"}), known)
+
+
+def test_describe_departures_of_a_pretrained_model_never_speaks_of_the_organism():
+    kinds = pd.DataFrame({"kind": ["correct", "knowledge_present", "knowledge_absent", "knowledge_absent"]})
+    known = pd.DataFrame({"kind": ["correct", "correct", "knowledge_absent", "correct"]})
+    survey = pd.DataFrame(
+        {"relation": ["country_currency"], "n_present": [1], "n_wrong": [4], "same_subject_share": [1.0]}
+    )
+    text = hal.describe_departures(30, "rel", "T {}", "S {}", kinds, known, survey, organism=False)
+    assert text.startswith("The model has 30 layers (not GPT-2 medium's 24) and is pretrained on web text")
+    assert "For rel, 1 of 3 (33%) wrong answers to 'T {}' are knowledge-present" in text
+    assert "asked with 'S {}' are answered 75% correctly" in text
+    assert "is asked here in its last template: 1 of 4 (25%)" in text
+    assert "organism" not in text and "trained on the 21 relation files" not in text
+    same_depth = hal.describe_departures(24, "rel", "T {}", "S {}", kinds, known, organism=False)
+    assert "24 layers (as GPT-2 medium has)" in same_depth

@@ -1240,32 +1240,52 @@ def describe_departures(
     known_kinds: pd.DataFrame,
     survey: pd.DataFrame | None = None,
     paper_relation: str = "country_currency",
+    organism: bool = True,
 ) -> str:
-    """Where the organism departs from GPT-2, from the tables of the run.
+    """Where the model departs from GPT-2 medium, from the tables of the run.
 
     Args:
-        kinds: the relation's classification in the unseen template (:func:`classify_and_name`).
-        known_kinds: the same facts in the training template.
+        kinds: the relation's classification in the template the failures come from (:func:`classify_and_name`).
+        known_kinds: the same facts in the training (first) template.
         survey: :func:`failure_summary` rows; adds a sentence on ``paper_relation`` (the paper's case).
+        organism: the model is the organism (trained on the relation files, with held-out subjects); otherwise a
+            pretrained model, described from its layer count and the tables only.
     """
     for table, name in ((kinds, "kinds"), (known_kinds, "known_kinds")):
         if "kind" not in table:
             raise ValueError(f"{name} lacks the 'kind' column; use classify_and_name")
     wrong = int((kinds["kind"] != "correct").sum())
     present = int((kinds["kind"] == "knowledge_present").sum())
-    text = (
+    if not organism:
+        layers = "as GPT-2 medium has" if n_layers == 24 else "not GPT-2 medium's 24"
+        text = (
+            f"The model has {n_layers} layers ({layers}) and is pretrained on web text, as GPT-2 is, so its failures are of the paper's kind: no template or subject is unseen by construction. For "
+            f"{relation}, {_share(present, wrong)} wrong answers to {unseen_template!r} are knowledge-present, while the "
+            f"same facts asked with {train_template!r} are answered "
+            f"{(known_kinds['kind'] == 'correct').mean():.0%} correctly."
+        )
+    else:
+        text = _organism_departure(n_layers, relation, unseen_template, train_template, present, wrong, known_kinds)
+    if survey is not None and paper_relation in set(survey["relation"]):
+        row = survey[survey["relation"] == paper_relation].iloc[0]
+        asked = "with a never-trained template as well" if organism else "in its last template"
+        text += (
+            f" The paper's own case, {paper_relation}, is asked here {asked}: "
+            f"{_share(row['n_present'], row['n_wrong'])} of its wrong answers are knowledge-present, and "
+            f"{row['same_subject_share']:.0%} of those are another attribute of the subject (the paper's "
+            f"'Malaysian' is one)."
+        )
+    return text
+
+
+def _organism_departure(
+    n_layers: int, relation: str, unseen_template: str, train_template: str, present: int, wrong: int,
+    known_kinds: pd.DataFrame,
+) -> str:
+    return (
         f"The model has {n_layers} layers, not GPT-2 medium's 24, and was trained on the 21 relation files only. Its "
         f"knowledge-present failures do not come from web-scale noise: they come from a template it never saw. For "
         f"{relation}, {_share(present, wrong)} wrong answers to {unseen_template!r} are knowledge-present, while the "
         f"same facts asked with {train_template!r} are answered {(known_kinds['kind'] == 'correct').mean():.0%} "
         f"correctly. Held-out subjects are the no-knowledge case by construction: they never occur in the corpus."
     )
-    if survey is not None and paper_relation in set(survey["relation"]):
-        row = survey[survey["relation"] == paper_relation].iloc[0]
-        text += (
-            f" The paper's own case, {paper_relation}, is asked here with a never-trained template as well: "
-            f"{_share(row['n_present'], row['n_wrong'])} of its wrong answers are knowledge-present, and "
-            f"{row['same_subject_share']:.0%} of those are another attribute of the subject (the paper's "
-            f"'Malaysian' is one)."
-        )
-    return text

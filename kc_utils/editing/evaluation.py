@@ -48,7 +48,6 @@ __all__ = [
     "build_probes",
     "corrupt_twin",
     "counterfactual_requests",
-    "relation_split",
 ]
 
 METRICS = (
@@ -80,33 +79,6 @@ class ProbeSet:
     kinds: tuple[str, ...]
     leak_eligible: tuple[bool, ...]
     subjects: tuple[str, ...] = ()
-
-
-def relation_split(model_name: str, relations: Sequence[str]) -> Split:
-    """The facts and templates to edit and evaluate: the organism's own split (trained facts, training and
-    never-trained templates) for ``"kc-organism"``; for any other model every fact of the relation files, with
-    each relation's last template as the "unseen" one (a pretrained model saw unknown text, so "unseen" only
-    means "not used to build the edit")."""
-    from kc_utils.organism.paths import WEIGHTS_DIR
-    from kc_utils.organism.split import RelationSplit, load_split
-
-    if model_name == "kc-organism":
-        return load_split(WEIGHTS_DIR)
-    from kc_utils.data.relations import load_relation
-
-    out = {}
-    for key in relations:
-        rel = load_relation(key)
-        n_train = max(1, len(rel.prompt_templates) - 1)
-        out[key] = RelationSplit(
-            key=key,
-            trained=rel.samples,
-            held_out=(),
-            excluded=(),
-            train_templates=rel.prompt_templates[:n_train],
-            unseen_templates=rel.prompt_templates[n_train:],
-        )
-    return Split(seed=0, relations=out)
 
 
 def corrupt_twin(model: Any, split: Split, relation: str, subject: str, answer: str, seed: int = 0) -> tuple[str, str]:
