@@ -1259,9 +1259,10 @@ def describe_departures(
     if not organism:
         layers = "as GPT-2 medium has" if n_layers == 24 else "not GPT-2 medium's 24"
         text = (
-            f"The model has {n_layers} layers ({layers}) and is pretrained on web text, as GPT-2 is, so its failures are of the paper's kind: no template or subject is unseen by construction. For "
-            f"{relation}, {_share(present, wrong)} wrong answers to {unseen_template!r} are knowledge-present, while the "
-            f"same facts asked with {train_template!r} are answered "
+            f"The model has {n_layers} layers ({layers}) and is pretrained on web text, as GPT-2 is, so its "
+            f"failures are of the paper's kind: no template or subject is unseen by construction. For {relation}, "
+            f"{_share(present, wrong)} wrong answers to {unseen_template!r} are knowledge-present, while the same "
+            f"facts asked with {train_template!r} are answered "
             f"{(known_kinds['kind'] == 'correct').mean():.0%} correctly."
         )
     else:
@@ -1279,7 +1280,12 @@ def describe_departures(
 
 
 def _organism_departure(
-    n_layers: int, relation: str, unseen_template: str, train_template: str, present: int, wrong: int,
+    n_layers: int,
+    relation: str,
+    unseen_template: str,
+    train_template: str,
+    present: int,
+    wrong: int,
     known_kinds: pd.DataFrame,
 ) -> str:
     return (
