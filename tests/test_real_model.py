@@ -94,3 +94,15 @@ def test_a_gguf_path_loads_through_the_same_cache(smollm2, smollm2_checkpoint):
     batch = make_batch(by_path, ["The capital of France is"], ["Paris"])
     with torch.no_grad():
         torch.testing.assert_close(by_path(batch.clean), smollm2(batch.clean))
+
+
+def test_notebook_03_picks_an_edit_relation_the_real_model_can_serve(smollm2):
+    from kc_utils.editing.evaluation import EDIT_RELATION_ORDER, pick_edit_relation
+    from kc_utils.editing.request import EditError
+
+    relation, skipped = pick_edit_relation(smollm2, "smollm2-135m", 20)
+    assert relation in EDIT_RELATION_ORDER and relation != "product_by_company"
+    assert "product_by_company" in skipped and "fewer than n_edits=20" in skipped["product_by_company"]
+    assert list(skipped) == list(EDIT_RELATION_ORDER[: EDIT_RELATION_ORDER.index(relation)])
+    with pytest.raises(EditError, match="no relation has n_edits=100000"):
+        pick_edit_relation(smollm2, "smollm2-135m", 100_000, order=("country_language", "adj_antonym"))

@@ -42,12 +42,14 @@ from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, pr
 from kc_utils.organism.split import Split
 
 __all__ = [
+    "EDIT_RELATION_ORDER",
     "METRICS",
     "EditEvaluator",
     "ProbeSet",
     "build_probes",
     "corrupt_twin",
     "counterfactual_requests",
+    "pick_edit_relation",
 ]
 
 METRICS = (
@@ -149,6 +151,46 @@ def counterfactual_requests(
         )
         for s in chosen
     ]
+
+
+#: ``relation="auto"`` in notebook 03: the paper's case first, then relations whose objects are single words in
+#: most tokenizers (country → language, capital, currency; company → city; adjective → antonym).
+EDIT_RELATION_ORDER = (
+    "product_by_company",
+    "country_language",
+    "country_capital_city",
+    "company_hq",
+    "country_currency",
+    "adj_antonym",
+)
+
+
+def pick_edit_relation(
+    model: Any, model_name: str, n: int, seed: int = 0, order: Sequence[str] = EDIT_RELATION_ORDER
+) -> tuple[str, dict[str, str]]:
+    """The first relation of ``order`` with ``n`` counterfactual edits on this model (:func:`counterfactual_requests`).
+
+    Returns:
+        ``(relation, skipped)``: the relation, and each relation tried before it with the reason it was passed over.
+
+    Raises:
+        EditError: no relation of ``order`` has ``n`` edits (the message lists every reason).
+    """
+    from kc_utils.data.split import relation_split
+
+    split = relation_split(model_name, list(order))
+    skipped: dict[str, str] = {}
+    for key in order:
+        if key not in split.relations:
+            skipped[key] = f"{key} is not a relation of {model_name}'s facts"
+            continue
+        try:
+            counterfactual_requests(model, split, key, n, seed)
+        except EditError as error:
+            skipped[key] = str(error)
+            continue
+        return key, skipped
+    raise EditError(f"no relation has n_edits={n} edits on {model_name}: " + "; ".join(skipped.values()))
 
 
 def build_probes(split: Split, request: EditRequest, n_neighbours: int = 10, seed: int = 0) -> ProbeSet:
