@@ -676,3 +676,13 @@ def test_describe_departures_of_a_pretrained_model_never_speaks_of_the_organism(
     assert "organism" not in text and "trained on the 21 relation files" not in text
     same_depth = hal.describe_departures(24, "rel", "T {}", "S {}", kinds, known, organism=False)
     assert "24 layers (as GPT-2 medium has)" in same_depth
+
+
+def test_answered_and_unknown_split_a_classification_by_position():
+    kinds = pd.DataFrame(
+        {"kind": ["correct", "knowledge_absent", "knowledge_present", "correct", "knowledge_absent"]},
+        index=[10, 11, 12, 13, 14],
+    )
+    assert hal.answered_and_unknown(kinds) == {"answered": [0, 3], "unknown": [1, 4]}
+    with pytest.raises(ValueError, match="kind"):
+        hal.answered_and_unknown(kinds.rename(columns={"kind": "k"}))

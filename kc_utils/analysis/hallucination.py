@@ -84,6 +84,7 @@ __all__ = [
     "PROMPT_KINDS",
     "FailureAnalysis",
     "analyse_failures",
+    "answered_and_unknown",
     "baseline_head_sets",
     "classify_from_lens",
     "case_summary",
@@ -275,6 +276,27 @@ def classify_and_name(
     kinds["wrong_kind"] = named["kind"].to_numpy()
     kinds["wrong_relations"] = named["relations"].to_numpy()
     return kinds, batch
+
+
+def answered_and_unknown(kinds: pd.DataFrame) -> dict[str, list[int]]:
+    """Positions of the facts a model answers and of those it does not know, from a classification.
+
+    The no-knowledge baseline of a model without held-out subjects: ``"answered"`` rows are ``correct``,
+    ``"unknown"`` rows are ``knowledge_absent`` (knowledge-present failures belong to neither).
+
+    Args:
+        kinds: :func:`classify_and_name` (or :func:`classify_prompts`) table, one row per prompt in batch order.
+
+    Raises:
+        ValueError: the table lacks the ``kind`` column.
+    """
+    if "kind" not in kinds:
+        raise ValueError("kinds lacks the 'kind' column; use classify_and_name")
+    kind = kinds["kind"].to_numpy()
+    return {
+        "answered": [i for i, k in enumerate(kind) if k == "correct"],
+        "unknown": [i for i, k in enumerate(kind) if k == "knowledge_absent"],
+    }
 
 
 def pick_case(kinds: pd.DataFrame) -> int:
@@ -1256,17 +1278,24 @@ def describe_departures(
             raise ValueError(f"{name} lacks the 'kind' column; use classify_and_name")
     wrong = int((kinds["kind"] != "correct").sum())
     present = int((kinds["kind"] == "knowledge_present").sum())
-    if not organism:
+    measured = (
+        f"For {relation}, {_share(present, wrong)} wrong answers to {unseen_template!r} are knowledge-present, while "
+        f"the same facts asked with {train_template!r} are answered {(known_kinds['kind'] == 'correct').mean():.0%} "
+        f"correctly."
+    )
+    if organism:
+        text = (
+            f"The model has {n_layers} layers, not GPT-2 medium's 24, and was trained on the 21 relation files only. "
+            f"Its knowledge-present failures do not come from web-scale noise: they come from a template it never "
+            f"saw. {measured} Held-out subjects are the no-knowledge case by construction: they never occur in the "
+            f"corpus."
+        )
+    else:
         layers = "as GPT-2 medium has" if n_layers == 24 else "not GPT-2 medium's 24"
         text = (
             f"The model has {n_layers} layers ({layers}) and is pretrained on web text, as GPT-2 is, so its "
-            f"failures are of the paper's kind: no template or subject is unseen by construction. For {relation}, "
-            f"{_share(present, wrong)} wrong answers to {unseen_template!r} are knowledge-present, while the same "
-            f"facts asked with {train_template!r} are answered "
-            f"{(known_kinds['kind'] == 'correct').mean():.0%} correctly."
+            f"failures are of the paper's kind: no template or subject is unseen by construction. {measured}"
         )
-    else:
-        text = _organism_departure(n_layers, relation, unseen_template, train_template, present, wrong, known_kinds)
     if survey is not None and paper_relation in set(survey["relation"]):
         row = survey[survey["relation"] == paper_relation].iloc[0]
         asked = "with a never-trained template as well" if organism else "in its last template"
@@ -1277,21 +1306,3 @@ def describe_departures(
             f"'Malaysian' is one)."
         )
     return text
-
-
-def _organism_departure(
-    n_layers: int,
-    relation: str,
-    unseen_template: str,
-    train_template: str,
-    present: int,
-    wrong: int,
-    known_kinds: pd.DataFrame,
-) -> str:
-    return (
-        f"The model has {n_layers} layers, not GPT-2 medium's 24, and was trained on the 21 relation files only. Its "
-        f"knowledge-present failures do not come from web-scale noise: they come from a template it never saw. For "
-        f"{relation}, {_share(present, wrong)} wrong answers to {unseen_template!r} are knowledge-present, while the "
-        f"same facts asked with {train_template!r} are answered {(known_kinds['kind'] == 'correct').mean():.0%} "
-        f"correctly. Held-out subjects are the no-knowledge case by construction: they never occur in the corpus."
-    )

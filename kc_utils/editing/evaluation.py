@@ -153,7 +153,7 @@ def counterfactual_requests(
     ]
 
 
-#: ``relation="auto"`` in notebook 03: the paper's case first, then relations whose objects are single words in
+#: :func:`pick_edit_relation`'s order: the paper's case first, then relations whose objects are single words in
 #: most tokenizers (country → language, capital, currency; company → city; adjective → antonym).
 EDIT_RELATION_ORDER = (
     "product_by_company",
