@@ -58,6 +58,9 @@ __all__ = [
     "seed_everything",
     "start",
     "write_table",
+    "REFERENCE_TOLERANCES",
+    "TableTolerance",
+    "tolerance_for",
 ]
 
 #: The one place the repository's address is written (README badges and the notebooks' install cell).
@@ -73,6 +76,60 @@ TABLE_DECIMALS = 4
 #: the last written decimal, plus 0.1% of the value (other machines flip last digits; a real change moves more).
 #: Text and integer columns must match exactly, and so must the shape and the column names.
 REFERENCE_TOLERANCE = {"atol": 5e-4, "rtol": 1e-3}
+
+
+@dataclass(frozen=True)
+class TableTolerance:
+    """A stated tolerance for tables whose numbers move with float noise more than the default allows.
+
+    Attributes:
+        atol, rtol: a fresh value ``x`` matches ``r`` when ``|x - r| <= atol + rtol·|r|``.
+        why: the measurement that sets it (shown when a table fails).
+        column_atol: per-column ``atol`` in place of ``atol`` (a count that one near-threshold item moves).
+        match_rows_by: rows are paired by these columns (both tables sorted by them) instead of by position,
+            where the table's row order follows a float that the noise reorders.
+    """
+
+    atol: float
+    rtol: float
+    why: str = ""
+    column_atol: dict[str, float] = field(default_factory=dict)
+    match_rows_by: tuple[str, ...] = ()
+
+
+_ROME_CHAOS = (
+    "ROME's value optimisation is chaotic in float32: every weight times (1 + 1e-7·N(0,1)) (our proxy for another "
+    "CPU's rounding) moved the case edit's v* by 0.7% and flipped single edit outcomes, so a rate over 12-160 "
+    "prompts moves by one prompt (measured: undone_by_last 0.0833 vs 0.1667, generalisation 0.7833 vs 0.7667, "
+    "p_new 0.9277 vs 0.9291, scores after the edit by up to 0.8%)"
+)
+_ONE_NEURON = (
+    "a knowledge neuron whose score is within float noise of 0.3 × the largest is chosen on one CPU and not on "
+    "another (substance_phase/wood: 19.0 vs 18.8 neurons per query, CS 0.1526 vs 0.1517); one neuron of one "
+    "query moves neurons_per_query by 1/n_queries <= 0.25 and a CS by < 0.01"
+)
+
+#: Tables (by file-name prefix, the longest matching prefix wins) whose tolerance is stated wider than
+#: :data:`REFERENCE_TOLERANCE`, and why. Everything else uses the default.
+REFERENCE_TOLERANCES: dict[str, TableTolerance] = {
+    "03_": TableTolerance(atol=0.1, rtol=0.02, why=_ROME_CHAOS),
+    "03_case_circuit_diff": TableTolerance(atol=0.1, rtol=0.02, why=_ROME_CHAOS, match_rows_by=("edge",)),
+    "06_consistency_": TableTolerance(
+        atol=REFERENCE_TOLERANCE["atol"],
+        rtol=REFERENCE_TOLERANCE["rtol"],
+        why=_ONE_NEURON,
+        column_atol={"neurons_per_query": 0.25, **{c: 0.01 for c in ("cs", "cs_mean", "cs_std", "cs_min", "cs_max")}},
+    ),
+}
+
+
+def tolerance_for(name: str) -> TableTolerance:
+    """The tolerance of the table file ``name`` (e.g. ``03_case_kc-organism.csv``): its entry of
+    :data:`REFERENCE_TOLERANCES` with the longest matching prefix, else :data:`REFERENCE_TOLERANCE`."""
+    matches = [prefix for prefix in REFERENCE_TOLERANCES if name.startswith(prefix)]
+    if not matches:
+        return TableTolerance(**REFERENCE_TOLERANCE)
+    return REFERENCE_TOLERANCES[max(matches, key=len)]
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -304,18 +361,26 @@ def compare_with_reference(
     atol: float = REFERENCE_TOLERANCE["atol"],
     rtol: float = REFERENCE_TOLERANCE["rtol"],
     key_columns: int = 2,
+    match_rows_by: Sequence[str] = (),
+    column_atol: dict[str, float] | None = None,
 ) -> list[str]:
     """Every difference between a fresh table and its reference, one sentence each (empty: they match).
 
     Float columns match within ``atol + rtol·|reference|``; NaN matches NaN only. Any other column must be
     equal. Each sentence names the table, the row (its index and its first ``key_columns`` text values),
     the column and both values, e.g. ``01_table1_kc-organism.csv row 3 (relation=company_hq) column
-    hit@1: fresh 0.9123 vs reference 0.9130 (tolerance 0.0014)``.
+    hit@1: fresh 0.9123 vs reference 0.9130 (tolerance 0.0014)``. With ``match_rows_by``, both tables are
+    first sorted by those columns, so rows pair by their key rather than their position (row numbers are then
+    those of the sorted tables); ``column_atol`` replaces ``atol`` for the columns it names. :func:`tolerance_for`
+    gives a table's stated tolerance.
     """
     if list(fresh.columns) != list(reference.columns):
         return [f"{name}: columns differ: fresh {list(fresh.columns)} vs reference {list(reference.columns)}"]
     if len(fresh) != len(reference):
         return [f"{name}: {len(fresh)} rows in the fresh table vs {len(reference)} in the reference"]
+    if match_rows_by:
+        fresh = fresh.sort_values(list(match_rows_by), kind="stable").reset_index(drop=True)
+        reference = reference.sort_values(list(match_rows_by), kind="stable").reset_index(drop=True)
     keys = [c for c in reference.columns if not pd.api.types.is_numeric_dtype(reference[c])][:key_columns]
     problems = []
     for column in reference.columns:
@@ -326,7 +391,8 @@ def compare_with_reference(
             a, b = ours.iloc[row], theirs.iloc[row]
             if floats:
                 both_nan = pd.isna(a) and pd.isna(b)
-                allowed = atol + rtol * abs(float(b)) if not pd.isna(b) else 0.0
+                base = (column_atol or {}).get(column, atol)
+                allowed = base + rtol * abs(float(b)) if not pd.isna(b) else 0.0
                 bad = not both_nan and (pd.isna(a) or pd.isna(b) or abs(float(a) - float(b)) > allowed)
                 detail = f" (tolerance {allowed:.4f})"
             else:
