@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -111,9 +111,10 @@ _ONE_NEURON = (
 
 #: Tables (by file-name prefix, the longest matching prefix wins) whose tolerance is stated wider than
 #: :data:`REFERENCE_TOLERANCE`, and why. Everything else uses the default.
+_ROME_TOLERANCE = TableTolerance(atol=0.1, rtol=0.02, why=_ROME_CHAOS)
 REFERENCE_TOLERANCES: dict[str, TableTolerance] = {
-    "03_": TableTolerance(atol=0.1, rtol=0.02, why=_ROME_CHAOS),
-    "03_case_circuit_diff": TableTolerance(atol=0.1, rtol=0.02, why=_ROME_CHAOS, match_rows_by=("edge",)),
+    "03_": _ROME_TOLERANCE,
+    "03_case_circuit_diff": replace(_ROME_TOLERANCE, match_rows_by=("edge",)),
     "06_consistency_": TableTolerance(
         atol=REFERENCE_TOLERANCE["atol"],
         rtol=REFERENCE_TOLERANCE["rtol"],
@@ -358,29 +359,28 @@ def compare_with_reference(
     fresh: pd.DataFrame,
     reference: pd.DataFrame,
     name: str,
-    atol: float = REFERENCE_TOLERANCE["atol"],
-    rtol: float = REFERENCE_TOLERANCE["rtol"],
+    tolerance: TableTolerance | None = None,
     key_columns: int = 2,
-    match_rows_by: Sequence[str] = (),
-    column_atol: dict[str, float] | None = None,
 ) -> list[str]:
     """Every difference between a fresh table and its reference, one sentence each (empty: they match).
 
-    Float columns match within ``atol + rtol·|reference|``; NaN matches NaN only. Any other column must be
+    Float columns match within ``atol + rtol·|reference|`` of ``tolerance`` (default: :func:`tolerance_for`
+    ``name``); NaN matches NaN only. Any other column must be
     equal. Each sentence names the table, the row (its index and its first ``key_columns`` text values),
     the column and both values, e.g. ``01_table1_kc-organism.csv row 3 (relation=company_hq) column
-    hit@1: fresh 0.9123 vs reference 0.9130 (tolerance 0.0014)``. With ``match_rows_by``, both tables are
-    first sorted by those columns, so rows pair by their key rather than their position (row numbers are then
-    those of the sorted tables); ``column_atol`` replaces ``atol`` for the columns it names. :func:`tolerance_for`
-    gives a table's stated tolerance.
+    hit@1: fresh 0.9123 vs reference 0.9130 (tolerance 0.0014)``. With the tolerance's ``match_rows_by``, both
+    tables are first sorted by those columns, so rows pair by their key rather than their position (row numbers
+    are then those of the sorted tables); its ``column_atol`` replaces ``atol`` for the columns it names.
     """
+    tolerance = tolerance or tolerance_for(name)
     if list(fresh.columns) != list(reference.columns):
         return [f"{name}: columns differ: fresh {list(fresh.columns)} vs reference {list(reference.columns)}"]
     if len(fresh) != len(reference):
         return [f"{name}: {len(fresh)} rows in the fresh table vs {len(reference)} in the reference"]
-    if match_rows_by:
-        fresh = fresh.sort_values(list(match_rows_by), kind="stable").reset_index(drop=True)
-        reference = reference.sort_values(list(match_rows_by), kind="stable").reset_index(drop=True)
+    if tolerance.match_rows_by:
+        order = list(tolerance.match_rows_by)
+        fresh = fresh.sort_values(order, kind="stable").reset_index(drop=True)
+        reference = reference.sort_values(order, kind="stable").reset_index(drop=True)
     keys = [c for c in reference.columns if not pd.api.types.is_numeric_dtype(reference[c])][:key_columns]
     problems = []
     for column in reference.columns:
@@ -391,8 +391,8 @@ def compare_with_reference(
             a, b = ours.iloc[row], theirs.iloc[row]
             if floats:
                 both_nan = pd.isna(a) and pd.isna(b)
-                base = (column_atol or {}).get(column, atol)
-                allowed = base + rtol * abs(float(b)) if not pd.isna(b) else 0.0
+                atol = tolerance.column_atol.get(column, tolerance.atol)
+                allowed = atol + tolerance.rtol * abs(float(b)) if not pd.isna(b) else 0.0
                 bad = not both_nan and (pd.isna(a) or pd.isna(b) or abs(float(a) - float(b)) > allowed)
                 detail = f" (tolerance {allowed:.4f})"
             else:

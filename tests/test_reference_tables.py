@@ -37,11 +37,8 @@ def test_a_fresh_default_run_matches_its_reference_table(reference):
     if not fresh.exists():
         model = reference.stem.rsplit("_", 1)[-1]
         pytest.skip(f"no fresh {fresh.relative_to(ROOT)}: `make reproduce MODEL={model}` (or `make test`) writes it")
+    problems = compare_with_reference(pd.read_csv(fresh), pd.read_csv(reference), reference.name)
     t = tolerance_for(reference.name)
-    problems = compare_with_reference(
-        pd.read_csv(fresh), pd.read_csv(reference), reference.name, atol=t.atol, rtol=t.rtol,
-        match_rows_by=t.match_rows_by, column_atol=t.column_atol,
-    )  # fmt: skip
     assert not problems, (
         f"{len(problems)} value(s) of {reference.name} moved past the tolerance "
         f"(atol {t.atol}, rtol {t.rtol}{'; ' + t.why if t.why else ''}); if the change is intended, "
@@ -90,9 +87,10 @@ def test_rows_keyed_by_a_column_pair_by_key_not_position():
     diff = pd.DataFrame({"edge": ["a->b", "c->d", "e->f"], "change": [0.30, 0.29, -0.1]})
     swapped = diff.iloc[[1, 0, 2]].reset_index(drop=True)  # float noise reordered two near-equal rows
     assert compare_with_reference(swapped, diff, "d.csv") != []
-    assert compare_with_reference(swapped, diff, "d.csv", match_rows_by=("edge",)) == []
+    by_edge = TableTolerance(**REFERENCE_TOLERANCE, match_rows_by=("edge",))
+    assert compare_with_reference(swapped, diff, "d.csv", by_edge) == []
     other = swapped.assign(edge=["c->d", "x->y", "e->f"])
-    problems = compare_with_reference(other, diff, "d.csv", match_rows_by=("edge",))  # a->b left, x->y came in
+    problems = compare_with_reference(other, diff, "d.csv", by_edge)  # a->b left, x->y came in
     assert any("column edge" in p and "'x->y'" in p for p in problems)
 
 
@@ -100,12 +98,11 @@ def test_only_the_stated_tables_get_a_wider_tolerance():
     assert tolerance_for("01_table1_kc-organism.csv") == TableTolerance(**REFERENCE_TOLERANCE)
     diff = tolerance_for("03_case_circuit_diff_kc-organism.csv")
     assert diff.match_rows_by == ("edge",) and tolerance_for("03_sweep_kc-organism.csv").match_rows_by == ()
-    rome = tolerance_for("03_location_kc-organism.csv")
     # one ROME outcome flipped in 12 prompts (measured under float noise) is within it; a collapse is not
     rates = pd.DataFrame({"method": ["rome"], "undone_by_last": [0.1667]})
-    within = compare_with_reference(rates.assign(undone_by_last=[0.0833]), rates, "03_l.csv", rome.atol, rome.rtol)
-    assert within == []
-    assert compare_with_reference(rates.assign(undone_by_last=[0.5]), rates, "03_l.csv", rome.atol, rome.rtol) != []
+    assert compare_with_reference(rates.assign(undone_by_last=[0.0833]), rates, "03_location_x.csv") == []
+    assert compare_with_reference(rates.assign(undone_by_last=[0.5]), rates, "03_location_x.csv") != []
+    assert compare_with_reference(rates.assign(undone_by_last=[0.0833]), rates, "01_x.csv") != []
 
 
 def test_one_neuron_of_one_query_is_within_the_consistency_tolerance_and_two_are_not():
@@ -113,7 +110,7 @@ def test_one_neuron_of_one_query_is_within_the_consistency_tolerance_and_two_are
     facts = pd.DataFrame({"subject": ["wood"], "n_queries": [5], "neurons_per_query": [18.8], "cs": [0.1517]})
 
     def problems(fresh):
-        return compare_with_reference(fresh, facts, "06_c.csv", t.atol, t.rtol, column_atol=t.column_atol)
+        return compare_with_reference(fresh, facts, "06_c.csv", t)
 
     assert problems(facts.assign(neurons_per_query=[19.0], cs=[0.1526])) == []  # seen on two CPUs
     assert len(problems(facts.assign(neurons_per_query=[19.2], cs=[0.19]))) == 2
