@@ -7,7 +7,16 @@ import dataclasses
 import pytest
 import torch
 
-from kc_utils.circuits.budget import check_budget, edge_budget, knee, size_grid
+from kc_utils.circuits.budget import (
+    KNEE_MAX_EDGES,
+    LARGE_GRAPH_BUDGET,
+    check_budget,
+    check_fixed_budget,
+    edge_budget,
+    fixed_budget,
+    knee,
+    size_grid,
+)
 from kc_utils.circuits.evaluate import evaluate_circuit, full_and_empty
 from kc_utils.circuits.graph import CircuitError, Graph
 from kc_utils.circuits.table1 import (
@@ -149,6 +158,25 @@ def test_budgets_are_checked_before_any_work():
     assert grid[:12] == list(range(1, 13)) and grid[-1] == 500 and grid == sorted(set(grid))
     sparse = size_grid(70_651, largest=5000, n_points=16)
     assert sparse[0] == 1 and sparse[-1] == 5000 and len(sparse) == 16 and sparse == sorted(set(sparse))
+
+
+def test_fixed_budget_scales_auto_with_the_graph():
+    def graph_of(n_layers: int, n_heads: int) -> Graph:
+        shape = {"n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_heads, "d_model": 8}
+        shape["parallel_attn_mlp"] = False
+        return Graph.from_json({"format": "kc_utils.graph/1", "shape": shape, "edges": {}})
+
+    small, large = graph_of(2, 2), graph_of(30, 9)
+    assert small.n_edges <= KNEE_MAX_EDGES < large.n_edges
+    assert fixed_budget("auto", small, 40) == min(40, small.n_edges)
+    assert fixed_budget("auto", large, 40) == LARGE_GRAPH_BUDGET
+    assert fixed_budget(7, large, 40) == 7 and fixed_budget(0.01, large, 40) == round(0.01 * large.n_edges)
+    with pytest.raises(ValueError, match="faithfulness curve"):
+        check_fixed_budget("knee")
+    with pytest.raises(ValueError, match="positive whole"):
+        fixed_budget(2.5, small, 40)
+    with pytest.raises(CircuitError, match="only"):
+        fixed_budget(small.n_edges + 1, small, 40)
 
 
 def test_knee_is_the_smallest_circuit_reaching_the_level():

@@ -36,7 +36,9 @@ __all__ = [
     "KNEE_MAX_EDGES",
     "LARGE_GRAPH_BUDGET",
     "check_budget",
+    "check_fixed_budget",
     "edge_budget",
+    "fixed_budget",
     "knee",
     "size_grid",
     "size_curve",
@@ -83,6 +85,34 @@ def edge_budget(n_edges: int | float, graph: Graph) -> int:
             f"ask for at most {graph.n_edges}, a fraction, or 'knee'"
         )
     return count
+
+
+def check_fixed_budget(n_edges: Any) -> None:
+    """Refuse a malformed budget of a circuit drawn without a faithfulness curve (no ``"knee"``).
+
+    Raises:
+        ValueError: ``"knee"`` (it needs a curve of masked evaluations), or anything :func:`check_budget` refuses.
+    """
+    if n_edges == "knee":
+        raise ValueError("n_edges='knee' needs a faithfulness curve, which this circuit has not; use 'auto' or a count")
+    check_budget(n_edges)
+
+
+def fixed_budget(n_edges: int | float | str, graph: Graph, small_graph_edges: int) -> int:
+    """The edge count of a circuit drawn without a faithfulness curve.
+
+    ``"auto"`` gives ``small_graph_edges`` on a graph of at most :data:`KNEE_MAX_EDGES` edges (a notebook's
+    organism-scale default) and :data:`LARGE_GRAPH_BUDGET` on a larger one: 40 of a real model's 70,651 edges
+    are all pruned away as dangling, while 400 is the paper's scale. Never more than the graph has.
+
+    Raises:
+        ValueError: a malformed budget (:func:`check_fixed_budget`).
+        CircuitError: a count above the graph's number of edges (:func:`edge_budget`).
+    """
+    check_fixed_budget(n_edges)
+    if n_edges == "auto":
+        return min(graph.n_edges, small_graph_edges if graph.n_edges <= KNEE_MAX_EDGES else LARGE_GRAPH_BUDGET)
+    return edge_budget(n_edges, graph)
 
 
 def size_grid(total: int, largest: int | None = None, n_points: int | None = None) -> list[int]:
