@@ -240,6 +240,18 @@ def test_find_relation_circuit_end_to_end(tiny_gpt2, tmp_path, method):
     assert shared_nodes({"a": result.graph}).max() == 1
 
 
+@pytest.mark.parametrize("n_edges", [30, "knee"])
+def test_find_relation_circuit_without_evaluation_finds_the_same_circuit(tiny_gpt2, n_edges):
+    dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
+    kwargs = dict(n_edges=n_edges, n_random=2, seed=0, provenance={"model": "tiny"})
+    scored = find_relation_circuit(tiny_gpt2, dataset, "factual", **kwargs)
+    found = find_relation_circuit(tiny_gpt2, dataset, "factual", evaluate=False, **kwargs)
+    assert torch.equal(found.graph.in_graph, scored.graph.in_graph) and found.budget == scored.budget
+    assert found.graph.provenance == scored.graph.provenance
+    assert found.metrics == {} and found.faithfulness == {} and found.knees == {}
+    assert found.curve.empty == (n_edges != "knee")  # the knee needs its curve; a fixed budget does not
+
+
 def test_find_relation_circuit_refuses_bad_knobs_before_working(tiny_gpt2):
     dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
     with pytest.raises(ValueError, match="unknown method"):

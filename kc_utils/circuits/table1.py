@@ -190,6 +190,7 @@ def find_relation_circuit(
     metrics: Sequence[str] = ("hit@10", "hit@1", "prob", "logit_diff"),
     batch_size: int | None = 32,
     provenance: dict[str, Any] | None = None,
+    evaluate: bool = True,
 ) -> RelationCircuit:
     """Find a relation's circuit on Dval and score it with its baselines on Dval and Dtest (module docstring).
 
@@ -204,6 +205,10 @@ def find_relation_circuit(
         n_random: draws of each random baseline.
         provenance: recorded in the saved circuit (e.g. ``{"model": "kc-organism"}``); the settings
             of this call are added.
+        evaluate: ``False`` only finds the circuit (the same one): no scores, baselines or knees
+            (``metrics``, ``random_std``, ``faithfulness`` and ``knees`` empty), and the Dval size curve
+            only where the budget is a knee. On a real model's graph that saves 16 masked passes and
+            the baselines' per relation.
 
     Raises:
         ValueError: an unknown method or ablation, a malformed budget, or an empty Dval.
@@ -246,25 +251,30 @@ def find_relation_circuit(
             batch_size=batch_size,
             progress=False,
         )
-    if scored.n_edges <= KNEE_MAX_EDGES:
-        grid = size_grid(scored.n_edges)
-    else:  # a real model's graph: fewer, log-spaced sizes (each costs a masked forward pass)
-        grid = size_grid(scored.n_edges, _KNEE_SEARCH_CAP, n_points=_LARGE_GRAPH_CURVE_POINTS)
-    curve = size_curve(model, scored, val, grid, ablation, from_input=from_input, batch_size=batch_size)
-    knees = {}
-    for level in knee_levels:
-        row = knee(curve, level)
-        knees[level] = None if row is None else int(row["n_edges"])
+    resolved = n_edges
+    if n_edges == "auto":
+        resolved = "knee" if scored.n_edges <= KNEE_MAX_EDGES else LARGE_GRAPH_BUDGET
+    curve, knees = pd.DataFrame(), {}
+    if evaluate or (method != "acdc" and resolved == "knee"):
+        if scored.n_edges <= KNEE_MAX_EDGES:
+            grid = size_grid(scored.n_edges)
+        else:  # a real model's graph: fewer, log-spaced sizes (each costs a masked forward pass)
+            grid = size_grid(scored.n_edges, _KNEE_SEARCH_CAP, n_points=_LARGE_GRAPH_CURVE_POINTS)
+        curve = size_curve(model, scored, val, grid, ablation, from_input=from_input, batch_size=batch_size)
+    if evaluate:
+        for level in knee_levels:
+            row = knee(curve, level)
+            knees[level] = None if row is None else int(row["n_edges"])
     if method != "acdc":
-        circuit, budget = _select(scored, n_edges, curve, knee_level, from_input)
-    randoms, on_nodes = _baselines(scored, circuit, n_random, seed, from_input)
+        circuit, budget = _select(scored, resolved, curve, knee_level, from_input)
+    randoms, on_nodes = _baselines(scored, circuit, n_random, seed, from_input) if evaluate else ([], [])
     full, empty = full_and_empty(scored)
     scored_metrics = list(dict.fromkeys([*metrics, "logit_diff"]))
     results: dict[str, dict[str, dict[str, float]]] = {}
     spread: dict[str, dict[str, dict[str, float]]] = {}
     faithfulness: dict[str, float] = {}
     for split, batch in (("val", val), ("test", test)):
-        if batch is None:
+        if batch is None or not evaluate:
             continue
         masks = [full, circuit.in_graph, empty] + [r.in_graph for r in randoms] + [r.in_graph for r in on_nodes]
         values = evaluate_masks(model, scored, batch, masks, scored_metrics, ablation, batch_size=batch_size)
