@@ -442,6 +442,17 @@ def test_describe_sweep_on_a_hand_made_table() -> None:
     assert "leak equally" in describe_sweep(_summary(0.05, 0.05))
 
 
+def test_describe_sweep_never_calls_a_method_that_fails_everywhere_best() -> None:
+    table = _summary(0.05, 0.10)
+    table.loc[table["method"] == "ft-m", "reliability_mean"] = 0.0
+    text = describe_sweep(table)
+    assert "FT-M changes no answer at any layer swept (0, 1; 20 edits per layer)." in text
+    assert "FT-M works best" not in text and "leaks more" not in text  # nothing to compare where one never works
+    table.loc[table["method"] == "ft-m", "reliability_mean"] = [0.1, 0.3]
+    text = describe_sweep(table)
+    assert "FT-M works at no layer swept (reliability below 50% at layers 0, 1; the highest, 30%, at layer 1;" in text
+
+
 def test_describe_location_on_a_hand_made_table() -> None:
     location = pd.DataFrame(
         [

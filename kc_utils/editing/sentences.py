@@ -42,6 +42,16 @@ def describe_sweep(summary: pd.DataFrame, works_at: float = 0.5) -> str:
     for method, rows in summary.groupby("method", sort=False):
         best = rows.loc[rows["reliability_mean"].idxmax()]
         failing = rows[rows["reliability_mean"] < works_at]["layer"].tolist()
+        layers = ", ".join(str(int(x)) for x in rows["layer"])
+        if (rows["reliability_mean"] == 0).all():
+            sentences.append(f"{_name(method)} changes no answer at any layer swept ({layers}; {_edits(rows)}).")
+            continue
+        if best["reliability_mean"] < works_at:
+            sentences.append(
+                f"{_name(method)} works at no layer swept (reliability below {_pct(works_at)} at layers {layers}; "
+                f"the highest, {_pct(best['reliability_mean'])}, at layer {int(best['layer'])}; {_edits(rows)})."
+            )
+            continue
         text = (
             f"{_name(method)} works best at layer {int(best['layer'])} (reliability {_pct(best['reliability_mean'])}, "
             f"generalisation {_pct(best['generalisation_mean'])} on the other training templates and "
@@ -66,6 +76,11 @@ def describe_sweep(summary: pd.DataFrame, works_at: float = 0.5) -> str:
                 "of unrelated subjects answering the new object, mean over layers)."
             )
     return " ".join(sentences)
+
+
+def _edits(rows: pd.DataFrame) -> str:
+    counts = sorted({int(n) for n in rows["n_edits"]})
+    return f"{counts[0]} edits per layer" if len(counts) == 1 else f"{counts[0]}–{counts[-1]} edits per layer"
 
 
 def describe_location(location: pd.DataFrame, attention_free_layers: Sequence[int] = (), decisive: float = 0.5) -> str:
