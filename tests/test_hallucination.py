@@ -686,3 +686,52 @@ def test_answered_and_unknown_split_a_classification_by_position():
     assert hal.answered_and_unknown(kinds) == {"answered": [0, 3], "unknown": [1, 4]}
     with pytest.raises(ValueError, match="kind"):
         hal.answered_and_unknown(kinds.rename(columns={"kind": "k"}))
+
+
+# ----------------------------------------------------------------------------- the relation read in detail
+def test_pick_failing_relation_on_a_hand_made_table():
+    from kc_utils.analysis.failing_relation import pick_failing_relation
+
+    counts = pd.DataFrame(
+        {
+            "relation": ["b_rel", "a_rel", "c_rel"],
+            "template": ["{} b", "{} a", "{} c"],
+            "n_prompts": [10, 10, 10],
+            "correct": [2, 5, 10],
+            "knowledge_present": [4, 4, 0],
+            "knowledge_absent": [4, 1, 0],
+        }
+    )
+    assert pick_failing_relation(counts) == "a_rel"  # a tie on failures goes to the name
+    assert pick_failing_relation(counts.iloc[[0, 2]]) == "b_rel"
+    with pytest.raises(ValueError, match="no relation has 5 knowledge-present.*the most: 4"):
+        pick_failing_relation(counts, minimum=5)
+    with pytest.raises(ValueError, match="no relation was classified"):
+        pick_failing_relation(counts.iloc[:0])
+
+
+def test_failure_counts_agree_with_the_classification(tiny_model):
+    from kc_utils.analysis.failing_relation import COUNT_COLUMNS, failure_counts
+
+    relation = Relation(
+        name="country capital",
+        prompt_templates=("the capital of {} is",),
+        prompt_templates_zs=(),
+        relation_type="factual",
+        domain_name="country",
+        range_name="city",
+        symmetric=False,
+        samples=tuple(Sample(s, a) for s, a in zip(SUBJECTS, ANSWERS)),
+    )
+    index = AttributeIndex.from_relations(tiny_model, {"country_capital": relation})
+    pairs = list(zip(SUBJECTS, ANSWERS))
+    facts = {"country_capital": ("the capital of {} is", pairs), "empty": ("the {} is", [])}
+    counts = failure_counts(tiny_model, facts, index, progress=False, subject_max_rank=5)
+    kinds, _ = hal.classify_and_name(
+        tiny_model, "country_capital", SUBJECTS, ANSWERS, "the capital of {} is", index, subject_max_rank=5
+    )
+    assert list(counts["relation"]) == ["country_capital"]  # a relation without facts is not a row
+    row = counts.iloc[0]
+    assert row["n_prompts"] == 4 and sum(row[c] for c in COUNT_COLUMNS[1:]) == 4
+    assert row["knowledge_present"] == (kinds["kind"] == "knowledge_present").sum()
+    assert row["correct"] == (kinds["kind"] == "correct").sum()

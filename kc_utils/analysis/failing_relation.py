@@ -1,0 +1,96 @@
+"""Which relation shows hallucinations worth tracing on a model: the one with the most knowledge-present failures.
+
+Notebook 04 reads one relation in detail. On the organism that is ``person_occupation``, whose never-trained
+template makes it answer the subject's native language. A real model fails elsewhere: SmolLM2-135M answers none
+of 135 occupations in "The job title of {} is" and shows no knowledge of them at the subject, so there is
+nothing to trace. :func:`failure_counts` classifies every relation's facts in the template the notebook asks
+(:func:`kc_utils.analysis.hallucination.classify_and_name`), and :func:`pick_failing_relation` takes the
+relation with the most knowledge-present failures (ties: the relation's name), so the choice is read off a
+table the notebook shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from kc_utils.analysis.hallucination import classify_and_name
+from kc_utils.analysis.wrong_answers import AttributeIndex
+
+__all__ = ["COUNT_COLUMNS", "count_kinds", "failure_counts", "pick_failing_relation", "split_failure_counts"]
+
+#: The columns of :func:`failure_counts`' table after ``relation`` and ``template``.
+COUNT_COLUMNS = ("n_prompts", "correct", "knowledge_present", "knowledge_absent")
+
+
+def count_kinds(kinds: pd.DataFrame) -> dict[str, int]:
+    """Prompts of each kind in a classification table (its ``kind`` column), with ``n_prompts``."""
+    counts = kinds["kind"].value_counts()
+    return {"n_prompts": len(kinds), **{kind: int(counts.get(kind, 0)) for kind in COUNT_COLUMNS[1:]}}
+
+
+def failure_counts(
+    model: Any,
+    facts: Mapping[str, tuple[str, Sequence[tuple[str, str]]]],
+    index: AttributeIndex,
+    progress: bool = True,
+    **thresholds: Any,
+) -> pd.DataFrame:
+    """Classify each relation's facts and count the kinds.
+
+    Args:
+        facts: ``{relation: (template, [(subject, answer), ...])}``, the template with a ``{}``.
+        thresholds: ``subject_max_rank``, ``last_max_rank`` and ``rule`` of
+            :func:`kc_utils.analysis.hallucination.classify_prompts`.
+
+    Returns:
+        One row per relation with facts: ``relation``, ``template`` and :data:`COUNT_COLUMNS`.
+    """
+    rows = []
+    for relation, (template, pairs) in tqdm(facts.items(), desc="relations classified", disable=not progress):
+        if not pairs:
+            continue
+        subjects, answers = zip(*pairs)
+        kinds, _ = classify_and_name(model, relation, subjects, answers, template, index, **thresholds)
+        rows.append({"relation": relation, "template": template, **count_kinds(kinds)})
+    return pd.DataFrame(rows, columns=["relation", "template", *COUNT_COLUMNS])
+
+
+def split_failure_counts(
+    model: Any,
+    split: Any,
+    relations: Sequence[str],
+    index: AttributeIndex,
+    n_prompts: int,
+    progress: bool = True,
+    **thresholds: Any,
+) -> pd.DataFrame:
+    """:func:`failure_counts` of a :class:`kc_utils.data.split.Split`'s relations: each relation's first
+    ``n_prompts`` trained facts (on a pretrained model: every fact) asked in its first unseen template, as
+    notebook 04 asks them."""
+    facts = {}
+    for key in relations:
+        rel = split.relations[key]
+        facts[key] = (rel.unseen_templates[0], [(f.subject, f.object) for f in list(rel.trained)[:n_prompts]])
+    return failure_counts(model, facts, index, progress, **thresholds)
+
+
+def pick_failing_relation(counts: pd.DataFrame, minimum: int = 1) -> str:
+    """The relation of a :func:`failure_counts` table with the most knowledge-present failures (ties: by name).
+
+    Raises:
+        ValueError: no relation has ``minimum`` knowledge-present failures (the message gives the largest count).
+    """
+    if counts.empty:
+        raise ValueError("no relation was classified: give failure_counts at least one relation with facts")
+    ranked = counts.sort_values(["knowledge_present", "relation"], ascending=[False, True], kind="stable")
+    best = ranked.iloc[0]
+    if best["knowledge_present"] < minimum:
+        raise ValueError(
+            f"no relation has {minimum} knowledge-present failure(s) (the most: {int(best['knowledge_present'])}, "
+            f"{best['relation']}); loosen subject_max_rank or knowledge_rule"
+        )
+    return str(best["relation"])
