@@ -8,7 +8,8 @@ from conftest import save_tiny_model
 from reference import all_edges, reference_run
 
 from kc_utils.circuits.ablation import ablated_outputs
-from kc_utils.circuits.acdc import acdc
+from kc_utils.circuits.acdc import acdc, candidate_edges
+from kc_utils.circuits.attribute import attribute
 from kc_utils.circuits.graph import CircuitError, Graph
 from kc_utils.data.prompts import make_batch
 from kc_utils.models import load_model
@@ -26,11 +27,12 @@ def _kl_at_last(reference_logits, logits, batch):
     return float((ref.exp() * (ref - new)).sum(-1).mean())
 
 
-def slow_acdc(model, graph, batch, threshold):
-    """ACDC written plainly: every trial rebuilds every receiver input edge by edge (tests/reference.py)."""
+def slow_acdc(model, graph, batch, threshold, candidates=None):
+    """ACDC written plainly: every trial rebuilds every receiver input edge by edge (tests/reference.py).
+    With ``candidates`` (a set of (upstream, receiver)), the others are removed before the first trial."""
     ablated = ablated_outputs(model, graph, batch, "patch")
     edges = all_edges(graph)
-    kept = set(edges)
+    kept = set(edges) if candidates is None else set(edges) & candidates
     with torch.no_grad():
         full_logits = reference_run(model, graph, batch.clean, ablated, {})
 
@@ -80,6 +82,53 @@ def test_acdc_matches_the_slow_reference(tiny_model, batch, stack):
         pruned_slow.in_graph[u, r] = True
     pruned_slow.prune(from_input=True)
     assert torch.equal(pruned_slow.in_graph, graph.in_graph)
+
+
+def _pruned(model, edges):
+    graph = Graph.from_model(model)
+    graph.in_graph = torch.zeros_like(graph.real_edges)
+    for u, r in edges:
+        graph.in_graph[u, r] = True
+    graph.prune(from_input=True)
+    return graph.in_graph
+
+
+def test_acdc_on_candidates_matches_the_slow_reference(tiny_model, batch):
+    """Trials only on EAP's top third of the edges, the rest removed up front: the slow ACDC with the same start."""
+    batch = batch.select([0, 1, 2])
+    scored = attribute(tiny_model, Graph.from_model(tiny_model), batch, method="eap", progress=False)
+    n = int(scored.real_edges.sum()) // 3
+    mask = candidate_edges(scored, n)
+    assert int(mask.sum()) == n and not bool((mask & ~scored.real_edges).any())
+    top = scored.scores.abs()[mask].min()
+    assert bool((scored.scores.abs()[scored.real_edges & ~mask] <= top).all())  # the largest |score| are in
+    graph, run = acdc(tiny_model, Graph.from_model(tiny_model), batch, 0.002, candidates=mask, progress=False)
+    expected = slow_acdc(
+        tiny_model, Graph.from_model(tiny_model), batch, 0.002, {tuple(e) for e in mask.nonzero().tolist()}
+    )
+    assert torch.equal(_pruned(tiny_model, expected), graph.in_graph)
+    assert not bool((graph.in_graph & ~mask).any())  # nothing outside the candidates survives
+    assert run.removed_up_front == int(scored.real_edges.sum()) - n and run.metric_start > run.metric_full
+    assert 0 < run.trials <= n and bool(graph.in_graph.any())
+
+
+def test_acdc_with_every_edge_as_candidate_is_plain_acdc(tiny_gpt2, country_batch_args):
+    batch = make_batch(tiny_gpt2, *country_batch_args).select([0, 1, 2])
+    plain, plain_run = acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, 0.02, progress=False)
+    every = Graph.from_model(tiny_gpt2).real_edges.clone()
+    hybrid, hybrid_run = acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, 0.02, candidates=every, progress=False)
+    assert torch.equal(plain.in_graph, hybrid.in_graph) and torch.equal(plain.scores, hybrid.scores)
+    assert (plain_run.trials, plain_run.passes, hybrid_run.removed_up_front) == (
+        hybrid_run.trials,
+        hybrid_run.passes,
+        0,
+    )
+    with pytest.raises(ValueError, match="bool mask of shape"):
+        acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, 0.02, candidates=every.float(), progress=False)
+    with pytest.raises(ValueError, match="no edge of the graph"):
+        acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, 0.02, candidates=torch.zeros_like(every), progress=False)
+    with pytest.raises(CircuitError, match="candidate edges"):
+        candidate_edges(plain, 0)
 
 
 def test_acdc_thresholds_bracket_the_circuit(tiny_gpt2, country_batch_args):

@@ -240,6 +240,22 @@ def test_find_relation_circuit_end_to_end(tiny_gpt2, tmp_path, method):
     assert shared_nodes({"a": result.graph}).max() == 1
 
 
+def test_find_relation_circuit_acdc_on_eap_ig_candidates(tiny_gpt2):
+    from kc_utils.circuits.acdc import candidate_edges
+    from kc_utils.circuits.attribute import attribute
+
+    dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
+    val = facts_to_batch(tiny_gpt2, dataset.val)
+    found = find_relation_circuit(
+        tiny_gpt2, dataset, "factual", method="acdc", acdc_threshold=1e-4, acdc_candidates=40, n_random=1
+    )
+    ranked = attribute(tiny_gpt2, Graph.from_model(tiny_gpt2), val, method="eap-ig", ig_steps=5, progress=False)
+    allowed = candidate_edges(ranked, 40)
+    assert found.n_edges > 0 and not bool((found.graph.in_graph & ~allowed).any())
+    assert found.budget == "acdc τ=0.0001 on 40 EAP-IG edges" and found.graph.provenance["acdc_candidates"] == 40
+    assert found.extra["acdc_trials"] <= 40 and found.extra["acdc_removed_up_front"] == ranked.n_edges - 40
+
+
 @pytest.mark.parametrize("n_edges", [30, "knee"])
 def test_find_relation_circuit_without_evaluation_finds_the_same_circuit(tiny_gpt2, n_edges):
     dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)

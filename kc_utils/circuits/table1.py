@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from kc_utils.circuits.ablation import ABLATIONS, Ablation
-from kc_utils.circuits.acdc import acdc
+from kc_utils.circuits.acdc import acdc, candidate_edges
 from kc_utils.circuits.attribute import METHODS, attribute
 from kc_utils.circuits.budget import (
     KNEE_MAX_EDGES,
@@ -185,6 +185,7 @@ def find_relation_circuit(
     knee_levels: Sequence[float] = (0.7, 0.9),
     acdc_threshold: float = 0.01,
     acdc_metric: str = "kl",
+    acdc_candidates: int | None = None,
     n_random: int = 5,
     seed: int = 0,
     metrics: Sequence[str] = ("hit@10", "hit@1", "prob", "logit_diff"),
@@ -202,6 +203,9 @@ def find_relation_circuit(
         knee_level: the faithfulness level ``"knee"`` aims for.
         knee_levels: levels whose knees are reported.
         acdc_threshold, acdc_metric: ACDC's τ and metric (:func:`kc_utils.circuits.acdc.acdc`).
+        acdc_candidates: ``None`` runs plain ACDC (a trial per edge); a count tries only the edges that
+            ``ig_steps``-step EAP-IG ranks highest, every other edge removed up front (the hybrid of
+            :func:`kc_utils.circuits.acdc.acdc`: not the sequential algorithm's circuit).
         n_random: draws of each random baseline.
         provenance: recorded in the saved circuit (e.g. ``{"model": "kc-organism"}``); the settings
             of this call are added.
@@ -226,6 +230,20 @@ def find_relation_circuit(
     base = Graph.from_model(model)
     run_info: dict[str, Any] = {}
     if method == "acdc":
+        candidates = None
+        if acdc_candidates is not None:
+            ranked = attribute(
+                model,
+                Graph.from_model(model),
+                val,
+                metric="logit_diff",
+                method="eap-ig",
+                ig_steps=ig_steps,
+                ablation=ablation,
+                batch_size=batch_size,
+                progress=False,
+            )
+            candidates = candidate_edges(ranked, min(acdc_candidates, int(ranked.real_edges.sum())))
         scored, run = acdc(
             model,
             base,
@@ -235,10 +253,13 @@ def find_relation_circuit(
             ablation=ablation,
             batch_size=batch_size,
             progress=False,
+            candidates=candidates,
         )
         circuit = scored.copy()
-        budget = f"acdc τ={acdc_threshold:g}"
-        run_info = {"acdc_trials": run.trials, "acdc_passes": run.passes}
+        budget = f"acdc τ={acdc_threshold:g}" + (
+            "" if candidates is None else f" on {int(candidates.sum())} EAP-IG edges"
+        )
+        run_info = {"acdc_trials": run.trials, "acdc_passes": run.passes, "acdc_removed_up_front": run.removed_up_front}
     else:
         scored = attribute(
             model,
@@ -301,6 +322,7 @@ def find_relation_circuit(
         "n_edges": n_edges if method != "acdc" else None,
         "knee_level": knee_level if method != "acdc" and n_edges in ("knee", "auto") else None,
         "acdc_threshold": acdc_threshold if method == "acdc" else None,
+        "acdc_candidates": acdc_candidates if method == "acdc" else None,
         "n_val": len(dataset.val),
         "seed": seed,
         "version": _version(),
