@@ -8,7 +8,13 @@ from conftest import save_tiny_model
 from reference import all_edges, reference_run
 
 from kc_utils.circuits.ablation import ablated_outputs
-from kc_utils.circuits.acdc import acdc, candidate_edges
+from kc_utils.circuits.acdc import (
+    ACDC_AUTO_MAX_EDGES,
+    LARGE_GRAPH_CANDIDATES,
+    acdc,
+    acdc_candidates_for,
+    candidate_edges,
+)
 from kc_utils.circuits.attribute import attribute
 from kc_utils.circuits.graph import CircuitError, Graph
 from kc_utils.data.prompts import make_batch
@@ -195,3 +201,13 @@ def test_acdc_wanted_auto_follows_the_graph_size():
     assert acdc_wanted(True, 10**6)[0] is True and acdc_wanted(False, 10)[0] is False
     with pytest.raises(ValueError, match="True, False or 'auto'"):
         acdc_wanted("yes", 10)
+
+
+def test_acdc_candidates_setting_follows_the_graph_size():
+    assert acdc_candidates_for("auto", ACDC_AUTO_MAX_EDGES) is None  # plain ACDC where it takes minutes
+    assert acdc_candidates_for("auto", 70_651) == LARGE_GRAPH_CANDIDATES
+    assert acdc_candidates_for(None, 70_651) is None and acdc_candidates_for(300, 70_651) == 300
+    assert acdc_candidates_for(300, 200) == 200 and acdc_candidates_for(300, 0) == 300
+    for bad in (0, -1, 2.5, True, "all"):
+        with pytest.raises(ValueError, match="acdc_candidates must be"):
+            acdc_candidates_for(bad, 1000)

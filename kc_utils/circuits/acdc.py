@@ -56,10 +56,43 @@ from kc_utils.circuits.patching import run_masked_stack
 from kc_utils.data.metrics import answer_logits, get_metric
 from kc_utils.data.prompts import PromptBatch
 
-__all__ = ["ACDC_AUTO_MAX_EDGES", "AcdcRun", "acdc", "acdc_wanted", "candidate_edges", "receiver_order"]
+__all__ = [
+    "ACDC_AUTO_MAX_EDGES",
+    "LARGE_GRAPH_CANDIDATES",
+    "AcdcRun",
+    "acdc",
+    "acdc_candidates_for",
+    "acdc_wanted",
+    "candidate_edges",
+    "receiver_order",
+]
 
 #: ``compare_acdc="auto"`` runs ACDC on graphs up to this many edges: it tries every edge, one forward each.
 ACDC_AUTO_MAX_EDGES = 20_000
+
+
+#: Candidate edges ``acdc_candidates="auto"`` gives ACDC on a graph larger than :data:`ACDC_AUTO_MAX_EDGES`.
+LARGE_GRAPH_CANDIDATES = 1000
+
+
+def acdc_candidates_for(setting: int | str | None, n_edges: int) -> int | None:
+    """How many EAP-IG candidate edges ACDC tries (``None``: every edge, plain ACDC), and the setting checked.
+
+    Args:
+        setting: ``"auto"`` (every edge on graphs up to :data:`ACDC_AUTO_MAX_EDGES` edges, else
+            :data:`LARGE_GRAPH_CANDIDATES`), ``None`` (every edge) or a positive count (at most ``n_edges``).
+        n_edges: edges of the model's graph (0: only check the setting).
+
+    Raises:
+        ValueError: any other setting.
+    """
+    if setting is None:
+        return None
+    if setting == "auto":
+        return None if n_edges <= ACDC_AUTO_MAX_EDGES else LARGE_GRAPH_CANDIDATES
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"acdc_candidates must be 'auto', None or a positive edge count, got {setting!r}")
+    return min(setting, n_edges) if n_edges else setting
 
 
 def acdc_wanted(setting: bool | str, n_edges: int) -> tuple[bool, str]:
