@@ -188,11 +188,21 @@ def logit_lens(
     rows = torch.arange(len(batch), device=batch.clean.device)
     target_strings = models.token_strings(model, targets.tolist())
     records: list[dict[str, Any]] = []
+    # only the positions read (the last one, and the subject's) are unembedded: on a 49k-word vocabulary
+    # the unembedding is most of the cost, and a prompt has several other positions
+    read = torch.zeros(stack.shape[1:3], dtype=torch.bool, device=stack.device)  # [b, p]
+    read[rows, batch.last_pos] = True
+    if mask is not None:
+        read |= mask
+    at_prompt, at_position = read.nonzero(as_tuple=True)
     with torch.no_grad():
         for index in range(stack.shape[0]):
-            logits = models.unembed(model, stack[index]).float()  # [b, p, v]
-            ranks = rank_of(logits, targets[:, None].expand(-1, logits.shape[1]))  # [b, p]
-            probs = logits.softmax(-1).gather(-1, targets[:, None, None].expand(-1, logits.shape[1], 1))[..., 0]
+            logits = models.unembed(model, stack[index][at_prompt, at_position]).float()  # [n_read, v]
+            wanted = targets[at_prompt]
+            ranks = torch.zeros(read.shape, dtype=torch.long, device=read.device)  # [b, p]; unread positions masked
+            probs = torch.zeros(read.shape, dtype=torch.float, device=read.device)
+            ranks[at_prompt, at_position] = rank_of(logits, wanted)
+            probs[at_prompt, at_position] = logits.softmax(-1).gather(-1, wanted[:, None])[:, 0]
             last_rank = ranks[rows, batch.last_pos]
             last_prob = probs[rows, batch.last_pos]
             if mask is not None:
