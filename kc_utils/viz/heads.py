@@ -207,7 +207,7 @@ def plot_role_sensitivity(sensitivity: pd.DataFrame, title: str = "") -> go.Figu
                     legendgroup=role,
                     showlegend=col == 1,
                     line=dict(color=colour),
-                    hovertemplate=f"{name} = %{{x}}<br>{role}: %{{y:d}} heads<extra></extra>",
+                    hovertemplate=f"{name} = %{{x:.3g}}<br>{role}: %{{y:d}} heads<extra></extra>",
                 ),
                 row=1,
                 col=col,
@@ -314,7 +314,15 @@ def plot_role_counts(counts: pd.DataFrame, title: str = "") -> go.Figure:
     fig = go.Figure()
     for role, colour in ROLE_COLOURS.items():
         if role in counts.columns:
-            fig.add_trace(go.Bar(x=[str(i) for i in counts.index], y=counts[role], name=role, marker_color=colour))
+            fig.add_trace(
+                go.Bar(
+                    x=[str(i) for i in counts.index],
+                    y=counts[role],
+                    name=role,
+                    marker_color=colour,
+                    hovertemplate="layer %{x}: %{y} heads",
+                )
+            )
     fig.update_layout(
         barmode="stack",
         title=title or "circuit heads per layer and role, summed over relations",
@@ -328,6 +336,8 @@ def plot_role_counts(counts: pd.DataFrame, title: str = "") -> go.Figure:
 
 def plot_ablation_by_role(by_role: pd.DataFrame, k: int = 10) -> go.Figure:
     """Per role, one point per relation: change in answer probability, and share of gaining objects.
+
+    Hover over a point for its relation, heads and value.
 
     ``by_role`` holds :func:`kc_utils.analysis.head_ablation.ablation_by_role` rows with a ``relation`` column.
     The right panel's crosses are the chance share of each relation.
@@ -346,7 +356,9 @@ def plot_ablation_by_role(by_role: pd.DataFrame, k: int = 10) -> go.Figure:
         hover = [
             f"{rel}: {n} head(s) {', '.join(h)}" for rel, n, h in zip(part["relation"], part["n_heads"], part["heads"])
         ]
-        for col, column in ((1, "delta_prob"), (2, "same_relation_share")):
+        for col, (column, what) in enumerate(
+            (("delta_prob", "Δ P(answer) %{y:+.3f}"), ("same_relation_share", "share %{y:.2f}")), start=1
+        ):
             fig.add_trace(
                 go.Box(
                     x=[role] * len(part),
@@ -357,6 +369,8 @@ def plot_ablation_by_role(by_role: pd.DataFrame, k: int = 10) -> go.Figure:
                     jitter=0.4,
                     pointpos=0,
                     hovertext=hover,
+                    hoveron="points",
+                    hovertemplate="%{hovertext}<br>" + what + f"<extra>{role}</extra>",
                     showlegend=col == 1,
                     legendgroup=role,
                 ),
@@ -372,6 +386,7 @@ def plot_ablation_by_role(by_role: pd.DataFrame, k: int = 10) -> go.Figure:
             name="chance",
             marker=dict(symbol="x", color="black"),
             hovertext=list(chance["relation"]),
+            hovertemplate="%{hovertext}: chance share %{y:.2f}<extra></extra>",
         ),
         row=1,
         col=2,

@@ -33,7 +33,13 @@ def plot_logit_lens(table: pd.DataFrame, prompt_index: int) -> go.Figure:
     for column, name, colour in (("rank", "last position", _LAST), ("subject_rank", "best subject position", _SUBJECT)):
         fig.add_trace(
             go.Scatter(
-                x=labels, y=rows[column] + 1, mode="lines+markers", name=name, line=dict(color=colour), legendgroup=name
+                x=labels,
+                y=rows[column] + 1,
+                mode="lines+markers",
+                name=name,
+                line=dict(color=colour),
+                legendgroup=name,
+                hovertemplate="%{x}: rank + 1 = %{y:.0f}",
             ),
             row=1,
             col=1,
@@ -48,6 +54,7 @@ def plot_logit_lens(table: pd.DataFrame, prompt_index: int) -> go.Figure:
                 line=dict(color=colour),
                 legendgroup=name,
                 showlegend=False,
+                hovertemplate="%{x}: probability %{y:.3f}",
             ),
             row=1,
             col=2,

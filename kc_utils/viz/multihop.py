@@ -14,6 +14,7 @@ from plotly.subplots import make_subplots
 from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.overlap import circuit_nodes
 from kc_utils.viz.circuits import layer_ticks, plot_circuit, ring_nodes
+from kc_utils.viz.style import TEMPLATE
 
 __all__ = ["plot_bridge_lens", "plot_bridge_patching", "plot_overlaps", "plot_three_circuits"]
 
@@ -48,7 +49,7 @@ def plot_three_circuits(circuits: Mapping[str, Graph], two_hop: str = "two_hop",
             ring_nodes(fig, graph, with_two_hop, SHARED_TWO_HOP, "node shared with the two-hop circuit only", col, True)
     fig.update_layout(
         title=title or f"three circuits ({len(in_all)} nodes in all of them)",
-        template="plotly_white",
+        template=TEMPLATE,
         height=520,
         legend=dict(orientation="h", y=-0.15),
     )
@@ -65,7 +66,16 @@ def plot_overlaps(comparison: pd.DataFrame, paper: tuple[tuple[float, float], ..
     for col, m in enumerate(("node_overlap", "edge_overlap"), start=1):
         pairs = comparison["pair"].tolist()
         fig.add_trace(
-            go.Bar(x=pairs, y=comparison[m], name="measured", marker_color="#2166ac", showlegend=col == 1), 1, col
+            go.Bar(
+                x=pairs,
+                y=comparison[m],
+                name="measured",
+                marker_color="#2166ac",
+                showlegend=col == 1,
+                hovertemplate="%{x}: %{y:.0%}",
+            ),
+            1,
+            col,
         )
         fig.add_trace(
             go.Bar(
@@ -75,6 +85,8 @@ def plot_overlaps(comparison: pd.DataFrame, paper: tuple[tuple[float, float], ..
                 name="random circuits, same sizes",
                 marker_color="#bdbdbd",
                 showlegend=col == 1,
+                customdata=comparison[f"{m}_random_std"],
+                hovertemplate="%{x}: %{y:.0%} ± %{customdata:.0%}",
             ),
             1,
             col,
@@ -86,6 +98,7 @@ def plot_overlaps(comparison: pd.DataFrame, paper: tuple[tuple[float, float], ..
                 name="unrelated relations' circuits",
                 marker_color="#fdae6b",
                 showlegend=col == 1,
+                hovertemplate="%{x}: %{y:.0%}",
             ),
             1,
             col,
@@ -98,7 +111,7 @@ def plot_overlaps(comparison: pd.DataFrame, paper: tuple[tuple[float, float], ..
         fig.update_yaxes(range=[0, 1.05], tickformat=".0%", row=1, col=col)
     fig.update_layout(
         barmode="group",
-        template="plotly_white",
+        template=TEMPLATE,
         height=430,
         title=title or "overlap of the three circuits (green band: the paper's range on GPT-2 medium)",
         legend=dict(orientation="h", y=-0.2),
@@ -126,25 +139,49 @@ def plot_bridge_lens(summary: pd.DataFrame, title: str = "") -> go.Figure:
         title=title or "is the bridge entity readable? (logit lens, top-10 share)",
         xaxis_title="after block (−1 = embeddings)",
         yaxis=dict(title="prompts with it in the top 10", range=[-0.02, 1.02], tickformat=".0%"),
-        template="plotly_white",
+        template=TEMPLATE,
         height=420,
     )
     return fig
 
 
 def plot_bridge_patching(table: pd.DataFrame, title: str = "") -> go.Figure:
-    """Recovery and follow share of the first hop's circuit restored, against random sets (box) and the two ends."""
+    """Recovery and follow share of the first hop's circuit restored, against random sets (box) and the two ends.
+
+    Hover over a random set's point or a bar for its value."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=["clean answer top-1 (follow)", "logit-difference recovery"])
     for col, m in enumerate(("follow", "recovery"), start=1):
         randoms = table[table["set"] == "random"]
-        fig.add_trace(go.Box(y=randoms[m], name="random sets", marker_color="#969696", boxpoints="all"), 1, col)
+        fig.add_trace(
+            go.Box(
+                y=randoms[m],
+                name="random sets",
+                marker_color="#969696",
+                boxpoints="all",
+                hoveron="points",
+                hovertemplate=f"random set: {m} %{{y:.2f}}<extra></extra>",
+            ),
+            1,
+            col,
+        )
         for kind, colour in (("corrupt", "#b2182b"), ("group", "#2166ac"), ("clean", "#1a9850")):
             row = table[table["set"] == kind]
             label = "first hop's circuit" if kind == "group" else f"{kind} run"
-            fig.add_trace(go.Bar(x=[label], y=row[m], marker_color=colour, showlegend=False), 1, col)
+            fig.add_trace(
+                go.Bar(
+                    x=[label] * len(row),
+                    y=row[m],
+                    name=label,
+                    marker_color=colour,
+                    showlegend=False,
+                    hovertemplate=f"%{{x}}: {m} %{{y:.2f}}<extra></extra>",
+                ),
+                1,
+                col,
+            )
     fig.update_layout(
         title=title or "bridge patching: restore the first hop's circuit in a prompt about another bridge",
-        template="plotly_white",
+        template=TEMPLATE,
         height=420,
         showlegend=False,
     )

@@ -42,7 +42,7 @@ def plot_query_neurons(
     scores, masks = np.asarray(scores, dtype=float), np.asarray(masks, dtype=bool)
     used = np.argwhere(masks.any(0))  # (layer index, neuron), layer-major
     if len(used) == 0:
-        return go.Figure().update_layout(title=f"{title} (no knowledge neuron selected)")
+        return go.Figure().update_layout(title=f"{title} (no knowledge neuron selected)", template=TEMPLATE)
     labels = [f"L{layers[j]}.n{i}" for j, i in used]
     top = np.maximum(scores.reshape(len(scores), -1).max(1), 1e-12)[:, None]
     z = scores[:, used[:, 0], used[:, 1]] / top
@@ -188,6 +188,8 @@ def plot_interventions(summary: pd.DataFrame, title: str = "") -> go.Figure:
                 name=kind,
                 marker_color=colour,
                 error_y=dict(type="data", array=rows["delta_std"]),
+                customdata=rows["delta_std"],
+                hovertemplate="scaled %{x}: Δp %{y:+.3f} ± %{customdata:.3f}",
             )
         )
     fig.update_layout(
@@ -206,6 +208,10 @@ def plot_attention_scaling(summary: pd.DataFrame, title: str = "") -> go.Figure:
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("knowledge neurons' mean activation (relative change)", "Δp(answer)")
     )
+    hover = {
+        "kn_change": "%{x}: activation %{y:+.1%} ± %{customdata:.1%}",
+        "delta_p": "%{x}: Δp %{y:+.3f} ± %{customdata:.3f}",
+    }
     for factor, colour in ((0.0, "#b2182b"), (2.0, "#2166ac")):
         for keys, pattern in (("top", ""), ("random", "/")):
             rows = summary[(summary["factor"] == factor) & (summary["keys"] == keys)]
@@ -224,6 +230,8 @@ def plot_attention_scaling(summary: pd.DataFrame, title: str = "") -> go.Figure:
                         showlegend=col == 1,
                         marker_color=colour,
                         marker_pattern_shape=pattern,
+                        customdata=rows[f"{column}_std"],
+                        hovertemplate=hover[column],
                     ),
                     row=1,
                     col=col,
@@ -250,6 +258,8 @@ def plot_modification(summary: pd.DataFrame, title: str = "") -> go.Figure:
                     showlegend=r == 1,
                     marker_color=_METHOD_COLOURS.get(row["method"], "#666666"),
                     error_y=dict(type="data", array=[row[f"{m}_std"] for m in metrics]),
+                    customdata=[row[f"{m}_std"] for m in metrics],
+                    hovertemplate="%{x}: %{y:.2f} ± %{customdata:.2f}",
                 ),
                 row=r,
                 col=1,
