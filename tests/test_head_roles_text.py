@@ -189,6 +189,9 @@ def test_single_ablation_text():
         "gaining tokens are other objects 0.20 of the time (10× chance; lower than after a mover ablation in 1 of 1"
         in sentence
     )
+    assert "movers are redundant" in sentence  # |Δp| at most 0.02
+    alone = text.single_ablation_text(table.assign(**{"mover Δp": [-0.12, -0.10]}))
+    assert "a single mover matters on its own" in alone and "redundant" not in alone
 
 
 def test_circuit_sources_text():
@@ -215,4 +218,11 @@ def test_departures_text():
     )
     # peak attention per head: 1, 0.9, 1, 1, 1, 0.5 -> mean 0.9
     assert "puts 0.90 of its attention on a single kind of position" in sentence
-    assert "Movers are 3 heads per relation" in sentence  # 2 movers + 1 mix
+    assert "Movers are 3 heads per relation (25.0% of the 12 writing heads" in sentence  # 2 movers + 1 mix
+    assert "nearly one-hot" in sentence
+    # a random set of 3 of 12 writing heads holds 3 * 3 / 12 = 0.75 movers on average
+    assert "holds 0.75 movers on average, so the random baseline is a set of non-movers." in sentence
+    crowded = text.departures_text(roles, n_layers=4, n_heads=4, n_writing=6, model_name="m")
+    assert "holds 1.50 movers on average, so it often contains several" in crowded
+    spread = roles.assign(attn_subject=0.3, attn_relation=0.3, attn_other=0.4)
+    assert "attention is spread" in text.departures_text(spread, 4, 4, 12, "m")

@@ -385,7 +385,12 @@ def single_ablation_text(table: pd.DataFrame, ablation: str = "mean") -> str:
         text.append(
             f"{ablation.capitalize()}-ablating **one** mover at a time changes the answer's probability by "
             f"{_span(with_movers['mover Δp'], '+.3f')} on average per relation ({len(with_movers)} relations): "
-            f"movers are redundant, so the group test above is the causal evidence. The tokens that gain are other "
+            + (
+                "movers are redundant, so the group test above is the causal evidence. "
+                if float(with_movers["mover Δp"].abs().max()) < REDUNDANT_DELTA
+                else "a single mover matters on its own. "
+            )
+            + "The tokens that gain are other "
             f"objects of the relation {with_movers['mover share'].mean():.2f} of the time, {ratio:.0f}× chance "
             f"(paper: ablating a mover raises other languages)."
         )
@@ -425,6 +430,12 @@ def circuit_sources_text(sources: pd.DataFrame, folder: str = "notebook 01") -> 
     return " ".join(text)
 
 
+#: Largest mean change of the answer's probability under one mover's ablation that counts as redundancy.
+REDUNDANT_DELTA = 0.05
+#: Mean peak attention share above which :func:`departures_text` calls attention nearly one-hot.
+ONE_HOT_ATTENTION = 0.7
+
+
 def departures_text(all_roles: pd.DataFrame, n_layers: int, n_heads: int, n_writing: int, model_name: str) -> str:
     """How the model read here departs from the paper's GPT-2 medium, from the stacked roles table.
 
@@ -441,14 +452,29 @@ def departures_text(all_roles: pd.DataFrame, n_layers: int, n_heads: int, n_writ
         f"`{model_name}` has {n_layers} layers of {n_heads} heads (the paper's GPT-2 medium: 24 × 16), and "
         f"{n_writing} of its {n_layers * n_heads} heads write anything."
     ]
-    text.append(
-        f"Its attention is nearly one-hot: averaged over heads and relations, the last token puts {peak:.2f} of its "
-        "attention on a single kind of position (the paper's mover L14H7 puts 0.60 on the subject), so attention "
-        "thresholds barely matter and the output criteria decide the roles."
+    if peak >= ONE_HOT_ATTENTION:
+        text.append(
+            f"Its attention is nearly one-hot: averaged over heads and relations, the last token puts {peak:.2f} of "
+            "its attention on a single kind of position (the paper's mover L14H7 puts 0.60 on the subject), so "
+            "attention thresholds barely matter and the output criteria decide the roles."
+        )
+    else:
+        text.append(
+            f"Averaged over heads and relations, the last token puts {peak:.2f} of its attention on a single kind of "
+            "position (the paper's mover L14H7 puts 0.60 on the subject): attention is spread, so the attention "
+            "thresholds take part in the roles (their sensitivity is above)."
+        )
+    writing = max(n_writing, 1)
+    # a random set of k heads drawn from the writing heads holds k · k / n_writing movers on average
+    expected = float((per_relation.astype(float) ** 2 / writing).mean())
+    sentence = (
+        f"Movers are {_span(per_relation, '.0f')} heads per relation ({_span(100 * per_relation / writing, '.1f')}% "
+        f"of the {n_writing} writing heads; GPT-2 medium's circuits name a few movers among 384 heads); a random head "
+        f"set of the same size holds {expected:.2f} movers on average"
     )
-    text.append(
-        f"Movers are {_span(per_relation, '.0f')} heads per relation, a large share of the writing heads, where "
-        "GPT-2 medium's circuits name a few movers among 384 heads; a random head set of the same size therefore often "
-        "contains several movers."
-    )
+    if expected >= 1:
+        sentence += ", so it often contains several and the random baseline is partly a mover baseline."
+    else:
+        sentence += ", so the random baseline is a set of non-movers."
+    text.append(sentence)
     return " ".join(text)
