@@ -515,3 +515,18 @@ def test_modification_sentence_on_a_hand_made_table():
         "No set moves the erase metrics by 0.05 or more: at these sizes the erase comparison is at its floor on this "
         "model, and its ranking is not evidence for or against CAS."
     )
+
+
+def test_template_accuracy_floor_follows_the_model():
+    from kc_utils.neurons.queries import (
+        ORGANISM_TEMPLATE_ACCURACY,
+        PRETRAINED_TEMPLATE_ACCURACY,
+        template_accuracy_floor,
+    )
+
+    assert template_accuracy_floor("auto", "kc-organism") == ORGANISM_TEMPLATE_ACCURACY == 0.5
+    assert template_accuracy_floor("auto", "smollm2-135m") == PRETRAINED_TEMPLATE_ACCURACY < 0.5
+    assert template_accuracy_floor(0.2, "kc-organism") == 0.2 and template_accuracy_floor(1, "m") == 1.0
+    for bad in (1.5, -0.1, "half", True, None):
+        with pytest.raises(ValueError, match="min_template_accuracy must be"):
+            template_accuracy_floor(bad, "m")

@@ -29,7 +29,35 @@ from kc_utils.data.relations import Relation, Sample
 from kc_utils.models import ORGANISM_NAME, continuation_first_token, without_edge_hooks
 from kc_utils.neurons.positions import NeuronError
 
-__all__ = ["FactQueries", "RelationQueries", "facts_batch", "relation_queries"]
+__all__ = [
+    "ORGANISM_TEMPLATE_ACCURACY",
+    "PRETRAINED_TEMPLATE_ACCURACY",
+    "FactQueries",
+    "RelationQueries",
+    "facts_batch",
+    "relation_queries",
+    "template_accuracy_floor",
+]
+
+#: ``min_template_accuracy="auto"`` on the organism, which was trained on every template of its facts.
+ORGANISM_TEMPLATE_ACCURACY = 0.5
+#: ... and on a pretrained model, which answers a relation's paraphrases far less evenly: SmolLM2-135M answers
+#: its best country_capital_city template for 48% of the facts and none of the six for half of them, so a
+#: floor of 0.5 leaves no query at all.
+PRETRAINED_TEMPLATE_ACCURACY = 0.3
+
+
+def template_accuracy_floor(setting: float | str, model_name: str) -> float:
+    """The share of facts a template must be answered for to be a query: ``"auto"`` or a share in [0, 1].
+
+    Raises:
+        ValueError: any other setting.
+    """
+    if setting == "auto":
+        return ORGANISM_TEMPLATE_ACCURACY if model_name == "kc-organism" else PRETRAINED_TEMPLATE_ACCURACY
+    if isinstance(setting, bool) or not isinstance(setting, (int, float)) or not 0 <= setting <= 1:
+        raise ValueError(f"min_template_accuracy must be 'auto' or a share in [0, 1], got {setting!r}")
+    return float(setting)
 
 
 @dataclass(frozen=True)
