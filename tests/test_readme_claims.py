@@ -150,6 +150,18 @@ def _c02_movers(t: pd.DataFrame) -> str:
     ).replace("88%–100%", "88–100%")
 
 
+def _c02_movers_smollm2(t: pd.DataFrame) -> str:
+    tested = t[(t["group"] == "movers") & (t["n_heads"] > 0)]
+    ablation, patching = tested[tested["test"] == "ablation"], tested[tested["test"] == "patching"]
+    return (
+        f"Mean-ablating a relation's movers together leaves top-1 accuracy {ablation['top1_group'].min():.2f}–"
+        f"{ablation['top1_group'].max():.2f} against {ablation['top1_random_mean'].min():.2f}–"
+        f"{ablation['top1_random_mean'].max():.2f} for {ablation['n_random'].min():.0f} random same-size sets; "
+        f"patching their last-position outputs from another subject flips {100 * patching['flip_group'].min():.0f}–"
+        f"{patching['flip_group'].max():.0%} of answers, random sets {patching['flip_random_mean'].max():.0%}"
+    )
+
+
 CLAIMS = [
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_present),
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_same_subject),
@@ -165,6 +177,7 @@ CLAIMS = [
     Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_paper),
     Claim("01_knowledge_circuits", "01_table1_kc-organism.csv", _c01_average),
     Claim("02_head_roles", "02_group_tests_kc-organism.csv", _c02_movers),
+    Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _c02_movers_smollm2),
 ]
 
 #: README rows whose every number must come from a claim above.
