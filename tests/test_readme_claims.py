@@ -162,6 +162,19 @@ def _c02_movers_smollm2(t: pd.DataFrame) -> str:
     )
 
 
+def _c04_top3_smollm2(t: pd.DataFrame) -> str:
+    r = _repair("patch top 3", t)
+    return (
+        f"top 3 by mean contribution repair {r['top1_group']:.0%} against {r['top1_random_mean']:.0%} ± "
+        f"{r['top1_random_std']:.0%} for {r['n_random']:.0f} random sets of three ({_p(r['p_value'])})"
+    )
+
+
+def _c04_present_smollm2(t: pd.DataFrame) -> str:
+    wrong = t[t["kind"] != "correct"]
+    return f"{(wrong['kind'] == 'knowledge_present').sum()} of the {len(wrong)} failures rank the right form"
+
+
 CLAIMS = [
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_present),
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_same_subject),
@@ -178,6 +191,8 @@ CLAIMS = [
     Claim("01_knowledge_circuits", "01_table1_kc-organism.csv", _c01_average),
     Claim("02_head_roles", "02_group_tests_kc-organism.csv", _c02_movers),
     Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _c02_movers_smollm2),
+    Claim("04_hallucination", "04_repair_adj_comparative_smollm2-135m.csv", _c04_top3_smollm2),
+    Claim("04_hallucination", "04_kinds_adj_comparative_smollm2-135m.csv", _c04_present_smollm2),
 ]
 
 #: README rows whose every number must come from a claim above.
