@@ -175,6 +175,35 @@ def _c04_present_smollm2(t: pd.DataFrame) -> str:
     return f"{(wrong['kind'] == 'knowledge_present').sum()} of the {len(wrong)} failures rank the right form"
 
 
+def _c03_reliability(t: pd.DataFrame) -> str:
+    def by_layer(method: str) -> str:
+        rows = t[t["method"] == method].sort_values("layer")
+        return " / ".join(f"{v:.2f}" for v in rows["reliability_mean"])
+
+    return f"ROME's reliability is {by_layer('rome')} at MLPs 0–3, against {by_layer('rome-templates')} for"
+
+
+def _c03_ftm_none(t: pd.DataFrame) -> str:
+    assert (t.loc[t["method"] == "ft-m", "reliability_mean"] == 0).all()
+    return "FT-M with EasyEdit's defaults (lr 5e-4, 25 steps) changes no answer at any layer"
+
+
+def _c06_inconsistent(t: pd.DataFrame) -> str:
+    return (
+        f"{t['inconsistent_static'].mean():.0%} of facts are inconsistent over {t['relation'].nunique()} relations at "
+        "the last token"
+    )
+
+
+def _c07_gap(t: pd.DataFrame) -> str:
+    r = _row(t, composition="landmark_in_country+country_language")
+    return (
+        f"of {r['both hops known']} landmark facts it knows at both hops, {r['composed (both hops and two-hop)']} "
+        f"({r['composed share']:.0%}) are answered composed, below the {r['most common answer share']:.0%} of always "
+        f"naming the most common language; in {r['two-hop top-1 is the bridge']} it says the bridge country instead"
+    )
+
+
 CLAIMS = [
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_present),
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_same_subject),
@@ -193,6 +222,10 @@ CLAIMS = [
     Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _c02_movers_smollm2),
     Claim("04_hallucination", "04_repair_adj_comparative_smollm2-135m.csv", _c04_top3_smollm2),
     Claim("04_hallucination", "04_kinds_adj_comparative_smollm2-135m.csv", _c04_present_smollm2),
+    Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_reliability),
+    Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_ftm_none),
+    Claim("06_query_localization", "06_consistency_facts_kc-organism.csv", _c06_inconsistent),
+    Claim("07_multi_hop", "07_gap_kc-organism.csv", _c07_gap),
 ]
 
 #: README rows whose every number must come from a claim above.
