@@ -29,6 +29,20 @@ SOURCES = [
 ]
 
 
+def _capital_relation(facts: list[tuple[str, str]]) -> Relation:
+    """A one-template country → capital relation of the given (subject, object) facts."""
+    return Relation(
+        name="country capital",
+        prompt_templates=("the capital of {} is",),
+        prompt_templates_zs=(),
+        relation_type="factual",
+        domain_name="country",
+        range_name="city",
+        symmetric=False,
+        samples=tuple(Sample(s, o) for s, o in facts),
+    )
+
+
 def _lens_table(rows: dict[int, list[tuple[int, float]]]) -> pd.DataFrame:
     """Hand-built logit-lens table: per prompt, (rank at the last position, best subject rank) per layer -1 … 2."""
     records = []
@@ -217,16 +231,7 @@ def test_wrong_answers_bad_inputs():
 
 
 def test_attribute_index_from_relations_reads_each_object_after_its_prompt(tiny_model):
-    relation = Relation(
-        name="country capital",
-        prompt_templates=("the capital of {} is",),
-        prompt_templates_zs=(),
-        relation_type="factual",
-        domain_name="country",
-        range_name="city",
-        symmetric=False,
-        samples=(Sample("France", "Paris"), Sample("Japan", "Tokyo")),
-    )
+    relation = _capital_relation([("France", "Paris"), ("Japan", "Tokyo")])
     index = AttributeIndex.from_relations(tiny_model, {"country_capital": relation})
     paris = models.continuation_first_token(tiny_model, "the capital of France is", "Paris")
     assert index.by_subject["France"] == {paris: ("country_capital",)}
@@ -713,16 +718,7 @@ def test_pick_failing_relation_on_a_hand_made_table():
 def test_failure_counts_agree_with_the_classification(tiny_model):
     from kc_utils.analysis.failing_relation import COUNT_COLUMNS, failure_counts
 
-    relation = Relation(
-        name="country capital",
-        prompt_templates=("the capital of {} is",),
-        prompt_templates_zs=(),
-        relation_type="factual",
-        domain_name="country",
-        range_name="city",
-        symmetric=False,
-        samples=tuple(Sample(s, a) for s, a in zip(SUBJECTS, ANSWERS)),
-    )
+    relation = _capital_relation(list(zip(SUBJECTS, ANSWERS)))
     index = AttributeIndex.from_relations(tiny_model, {"country_capital": relation})
     pairs = list(zip(SUBJECTS, ANSWERS))
     facts = {"country_capital": ("the capital of {} is", pairs), "empty": ("the {} is", [])}
