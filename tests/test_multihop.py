@@ -384,3 +384,19 @@ def test_random_component_sets_are_seeded():
     assert all(len(s) == 2 and s == sorted(s, key=pool.index) for s in sets)
     with pytest.raises(ValueError, match="cannot draw"):
         random_component_sets(pool, 5, 1)
+
+
+def test_twinless_prompt_takes_its_counterfactual_answer_beyond_a_pool_that_shares_its_answer(tiny_gpt2):
+    # both pool facts go through France (no twin with another bridge), so every pool answer is France/French
+    from kc_utils.data.multihop import _hop_prompts, _twins
+
+    templates = _hop_prompts(FIRST, SECOND, TWO_HOP, 0)
+    fact, same = ("Eiffel Tower", "France", "French"), ("Great Bank", "France", "French")
+    elsewhere = ("Great Wall", "Japan", "Japanese")
+    with pytest.raises(PromptError, match="every candidate shares the answer"):
+        _twins(tiny_gpt2, templates, [fact], [fact, same], seed=0)
+    (twinless,) = _twins(tiny_gpt2, templates, [fact], [fact, same], seed=0, answer_pool=[elsewhere])
+    assert twinless.corrupt_bridge is None
+    for hop, answer in (("first_hop", "Japan"), ("second_hop", "Japanese"), ("two_hop", "Japanese")):
+        p = twinless.hop(hop)
+        assert p.corrupt_prompt is None and p.corrupt_object == answer

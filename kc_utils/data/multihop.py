@@ -23,7 +23,9 @@ such questions from the relation files:
    its prompt has the same length and its bridge another first token; the second hop uses that
    subject's bridge under the same conditions. When the shared twin does not fit a single hop, that
    hop draws its own twin from the same pool (recorded in ``shared_twin``); when none fits at all the
-   prompt keeps no twin (patch ablation then uses the mean, as in :mod:`kc_utils.data.facts`).
+   prompt keeps no twin (patch ablation then uses the mean, as in :mod:`kc_utils.data.facts`) and takes
+   its counterfactual answer from any tokenisable candidate fact outside the other split (known or not:
+   the facts known at both hops may all share one answer, as euro for the currency of European countries).
 6. **Split**: the facts answered at both hops *and* composed are split with a seed into Dval (where
    circuits are found) and Dtest; twins come from the fact's own split or from kept facts in
    neither split, never from the other split.
@@ -256,14 +258,18 @@ def _twins(
     pool: Sequence[tuple[str, str, str]],
     seed: int,
     strict: bool = True,
+    answer_pool: Sequence[tuple[str, str, str]] = (),
 ) -> list[TwoHopFact]:
     """Corrupt twins for the three prompts of each fact (module docstring, step 5).
 
-    ``strict``: a prompt whose pool holds no other answer raises; otherwise (facts in neither split,
+    ``answer_pool``: further facts (tokenisable, known or not, never of the other split) whose answers serve as
+    the counterfactual answer of a prompt that has no twin when every fact of ``pool`` shares its answer; a
+    twin itself comes from ``pool`` only.
+    ``strict``: a prompt whose pools hold no other answer raises; otherwise (facts in neither split,
     which no circuit is found on) it keeps its own answer as the counterfactual answer.
     """
     rng = random.Random(seed)
-    everyone = list(dict.fromkeys([*facts, *pool]))
+    everyone = list(dict.fromkeys([*facts, *pool, *answer_pool]))
     length: dict[tuple[str, str], int] = {}
     first_token: dict[tuple[str, str], int | None] = {}
     for hop, template in templates.items():
@@ -286,7 +292,14 @@ def _twins(
     def prompt(hop: str, fact: tuple[str, str, str], twin: tuple[str, str, str] | None) -> FactPrompt:
         s, o = _subject_of(hop, fact), _object_of(hop, fact)
         if twin is None:  # no same-length twin: patch ablation falls back to the mean for this prompt
-            others = [t for t in pool if first_token[hop, _subject_of(hop, t)] not in (None, first_token[hop, s])]
+
+            def differ(candidates: Sequence[tuple[str, str, str]]) -> list[tuple[str, str, str]]:
+                return [
+                    t for t in candidates if first_token[hop, _subject_of(hop, t)] not in (None, first_token[hop, s])
+                ]
+
+            # the twin pool first; only when all its answers share this one, any fact of the answer pool
+            others = differ(pool) or differ(answer_pool)
             if not others and not strict:
                 return FactPrompt(s, o, templates[hop].format(s), None, None, o)
             if not others:
@@ -419,9 +432,12 @@ def build_two_hop_dataset(
     val_facts, test_facts = order[:n_val_eff], order[n_val_eff : n_val_eff + n_test]
     in_split = set(val_facts) | set(test_facts)
     neither = [t for t in both if t not in in_split]
-    val = _twins(model, templates, val_facts, val_facts + neither, seed)
-    test = _twins(model, templates, test_facts, test_facts + neither, seed + 1)
-    rest = _twins(model, templates, neither, neither + val_facts + test_facts, seed + 2, strict=False)
+    # a prompt with no twin takes its counterfactual answer from any tokenisable fact outside the other split
+    outside_val = [t for t in kept if t not in set(test_facts)]
+    outside_test = [t for t in kept if t not in set(val_facts)]
+    val = _twins(model, templates, val_facts, val_facts + neither, seed, answer_pool=outside_val)
+    test = _twins(model, templates, test_facts, test_facts + neither, seed + 1, answer_pool=outside_test)
+    rest = _twins(model, templates, neither, neither + val_facts + test_facts, seed + 2, strict=False, answer_pool=kept)
     by_subject = {f.subject: f for f in val + test + rest}
     return TwoHopDataset(
         composition=composition,
