@@ -9,7 +9,13 @@ import torch
 
 from kc_utils import models
 from kc_utils.data.relations import Sample
-from kc_utils.editing.covariance import KeyStatistics, generated_texts, key_statistics, relation_texts
+from kc_utils.editing.covariance import (
+    KeyStatistics,
+    generated_texts,
+    key_statistics,
+    relation_texts,
+    sampled_token_ids,
+)
 from kc_utils.editing.evaluation import EditEvaluator, build_probes
 from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
 from kc_utils.editing.request import EditError, EditRequest, prepare_request
@@ -558,6 +564,21 @@ def test_generated_and_relation_texts(tiny_gpt2) -> None:
     assert len(sentences) == 3 and all("{}" not in s for s in sentences)
     with pytest.raises(ValueError, match=">= 1"):
         generated_texts(tiny_gpt2, 0, 4)
+
+
+def test_sampled_tokens_follow_the_model_at_every_step(tiny_model) -> None:
+    # each sampled token is among the top-k (EOS excluded) of a full forward pass over the sequence so far (a cached
+    # generation that saw only the newest token fails this from the second token on)
+    top_k = 3
+    ids = sampled_token_ids(tiny_model, 4, 6, seed=2, top_k=top_k)
+    assert ids.shape == (4, 6)
+    start = next(t for t in (models.bos_token_id(tiny_model), tiny_model.tokenizer.bos_token_id) if t is not None)
+    hf = models.hf_model(tiny_model)
+    with torch.no_grad():
+        logits = hf(torch.cat([torch.full((4, 1), start), ids], dim=1)).logits  # [4, 7, vocab]
+    logits[..., tiny_model.tokenizer.eos_token_id] = -torch.inf  # min_new_tokens forbids ending early
+    allowed = logits[:, :-1].topk(top_k, dim=-1).indices  # [4, 6, top_k]
+    assert (allowed == ids[..., None]).any(-1).all()
 
 
 def test_default_sweep_layers() -> None:

@@ -27,14 +27,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from kc_utils import models
 from kc_utils.organism.paths import WEIGHTS_DIR
 
-__all__ = ["KeyStatistics", "generated_texts", "key_statistics", "organism_texts", "relation_texts"]
+__all__ = [
+    "KeyStatistics",
+    "generated_texts",
+    "key_statistics",
+    "organism_texts",
+    "relation_texts",
+    "sampled_token_ids",
+]
 
 
 @dataclass(frozen=True)
@@ -87,11 +94,16 @@ def organism_texts(n_documents: int | None = None, seed: int = 0) -> list[str]:
     return [d.text for d in chosen]
 
 
-def generated_texts(
+def sampled_token_ids(
     model: Any, n: int, n_tokens: int, seed: int = 0, top_k: int = 5, batch_size: int = 64
-) -> list[str]:
-    """``n`` texts the model samples itself from its start token (top-``top_k`` sampling, ``n_tokens`` new tokens
-    each, as the authors' ``generate_fast`` makes ROME's context templates), deterministic for a ``seed``.
+) -> Int[Tensor, "n n_tokens"]:
+    """``n`` token sequences the model samples itself from its start token (top-``top_k`` sampling, ``n_tokens``
+    new tokens each, the start token not included), deterministic for a ``seed``.
+
+    Generation runs without the key/value cache: a ``TransformerBridge``'s attention recomputes every position
+    and does not read Hugging Face's cache, so cached steps see only the newest token (measured: SmolLM2 then
+    writes "-,, and---" and the organism other tokens than without the cache). Each step is therefore a full
+    forward pass over the sequence so far, affordable for the short texts ROME uses.
 
     Raises:
         ValueError: ``n`` or ``n_tokens`` below 1, or a tokenizer with neither a BOS nor an EOS token.
@@ -105,7 +117,7 @@ def generated_texts(
         raise ValueError("the tokenizer has no BOS or EOS token to start generating from; pass texts instead")
     hf = models.hf_model(model)
     device = models.model_device(model)
-    texts: list[str] = []
+    rows_out: list[Tensor] = []
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         for first in range(0, n, batch_size):
@@ -117,10 +129,25 @@ def generated_texts(
                 top_k=top_k,
                 max_new_tokens=n_tokens,
                 min_new_tokens=n_tokens,
+                use_cache=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            texts += [t.strip() for t in tokenizer.batch_decode(ids[:, 1:], skip_special_tokens=True)]
-    return texts
+            rows_out.append(ids[:, 1:].cpu())
+    return torch.cat(rows_out)
+
+
+def generated_texts(
+    model: Any, n: int, n_tokens: int, seed: int = 0, top_k: int = 5, batch_size: int = 64
+) -> list[str]:
+    """``n`` texts the model samples itself from its start token (top-``top_k`` sampling, ``n_tokens`` new tokens
+    each, as the authors' ``generate_fast`` makes ROME's context templates), deterministic for a ``seed``; the
+    tokens of :func:`sampled_token_ids`, decoded without special tokens and stripped.
+
+    Raises:
+        ValueError: ``n`` or ``n_tokens`` below 1, or a tokenizer with neither a BOS nor an EOS token.
+    """
+    ids = sampled_token_ids(model, n, n_tokens, seed, top_k, batch_size)
+    return [t.strip() for t in model.tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 
 def relation_texts(relations: Sequence[str] | None = None, max_per_relation: int | None = None) -> list[str]:
