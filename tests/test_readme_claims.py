@@ -204,6 +204,27 @@ def _c07_gap(t: pd.DataFrame) -> str:
     )
 
 
+def _c07_overlap_smollm2(t: pd.DataFrame) -> str:
+    first, second = _row(t, pair="first hop vs two-hop"), _row(t, pair="second hop vs two-hop")
+    return (
+        f"the first hop's circuit shares {first['node_overlap']:.0%} of nodes and {first['edge_overlap']:.0%} of edges "
+        f"with the two-hop circuit, the second hop's {second['node_overlap']:.0%} and {second['edge_overlap']:.0%}, "
+        f"against {first['node_overlap_random_mean']:.0%} ± {first['node_overlap_random_std']:.0%} and "
+        f"{first['edge_overlap_random_mean']:.0%} ± {first['edge_overlap_random_std']:.0%} for random circuits of the "
+        f"same sizes and {first['node_overlap_unrelated_mean']:.0%} and {first['edge_overlap_unrelated_mean']:.0%} for "
+        "the unrelated adj_antonym circuit"
+    )
+
+
+def _c07_patching_smollm2(t: pd.DataFrame) -> str:
+    r = _row(t, composition="landmark_in_country+country_language")
+    return (
+        f"Restoring the first hop's circuit ({r['n_components']:.0f} of {r['pool']:.0f} components) brings the "
+        f"answer back in {r['follow_group']:.0%} of subject-swapped prompts, but {r['n_random']:.0f} random sets of "
+        f"{r['n_components']:.0f} do {r['follow_random_mean']:.0%} ± {r['follow_random_std']:.0%}"
+    )
+
+
 CLAIMS = [
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_present),
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _c04_same_subject),
@@ -226,6 +247,8 @@ CLAIMS = [
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_ftm_none),
     Claim("06_query_localization", "06_consistency_facts_kc-organism.csv", _c06_inconsistent),
     Claim("07_multi_hop", "07_gap_kc-organism.csv", _c07_gap),
+    Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _c07_overlap_smollm2),
+    Claim("07_multi_hop", "07_bridge_patching_smollm2-135m.csv", _c07_patching_smollm2),
 ]
 
 #: README rows whose every number must come from a claim above.
