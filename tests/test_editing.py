@@ -130,6 +130,24 @@ def test_rome_update_writes_v_star_and_spares_c_inverse_orthogonal_keys() -> Non
     assert not torch.allclose(new @ other, weight @ other, atol=1e-3)  # the update is not a no-op
 
 
+def test_rome_update_writes_at_a_write_key_on_the_far_side_of_u_and_refuses_an_orthogonal_one() -> None:
+    generator = torch.Generator().manual_seed(1)
+    d_model, d_mlp = 6, 10
+    weight = torch.randn(d_model, d_mlp, generator=generator)
+    stats = KeyStatistics.identity(0, d_mlp)
+    key, value = torch.randn(d_mlp, generator=generator), torch.randn(d_model, generator=generator)
+    write_key = -key + 0.1 * torch.randn(d_mlp, generator=generator)  # uᵀ k_w < 0 (u = key under C = I)
+    assert float(key @ write_key) < 0
+    new = rome_update(weight, key, value, stats.inverse, write_key=write_key)
+    torch.testing.assert_close(new @ write_key, value, atol=1e-5, rtol=1e-5)
+    orthogonal = torch.randn(d_mlp, generator=generator)
+    orthogonal = orthogonal - (orthogonal @ key) / (key @ key) * key
+    with pytest.raises(EditError, match="orthogonal"):
+        rome_update(weight, key, value, stats.inverse, write_key=orthogonal)
+    with pytest.raises(EditError, match="not positive"):
+        rome_update(weight, key, value, -stats.inverse)  # C not positive definite
+
+
 def test_rome_on_the_model_writes_v_star_at_k_star(tiny_model) -> None:
     stats = key_statistics(tiny_model, [0], TEXTS, progress=False)[0]
     config = _request_config()

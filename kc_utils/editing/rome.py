@@ -455,15 +455,26 @@ def rome_update(
     """``W + (v* − W k_w) uᵀ / (uᵀ k_w)`` with ``u = C⁻¹ key`` and ``k_w = write_key`` (default: ``key``), computed
     in float64 and returned in ``weight``'s dtype; ``W' k_w = v*`` exactly.
 
+    The denominator ``uᵀ k_w = k̄ᵀ C⁻¹ k_w`` is positive when ``k_w = k̄`` (``C`` positive definite); with a write key
+    other than the averaged key it may take either sign (as in the authors' code, which divides by it whatever its
+    sign): the update then still maps ``k_w`` exactly to ``v*``.
+
     Raises:
-        EditError: when ``uᵀ k_w`` is not positive (a zero key, or a write key orthogonal to ``u``).
+        EditError: when ``uᵀ k_w`` is (numerically) zero — a zero key, or a write key orthogonal to ``u`` — or not
+            positive for ``k_w = key`` (``C`` not positive definite).
     """
     w, k, v, c_inv = weight.double(), key.double().to(weight.device), value.double(), inverse.double()
     k_w = k if write_key is None else write_key.double().to(weight.device)
     u = c_inv.to(weight.device) @ k
     denominator = u @ k_w
-    if not bool(denominator > 0):
+    scale = float(u.norm() * k_w.norm())
+    if write_key is None and not bool(denominator > 0):
         raise EditError(f"uᵀ k = {float(denominator):.3g} is not positive: the key is zero or C is not positive")
+    if not abs(float(denominator)) > 1e-6 * scale:
+        raise EditError(
+            f"uᵀ k_w = {float(denominator):.3g} is zero against |u||k_w| = {scale:.3g}: the write key is zero or "
+            "orthogonal to C⁻¹ k̄; write at the averaged key (write_key=None) or average over other contexts"
+        )
     residual = v.to(weight.device) - w @ k_w
     return (w + torch.outer(residual, u) / denominator).to(weight.dtype)
 
