@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from relations import factual_relation
 
 from kc_utils.circuits.budget import (
     KNEE_MAX_EDGES,
@@ -29,28 +30,25 @@ from kc_utils.circuits.table1 import (
 from kc_utils.data.facts import build_circuit_dataset, build_datasets, facts_to_batch, pair_corrupt
 from kc_utils.data.metrics import rank
 from kc_utils.data.prompts import PromptError
-from kc_utils.data.relations import Relation, Sample
+from kc_utils.data.relations import Sample
 from kc_utils.models import tokenize
 
-CAPITALS = Relation(
-    name="tiny capital",
-    prompt_templates=("the capital of {} is",),
-    prompt_templates_zs=(),
-    relation_type="factual",
-    domain_name="country",
-    range_name="city",
-    symmetric=False,
-    samples=(
-        Sample("France", "Paris"),
-        Sample("Spain", "Madrid"),
-        Sample("Japan", "Tokyo"),
-        Sample("Peru", "Lima"),
-        Sample("Italy", "Rome"),
-        Sample("Chile", "Santiago"),
-        Sample("Kenya", "Nairobi"),
-        Sample("New Zealand", "Wellington"),
-        Sample("South Korea", "Seoul"),
-    ),
+CAPITALS = factual_relation(
+    "tiny capital",
+    "the capital of {} is",
+    [
+        ("France", "Paris"),
+        ("Spain", "Madrid"),
+        ("Japan", "Tokyo"),
+        ("Peru", "Lima"),
+        ("Italy", "Rome"),
+        ("Chile", "Santiago"),
+        ("Kenya", "Nairobi"),
+        ("New Zealand", "Wellington"),
+        ("South Korea", "Seoul"),
+    ],
+    "country",
+    "city",
 )
 
 

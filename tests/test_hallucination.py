@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from relations import factual_relation
 
 from kc_utils import models
 from kc_utils.analysis import hallucination as hal
@@ -15,7 +16,7 @@ from kc_utils.analysis.lens import logit_lens, project_node
 from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
 from kc_utils.data.metrics import answer_logits
 from kc_utils.data.prompts import make_batch
-from kc_utils.data.relations import Relation, Sample
+from kc_utils.data.relations import Relation
 
 PROMPTS = ["the capital of France is", "the capital of Japan is", "the capital of Peru is", "the capital of Italy is"]
 SUBJECTS = ["France", "Japan", "Peru", "Italy"]
@@ -31,16 +32,7 @@ SOURCES = [
 
 def _capital_relation(facts: list[tuple[str, str]]) -> Relation:
     """A one-template country → capital relation of the given (subject, object) facts."""
-    return Relation(
-        name="country capital",
-        prompt_templates=("the capital of {} is",),
-        prompt_templates_zs=(),
-        relation_type="factual",
-        domain_name="country",
-        range_name="city",
-        symmetric=False,
-        samples=tuple(Sample(s, o) for s, o in facts),
-    )
+    return factual_relation("country capital", "the capital of {} is", facts, "country", "city")
 
 
 def _lens_table(rows: dict[int, list[tuple[int, float]]]) -> pd.DataFrame:

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from relations import factual_relation
 
 from kc_utils.analysis import head_ablation as ablation
 from kc_utils.analysis import heads, lens
 from kc_utils.circuits.graph import Graph
 from kc_utils.data.prompts import make_batch
-from kc_utils.data.relations import Relation, Sample
 from kc_utils.viz import lens as viz_lens
 
 SUBJECTS = ["France", "New Zealand", "Japan", "South Korea"]
@@ -257,15 +257,12 @@ def test_object_share_on_hand_made_tokens():
 
 
 def test_relation_object_tokens(tiny_gpt2):
-    relation = Relation(
-        name="country capital city",
-        prompt_templates=("the capital of {} is",),
-        prompt_templates_zs=(),
-        relation_type="factual",
-        domain_name="country",
-        range_name="city",
-        symmetric=False,
-        samples=(Sample("France", "Paris"), Sample("Japan", "Tokyo"), Sample("Germany", "Berlin")),
+    relation = factual_relation(
+        "country capital city",
+        "the capital of {} is",
+        [("France", "Paris"), ("Japan", "Tokyo"), ("Germany", "Berlin")],
+        "country",
+        "city",
     )
     tokens = ablation.relation_object_tokens(tiny_gpt2, relation)
     vocab = tiny_gpt2.tokenizer.get_vocab()

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 import torch
+from relations import factual_relation
 
 from kc_utils.analysis.multihop import (
     bridge_lens,
@@ -63,16 +64,7 @@ LANGUAGES = [
 
 
 def _relation(name: str, domain: str, rng: str, template: str, samples: list[tuple[str, str]]) -> Relation:
-    return Relation(
-        name=name,
-        prompt_templates=(template,),
-        prompt_templates_zs=(),
-        relation_type="factual",
-        domain_name=domain,
-        range_name=rng,
-        symmetric=False,
-        samples=tuple(Sample(s, o) for s, o in samples),
-    )
+    return factual_relation(name, template, samples, domain, rng)
 
 
 FIRST = _relation("landmark in country", "landmark", "country", "{} is located in the country", LANDMARKS)

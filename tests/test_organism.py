@@ -7,8 +7,9 @@ import re
 
 import pytest
 import torch
+from relations import factual_relation
 
-from kc_utils.data.relations import Relation, Sample
+from kc_utils.data.relations import Relation
 from kc_utils.organism import WEIGHTS_DIR, load_organism, load_split
 from kc_utils.organism.corpus import CorpusConfig, build_corpus
 from kc_utils.organism.encoding import SegmentEncoder
@@ -28,16 +29,7 @@ def organism():
 
 def _tiny_relations() -> dict[str, Relation]:
     def rel(name: str, templates: tuple[str, ...], pairs: list[tuple[str, str]]) -> Relation:
-        return Relation(
-            name=name,
-            prompt_templates=templates,
-            prompt_templates_zs=(),
-            relation_type="factual",
-            domain_name="x",
-            range_name="y",
-            symmetric=False,
-            samples=tuple(Sample(s, o) for s, o in pairs),
-        )
+        return factual_relation(name, templates, pairs)
 
     countries = [
         ("France", "Paris"),
