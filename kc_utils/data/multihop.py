@@ -433,8 +433,9 @@ def build_two_hop_dataset(
     in_split = set(val_facts) | set(test_facts)
     neither = [t for t in both if t not in in_split]
     # a prompt with no twin takes its counterfactual answer from any tokenisable fact outside the other split
-    outside_val = [t for t in kept if t not in set(test_facts)]
-    outside_test = [t for t in kept if t not in set(val_facts)]
+    val_set, test_set = set(val_facts), set(test_facts)
+    outside_val = [t for t in kept if t not in test_set]
+    outside_test = [t for t in kept if t not in val_set]
     val = _twins(model, templates, val_facts, val_facts + neither, seed, answer_pool=outside_val)
     test = _twins(model, templates, test_facts, test_facts + neither, seed + 1, answer_pool=outside_test)
     rest = _twins(model, templates, neither, neither + val_facts + test_facts, seed + 2, strict=False, answer_pool=kept)
