@@ -195,6 +195,37 @@ def _c06_inconsistent(t: pd.DataFrame) -> str:
     )
 
 
+def _c06_inconsistent_smollm2(t: pd.DataFrame) -> str:
+    main = t[t["relation"] == "country_capital_city"]
+    static, otsu = main["inconsistent_static"].mean(), main["inconsistent_otsu"].mean()
+    all_static, all_otsu = t["inconsistent_static"].mean(), t["inconsistent_otsu"].mean()
+    return (
+        f"**{static:.0%}** of the {len(main)} facts are inconsistent by the static threshold (CS < 0.5; {otsu:.0%} by "
+        f"Otsu), and **{all_static:.0%}** (static) and {all_otsu:.0%} (Otsu) over {t['relation'].nunique()} relations "
+        f"and {len(t)} facts"
+    )
+
+
+def _c06_suppress_smollm2(t: pd.DataFrame) -> str:
+    zero = t[t["factor"] == 0].set_index("kind")["delta_mean"]
+    return (
+        f"zeroing them moves p(answer) by {zero['source']:.3f} on the query and {zero['paraphrase']:.3f} on its "
+        f"paraphrases (random sets of the same size {zero['random']:.3f})"
+    ).replace("-", "−")
+
+
+def _c06_edits_smollm2(t: pd.DataFrame) -> str:
+    erase = t[t["task"] == "erase"].set_index("method")
+    update = t[t["task"] == "update"].set_index("method")["generalisation"]
+    sets = erase.loc[["query-local", "global", "CAS"], "reliability"]
+    return (
+        f"erasing works with every neuron set (reliability {sets.min():.3f}–{sets.max():.3f}; random sets "
+        f"{erase.loc['random', 'reliability']:.3f}); updating generalises best with the query-local set "
+        f"({update['query-local']:.3f}), against {update['global']:.3f} for the global set and "
+        f"{update['CAS']:.3f} for CAS"
+    )
+
+
 def _c07_gap(t: pd.DataFrame) -> str:
     r = _row(t, composition="landmark_in_country+country_language")
     return (
@@ -246,6 +277,13 @@ CLAIMS = [
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_reliability),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_ftm_none),
     Claim("06_query_localization", "06_consistency_facts_kc-organism.csv", _c06_inconsistent),
+    Claim("06_query_localization", "06_consistency_facts_smollm2-135m.csv", _c06_inconsistent_smollm2),
+    Claim(
+        "06_query_localization",
+        "06_suppress_enhance_summary_country_capital_city_smollm2-135m.csv",
+        _c06_suppress_smollm2,
+    ),
+    Claim("06_query_localization", "06_modification_summary_country_capital_city_smollm2-135m.csv", _c06_edits_smollm2),
     Claim("07_multi_hop", "07_gap_kc-organism.csv", _c07_gap),
     Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _c07_overlap_smollm2),
     Claim("07_multi_hop", "07_bridge_patching_smollm2-135m.csv", _c07_patching_smollm2),
