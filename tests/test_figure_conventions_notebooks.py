@@ -264,7 +264,16 @@ def _notebook_07() -> dict[str, go.Figure]:
             "recovery": [0.0, 1.0, 0.9123, 0.4, 0.05],
         }
     )
+    by_size = pd.DataFrame(
+        {
+            "size": [11, 23, 91],
+            **{f"{m}_group": [0.2, 0.6, 1.0] for m in ("follow", "recovery")},
+            **{f"{m}_random_mean": [0.05, 0.3, 0.8] for m in ("follow", "recovery")},
+            **{f"{m}_random_std": [0.05, 0.2, 0.25] for m in ("follow", "recovery")},
+        }
+    )
     return {
+        "patching_by_size": multihop.plot_patching_by_size(by_size),
         "three_circuits": multihop.plot_three_circuits({"first_hop": first, "second_hop": second, "two_hop": two_hop}),
         "overlaps": multihop.plot_overlaps(comparison, PAPER_OVERLAPS),
         "bridge_lens": multihop.plot_bridge_lens(bridge_lens),
@@ -282,7 +291,7 @@ NAMES = (
     "logit_lens head_roles role_sensitivity role_counts group_tests ablation_by_role "
     "edit_lens head_dla circuit_diff sweep_heatmap location "
     "interventions attention_scaling modification query_neurons_empty "
-    "three_circuits overlaps bridge_lens bridge_patching"
+    "three_circuits overlaps bridge_lens bridge_patching patching_by_size"
 ).split()
 
 

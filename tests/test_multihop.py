@@ -13,14 +13,18 @@ from kc_utils.analysis.multihop import (
     bridge_lens,
     bridge_lens_summary,
     bridge_patching,
+    bridge_patching_by_size,
     bridge_patching_summary,
     component_names,
     mover_containment,
+    patching_sizes,
     random_component_sets,
     restore_components,
+    strongest_components,
 )
 from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.overlap import (
+    circuit_nodes,
     overlap_scores,
     overlap_table,
     paired_overlaps,
@@ -392,3 +396,59 @@ def test_twinless_prompt_takes_its_counterfactual_answer_beyond_a_pool_that_shar
     for hop, answer in (("first_hop", "Japan"), ("second_hop", "Japanese"), ("two_hop", "Japanese")):
         p = twinless.hop(hop)
         assert p.corrupt_prompt is None and p.corrupt_object == answer
+
+
+# ----------------------------------------------------------------------------- patching the strongest components
+def _weighted_circuit() -> Graph:
+    """Edges input->a0.h0 (1), a0.h0->m1 (-5), a0.h1->logits (2), m1->logits (0.5).
+
+    Weights out: a0.h0 5, a0.h1 2, m1 0.5.
+    """
+    graph = _circuit(["input->a0.h0<q>", "a0.h0->m1", "a0.h1->logits", "m1->logits"])
+    for name, score in (("input->a0.h0<q>", 1.0), ("a0.h0->m1", -5.0), ("a0.h1->logits", 2.0), ("m1->logits", 0.5)):
+        graph.scores[graph.edge_indices(name)] = score
+    return graph
+
+
+def test_strongest_components_rank_by_circuit_weight():
+    graph = _weighted_circuit()
+    components = ["a0.h0", "a0.h1", "m1"]
+    assert strongest_components(graph, components, 1) == ["a0.h0"]
+    assert strongest_components(graph, components, 2) == ["a0.h0", "a0.h1"]
+    assert strongest_components(graph, ["m1", "a0.h1", "a0.h0"], 2) == ["a0.h1", "a0.h0"]  # the caller's order
+    assert strongest_components(graph, components, 3) == components
+    with pytest.raises(ValueError, match="between 1 and the 3"):
+        strongest_components(graph, components, 4)
+    with pytest.raises(ValueError, match="not in the circuit"):
+        strongest_components(graph, ["a1.h0"], 1)
+
+
+def test_patch_sizes():
+    assert patching_sizes(91) == [11, 23, 46, 91]
+    assert patching_sizes(10) == [1, 2, 5, 10]
+    assert patching_sizes(2) == [1, 2]
+    assert patching_sizes(91, [40, 5, 40]) == [5, 40]
+    for bad in ([0], [92], [2.5], [True], []):
+        with pytest.raises(ValueError, match="between 1 and the first hop's 91"):
+            patching_sizes(91, bad)
+    with pytest.raises(ValueError, match="'auto' or a list"):
+        patching_sizes(91, "all")
+    with pytest.raises(ValueError, match="no component"):
+        patching_sizes(0)
+
+
+def test_bridge_patching_by_size_restores_the_strongest_first(tiny_gpt2):
+    batch = _two_hop_batch(tiny_gpt2)
+    graph = Graph.from_model(tiny_gpt2)
+    pool = component_names(graph)
+    torch.manual_seed(0)
+    graph.scores = torch.where(graph.real_edges, torch.randn(graph.scores.shape), 0.0)
+    graph.top_n(30)
+    components = [c for c in pool if c in circuit_nodes(graph)]
+    table = bridge_patching_by_size(tiny_gpt2, batch, graph, components, pool, [1, len(components)], n_random=4, seed=2)
+    assert table["size"].tolist() == [1, len(components)]
+    assert table.loc[0, "components"] == " ".join(strongest_components(graph, components, 1))
+    whole = bridge_patching_summary(bridge_patching(tiny_gpt2, batch, components, pool, n_random=4, seed=2))
+    for key, value in whole.items():
+        assert table.loc[1, key] == pytest.approx(value, nan_ok=True)
+    assert table.loc[1, "share_of_pool"] == pytest.approx(len(components) / len(pool))

@@ -12,6 +12,7 @@ from kc_utils.analysis.multihop_text import (
     movers_text,
     overlap_comparison,
     overlap_text,
+    patching_sizes_text,
 )
 from kc_utils.circuits.overlap import MEASURES
 
@@ -112,8 +113,13 @@ def test_bridge_lens_text():
     assert text.startswith("Over 20 two-hop prompts")
     assert "At the first hop's subject, from block 0 of 3 on" in text
     assert "At the last position, from block 2 of 3 on" in text and "90% of prompts have it in the top 10" in text
-    flat = summary.assign(bridge_last_top=0.1)
-    assert "the bridge never ranks in the top 10" in bridge_lens_text(flat, n_layers=3)
+    assert "its best block is the last (block 2), where 95% of prompts" in text  # the subject's largest gap
+    flat = summary.assign(bridge_last_top=[0.0, 0.0, 0.05, 0.1], control_last_top=0.0)
+    text = bridge_lens_text(flat, n_layers=3)
+    assert "At the last position, no block puts the bridge in the top 10 for half of the prompts" in text
+    assert "its best block is the last (block 2), where 10% of prompts" in text
+    early = summary.assign(bridge_last_top=[0.0, 0.2, 0.1, 0.1], control_last_top=0.0)
+    assert "at its best (block 0), 20% of prompts" in bridge_lens_text(early, n_layers=3)
 
 
 def _patching(group: float, random: float, std: float, n: int, pool: int) -> pd.DataFrame:
@@ -147,3 +153,39 @@ def test_bridge_patching_text():
     assert "62% of all components" in big and "cannot single it out" in big
     plain = bridge_patching_text(_patching(0.35, 0.3, 0.1, 10, 100))
     assert "not special here" in plain
+
+
+def _sizes(recovery: list[float], random: list[float], std: list[float]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "size": [5, 10, 40],
+            "pool": 100,
+            "follow_group": recovery,
+            "follow_random_mean": random,
+            "follow_random_std": std,
+            "recovery_group": recovery,
+            "recovery_random_mean": random,
+            "recovery_random_std": std,
+        }
+    )
+
+
+def test_patching_sizes_text():
+    text = patching_sizes_text(_sizes([0.2, 0.7, 0.9], [0.1, 0.3, 0.8], [0.1, 0.1, 0.1]))
+    assert "5 (5% of the 100 components): follow 20% against 10% ± 10%" in text
+    assert (
+        "At 10 components the circuit's strongest components restore more than random sets of the same size "
+        "(not at 5 and 40)" in text
+    )
+    text = patching_sizes_text(_sizes([0.2, 0.7, 0.95], [0.1, 0.3, 0.5], [0.1, 0.1, 0.1]))
+    assert (
+        "At 10 and 40 components the circuit's strongest components restore more than random sets of the same size "
+        "(not at 5):" in text
+    )
+    one = _sizes([0.9, 0.7, 0.95], [0.1, 0.3, 0.9], [0.1, 0.1, 0.1]).assign(size=[1, 2, 3])
+    assert "At 1 and 2 components" in patching_sizes_text(one) and "(not at 3)" in patching_sizes_text(one)
+    assert "At 1 component the" in patching_sizes_text(one.iloc[:1])
+    text = patching_sizes_text(_sizes([0.2, 0.36, 0.9], [0.1, 0.3, 0.8], [0.1, 0.03, 0.1]))
+    assert "At no size do the circuit's strongest components restore more" in text  # 0.36 is within 0.05 of 0.30
+    with pytest.raises(ValueError, match="no 'pool' column|pool"):
+        patching_sizes_text(_sizes([0.2] * 3, [0.1] * 3, [0.1] * 3).drop(columns="pool"))

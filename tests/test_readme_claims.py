@@ -243,7 +243,26 @@ def _c07_overlap_smollm2(t: pd.DataFrame) -> str:
         f"against {first['node_overlap_random_mean']:.0%} ± {first['node_overlap_random_std']:.0%} and "
         f"{first['edge_overlap_random_mean']:.0%} ± {first['edge_overlap_random_std']:.0%} for random circuits of the "
         f"same sizes and {first['node_overlap_unrelated_mean']:.0%} and {first['edge_overlap_unrelated_mean']:.0%} for "
-        "the unrelated adj_antonym circuit"
+        "the unrelated adj_antonym and object_superclass circuits (word_first_letter left out: 1 of 116 facts known), "
+        f"at most {first['node_overlap_unrelated_max']:.0%} and {first['edge_overlap_unrelated_max']:.0%}"
+    )
+
+
+def _c07_second_hop_smollm2(t: pd.DataFrame) -> str:
+    second = _row(t, pair="second hop vs two-hop")
+    assert second["edge_overlap"] < second["edge_overlap_unrelated_max"]
+    return "The second hop shares fewer edges with the two-hop circuit than the object_superclass circuit does"
+
+
+def _c07_by_size_smollm2(t: pd.DataFrame) -> str:
+    small, next_size = t.sort_values("size").iloc[0], t.sort_values("size").iloc[1]
+    assert {"m0", "m2", "m6", "m11"} <= set(small["components"].split())
+    return (
+        f"Its strongest {small['size']:.0f} components ({small['share_of_pool']:.0%} of the model's) bring the answer "
+        f"back in {small['follow_group']:.0%} too, against {small['follow_random_mean']:.0%} ± "
+        f"{small['follow_random_std']:.0%} for random sets of {small['size']:.0f} ({next_size['size']:.0f} components: "
+        f"{next_size['follow_group']:.0%} against {next_size['follow_random_mean']:.0%} ± "
+        f"{next_size['follow_random_std']:.0%})"
     )
 
 
@@ -253,6 +272,16 @@ def _c07_patching_smollm2(t: pd.DataFrame) -> str:
         f"Restoring the first hop's circuit ({r['n_components']:.0f} of {r['pool']:.0f} components) brings the "
         f"answer back in {r['follow_group']:.0%} of subject-swapped prompts, but {r['n_random']:.0f} random sets of "
         f"{r['n_components']:.0f} do {r['follow_random_mean']:.0%} ± {r['follow_random_std']:.0%}"
+    )
+
+
+def _c07_by_size_organism(t: pd.DataFrame) -> str:
+    one, two, five = (_row(t, size=k) for k in (1, 2, 5))
+    assert one["components"] == "m0" and (t.loc[t["size"] <= 5, "follow_group"] == 1).all()
+    return (
+        f"Its strongest component alone, m0, does too (random single components {one['follow_random_mean']:.0%} ± "
+        f"{one['follow_random_std']:.0%}), as do its strongest 2 and 5 (random sets {two['follow_random_mean']:.0%} ± "
+        f"{two['follow_random_std']:.0%} and {five['follow_random_mean']:.0%} ± {five['follow_random_std']:.0%})"
     )
 
 
@@ -285,8 +314,11 @@ CLAIMS = [
     ),
     Claim("06_query_localization", "06_modification_summary_country_capital_city_smollm2-135m.csv", _c06_edits_smollm2),
     Claim("07_multi_hop", "07_gap_kc-organism.csv", _c07_gap),
+    Claim("07_multi_hop", "07_bridge_patching_by_size_kc-organism.csv", _c07_by_size_organism),
     Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _c07_overlap_smollm2),
     Claim("07_multi_hop", "07_bridge_patching_smollm2-135m.csv", _c07_patching_smollm2),
+    Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _c07_second_hop_smollm2),
+    Claim("07_multi_hop", "07_bridge_patching_by_size_smollm2-135m.csv", _c07_by_size_smollm2),
 ]
 
 #: README rows whose every number must come from a claim above.

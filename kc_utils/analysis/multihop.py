@@ -18,7 +18,10 @@ located is"* → French, bridge France; :mod:`kc_utils.data.multihop`):
    brings the clean answer back (French): ``follow`` is the share of prompts whose top-1 becomes the
    clean answer and ``recovery`` the logit difference ``logit(clean answer) − logit(corrupt answer)``
    normalised between the corrupted run (0) and the clean run (1). Random component sets of the same
-   size, drawn from the same pool, give the baseline (mean ± std).
+   size, drawn from the same pool, give the baseline (mean ± std). A circuit that holds a large share
+   of the model's components restores much at random too, so :func:`bridge_patching_by_size` also
+   restores only its strongest components (:func:`strongest_components`, by circuit weight) at
+   several sizes, each against random sets of that size.
 
 Restoring ``input`` and every head and MLP gives the clean run exactly, restoring nothing the
 corrupted run (tested); several sets are evaluated in one forward pass by repeating the batch.
@@ -39,6 +42,7 @@ from torch import Tensor
 from kc_utils import models
 from kc_utils.analysis.lens import logit_lens
 from kc_utils.circuits import nodes
+from kc_utils.circuits.compare import node_weights
 from kc_utils.circuits.graph import Graph
 from kc_utils.data.metrics import rank_of
 from kc_utils.data.prompts import PromptBatch
@@ -47,11 +51,14 @@ __all__ = [
     "bridge_lens",
     "bridge_lens_summary",
     "bridge_patching",
+    "bridge_patching_by_size",
     "bridge_patching_summary",
     "component_names",
     "mover_containment",
+    "patching_sizes",
     "random_component_sets",
     "restore_components",
+    "strongest_components",
 ]
 
 
@@ -365,3 +372,70 @@ def bridge_patching_summary(table: pd.DataFrame) -> dict[str, float]:
     out["n_random"] = float(len(randoms))
     out["mean_overlap"] = float(randoms["overlap"].mean()) if len(randoms) else float("nan")
     return out
+
+
+def strongest_components(graph: Graph, components: Sequence[str], size: int) -> list[str]:
+    """The ``size`` components of ``components`` with the largest circuit weight, in graph order.
+
+    The weight is :func:`kc_utils.circuits.compare.node_weights` (the summed ``|score|`` of the
+    node's circuit edges out); ties go to the earlier node.
+
+    Raises:
+        ValueError: ``size`` below 1 or above ``len(components)``, or a component not in the circuit.
+    """
+    components = list(dict.fromkeys(components))
+    if not 1 <= size <= len(components):
+        raise ValueError(f"size must be between 1 and the {len(components)} components, got {size}")
+    weights = node_weights(graph)
+    outside = [c for c in components if c not in weights]
+    if outside:
+        raise ValueError(f"components {outside} are not in the circuit, so they have no circuit weight")
+    order = {c: i for i, c in enumerate(components)}
+    ranked = sorted(components, key=lambda c: (-weights[c], order[c]))[:size]
+    return sorted(ranked, key=order.__getitem__)
+
+
+def patching_sizes(n_components: int, sizes: str | Sequence[int] = "auto") -> list[int]:
+    """Set sizes for :func:`bridge_patching_by_size`: ``auto`` is an eighth, a quarter, half and all of
+    ``n_components`` (rounded, at least 1, duplicates once); else ``sizes`` checked and sorted.
+
+    Raises:
+        ValueError: no component, or a size that is not an integer between 1 and ``n_components``.
+    """
+    if n_components < 1:
+        raise ValueError("the circuit has no component to restore")
+    if isinstance(sizes, str):
+        if sizes != "auto":
+            raise ValueError(f"patch sizes must be 'auto' or a list of integers, got {sizes!r}")
+        return sorted({max(1, round(n_components * f)) for f in (1 / 8, 1 / 4, 1 / 2)} | {n_components})
+    bad = [k for k in sizes if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_components]
+    if bad or not len(sizes):
+        raise ValueError(
+            f"patch sizes must be integers between 1 and the first hop's {n_components} circuit components, "
+            f"got {list(sizes)!r}; pass sizes in that range or 'auto'"
+        )
+    return sorted(set(sizes))
+
+
+def bridge_patching_by_size(
+    model: Any,
+    batch: PromptBatch,
+    graph: Graph,
+    components: Sequence[str],
+    pool: Sequence[str],
+    sizes: Sequence[int],
+    n_random: int = 20,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """:func:`bridge_patching_summary` of the ``k`` strongest ``components`` of ``graph``, for each ``k``.
+
+    Returns:
+        One row per size, with the summary's columns and ``size``, ``share_of_pool`` (``k / len(pool)``)
+        and ``components`` (the restored set). Every size draws its own random sets (same seed).
+    """
+    rows = []
+    for k in sizes:
+        chosen = strongest_components(graph, components, k)
+        summary = bridge_patching_summary(bridge_patching(model, batch, chosen, pool, n_random=n_random, seed=seed))
+        rows.append({"size": k, "share_of_pool": k / len(set(pool)), **summary, "components": " ".join(chosen)})
+    return pd.DataFrame(rows)

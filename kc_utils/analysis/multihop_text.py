@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from kc_utils.analysis.head_roles_text import _need, _pct
@@ -33,6 +34,7 @@ __all__ = [
     "bridge_lens_text",
     "bridge_patching_text",
     "gap_text",
+    "patching_sizes_text",
     "movers_text",
     "overlap_comparison",
     "overlap_text",
@@ -216,14 +218,24 @@ def bridge_lens_text(summary: pd.DataFrame, n_layers: int) -> str:
         gap = blocks[f"bridge_{where}_top"] - blocks[f"control_{where}_top"]
         best = blocks.loc[gap.idxmax()]
         formed = blocks[(blocks[f"bridge_{where}_top"] >= 0.5) & (gap >= 0.3)]
-        when = (
-            f"from block {int(formed['layer'].iloc[0])} of {n_layers} on, the bridge ranks in the top 10 for at "
-            f"least half of the prompts and clearly more often than the control"
-            if len(formed)
-            else "the bridge never ranks in the top 10 for half of the prompts clearly more often than the control"
+        if len(formed):
+            when = (
+                f"from block {int(formed['layer'].iloc[0])} of {n_layers} on, the bridge ranks in the top 10 for at "
+                f"least half of the prompts and at least 30 points more often than the control"
+            )
+        else:
+            when = (
+                "no block puts the bridge in the top 10 for half of the prompts and 30 points more often than the "
+                "control, so it is not readable there"
+            )
+        last = int(best["layer"]) == int(blocks["layer"].max())
+        at_best = (
+            f"its best block is the last (block {int(best['layer'])}), where"
+            if last
+            else f"at its best (block {int(best['layer'])}),"
         )
         parts.append(
-            f"{label.capitalize()}, {when}; at its best (block {int(best['layer'])}) "
+            f"{label.capitalize()}, {when}; {at_best} "
             f"{_pct(best[f'bridge_{where}_top'])} of prompts have it in the top 10 (median rank "
             f"{best[f'bridge_{where}_median']:.0f}) against {_pct(best[f'control_{where}_top'])} for another "
             f"entity of its type (median {best[f'control_{where}_median']:.0f})."
@@ -258,4 +270,46 @@ def bridge_patching_text(summary: pd.DataFrame) -> str:
         )
     else:
         text += " Random component sets of the same size restore as much: the first hop's circuit is not special here."
+    return text
+
+
+def _join(numbers: list[int]) -> str:
+    return str(numbers[0]) if len(numbers) == 1 else ", ".join(map(str, numbers[:-1])) + f" and {numbers[-1]}"
+
+
+def patching_sizes_text(sizes: pd.DataFrame) -> str:
+    """The first hop's strongest components restored at several sizes, each against random sets of its size.
+
+    ``sizes`` is :func:`kc_utils.analysis.multihop.bridge_patching_by_size`'s table plus a ``pool``
+    column. A size beats random when its recovery exceeds the random sets' mean by twice their
+    standard deviation and at least ``MARGIN``.
+    """
+    needed = ["size", "pool", "follow_group", "recovery_group", "recovery_random_mean", "recovery_random_std"]
+    _need(sizes, [*needed, "follow_random_mean", "follow_random_std"], "patching-by-size")
+    if sizes.empty:
+        raise ValueError("the patching-by-size table is empty")
+    rows = sizes.sort_values("size")
+    pool = int(rows["pool"].iloc[0])
+    listed = "; ".join(
+        f"{int(r['size'])} ({_pct(r['size'] / pool)} of the {pool} components): follow {_pct(r['follow_group'])} "
+        f"against {_pct(r['follow_random_mean'])} ± {_pct(r['follow_random_std'])}, recovery "
+        f"{_pct(r['recovery_group'])} against {_pct(r['recovery_random_mean'])} ± {_pct(r['recovery_random_std'])}"
+        for _, r in rows.iterrows()
+    )
+    margin = np.maximum(2 * rows["recovery_random_std"], MARGIN)
+    beats = rows[rows["recovery_group"] > rows["recovery_random_mean"] + margin]
+    text = (
+        "Restoring only the first hop's strongest components (by circuit weight), against random sets of each "
+        f"size: {listed}."
+    )
+    if len(beats):
+        won = [int(k) for k in beats["size"]]
+        lost = [int(k) for k in rows["size"] if int(k) not in won]
+        text += (
+            f" At {_join(won)} component{'s' if won != [1] else ''} the circuit's strongest components restore more "
+            f"than random sets of the same size{f' (not at {_join(lost)})' if lost else ''}: the answer follows what "
+            "they carry from the clean prompt."
+        )
+    else:
+        text += " At no size do the circuit's strongest components restore more than random sets of the same size."
     return text

@@ -16,7 +16,7 @@ from kc_utils.circuits.overlap import circuit_nodes
 from kc_utils.viz.circuits import layer_ticks, plot_circuit, ring_nodes
 from kc_utils.viz.style import TEMPLATE
 
-__all__ = ["plot_bridge_lens", "plot_bridge_patching", "plot_overlaps", "plot_three_circuits"]
+__all__ = ["plot_bridge_lens", "plot_bridge_patching", "plot_overlaps", "plot_patching_by_size", "plot_three_circuits"]
 
 SHARED_ALL, SHARED_TWO_HOP = "#d62728", "#ff7f0e"
 
@@ -184,5 +184,52 @@ def plot_bridge_patching(table: pd.DataFrame, title: str = "") -> go.Figure:
         template=TEMPLATE,
         height=420,
         showlegend=False,
+    )
+    return fig
+
+
+def plot_patching_by_size(sizes: pd.DataFrame, title: str = "") -> go.Figure:
+    """Follow share and recovery of the first hop's strongest components by set size, against random sets.
+
+    ``sizes`` is :func:`kc_utils.analysis.multihop.bridge_patching_by_size`'s table; random sets are
+    drawn as their mean with ± one standard deviation. Hover for the values.
+    """
+    rows = sizes.sort_values("size")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["clean answer top-1 (follow)", "logit-difference recovery"])
+    for col, m in enumerate(("follow", "recovery"), start=1):
+        fig.add_trace(
+            go.Scatter(
+                x=rows["size"],
+                y=rows[f"{m}_group"],
+                mode="lines+markers",
+                name="strongest components of the first hop's circuit",
+                marker_color="#2166ac",
+                showlegend=col == 1,
+                hovertemplate=f"strongest %{{x}} components: {m} %{{y:.2f}}<extra></extra>",
+            ),
+            1,
+            col,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=rows["size"],
+                y=rows[f"{m}_random_mean"],
+                error_y={"type": "data", "array": rows[f"{m}_random_std"].tolist(), "visible": True},
+                customdata=rows[f"{m}_random_std"],
+                mode="lines+markers",
+                name="random sets of the same size (mean ± std)",
+                marker_color="#969696",
+                showlegend=col == 1,
+                hovertemplate=f"random sets of %{{x}}: {m} %{{y:.2f}} ± %{{customdata:.2f}}<extra></extra>",
+            ),
+            1,
+            col,
+        )
+        fig.update_xaxes(title_text="components restored", row=1, col=col)
+        fig.update_yaxes(range=[-0.05, 1.05] if m == "follow" else None, row=1, col=col)
+    fig.update_layout(
+        title=title or "bridge patching by set size: the first hop's strongest components against random sets",
+        template=TEMPLATE,
+        height=420,
     )
     return fig
