@@ -15,6 +15,7 @@ from kc_utils.analysis.multihop import (
     bridge_patching,
     bridge_patching_by_size,
     bridge_patching_summary,
+    check_patch_sizes,
     component_names,
     mover_containment,
     patching_sizes,
@@ -428,9 +429,14 @@ def test_patch_sizes():
     assert patching_sizes(10) == [1, 2, 5, 10]
     assert patching_sizes(2) == [1, 2]
     assert patching_sizes(91, [40, 5, 40]) == [5, 40]
-    for bad in ([0], [92], [2.5], [True], []):
-        with pytest.raises(ValueError, match="between 1 and the first hop's 91"):
+    for bad in ([0], [2.5], [True], []):
+        with pytest.raises(ValueError, match="non-empty list of positive integers"):
             patching_sizes(91, bad)
+        with pytest.raises(ValueError, match="non-empty list of positive integers"):
+            check_patch_sizes(bad)
+    with pytest.raises(ValueError, match=r"\[92\] exceed the first hop's 91 circuit components"):
+        patching_sizes(91, [5, 92])
+    check_patch_sizes([1, 500])  # the form only: the circuit's size is not known yet
     with pytest.raises(ValueError, match="'auto' or a list"):
         patching_sizes(91, "all")
     with pytest.raises(ValueError, match="no component"):

@@ -53,6 +53,7 @@ __all__ = [
     "bridge_patching",
     "bridge_patching_by_size",
     "bridge_patching_summary",
+    "check_patch_sizes",
     "component_names",
     "mover_containment",
     "patching_sizes",
@@ -395,24 +396,39 @@ def strongest_components(graph: Graph, components: Sequence[str], size: int) -> 
     return sorted(ranked, key=order.__getitem__)
 
 
+def check_patch_sizes(sizes: str | Sequence[int]) -> None:
+    """Refuse a ``patch_sizes`` knob that is neither ``auto`` nor a non-empty list of positive integers.
+
+    Raises:
+        ValueError: naming the value and the forms allowed.
+    """
+    if isinstance(sizes, str):
+        if sizes != "auto":
+            raise ValueError(f"patch_sizes must be 'auto' or a list of integers, got {sizes!r}")
+        return
+    bad = [k for k in sizes if isinstance(k, bool) or not isinstance(k, int) or k < 1]
+    if bad or not len(sizes):
+        raise ValueError(f"patch_sizes must be 'auto' or a non-empty list of positive integers, got {list(sizes)!r}")
+
+
 def patching_sizes(n_components: int, sizes: str | Sequence[int] = "auto") -> list[int]:
     """Set sizes for :func:`bridge_patching_by_size`: ``auto`` is an eighth, a quarter, half and all of
     ``n_components`` (rounded, at least 1, duplicates once); else ``sizes`` checked and sorted.
 
     Raises:
-        ValueError: no component, or a size that is not an integer between 1 and ``n_components``.
+        ValueError: no component, a malformed ``sizes`` (:func:`check_patch_sizes`), or a size above
+            ``n_components``.
     """
     if n_components < 1:
         raise ValueError("the circuit has no component to restore")
+    check_patch_sizes(sizes)
     if isinstance(sizes, str):
-        if sizes != "auto":
-            raise ValueError(f"patch sizes must be 'auto' or a list of integers, got {sizes!r}")
         return sorted({max(1, round(n_components * f)) for f in (1 / 8, 1 / 4, 1 / 2)} | {n_components})
-    bad = [k for k in sizes if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_components]
-    if bad or not len(sizes):
+    too_large = [k for k in sizes if k > n_components]
+    if too_large:
         raise ValueError(
-            f"patch sizes must be integers between 1 and the first hop's {n_components} circuit components, "
-            f"got {list(sizes)!r}; pass sizes in that range or 'auto'"
+            f"patch_sizes {too_large} exceed the first hop's {n_components} circuit components; pass sizes up to "
+            f"{n_components} or 'auto'"
         )
     return sorted(set(sizes))
 
