@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -103,6 +104,39 @@ def _c05_accuracy(t: pd.DataFrame) -> str:
     arrow = t[t["format"] == "arrow"].groupby("k")
     mean, shuffled = arrow["top1"].mean(), arrow["top1_shuffled"].mean()
     return f"from {mean[0]:.0%} to {mean[3]:.0%}, and {shuffled[3]:.0%} with their answers shuffled"
+
+
+def _c05_accuracy_smollm2(t: pd.DataFrame) -> str:
+    by_format = {f: t[t["format"] == f].groupby("k") for f in ("sentence", "arrow")}
+    sentence, arrow = by_format["sentence"]["top1"].mean(), by_format["arrow"]["top1"].mean()
+    shuffled = {f: g["top1_shuffled"].mean()[3] for f, g in by_format.items()}
+    return (
+        f"Demonstrations in sentences raise mean accuracy from {sentence[0]:.0%} to {sentence[3]:.0%} with 3, and "
+        f"{shuffled['sentence']:.0%} with their answers shuffled, so on a real model their content matters; in the "
+        f"arrow format from {arrow[0]:.0%} to {arrow[3]:.0%} ({shuffled['arrow']:.0%} shuffled)"
+    )
+
+
+def _c05_new_heads_smollm2(t: pd.DataFrame) -> str:
+    n = t["n_new_heads"]
+    return f"new in the 3-shot circuit of {(n > 0).sum()} of {len(t)} relations ({n.min()}–{n.max()} per relation"
+
+
+def _c05_table2_smollm2(t: pd.DataFrame) -> str:
+    cost = t["original"] - t["ablated"]
+    beats = t[cost > (t["original"] - t["random_mean"]) + np.maximum(2 * t["random_std"], 5)]
+    rows = " and ".join(
+        f"{r['relation']} {r['original']:.0f}% → {r['ablated']:.0f}% "
+        f"(random {r['random_mean']:.0f}% ± {r['random_std']:.0f}%)"
+        for _, r in beats.iterrows()
+    )
+    paper_cost = (t["paper_original"] - t["paper_ablated"]).mean()
+    paper_random = (t["paper_original"] - t["paper_random"]).mean()
+    return (
+        f"in {len(beats)} of {len(t)} relations: {rows}; over the five, {cost.mean():.0f} points against "
+        f"{(t['original'] - t['random_mean']).mean():.0f} for random heads, beside the paper's {paper_cost:.0f} and "
+        f"{paper_random:.0f}"
+    )
 
 
 def _c05_new_heads(t: pd.DataFrame) -> str:
@@ -295,6 +329,9 @@ CLAIMS = [
     Claim("04_hallucination", "04_repair_person_occupation_kc-organism.csv", _c04_top3),
     Claim("05_in_context_learning", "05_accuracy_by_k_kc-organism.csv", _c05_accuracy),
     Claim("05_in_context_learning", "05_circuit_changes_kc-organism.csv", _c05_new_heads),
+    Claim("05_in_context_learning", "05_accuracy_by_k_smollm2-135m.csv", _c05_accuracy_smollm2),
+    Claim("05_in_context_learning", "05_table2_smollm2-135m.csv", _c05_table2_smollm2),
+    Claim("05_in_context_learning", "05_circuit_changes_smollm2-135m.csv", _c05_new_heads_smollm2),
     Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_new_cost),
     Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_attention_cost),
     Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_paper),
