@@ -193,6 +193,12 @@ def test_circuit_changes_table_and_sentence():
     text = icl.circuit_change_sentence(table, 3)
     assert "appear in 1 of 2 relations: a1.h1 (1 of 2)" in text
     assert "0 of 2 relations lose" in text and "share 83% of their nodes" in text
+    many = table.assign(new_heads=["a1.h1, a0.h0, a0.h1", "a1.h1, a1.h0"], n_new_heads=[3, 2])
+    text = icl.circuit_change_sentence(many, 3, max_listed=2)
+    assert (
+        "appear in 2 of 2 relations: a1.h1 (2 of 2), a0.h0 (1 of 2) and 2 more heads, each new in at most 1 of 2"
+        in text
+    )
     table["n_new_heads"] = 0
     assert icl.circuit_change_sentence(table, 3).startswith("No head is new in the 3-shot circuit of any of the 2")
 

@@ -408,8 +408,12 @@ def accuracy_sentence(table: pd.DataFrame, n_shots: int) -> str:
     return " ".join(parts)
 
 
-def circuit_change_sentence(changes: pd.DataFrame, n_shots: int) -> str:
-    """Which heads are new in the k-shot circuits, from a :func:`circuit_changes_table`."""
+def circuit_change_sentence(changes: pd.DataFrame, n_shots: int, max_listed: int = 12) -> str:
+    """Which heads are new in the k-shot circuits, from a :func:`circuit_changes_table`.
+
+    The ``max_listed`` heads new in the most relations are named; the rest are counted (the table
+    beside the sentence names them all).
+    """
     n = len(changes)
     with_new = changes[changes["n_new_heads"] > 0]
     counts: dict[str, int] = {}
@@ -419,7 +423,12 @@ def circuit_change_sentence(changes: pd.DataFrame, n_shots: int) -> str:
     if not len(with_new):
         head_text = f"No head is new in the {n_shots}-shot circuit of any of the {n} relations."
     else:
-        listed = ", ".join(f"{h} ({c} of {n})" for h, c in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
+        ranked = sorted(counts.items(), key=lambda x: (-x[1], x[0]))
+        listed = ", ".join(f"{h} ({c} of {n})" for h, c in ranked[:max_listed])
+        if len(ranked) > max_listed:
+            rest = ranked[max_listed:]
+            most = max(c for _, c in rest)
+            listed += f" and {len(rest)} more heads, each new in at most {most} of {n} (in the table)"
         head_text = (
             f"Heads new in the {n_shots}-shot circuit appear in {len(with_new)} of {n} relations: {listed}; "
             f"{n - len(with_new)} relations gain no head."
