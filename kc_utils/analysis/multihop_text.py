@@ -243,6 +243,13 @@ def bridge_lens_text(summary: pd.DataFrame, n_layers: int) -> str:
     return f"Over {int(summary['n_prompts'].iloc[0])} two-hop prompts: " + " ".join(parts)
 
 
+def _beats_random(
+    group: float | pd.Series, random_mean: float | pd.Series, random_std: float | pd.Series
+) -> bool | pd.Series:
+    """Whether a recovery (a number or a column) exceeds random sets' mean by twice their std and at least MARGIN."""
+    return group > random_mean + np.maximum(2 * random_std, MARGIN)
+
+
 def bridge_patching_text(summary: pd.DataFrame) -> str:
     """Does the answer follow the bridge when the first hop's circuit is restored? (one row)"""
     needed = [f"{m}_{k}" for m in ("follow", "recovery") for k in ("corrupt", "clean", "group")]
@@ -260,8 +267,7 @@ def bridge_patching_text(summary: pd.DataFrame) -> str:
         f"components: {_pct(r['follow_random_mean'])} ± {_pct(r['follow_random_std'])} and "
         f"{_pct(r['recovery_random_mean'])} ± {_pct(r['recovery_random_std'])}."
     )
-    margin = max(2 * r["recovery_random_std"], MARGIN)
-    if r["recovery_group"] > r["recovery_random_mean"] + margin:
+    if _beats_random(r["recovery_group"], r["recovery_random_mean"], r["recovery_random_std"]):
         text += " The answer follows the bridge the first hop's circuit carries, more than for random components."
     elif r["n_components"] / max(r["pool"], 1) >= 0.5:
         text += (
@@ -296,8 +302,7 @@ def patching_sizes_text(sizes: pd.DataFrame) -> str:
         f"{_pct(r['recovery_group'])} against {_pct(r['recovery_random_mean'])} ± {_pct(r['recovery_random_std'])}"
         for _, r in rows.iterrows()
     )
-    margin = np.maximum(2 * rows["recovery_random_std"], MARGIN)
-    beats = rows[rows["recovery_group"] > rows["recovery_random_mean"] + margin]
+    beats = rows[_beats_random(rows["recovery_group"], rows["recovery_random_mean"], rows["recovery_random_std"])]
     text = (
         "Restoring only the first hop's strongest components (by circuit weight), against random sets of each "
         f"size: {listed}."
