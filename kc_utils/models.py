@@ -175,6 +175,14 @@ def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
 #: Attribute of a booted model that records whether prompts start with BOS (set by :func:`load_model`).
 PREPEND_BOS_ATTRIBUTE = "kc_prepend_bos"
 
+#: Attribute of a booted model that records the checkpoint it was booted from (set by :func:`load_model`).
+SOURCE_ATTRIBUTE = "kc_source"
+
+
+def model_source(model: Any) -> str | None:
+    """The checkpoint folder or hub id a model was booted from by :func:`load_model` (``None``: unknown)."""
+    return getattr(model, SOURCE_ATTRIBUTE, None)
+
 
 def bos_token_id(model: Any) -> int | None:
     """The token every prompt starts with, or ``None`` when this model's prompts have no BOS.
@@ -400,6 +408,7 @@ def load_model(
         else:
             os.environ["HF_HUB_OFFLINE"] = previous_offline
     configure_for_patching(model)
+    setattr(model, SOURCE_ATTRIBUTE, str(source))
     if resolved.prepend_bos is not None:
         setattr(model, PREPEND_BOS_ATTRIBUTE, resolved.prepend_bos)
     if check_decomposition:

@@ -9,6 +9,7 @@ import torch
 
 from kc_utils import models
 from kc_utils.data.relations import Sample
+from kc_utils.editing import covariance
 from kc_utils.editing.covariance import (
     KeyStatistics,
     generated_texts,
@@ -374,13 +375,21 @@ def test_metrics_after_a_forced_answer(tiny_gpt2, tiny_split) -> None:
     target = evaluator.prepared[0].target
     assert not bool((evaluator.before[0] == target).any())
     lm_head = models.hf_model(tiny_gpt2).lm_head
-    with preserved(tiny_gpt2):
-        with torch.no_grad():
-            if lm_head.bias is None:
-                lm_head.weight[target] *= 1000.0
-            else:
-                lm_head.bias[target] += 1000.0
-        metrics = evaluator.evaluate(0)
+    # the bias is a buffer here, which `preserved` (parameters only) does not restore: put it back by hand, or
+    # every later test of the session would run on a model that answers the new object
+    bias = None if lm_head.bias is None else lm_head.bias.detach().clone()
+    try:
+        with preserved(tiny_gpt2):
+            with torch.no_grad():
+                if lm_head.bias is None:
+                    lm_head.weight[target] *= 1000.0
+                else:
+                    lm_head.bias[target] += 1000.0
+            metrics = evaluator.evaluate(0)
+    finally:
+        if bias is not None:
+            with torch.no_grad():
+                lm_head.bias.copy_(bias)
     assert metrics["reliability"] == 1.0 and metrics["generalisation"] == 1.0
     assert metrics["generalisation_unseen"] == 1.0 and metrics["leak"] == 1.0
     assert metrics["locality_relation"] == 0.0 and metrics["locality_subject"] == 0.0
@@ -597,6 +606,27 @@ def test_sampled_tokens_follow_the_model_at_every_step(tiny_model) -> None:
     logits[..., tiny_model.tokenizer.eos_token_id] = -torch.inf  # min_new_tokens forbids ending early
     allowed = logits[:, :-1].topk(top_k, dim=-1).indices  # [4, 6, top_k]
     assert (allowed == ids[..., None]).any(-1).all()
+
+
+def test_cached_generation_on_the_plain_copy_draws_what_the_bridge_draws(tiny_model, monkeypatch) -> None:
+    # the plain copy (key/value cache) and the bridge (full forward each step) sample the same tokens for a seed
+    assert covariance.plain_copy(tiny_model) is not None
+    cached = sampled_token_ids(tiny_model, 5, 7, seed=3)
+    monkeypatch.setattr(covariance, "plain_copy", lambda model: None)
+    assert torch.equal(cached, sampled_token_ids(tiny_model, 5, 7, seed=3))
+
+
+def test_plain_copy_is_refused_once_the_model_is_edited(tiny_gpt2) -> None:
+    weight = models.hf_model(tiny_gpt2).lm_head.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(0.5)
+        assert covariance.plain_copy(tiny_gpt2) is None
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert covariance.plain_copy(tiny_gpt2) is not None
 
 
 def test_default_sweep_layers() -> None:
