@@ -19,12 +19,14 @@ Settings are ``find_relation_circuit``'s defaults (τ = 0.01, KL, patch ablation
 
     .venv/bin/python benchmarks/acdc_hybrid.py                       # organism + SmolLM2 (about 25 min, 2 cores)
     .venv/bin/python benchmarks/acdc_hybrid.py --skip-smollm2        # organism only (about 3 min)
+    .venv/bin/python benchmarks/acdc_hybrid.py --skip-organism       # SmolLM2 only; keeps the stored organism rows
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -127,11 +129,14 @@ def smollm2(relation: str, counts: list[int]) -> list[dict[str, Any]]:
                 lambda: find_relation_circuit(model, dataset, kind, method="acdc", n_random=0, acdc_candidates=count)
             )
             total = int(hybrid.graph.real_edges.sum())
+            trials = hybrid.extra["acdc_trials"]
             rows.append(
                 {
                     **_row(hybrid, seconds),
                     "candidates": count,
                     "graph edges": total,
+                    "trials per second": round(trials / seconds, 2),
+                    "trials saved vs plain": round(1 - trials / total, 4),
                     "plain ACDC estimate (h)": round(seconds / max(1, hybrid.extra["acdc_trials"]) * total / 3600, 1),
                 }
             )
@@ -155,8 +160,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         "# ACDC on EAP-IG candidates against plain ACDC",
         "",
-        f"Measured {results['date']} on {results['machine']} ({results['threads']} torch threads), τ = 0.01, KL, patch "
-        "ablation, notebook 01's datasets (24 Dval / 24 Dtest known facts, seed 0). Written by `benchmarks/acdc_hybrid.py`.",
+        "τ = 0.01, KL, patch ablation, notebook 01's datasets (24 Dval / 24 Dtest known facts, seed 0). Written by "
+        "`benchmarks/acdc_hybrid.py`.",
         "",
     ]
     for name in ("organism", "smollm2"):
@@ -164,7 +169,10 @@ def markdown(results: dict[str, Any]) -> str:
         if not rows:
             continue
         table = pd.DataFrame(rows)
-        lines += [f"## {name}", "", _table(table), ""]
+        run = results.get("runs", {}).get(name, results)
+        where = f"Measured {run['date']} on {run['machine']} ({run['threads']} torch threads"
+        where += f", load average {run['load']} before and {run['load_after']} after)." if "load" in run else ")."
+        lines += [f"## {name}", "", where, "", _table(table), ""]
         if name == "organism":
             hybrid = table[table["candidates"] != "all"]
             summary = hybrid.groupby("candidates")[
@@ -181,19 +189,31 @@ def main() -> None:
     parser.add_argument("--smollm2-relation", default=SMOLLM2_RELATION)
     parser.add_argument("--smollm2-candidates", nargs="+", type=int, default=list(SMOLLM2_CANDIDATES))
     parser.add_argument("--skip-smollm2", action="store_true")
+    parser.add_argument("--skip-organism", action="store_true", help="keep the organism rows of the stored results")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default=str(HERE / "acdc_hybrid"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
-        "threads": args.threads,
-        "organism": organism(args.relations, args.candidates),
-    }
-    if not args.skip_smollm2:
-        results["smollm2"] = smollm2(args.smollm2_relation, args.smollm2_candidates)
     out = Path(args.out)
+    stored = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else {}
+    results: dict[str, Any] = {"runs": dict(stored.get("runs", {}))}
+    parts = {"organism": lambda: organism(args.relations, args.candidates)}
+    parts["smollm2"] = lambda: smollm2(args.smollm2_relation, args.smollm2_candidates)
+    for name, part in parts.items():
+        if (name == "organism" and args.skip_organism) or (name == "smollm2" and args.skip_smollm2):
+            if name in stored:
+                results[name] = stored[name]
+                results["runs"].setdefault(name, {k: stored[k] for k in ("date", "machine", "threads") if k in stored})
+            continue
+        load = round(os.getloadavg()[0], 2)
+        results[name] = part()
+        results["runs"][name] = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.processor() or platform.machine()}, {platform.system()}",
+            "threads": args.threads,
+            "load": load,
+            "load_after": round(os.getloadavg()[0], 2),
+        }
     out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
     out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
