@@ -90,6 +90,19 @@ def test_acdc_matches_the_slow_reference(tiny_model, batch, stack):
     assert torch.equal(pruned_slow.in_graph, graph.in_graph)
 
 
+def test_auto_stack_stacks_small_models_on_a_cpu_and_not_large_ones(tiny_gpt2, monkeypatch):
+    from kc_utils.circuits import acdc as acdc_module
+    from kc_utils.circuits.acdc import AUTO_STACK, acdc_stack_for
+
+    assert acdc_stack_for(tiny_gpt2) == AUTO_STACK  # a tiny model on a CPU
+    assert acdc_stack_for(tiny_gpt2, 3) == 3
+    monkeypatch.setattr(acdc_module, "AUTO_STACK_MAX_CPU_PARAMETERS", 10)  # as if it were a large model
+    assert acdc_stack_for(tiny_gpt2) == 1
+    for bad in (0, -2, 1.5, True, "eight"):
+        with pytest.raises(ValueError, match="stack must be 'auto' or a positive number"):
+            acdc_stack_for(tiny_gpt2, bad)
+
+
 def _pruned(model, edges):
     graph = Graph.from_model(model)
     graph.in_graph = torch.zeros_like(graph.real_edges)

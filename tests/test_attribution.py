@@ -290,8 +290,39 @@ def test_non_finite_scores_are_refused(tiny_gpt2, country_batch_args):
         graph.top_n(3)
 
 
-def test_a_stack_of_masks_equals_one_run_per_mask(tiny_model, batch):
+def test_a_stack_that_differs_in_a_few_edges_equals_one_run_per_mask(tiny_model, batch):
+    """ACDC's stacks (a sparse circuit, then "remove the first j edges of a receiver") take the sparse rule
+    with per-copy differences; each copy must still equal its own run."""
+    from kc_utils.circuits.patching import _MaskedRun, run_masked_stack
+
+    graph = Graph.from_model(tiny_model)
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    generator = torch.Generator().manual_seed(1)
+    base = graph.real_edges & (torch.rand(graph.real_edges.shape, generator=generator) < 0.3)
+    mid = graph.receiver_slice(graph.shape.n_layers - 1, "q").start  # a head's query in the last layer
+    for receiver in (graph.logits_receiver, mid):
+        base[:, receiver] = graph.real_edges[:, receiver]  # every edge into the two tried receivers
+    for receiver in (graph.logits_receiver, mid):
+        incoming = base[:, receiver].nonzero().flatten().flip(0)[:4]
+        assert len(incoming) >= 2
+        keeps = base[None].repeat(len(incoming) + 1, 1, 1)
+        for j, upstream in enumerate(incoming.tolist()):
+            keeps[j + 1 :, upstream, receiver] = False
+        run = _MaskedRun(graph, ablated.repeat(1, len(keeps), 1, 1), keeps)
+        assert run.differences is not None and not run.dense
+        with torch.no_grad():
+            stacked = run_masked_stack(tiny_model, graph, batch.clean, ablated, keeps)
+            for i in range(len(keeps)):
+                torch.testing.assert_close(stacked[i], run_masked(tiny_model, graph, batch.clean, ablated, keeps[i]))
+        assert not torch.allclose(stacked[0], stacked[-1])  # the removals changed the output
+
+
+@pytest.mark.parametrize("max_differences", [0, 10**9], ids=["dense", "differences"])
+def test_a_stack_of_masks_equals_one_run_per_mask(tiny_model, batch, max_differences, monkeypatch):
+    from kc_utils.circuits import patching
     from kc_utils.circuits.patching import run_masked_stack
+
+    monkeypatch.setattr(patching, "MAX_STACK_DIFFERENCES", max_differences)  # both ways of correcting a stack
 
     graph = Graph.from_model(tiny_model)
     ablated = ablated_outputs(tiny_model, graph, batch, "patch")

@@ -56,6 +56,11 @@ def collect_outputs(model: Any, graph: Graph, tokens: Tensor) -> Float[Tensor, "
     return buffer
 
 
+#: A stack of 0/1 masks that differ from its first mask in at most this many edges is corrected sparsely
+#: (:class:`_MaskedRun`); ACDC's stacks differ in at most ``stack`` edges.
+MAX_STACK_DIFFERENCES = 256
+
+
 class _MaskedRun:
     """State of one masked forward pass: the ``delta`` buffer and the receiver corrections.
 
@@ -66,6 +71,13 @@ class _MaskedRun:
     * sparse — for a 0/1 mask, ``Σ_{u visible} delta[u] − Σ_{u kept} delta[u]``: a running sum
       of the deltas written so far, minus the few rows with a kept edge. A circuit keeps a tiny
       fraction of the edges, so this touches a few rows instead of every upstream node.
+
+    A stack of ``K`` masks runs ``K`` copies of the batch side by side. When the masks are 0/1 and
+    differ from the first in at most :data:`MAX_STACK_DIFFERENCES` edges (ACDC's trials: "remove the
+    first j edges of this receiver"), every copy is corrected with the first mask by the sparse rule,
+    and each differing edge ``(u, v)`` adds ``(keep₀[u,v] − keep_k[u,v])·delta_k[u]`` to copy ``k`` —
+    the same sum, without the per-copy product over every visible node that the dense rule pays
+    (measured on SmolLM2-135M: about two thirds of a stacked pass). Other stacks take the dense rule.
     """
 
     def __init__(self, graph: Graph, ablated: Tensor, keep: Tensor):
@@ -73,10 +85,24 @@ class _MaskedRun:
         self.ablated = ablated
         real = graph.real_edges.to(ablated.device)
         keep = keep.to(ablated.device)
-        # a stack of K masks ([K, up, rx]) runs K copies of the batch side by side (dense only)
+        # a stack of K masks ([K, up, rx]) runs K copies of the batch side by side
         self.stack = int(keep.shape[0]) if keep.dim() == 3 else 0
-        binary = not keep.dtype.is_floating_point or bool(((keep == 0) | (keep == 1)).all())
-        self.dense = keep.requires_grad or not binary or self.stack > 0
+        binary = not keep.requires_grad and (
+            not keep.dtype.is_floating_point or bool(((keep == 0) | (keep == 1)).all())
+        )
+        # per-copy differences from the first mask: edge (u, v) and keep₀ − keep_k per copy
+        self.differences: tuple[Tensor, Tensor, Tensor] | None = None
+        if self.stack and binary:
+            masks = keep.bool() & real
+            differs = (masks != masks[:1]).any(0)
+            if int(differs.sum()) <= MAX_STACK_DIFFERENCES:
+                upstream, receiver = differs.nonzero(as_tuple=True)
+                weights = masks[0, upstream, receiver][None].to(ablated.dtype) - masks[:, upstream, receiver].to(
+                    ablated.dtype
+                )  # [K, E]
+                self.differences = (upstream, receiver, weights)
+                keep = masks[0]
+        self.dense = not binary or (self.stack > 0 and self.differences is None)
         self.drop = (1 - keep.to(ablated.dtype)) * real.to(ablated.dtype) if self.dense else None
         self.keep = None if self.dense else keep.bool() & real
         self.delta = torch.zeros_like(ablated)
@@ -98,7 +124,17 @@ class _MaskedRun:
         if self.dense:
             weights = self.drop[..., :visible, rx]
             return weights.requires_grad or bool(weights.any())
-        return not bool(self.keep[:visible, rx].all())
+        return not bool(self.keep[:visible, rx].all()) or len(self._differences_at(visible, rx)[0]) > 0
+
+    def _differences_at(self, visible: int, rx: slice) -> tuple[Tensor, Tensor, Tensor]:
+        """The stack's differing edges into ``rx`` from the first ``visible`` nodes: upstream, receiver − start,
+        weights ``[K, E]``."""
+        if self.differences is None:
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty, torch.zeros(max(self.stack, 1), 0)
+        upstream, receiver, weights = self.differences
+        here = (upstream < visible) & (receiver >= rx.start) & (receiver < rx.stop)
+        return upstream[here], receiver[here] - rx.start, weights[:, here]
 
     def correction(self, visible: int, rx: slice) -> Float[Tensor, "rx b p d"]:
         """``Σ_u drop[u, v]·delta[u]`` for each receiver ``v`` in ``rx``."""
@@ -106,7 +142,7 @@ class _MaskedRun:
             raise RuntimeError("a receiver ran before all of its upstream nodes: hook order is not causal")
         n_rx = rx.stop - rx.start
         shape = (n_rx, *self.delta.shape[1:])
-        if self.stack:
+        if self.stack and self.dense:
             weights = self.drop[:, :visible, rx]  # [K, visible, n_rx]
             flat = self.delta[:visible].reshape(visible, self.stack, -1)  # copies of the batch side by side
             return torch.einsum("kvr,vkx->rkx", weights.to(flat.dtype), flat).reshape(shape)
@@ -119,10 +155,19 @@ class _MaskedRun:
             total = total - self.delta[visible : self.written].sum(0)
         kept = self.keep[:visible, rx]
         rows = kept.any(1).nonzero().flatten()
-        if len(rows) == 0:
+        upstream, receiver, weights = self._differences_at(visible, rx)
+        if len(rows) == 0 and len(upstream) == 0:
             return total.expand(shape)
-        kept_part = kept[rows].T.to(self.delta.dtype) @ self.delta[rows].reshape(len(rows), -1)
-        return total[None] - kept_part.reshape(shape)
+        result = total[None].repeat(n_rx, *([1] * total.dim()))
+        if len(rows):
+            kept_part = kept[rows].T.to(self.delta.dtype) @ self.delta[rows].reshape(len(rows), -1)
+            result -= kept_part.reshape(shape)
+        if len(upstream):
+            # copy k of receiver v gains (keep₀ − keep_k)[u, v] · delta_k[u] for each differing edge (u, v)
+            per_copy = self.delta[upstream].reshape(len(upstream), self.stack, -1)  # [E, K, x]
+            gains = per_copy * weights.T.to(per_copy.dtype)[..., None]
+            result.view(n_rx, self.stack, -1).index_add_(0, receiver.to(result.device), gains)
+        return result
 
     def hooks(self) -> list[tuple[str, Any]]:
         graph = self.graph
