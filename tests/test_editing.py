@@ -26,6 +26,7 @@ from kc_utils.editing.rome import (
     compute_keys,
     compute_values,
     context_prompts,
+    request_groups,
     rome_edit,
     rome_targets,
     rome_update,
@@ -729,3 +730,25 @@ def test_describe_departures_covariance_and_paper_reading_on_hand_made_tables() 
     )
     assert "; it does not at layer 1." in text
     assert "here FT-M's edits live at the last position at layer 1, and not at layer 0." in text
+
+
+def test_rome_targets_in_groups_of_rows_equal_one_batch(tiny_model) -> None:
+    requests = [
+        REQUEST,
+        EditRequest("the capital of Japan is", "Japan", "Lima", "Tokyo", "country_capital_city"),
+        EditRequest("the capital of New Zealand is", "New Zealand", "Rome", "Wellington", "country_capital_city"),
+    ]
+    config = RomeConfig(templates=("the capital city of {} is",), steps=5, lr=0.3, stop_loss=2.0)
+    prepared = [prepare_request(tiny_model, r) for r in requests]
+    rows_each = len(context_prompts(requests[0], config)) + 1  # 2 contexts + the KL prompt
+    assert request_groups(prepared, config, max_rows=100) == [range(0, 3)]
+    assert request_groups(prepared, config, max_rows=2 * rows_each) == [range(0, 2), range(2, 3)]
+    assert request_groups(prepared, config, max_rows=1) == [range(0, 1), range(1, 2), range(2, 3)]
+    with pytest.raises(ValueError, match="max_rows"):
+        request_groups(prepared, config, max_rows=0)
+    whole = rome_targets(tiny_model, requests, 0, config, max_rows=100)
+    grouped = rome_targets(tiny_model, requests, 0, config, max_rows=rows_each)
+    for a, b in zip(whole, grouped, strict=True):
+        torch.testing.assert_close(a.key, b.key, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(a.value, b.value, atol=1e-4, rtol=1e-4)
+        assert a.steps == b.steps
