@@ -127,20 +127,27 @@ def build_checkpoint(shape: str, folder: Path, seed: int = 0) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def prompt_texts(seed: int = 1) -> tuple[list[str], list[str], list[str], list[str]]:
-    """16 prompts of 15 words (16 tokens with BOS); each corrupt twin swaps a two-word 'subject'."""
+def prompt_texts(
+    seed: int = 1,
+    vocab: int = VOCAB,
+    n_prompts: int = N_PROMPTS,
+    n_tokens: int = N_TOKENS,
+    subject: slice = slice(3, 5),
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """``n_prompts`` prompts of ``n_tokens - 1`` words (``n_tokens`` tokens with BOS) drawn from ``vocab``; each
+    corrupt twin redraws the two-word 'subject' at ``subject``. Default: 16 prompts of 15 words, subject at 3-4."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
 
     def draw(n: int) -> list[int]:
-        return torch.randint(2, VOCAB, (n,), generator=g).tolist()
+        return torch.randint(2, vocab, (n,), generator=g).tolist()
 
     prompts, corrupt, answers, corrupt_answers = [], [], [], []
-    for _ in range(N_PROMPTS):
-        ids = draw(N_TOKENS - 1)
+    for _ in range(n_prompts):
+        ids = draw(n_tokens - 1)
         twin = list(ids)
-        twin[3:5] = draw(2)
+        twin[subject] = draw(2)
         a, ca = draw(2)
         prompts.append(" ".join(map(word, ids)))
         corrupt.append(" ".join(map(word, twin)))

@@ -90,25 +90,10 @@ def build_checkpoint(shape: str, layers: int, folder: Path, seed: int = 0) -> No
 
 
 def prompt_texts(vocab: int, seed: int = 1) -> tuple[list[str], list[str], list[str], list[str]]:
-    """``N_PROMPTS`` prompts of ``N_TOKENS - 1`` words; each corrupt twin swaps two words (the 'subject')."""
-    import torch
+    """``N_PROMPTS`` prompts of ``N_TOKENS - 1`` words; each corrupt twin redraws two words (the 'subject')."""
+    from attribution import prompt_texts as random_prompts  # the sibling benchmark's prompts, at this shape
 
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(n: int) -> list[str]:
-        return [f"w{i}" for i in torch.randint(2, vocab, (n,), generator=g).tolist()]
-
-    prompts, corrupt, answers, corrupt_answers = [], [], [], []
-    for _ in range(N_PROMPTS):
-        words = draw(N_TOKENS - 1)
-        twin = list(words)
-        twin[1:3] = draw(2)
-        a, ca = draw(2)
-        prompts.append(" ".join(words))
-        corrupt.append(" ".join(twin))
-        answers.append(a)
-        corrupt_answers.append(ca)
-    return prompts, answers, corrupt, corrupt_answers
+    return random_prompts(seed, vocab=vocab, n_prompts=N_PROMPTS, n_tokens=N_TOKENS, subject=slice(1, 3))
 
 
 def worker(shape: str, layers: int, folder: Path, threads: int, chunk: int, out: Path) -> None:
