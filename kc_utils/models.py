@@ -172,6 +172,40 @@ def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
     return model.unembed(model.ln_final(resid))
 
 
+class _FinalResidual(Exception):
+    """Raised by :func:`logits_at`'s hook to stop a forward pass at the final norm's input."""
+
+    def __init__(self, resid: torch.Tensor) -> None:
+        super().__init__("final residual reached")
+        self.resid = resid
+
+
+def logits_at(
+    model: Any,
+    tokens: torch.Tensor,
+    rows: torch.Tensor,
+    positions: torch.Tensor,
+    fwd_hooks: Sequence[tuple[str, HookFn]] = (),
+) -> torch.Tensor:
+    """Logits ``[k, vocab]`` at the ``k`` pairs ``(rows[i], positions[i])`` of ``tokens`` ``[b, p]`` only.
+
+    The forward pass stops at the final norm's input and unembeds the chosen positions alone: the same logits as
+    ``model(tokens)[rows, positions]`` (tested) without the ``b·p·vocab`` unembedding and its backward, which on a
+    small model with a large vocabulary is a fifth of a pass (SmolLM2-135M: 49,152 × 576 per position). Gradients
+    flow as through a full pass.
+    """
+
+    def stop(resid: torch.Tensor, hook: Any) -> None:
+        raise _FinalResidual(resid)
+
+    try:
+        with hooks(model, [*fwd_hooks, ("ln_final.hook_in", stop)]):
+            model(tokens)
+    except _FinalResidual as reached:
+        return unembed(model, reached.resid[rows, positions])
+    raise RuntimeError("the forward pass never reached the final norm's input (hook ln_final.hook_in)")
+
+
 #: Attribute of a booted model that records whether prompts start with BOS (set by :func:`load_model`).
 PREPEND_BOS_ATTRIBUTE = "kc_prepend_bos"
 

@@ -44,6 +44,7 @@ from kc_utils.editing.sentences import (
 )
 from kc_utils.editing.sweep import (
     covariance_effect,
+    default_comparison_layers,
     default_sweep_layers,
     departure_table,
     edit_sweep,
@@ -197,8 +198,9 @@ def test_batched_values_equal_one_request_at_a_time(tiny_model, stop) -> None:
         EditRequest("the capital of Japan is", "Japan", "Lima", "Tokyo", "country_capital_city"),
         EditRequest("the capital of New Zealand is", "New Zealand", "Rome", "Wellington", "country_capital_city"),
     ]
+    # thresholds the tiny models' requests reach at different steps (measured: 4/7/7 and 3/6/2 updates)
     config = RomeConfig(
-        templates=("the capital city of {} is",), steps=5, lr=0.3, stop=stop, stop_prob=0.5, stop_loss=2.0
+        templates=("the capital city of {} is",), steps=8, lr=0.3, stop=stop, stop_prob=0.02, stop_loss=4.0
     )
     keys = compute_keys(tiny_model, requests, 0, config)
     batched = compute_values(tiny_model, requests, 0, keys, config)
@@ -206,6 +208,8 @@ def test_batched_values_equal_one_request_at_a_time(tiny_model, stop) -> None:
         alone = compute_values(tiny_model, [request], 0, (keys[0][i : i + 1], keys[1][i : i + 1]), config)[0]
         torch.testing.assert_close(batched[i].value, alone.value, atol=1e-4, rtol=1e-4)
         assert batched[i].steps == alone.steps
+    # requests stop at different steps, so the batch drops finished requests' rows while others go on
+    assert len({t.steps for t in batched}) > 1
 
 
 def test_rome_value_makes_the_target_likely(tiny_gpt2) -> None:
@@ -634,6 +638,13 @@ def test_default_sweep_layers() -> None:
     assert default_sweep_layers(4) == [0, 1, 2, 3]
     assert default_sweep_layers(24) == [0, 6, 8, 12, 17, 23]
     assert default_sweep_layers(30, 3) == [0, 10, 14, 29]
+    assert default_sweep_layers(30, 4) == [0, 10, 19, 29]  # notebook 03's default on SmolLM2-135M
+    assert default_sweep_layers(24, 4) == [0, 8, 15, 23]  # the authors' ROME layer 8 of GPT-2 medium among them
+
+
+def test_default_comparison_layers() -> None:
+    assert default_comparison_layers(4, [0, 1, 2, 3]) == [0, 1, 2, 3]  # a shallow model: every sweep layer
+    assert default_comparison_layers(30, [0, 10, 19, 29]) == [10]  # a deep one: ROME's layer alone
 
 
 def test_departure_table_and_covariance_effect(tiny_gpt2, tiny_split) -> None:

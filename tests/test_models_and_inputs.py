@@ -129,3 +129,22 @@ def test_hit_at_k_and_rank_agree(tiny_gpt2, country_batch_args):
     values = evaluate_circuit(tiny_gpt2, graph, batch, ["rank", "hit@1", "hit@1000"])
     assert values["hit@1000"] == 1.0
     assert (values["rank"] == 0) == (values["hit@1"] == 1.0) or values["hit@1"] < 1.0
+
+
+def test_logits_at_equals_the_full_pass_at_the_chosen_positions(tiny_model):
+    from kc_utils import models
+
+    tokens = torch.tensor(models.tokenize(tiny_model, ["the capital of France is", "the capital of Japan is"]))
+    rows, positions = torch.tensor([0, 1, 1]), torch.tensor([tokens.shape[1] - 1, 2, 0])
+
+    def shift(out, hook):  # a hook is applied as in a full pass
+        return out + 1.0
+
+    hook = [(models.mlp_out_hook(0), shift)]
+    with torch.no_grad(), models.hooks(tiny_model, hook):
+        full = tiny_model(tokens)[rows, positions]
+    with torch.no_grad():
+        picked = models.logits_at(tiny_model, tokens, rows, positions, hook)
+        plain = models.logits_at(tiny_model, tokens, rows, positions)
+    torch.testing.assert_close(picked, full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(plain, picked)  # the hook did change the logits

@@ -356,12 +356,10 @@ def compute_values(
     n_rows = len(rows.tokens)
     all_rows = torch.arange(n_rows, device=device)
     is_ctx = rows.request < n_req
-    ctx_request = rows.request[is_ctx]
-    target = torch.tensor([p.target for p in prepared], device=device)[ctx_request]
-    counts = torch.bincount(ctx_request, minlength=n_req).float()
-    owner = rows.request % n_req
-    kl_pos = rows.subject_last[~is_ctx] if config.kl == "rome" else rows.last_pos[~is_ctx]
-    kl_rows = all_rows[~is_ctx]
+    owner = rows.request % n_req  # [n] the request of each row
+    counts = torch.bincount(owner[is_ctx], minlength=n_req).float()
+    target = torch.tensor([p.target for p in prepared], device=device)[owner]  # [n]
+    kl_pos = rows.subject_last if config.kl == "rome" else rows.last_pos  # [n], read on the KL rows only
     with torch.no_grad():
         _, cache = models.run_with_cache(
             model, rows.tokens, [models.resid_post_hook(layer), models.mlp_out_hook(layer)]
@@ -376,24 +374,44 @@ def compute_values(
     done = torch.zeros(n_req, dtype=torch.bool, device=device)
     steps = torch.zeros(n_req, dtype=torch.long, device=device)
     final_prob = torch.zeros(n_req, device=device)
+    kl_base = torch.zeros(0)
     with _frozen(model):
         for step in range(config.steps):
             delta = z * unit[:, None]
-            with models.hooks(model, [_delta_hook(layer, delta, all_rows, rows.subject_last, owner)]):
-                logits = model(rows.tokens)
-            log_probs = logits[all_rows[is_ctx], rows.last_pos[is_ctx]].float().log_softmax(-1)
-            target_log_probs = log_probs.gather(1, target[:, None])[:, 0]  # [contexts]
+            # only the rows of requests still optimised: a finished request's δ is frozen and no other request
+            # reads its rows, so dropping them changes nothing but the batch (round-off; tested)
+            active = all_rows[~done[owner]]  # [a]
+            ctx = is_ctx[active]
+            width = int(rows.last_pos[active].max()) + 1  # right padding past every active row's end is unread
+            local = torch.arange(len(active), device=device)
+            picked = (
+                models.logits_at(
+                    model,
+                    rows.tokens[active, :width],
+                    local,
+                    torch.where(ctx, rows.last_pos[active], kl_pos[active]),
+                    [_delta_hook(layer, delta, local, rows.subject_last[active], owner[active])],
+                )
+                .float()
+                .log_softmax(-1)
+            )  # [a, v]: the answer position of a context row, the KL position of a KL row
+            ctx_request = owner[active][ctx]
+            target_log_probs = picked[ctx].gather(1, target[active][ctx][:, None])[:, 0]  # [contexts]
             nll = torch.zeros(n_req, device=device).index_add(0, ctx_request, -target_log_probs) / counts
             mean_prob = (
                 torch.zeros(n_req, device=device).index_add(0, ctx_request, target_log_probs.detach().exp()) / counts
             )
-            kl_now = logits[kl_rows, kl_pos].float().log_softmax(-1)  # [r, v]
+            kl_request = owner[active][~ctx]  # [k] one KL row per active request
+            kl_now = picked[~ctx]  # [k, v]
             if step == 0:  # p₀ from the same pass with δ = 0, as the authors record kl_distr_init
-                kl_base = kl_now.detach().clone()
+                kl_base = torch.zeros(n_req, kl_now.shape[1], device=device)
+                kl_base[kl_request] = kl_now.detach()
+            base = kl_base[kl_request]
             if config.kl == "rome":
-                kl_div = (kl_now.exp() * (kl_now - kl_base)).sum(-1)  # [r] KL(p_δ ‖ p₀)
+                kl_rows = (kl_now.exp() * (kl_now - base)).sum(-1)  # [k] KL(p_δ ‖ p₀)
             else:
-                kl_div = (kl_base.exp() * (kl_base - kl_now)).sum(-1)  # [r] KL(p₀ ‖ p_δ)
+                kl_rows = (base.exp() * (base - kl_now)).sum(-1)  # [k] KL(p₀ ‖ p_δ)
+            kl_div = torch.zeros(n_req, device=device).index_add(0, kl_request, kl_rows)  # [r], 0 once finished
             if config.weight_decay_form == "norm":
                 decay = delta.norm(dim=-1) / reference.pow(2)
             else:

@@ -31,6 +31,7 @@ __all__ = [
     "METHODS",
     "apply_edit",
     "covariance_effect",
+    "default_comparison_layers",
     "default_sweep_layers",
     "departure_table",
     "edit_sweep",
@@ -42,6 +43,8 @@ __all__ = [
 ]
 
 METHODS = ("rome", "ft-m")
+#: a model of at most this many layers is swept at every layer and compared at every swept layer
+SHALLOW_LAYERS = 6
 LOCATION_COLUMNS = ("new_top1", "new_top1_subject_restored", "new_top1_last_restored")
 
 
@@ -50,10 +53,21 @@ def default_sweep_layers(n_layers: int, n: int = 5) -> list[int]:
     (``n = 5``: first, quarters and last, the paper's GPT-2 medium layers 0, 6, 12, 18, 23; ``n = 3``: first,
     middle, last), with ROME's early-middle layer (a third of the depth: GPT-2 medium's 8 of 24 in the authors'
     settings) added when it is not among them."""
-    if n_layers <= 6:
+    if n_layers <= SHALLOW_LAYERS:
         return list(range(n_layers))
     spread = {round(i * (n_layers - 1) / (n - 1)) for i in range(n)} if n > 1 else {0}
     return sorted(spread | {n_layers // 3})
+
+
+def default_comparison_layers(n_layers: int, sweep_layers: Sequence[int]) -> list[int]:
+    """Where notebook 03 runs its comparisons (the template-averaged variant, each departure, each source of C):
+    every sweep layer on a model of at most :data:`SHALLOW_LAYERS` layers; on a deeper one, ROME's early-middle
+    layer alone (a third of the depth, the layer :func:`default_sweep_layers` always visits), since each
+    comparison costs a whole ROME sweep per layer (on SmolLM2-135M on 2 CPU cores, 2–3 min per layer for the
+    authors' ROME and about 4× that for the template-averaged one)."""
+    if n_layers <= SHALLOW_LAYERS:
+        return list(sweep_layers)
+    return [n_layers // 3]
 
 
 def apply_edit(
