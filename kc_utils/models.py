@@ -199,11 +199,13 @@ def logits_at(
         raise _FinalResidual(resid)
 
     try:
-        with hooks(model, [*fwd_hooks, ("ln_final.hook_in", stop)]):
+        # the stop runs after every hook of the same point (hooks run in the order given): a correction of the
+        # final norm's input, as a masked run makes, is in what it unembeds
+        with hooks(model, [*fwd_hooks, (LOGITS_INPUT_HOOK, stop)]):
             model(tokens)
     except _FinalResidual as reached:
         return unembed(model, reached.resid[rows, positions])
-    raise RuntimeError("the forward pass never reached the final norm's input (hook ln_final.hook_in)")
+    raise RuntimeError(f"the forward pass never reached the final norm's input (hook {LOGITS_INPUT_HOOK})")
 
 
 #: Attribute of a booted model that records whether prompts start with BOS (set by :func:`load_model`).

@@ -332,3 +332,30 @@ def test_a_stack_of_masks_equals_one_run_per_mask(tiny_model, batch, max_differe
         stacked = run_masked_stack(tiny_model, graph, batch.clean, ablated, keeps)
         for i in range(3):
             torch.testing.assert_close(stacked[i], run_masked(tiny_model, graph, batch.clean, ablated, keeps[i]))
+
+
+@pytest.mark.parametrize("stacked", [False, True], ids=["one mask", "stack"])
+def test_last_position_logits_equal_the_full_masked_pass_there(tiny_model, batch, stacked):
+    """Evaluation and ACDC unembed each prompt's last position alone; the logits there must be the full pass's,
+    the correction of the logits' own input (a receiver at the same hook point) included."""
+    from kc_utils.circuits.patching import run_masked_stack
+    from kc_utils.data.metrics import answer_logits
+
+    graph = Graph.from_model(tiny_model)
+    ablated = ablated_outputs(tiny_model, graph, batch, "patch")
+    generator = torch.Generator().manual_seed(2)
+    keeps = torch.rand(2, *graph.real_edges.shape, generator=generator) < torch.tensor([0.3, 0.8])[:, None, None]
+    keeps[1, :, graph.logits_receiver] = False  # the logits read the ablated run only
+    with torch.no_grad():
+        if stacked:
+            full = run_masked_stack(tiny_model, graph, batch.clean, ablated, keeps)
+            last = run_masked_stack(tiny_model, graph, batch.clean, ablated, keeps, batch.last_pos)
+        else:
+            full = torch.stack([run_masked(tiny_model, graph, batch.clean, ablated, k) for k in keeps])
+            last = torch.stack([run_masked(tiny_model, graph, batch.clean, ablated, k, batch.last_pos) for k in keeps])
+    assert last.shape == (2, len(batch), 1, full.shape[-1])
+    for k in range(2):
+        expected = answer_logits(full[k], batch)
+        torch.testing.assert_close(answer_logits(last[k], batch.at_last_position()), expected)
+        torch.testing.assert_close(last[k][:, 0], expected)
+    assert not torch.allclose(last[0], last[1])

@@ -222,9 +222,11 @@ class _Evaluator:
         totals = torch.zeros(keeps.shape[0], dtype=torch.float64)
         with torch.no_grad():
             for i, (chunk, ablated) in enumerate(zip(self.chunks, self.ablated)):
-                logits = run_masked_stack(self.model, self.graph, chunk.clean, ablated, keeps)
+                # every ACDC metric reads the last position alone, so only it is unembedded
+                logits = run_masked_stack(self.model, self.graph, chunk.clean, ablated, keeps, chunk.last_pos)
+                seen = chunk.at_last_position()
                 for k in range(keeps.shape[0]):
-                    totals[k] += float(self._per_example(logits[k], chunk, i).sum())
+                    totals[k] += float(self._per_example(logits[k], seen, i).sum())
         return (totals / self.n).tolist()
 
     def _per_example(self, logits: Tensor, chunk: PromptBatch, i: int) -> Tensor:

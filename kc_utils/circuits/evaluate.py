@@ -61,6 +61,8 @@ def evaluate_masks(
     ``logit_diff`` is skipped (absent from the result) when the batch has no corrupt answers.
     """
     fns = {m if isinstance(m, str) else m.__name__: get_metric(m) for m in metrics}
+    # the named metrics read the last position alone, so only it is unembedded; a callable gets every position
+    last_only = all(isinstance(m, str) for m in metrics)
     if batch.corrupt_answer.lt(0).any():
         fns.pop("logit_diff", None)
     sums = [{name: 0.0 for name in fns} for _ in masks]
@@ -68,10 +70,11 @@ def evaluate_masks(
     with torch.no_grad():
         for chunk in batch.split(batch_size):
             ablated = values.outputs(model, graph, chunk)
+            seen = chunk.at_last_position() if last_only else chunk
             for totals, mask in zip(sums, masks):
-                logits = run_masked(model, graph, chunk.clean, ablated, mask)
+                logits = run_masked(model, graph, chunk.clean, ablated, mask, chunk.last_pos if last_only else None)
                 for name, fn in fns.items():
-                    totals[name] += float(fn(logits, chunk).sum())
+                    totals[name] += float(fn(logits, seen).sum())
     return [{name: value / len(batch) for name, value in totals.items()} for totals in sums]
 
 

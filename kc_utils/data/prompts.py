@@ -90,6 +90,12 @@ class PromptBatch:
             mean_fallback=None if self.mean_fallback is None else self.mean_fallback[idx],
         )
 
+    def at_last_position(self) -> PromptBatch:
+        """The batch as a metric sees it on logits kept at each prompt's last position alone (``[b, 1, vocab]``,
+        as :func:`~kc_utils.circuits.patching.run_masked` returns them with ``last_pos``): ``last_pos`` is 0.
+        Only for the metrics of :mod:`kc_utils.data.metrics`, which read nothing but that position."""
+        return replace(self, last_pos=torch.zeros_like(self.last_pos))
+
     def to(self, device: torch.device | str) -> PromptBatch:
         return replace(
             self,
