@@ -705,14 +705,20 @@ def test_describe_departures_covariance_and_paper_reading_on_hand_made_tables() 
         ("kl", "other KL", 2, 0.88, 0.3, 0.02),
         ("templates", "templates too", 1, 0.4, 0.2, 0.05),
         ("templates", "templates too", 2, 0.9, 0.3, 0.02),
+        ("scale", "authors' scale", 1, 1.0, 0.3, 0.02),
+        ("scale", "authors' scale", 2, 0.9, 0.25, -0.5),  # reliability stays, the leak does not
     ]
     table = pd.DataFrame(rows, columns=["departure", "what", "layer", "reliability", "generalisation_unseen", "leak"])
     base = table[table["departure"] == "default"].set_index("layer")["reliability"]
     table["reliability_change"] = table["reliability"] - table["layer"].map(base)
     assert describe_departures(table) == (
-        "kl (other KL): reliability within 5% of the default at every layer. templates (templates too): reliability "
-        "-60 points at layer 1 (100% → 40%; held-out template 30% → 20%, leak +2 → +5 points)."
+        "kl (other KL): within 5% of the default in every measure at every layer. templates (templates too): "
+        "reliability -60 points at layer 1 (100% → 40%; held-out template 30% → 20%, leak +2 → +5 points). "
+        "scale (authors' scale): reliability unchanged at layer 2 (90%), but held-out template 30% → 25%, leak "
+        "+2 → -50 points."
     )
+    with_templates = table.assign(generalisation=table["generalisation_unseen"] + 0.5)
+    assert "(100% → 40%; other templates 80% → 70%, held-out template 30% → 20%" in describe_departures(with_templates)
     cov = pd.DataFrame(
         [("corpus", 0, 1.0, 0.01, 1.0), ("identity", 0, 0.7, 0.03, 0.4)],
         columns=["source", "layer", "reliability", "leak", "update_cosine"],

@@ -234,23 +234,38 @@ def describe_rome_layers(
 
 
 def describe_departures(table: pd.DataFrame, noise: float = 0.05) -> str:
-    """Read a :func:`~kc_utils.editing.sweep.departure_table`: for each departure, the layer where reliability
-    moves most from the default and by how much (changes within ``noise`` read as none)."""
+    """Read a :func:`~kc_utils.editing.sweep.departure_table`: for each departure, the layer where it moves the edits
+    most from the default (the largest change in reliability, generalisation to the other templates, to the held-out
+    template, or leak) and what it does there. A departure can leave reliability alone and still change how far an
+    edit spreads, so every measure is read; changes within ``noise`` read as none."""
     sentences = []
     base = table[table["departure"] == "default"].set_index("layer")
+    measures = [c for c in ("reliability", "generalisation", "generalisation_unseen", "leak") if c in table]
     for name, rows in table[table["departure"] != "default"].groupby("departure", sort=False):
-        row = rows.loc[rows["reliability_change"].abs().idxmax()]
-        layer = int(row["layer"])
-        before = base.loc[layer]
-        if abs(row["reliability_change"]) <= noise:
-            sentences.append(f"{name} ({row['what']}): reliability within {_pct(noise)} of the default at every layer.")
+        rows = rows.set_index("layer")
+        changes = (rows[measures] - base.loc[rows.index, measures]).abs().max(axis=1)  # [layers]
+        what = rows["what"].iloc[0]
+        if changes.max() <= noise:
+            sentences.append(f"{name} ({what}): within {_pct(noise)} of the default in every measure at every layer.")
             continue
-        sentences.append(
-            f"{name} ({row['what']}): reliability {100 * row['reliability_change']:+.0f} points at layer {layer} "
-            f"({_pct(before['reliability'])} → {_pct(row['reliability'])}; held-out template "
-            f"{_pct(before['generalisation_unseen'])} → {_pct(row['generalisation_unseen'])}, leak "
-            f"{100 * before['leak']:+.0f} → {100 * row['leak']:+.0f} points)."
-        )
+        layer = int(changes.idxmax())
+        before, after = base.loc[layer], rows.loc[layer]
+        others = []
+        if "generalisation" in measures:
+            others.append(f"other templates {_pct(before['generalisation'])} → {_pct(after['generalisation'])}")
+        others += [
+            f"held-out template {_pct(before['generalisation_unseen'])} → {_pct(after['generalisation_unseen'])}",
+            f"leak {100 * before['leak']:+.0f} → {100 * after['leak']:+.0f} points",
+        ]
+        change = after["reliability"] - before["reliability"]
+        if abs(change) > noise:
+            text = (
+                f"reliability {100 * change:+.0f} points at layer {layer} ({_pct(before['reliability'])} → "
+                f"{_pct(after['reliability'])}; {', '.join(others)})"
+            )
+        else:
+            text = f"reliability unchanged at layer {layer} ({_pct(after['reliability'])}), but {', '.join(others)}"
+        sentences.append(f"{name} ({what}): {text}.")
     return " ".join(sentences)
 
 
