@@ -480,6 +480,18 @@ def test_describe_sweep_on_a_hand_made_table() -> None:
     assert "leak equally" in describe_sweep(_summary(0.05, 0.05))
 
 
+def test_describe_sweep_on_layers_equally_reliable() -> None:
+    table = _summary(0.05, 0.10)
+    table.loc[table["method"] == "ft-m", "reliability_mean"] = 1.0  # both layers 100%: no "best" by reliability
+    table.loc[table["method"] == "ft-m", "generalisation_mean"] = [0.1, 0.8]
+    table.loc[table["method"] == "ft-m", "leak_mean"] = [0.2, 0.6]
+    assert (
+        "FT-M is equally reliable (100%) at layers 0 and 1; among them it generalises most at layer 1 (80% on the "
+        "other training templates, 25% on the unseen one) and leaks least at layer 0 (+20 points, locality 90% for "
+        "other subjects; 20 edits)."
+    ) in describe_sweep(table)
+
+
 def test_describe_sweep_never_calls_a_method_that_fails_everywhere_best() -> None:
     table = _summary(0.05, 0.10)
     table.loc[table["method"] == "ft-m", "reliability_mean"] = 0.0

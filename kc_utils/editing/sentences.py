@@ -33,10 +33,21 @@ def _pct(x: float) -> str:
     return "n/a" if pd.isna(x) else f"{100 * x:.0f}%"
 
 
+def _best_layer(method: str, best: pd.Series) -> str:
+    return (
+        f"{_name(method)} works best at layer {int(best['layer'])} (reliability {_pct(best['reliability_mean'])}, "
+        f"generalisation {_pct(best['generalisation_mean'])} on the other training templates and "
+        f"{_pct(best['generalisation_unseen_mean'])} on the unseen one; locality "
+        f"{_pct(best['locality_relation_mean'])} for other subjects and {_pct(best['locality_subject_mean'])} for "
+        f"the subject's other facts; leak {100 * best['leak_mean']:+.0f} points over {int(best['n_edits'])} edits)."
+    )
+
+
 def describe_sweep(summary: pd.DataFrame, works_at: float = 0.5) -> str:
     """Read a :func:`~kc_utils.editing.sweep.summarise_sweep` table (``method``, ``layer``, ``n_edits`` and
-    ``<metric>_mean`` for the six metrics): per method, the best layer by reliability and its numbers, the
-    layers where it fails (reliability below ``works_at``), and which method leaks more on average."""
+    ``<metric>_mean`` for the six metrics): per method, the best layer by reliability and its numbers (when several
+    layers tie, where among them it generalises most and leaks least), the layers where it fails (reliability
+    below ``works_at``), and which method leaks more on average."""
     sentences = []
     leaks = {}
     for method, rows in summary.groupby("method", sort=False):
@@ -52,13 +63,20 @@ def describe_sweep(summary: pd.DataFrame, works_at: float = 0.5) -> str:
                 f"the highest, {_pct(best['reliability_mean'])}, at layer {int(best['layer'])}; {_edits(rows)})."
             )
             continue
-        text = (
-            f"{_name(method)} works best at layer {int(best['layer'])} (reliability {_pct(best['reliability_mean'])}, "
-            f"generalisation {_pct(best['generalisation_mean'])} on the other training templates and "
-            f"{_pct(best['generalisation_unseen_mean'])} on the unseen one; locality "
-            f"{_pct(best['locality_relation_mean'])} for other subjects and {_pct(best['locality_subject_mean'])} for "
-            f"the subject's other facts; leak {100 * best['leak_mean']:+.0f} points over {int(best['n_edits'])} edits)."
-        )
+        top = rows[rows["reliability_mean"] == best["reliability_mean"]]
+        if len(top) > 1:  # equally reliable at several layers: say where each of the others is best
+            general = top.loc[top["generalisation_mean"].idxmax()]
+            tight = top.loc[top["leak_mean"].idxmin()]
+            text = (
+                f"{_name(method)} is equally reliable ({_pct(best['reliability_mean'])}) at layers "
+                f"{_layers(top['layer'])}; among them it generalises most at layer {int(general['layer'])} "
+                f"({_pct(general['generalisation_mean'])} on the other training templates, "
+                f"{_pct(general['generalisation_unseen_mean'])} on the unseen one) and leaks least at layer "
+                f"{int(tight['layer'])} ({100 * tight['leak_mean']:+.0f} points, locality "
+                f"{_pct(tight['locality_relation_mean'])} for other subjects; {int(best['n_edits'])} edits)."
+            )
+        else:
+            text = _best_layer(method, best)
         if failing:
             text += f" It fails (reliability below {_pct(works_at)}) at layer{'s' if len(failing) > 1 else ''} " + (
                 ", ".join(str(int(x)) for x in failing) + "."
