@@ -222,6 +222,86 @@ def _c03_ftm_none(t: pd.DataFrame) -> str:
     return "FT-M with EasyEdit's defaults (lr 5e-4, 25 steps) changes no answer at any layer"
 
 
+def _by_layer(t: pd.DataFrame, method: str, column: str, layers: list[int] | None = None) -> str:
+    rows = t[t["method"] == method].sort_values("layer")
+    if layers is not None:
+        rows = rows[rows["layer"].isin(layers)]
+    return " / ".join(f"{v:.2f}" for v in rows[column])
+
+
+def _rome_working_smollm2(t: pd.DataFrame) -> list[int]:
+    rows = t[(t["method"] == "rome") & (t["reliability_mean"] >= 0.5)]
+    return sorted(int(x) for x in rows["layer"])
+
+
+def _c03_rome_smollm2(t: pd.DataFrame) -> str:
+    rome = t[t["method"] == "rome"].set_index("layer")["reliability_mean"]
+    working = _rome_working_smollm2(t)
+    failing = [int(x) for x in rome.index if x not in working]
+    assert len(set(rome[working])) == 1 and len(failing) == 1  # the sentence says "equally", one failing layer
+    return (
+        f"The authors' ROME is equally reliable at MLPs {', '.join(map(str, working[:-1]))} and {working[-1]} "
+        f"({_by_layer(t, 'rome', 'reliability_mean', working)}; {rome[failing[0]]:.2f} at {failing[0]})"
+    )
+
+
+def _c03_spread_smollm2(t: pd.DataFrame) -> str:
+    working = _rome_working_smollm2(t)
+    rows = t[(t["method"] == "rome") & t["layer"].isin(working)].sort_values("layer")
+    # the README says depth trades specificity for generalisation: both must grow with the layer
+    assert rows["leak_mean"].is_monotonic_increasing and rows["generalisation_mean"].is_monotonic_increasing
+    return (
+        "to the relation's other templates (unseen by the key) "
+        f"{_by_layer(t, 'rome', 'generalisation_mean', working)}, "
+        f"while the leak (other countries now answering the new language) grows "
+        f"{' / '.join(f'{100 * v:+.0f}' for v in rows['leak_mean'])} points"
+    )
+
+
+def _c03_location_smollm2(t: pd.DataFrame) -> str:
+    rome = t[(t["method"] == "rome") & (t["n_working"] > 0)]
+    subject, last = rome["undone_by_subject"].unique(), rome["undone_by_last"].unique()
+    assert len(subject) == 1 and len(last) == 1  # one number each over the working layers
+    return (
+        f"restoring the MLP's output at the subject undoes {subject[0]:.0%} of them, at the last position {last[0]:.0%}"
+    )
+
+
+def _c03_variant_smollm2(t: pd.DataFrame) -> str:
+    row = _row(t, method="rome-templates")
+    return (
+        f"The template-averaged variant at layer {row['layer']}: {row['reliability_mean']:.2f}, leak "
+        f"{100 * row['leak_mean']:+.0f} points"
+    )
+
+
+def _c03_scale_smollm2(t: pd.DataFrame) -> str:
+    default, authors = _row(t, departure="default"), _row(t, departure="authors' scale")
+    assert authors["reliability"] == default["reliability"] and authors["leak"] < default["leak"]
+    return (
+        f"edits as reliably ({authors['reliability']:.2f}) and leaks far less ({100 * authors['leak']:+.0f} against "
+        f"{100 * default['leak']:+.0f} points; other templates {authors['generalisation']:.2f} against "
+        f"{default['generalisation']:.2f})"
+    )
+
+
+def _c03_covariance_smollm2(t: pd.DataFrame) -> str:
+    row = _row(t, source="relations")
+    return (
+        f"cuts the leak to {100 * row['leak']:+.0f} points (ΔW cosine {row['update_cosine']:.2f} with the generated "
+        "C's)"
+    )
+
+
+def _c03_ftm_smollm2(t: pd.DataFrame) -> str:
+    last = t[t["method"] == "ft-m"].sort_values("layer").iloc[-1]
+    return (
+        f"FT-M (EasyEdit's settings): {_by_layer(t, 'ft-m', 'reliability_mean')}, other templates "
+        f"{_by_layer(t, 'ft-m', 'generalisation_mean')}; at layer {last['layer']} it writes the new language for "
+        f"every country (leak {100 * last['leak_mean']:+.0f} points)"
+    )
+
+
 def _c06_inconsistent(t: pd.DataFrame) -> str:
     return (
         f"{t['inconsistent_static'].mean():.0%} of facts are inconsistent over {t['relation'].nunique()} relations at "
@@ -342,6 +422,13 @@ CLAIMS = [
     Claim("04_hallucination", "04_kinds_adj_comparative_smollm2-135m.csv", _c04_present_smollm2),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_reliability),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_ftm_none),
+    Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_rome_smollm2),
+    Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_spread_smollm2),
+    Claim("03_knowledge_editing", "03_location_smollm2-135m.csv", _c03_location_smollm2),
+    Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_variant_smollm2),
+    Claim("03_knowledge_editing", "03_rome_departures_smollm2-135m.csv", _c03_scale_smollm2),
+    Claim("03_knowledge_editing", "03_covariance_smollm2-135m.csv", _c03_covariance_smollm2),
+    Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_ftm_smollm2),
     Claim("06_query_localization", "06_consistency_facts_kc-organism.csv", _c06_inconsistent),
     Claim("06_query_localization", "06_consistency_facts_smollm2-135m.csv", _c06_inconsistent_smollm2),
     Claim(
