@@ -562,6 +562,9 @@ def test_describe_case_and_leak_on_hand_made_tables() -> None:
         "is in their top circuit for 100% of the edits; for 5 subjects of the same edits that do not leak, 5%, in "
         "the top circuit for 50%."
     )
+    single = leak.assign(n=[4, 1], n_edits=[1, 1])
+    assert describe_leak_circuits(single, "m19").startswith("For the 4 subjects that leak (under 1 edit), the edited")
+    assert "; for 1 subject of the same edits that does not leak, 5%" in describe_leak_circuits(single, "m19")
     empty = summarise_leak_circuits(pd.DataFrame(columns=["group", "n", "share", "in_circuit"]))
     assert list(empty["n"]) == [0, 0]
     assert describe_leak_circuits(empty, "m0").startswith("No unrelated subject leaked")

@@ -156,6 +156,10 @@ def describe_case(case: pd.DataFrame) -> str:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def describe_leak_circuits(table: pd.DataFrame, node: str) -> str:
     """Read a :func:`~kc_utils.editing.sweep.summarise_leak_circuits` table (one row per ``group``
     ``leaking``/``not leaking`` with ``n``, ``n_edits``, ``share`` and ``in_circuit``) for the edited ``node``."""
@@ -164,14 +168,16 @@ def describe_leak_circuits(table: pd.DataFrame, node: str) -> str:
         return f"No unrelated subject leaked under these edits, so there is no leaking circuit to read through {node}."
     leak = rows.loc["leaking"]
     text = (
-        f"For the {int(leak['n'])} subjects that leak (under {int(leak['n_edits'])} edits), the edited {node} carries "
+        f"For the {_count(int(leak['n']), 'subject')} that leak (under {_count(int(leak['n_edits']), 'edit')}), the "
+        f"edited {node} carries "
         f"{_pct(leak['share'])} of their circuit's attribution and is in their top circuit for "
         f"{_pct(leak['in_circuit'])} of the edits"
     )
     if "not leaking" in rows.index and rows.loc["not leaking", "n"] > 0:
         other = rows.loc["not leaking"]
         text += (
-            f"; for {int(other['n'])} subjects of the same edits that do not leak, {_pct(other['share'])}, in the top "
+            f"; for {_count(int(other['n']), 'subject')} of the same edits that "
+            f"{'does' if int(other['n']) == 1 else 'do'} not leak, {_pct(other['share'])}, in the top "
             f"circuit for {_pct(other['in_circuit'])}"
         )
     return text + "."
