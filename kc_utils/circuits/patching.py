@@ -212,7 +212,7 @@ def run_masked(
         last_pos: ``[b]`` each prompt's last position: then only the logits there are computed, returned as
             ``[b, 1, vocab]`` (read them with :meth:`~kc_utils.data.prompts.PromptBatch.at_last_position`). The
             same values as the full pass's at those positions (tested), without unembedding every position: on
-            SmolLM2-135M (49,152 × 576) that is a fifth of a plain pass.
+            SmolLM2-135M (49,152 × 576) a circuit evaluation of 24 prompts runs about 10% faster (measured).
     """
     hooks = _MaskedRun(graph, ablated.to(tokens.device), keep).hooks()
     if last_pos is None:
