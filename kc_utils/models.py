@@ -192,8 +192,7 @@ def logits_at(
     The forward pass stops at the final norm's input and unembeds the chosen positions alone: the same logits as
     ``model(tokens)[rows, positions]`` (tested) without the ``b·p·vocab`` unembedding and its backward, which on a
     small model with a large vocabulary is a fifth of a pass's arithmetic (SmolLM2-135M: 49,152 × 576 per
-    position; measured: about 10% of a circuit evaluation's time). Gradients
-    flow as through a full pass.
+    position; measured: about 10% of a circuit evaluation's time). Gradients flow as through a full pass.
     """
 
     def stop(resid: torch.Tensor, hook: Any) -> None:
