@@ -300,6 +300,11 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
             logits = kc_models.run_with_hooks(model, batch.clean, [(kc_models.INPUT_HOOK, as_leaf)])
             (logit_diff(logits, batch).sum() / n).backward()
 
+    def forward_backward_unhooked() -> None:
+        """The same bridge pass with the per-head q/k/v inputs and head outputs switched off (what they cost)."""
+        with kc_models.without_edge_hooks(model):
+            forward_backward()
+
     def hf_forward() -> None:
         with torch.no_grad():
             hf(input_ids=batch.clean)
@@ -311,10 +316,12 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
             (logit_diff(hf(inputs_embeds=embeds).logits, batch).sum() / n).backward()
 
     def passes() -> dict[str, dict[str, float]]:
-        """Per-pass medians: bridge fwd (2 timed), bridge fwd/bwd (IG_STEPS timed), HF fwd (2), HF fwd/bwd (2)."""
+        """Per-pass medians: bridge fwd (2 timed), bridge fwd/bwd (IG_STEPS timed) and without edge hooks (2), HF fwd (2),
+        HF fwd/bwd (2)."""
         timings = {
             "fwd": [timed(forward) for _ in range(2)],
             "fb": [timed(forward_backward) for _ in range(IG_STEPS)],
+            "fb_unhooked": [timed(forward_backward_unhooked) for _ in range(2)],
             "hf_fwd": [timed(hf_forward) for _ in range(2)],
             "hf_fb": [timed(hf_forward_backward) for _ in range(2)],
         }
@@ -341,7 +348,7 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
     # warm-up: every code path once, EAP-IG first so that the peak RSS after it is its own (plus both models)
     eap_ig()
     res["rss_after_eap_ig_gb"] = peak_rss_gb()
-    forward(), forward_backward(), hf_forward(), hf_forward_backward(), eap()
+    forward(), forward_backward(), forward_backward_unhooked(), hf_forward(), hf_forward_backward(), eap()
     circuit = graph.copy().top_n(min(CIRCUIT_EDGES, graph.n_edges // 10))
     res["circuit_edges"] = circuit.n_edges_in_graph
     circuit_logits(model, circuit, batch, "patch")
@@ -505,6 +512,8 @@ RATIOS = {
     "eap_ig/hf": ("eap_ig", "hf_ig"),
     "fwd/hf_fwd": ("fwd", "hf_fwd"),
     "fb/hf_fb": ("fb", "hf_fb"),
+    "fb/fb_unhooked": ("fb", "fb_unhooked"),
+    "fb_unhooked/hf_fb": ("fb_unhooked", "hf_fb"),
     "circuit_logits/fwd": ("circuit_logits", "fwd_eval"),
     "masked_fwd/fwd": ("masked_fwd", "fwd_eval"),
     "corrupt_collect/fwd": ("corrupt_collect", "fwd_eval"),
@@ -607,9 +616,9 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "–" if x is None else format(x, spec)
 
 
-def pair(q: dict[str, float], spec: str = ".2f") -> str:
-    """A ratio's two estimates, each the median of per-repeat ratios: **CPU time** · wall clock."""
-    return f"**{q['cpu']:{spec}}** · {q['wall']:{spec}}"
+def pair(q: dict[str, float] | None, spec: str = ".2f") -> str:
+    """A ratio's two estimates, each the median of per-repeat ratios: **CPU time** · wall clock (– if not measured)."""
+    return "–" if q is None else f"**{q['cpu']:{spec}}** · {q['wall']:{spec}}"
 
 
 def secs(r: dict, key: str, spec: str = ".2f") -> str:
@@ -647,15 +656,17 @@ def attribution_tables(results: list[dict]) -> list[str]:
         "### The passes behind the references, and circuit evaluation",
         "",
         "| shape | bridge fwd s | HF fwd s | **bridge / HF fwd** | bridge fwd/bwd s | HF fwd/bwd s | **bridge / HF fwd/bwd** "
+        "| bridge fwd/bwd with / without edge hooks | bridge without edge hooks / HF fwd/bwd "
         "| circuit_logits s | **eval / fwd** | masked fwd / fwd | corrupt collect / fwd | peak RSS GB: loaded · "
         "after EAP-IG · at the end |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in shapes:
         q = r["ratio"]
         lines.append(
             f"| {label(r)} | {secs(r, 'fwd')} | {secs(r, 'hf_fwd')} | {pair(q['fwd/hf_fwd'])} | {secs(r, 'fb')} | "
-            f"{secs(r, 'hf_fb')} | {pair(q['fb/hf_fb'])} | {secs(r, 'circuit_logits')} | {pair(q['circuit_logits/fwd'])} | "
+            f"{secs(r, 'hf_fb')} | {pair(q['fb/hf_fb'])} | {pair(q.get('fb/fb_unhooked'))} | "
+            f"{pair(q.get('fb_unhooked/hf_fb'))} | {secs(r, 'circuit_logits')} | {pair(q['circuit_logits/fwd'])} | "
             f"{pair(q['masked_fwd/fwd'])} | {pair(q['corrupt_collect/fwd'])} | {fmt(r.get('rss_after_load_gb'))} · "
             f"{fmt(r.get('rss_after_eap_ig_gb'))} · {r['rss_kc_gb']:.2f} |"
         )
@@ -792,7 +803,9 @@ def write_report(results: list[dict], args: argparse.Namespace, seconds: float) 
             "(attention implementation "
             + ", ".join(f"{r['shape']} {r.get('hf_attention', '?')}" for r in shapes)
             + "), which computes neither per-head outputs nor split q/k/v inputs. Each reference is assembled "
-            "from per-pass medians measured in the same repeat.",
+            "from per-pass medians measured in the same repeat. *Without edge hooks* = the bridge forward/backward "
+            "with per-head outputs and split q/k/v inputs switched off (`models.without_edge_hooks`): what those "
+            "hooks cost a pass (– where a row predates this column).",
             "Evaluation: circuit = top "
             f"{CIRCUIT_EDGES} edges by |EAP score|, then pruned ("
             + ", ".join(f"{r['circuit_edges']} kept on {r['shape']}" for r in shapes)
