@@ -36,9 +36,9 @@ def counting_passes() -> Iterator[list[dict[str, float]]]:
     original = acdc_module.run_masked_stack
     calls: list[dict[str, float]] = []
 
-    def counted(model: Any, graph: Any, tokens: Any, ablated: Any, keeps: Any) -> Any:
+    def counted(model: Any, graph: Any, tokens: Any, ablated: Any, keeps: Any, *rest: Any, **options: Any) -> Any:
         wall, cpu = time.perf_counter(), time.process_time()
-        logits = original(model, graph, tokens, ablated, keeps)
+        logits = original(model, graph, tokens, ablated, keeps, *rest, **options)
         calls.append({"k": int(keeps.shape[0]), "wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu})
         return logits
 

@@ -224,3 +224,22 @@ def test_acdc_candidates_setting_follows_the_graph_size():
     for bad in (0, -1, 2.5, True, "all"):
         with pytest.raises(ValueError, match="acdc_candidates must be"):
             acdc_candidates_for(bad, 1000)
+
+
+def test_the_benchmarks_pass_counter_leaves_acdc_unchanged_and_counts_every_masked_pass(tiny_gpt2, country_batch_args):
+    """`make bench` wraps run_masked_stack to count ACDC's passes; the wrapper must pass every argument through."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from acdc_speed import counting_passes
+    finally:
+        sys.path.pop(0)
+    batch = make_batch(tiny_gpt2, *country_batch_args).select([0, 1, 2])
+    plain, plain_run = acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, 0.02, stack=2, progress=False)
+    with counting_passes() as calls:
+        counted, counted_run = acdc(tiny_gpt2, Graph.from_model(tiny_gpt2), batch, 0.02, stack=2, progress=False)
+    assert torch.equal(plain.in_graph, counted.in_graph) and torch.equal(plain.scores, counted.scores)
+    assert len(calls) == counted_run.passes + 1  # every trial pass and the full model's
+    assert {c["k"] for c in calls} <= {1, 2} and max(c["k"] for c in calls) == 2
