@@ -89,6 +89,22 @@ def test_large_circuits_are_not_called_small_and_little_wiring_gain_is_said():
     assert "The wiring adds little beyond the components here" in text
 
 
+def test_a_large_hit10_gain_says_the_wiring_matters_even_when_hit1_gains_little():
+    """SmolLM2's ACDC circuits: Hit@1 0.10 with the nodes at 0.00 (a gain under 0.1), but +0.26 Hit@10."""
+    table = _table()
+    for split in ("Dval", "Dtest"):
+        table[f"{split} hit@1 nodes"] = table[f"{split} hit@1 circuit"] - 0.05
+        table[f"{split} hit@10 nodes"] = table[f"{split} hit@10 circuit"] - 0.3
+    text = describe_table1(table)
+    assert "The circuit's wiring matters: against random circuits on its own nodes the circuit gains +0.30 Dtest" in (
+        text
+    )
+    assert "adds little" not in text
+    for split in ("Dval", "Dtest"):
+        table[f"{split} hit@10 nodes"] = table[f"{split} hit@10 circuit"] - 0.05
+    assert "The wiring adds little beyond the components here: " in describe_table1(table)
+
+
 def test_model_against_paper_sentence_is_computed_from_the_shape():
     from kc_utils.circuits.paper import describe_model_against_paper
     from kc_utils.shape import ModelShape
