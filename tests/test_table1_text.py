@@ -57,7 +57,9 @@ def test_description_states_what_the_table_says():
     assert "degenerate** in 2 of 3 relations" in text
     assert "phase (3 distinct answers)" in text
     assert "holds on Dtest for 2 of 3 relations (not for phase), with circuits of 2.0% of the edges." in text
-    assert "10.0 edges on average (range 10–10)" in text  # knee90 of the two relations that reach it
+    assert "on Dval: 10.0 edges on average (range 10–10); for 70%: 6.0 edges" in text  # knee90: the two that reach it
+    no_knee = _table().assign(knee90=np.nan)
+    assert "logit difference on Dval: never reached; for 70%: 6.0 edges" in describe_table1(no_knee)
     assert "circuit**" in text and "0.80 for the circuit" in text
     # Hit@1 other 0.10 against circuit (1.0 + 0.9 + 0.5) / 2 / 3 = 0.40: a quarter of it
     assert "(25% of it) — each relation needs much of its own circuit" in text

@@ -53,8 +53,8 @@ def describe_table1(table: pd.DataFrame) -> str:
     mean = rows.mean(numeric_only=True)
     parts = [
         f"Circuits keep **{mean['#edges']:.1f} edges** on average ({mean['% edges']:.2f}% of the graph). "
-        f"The smallest circuit that keeps 90% of the full model's logit difference on Dval has "
-        f"{_range(rows['knee90'])}; for 70%, {_range(rows['knee70'])}."
+        f"The smallest circuit that keeps 90% of the full model's logit difference on Dval: "
+        f"{_range(rows['knee90'])}; for 70%: {_range(rows['knee70'])}."
     ]
     parts.append(
         f"On Dtest, Hit@10 is {mean['Dtest hit@10 full']:.2f} for the full model and "
