@@ -24,8 +24,13 @@ OUT_ARG := $(if $(OUT_DIR),-p out_dir $(OUT_DIR),)
 # sweeps: a YAML grid file and/or command-line knobs (SWEEP_ARGS="-n 01 -g method=eap-ig,acdc")
 GRID ?=
 SWEEP_ARGS ?=
-# notebooks run two at a time (each on one CPU thread for the organism); JOBS=1 runs them in turn
+# notebooks run two at a time; JOBS=1 runs them in turn
 JOBS ?= 2
+# torch threads per notebook: the cores shared out among the JOBS notebooks (at least one), so that parallel
+# notebooks do not oversubscribe the CPU (two SmolLM2 notebooks of 2 threads each on 2 cores ran every pass 4x slower
+# than with 1 thread each); the organism runs on one thread whatever this says (kc_utils.notebook.start)
+CORES := $(shell nproc 2>/dev/null || echo 1)
+THREADS ?= $(shell t=$$(( $(CORES) / $(JOBS) )); [ $$t -ge 1 ] && echo $$t || echo 1)
 # seconds between the progress lines make reproduce prints (cells done per notebook)
 PROGRESS_EVERY ?= 5
 RUN_NOTEBOOKS := $(patsubst notebooks/%.ipynb,runs/%.ipynb,$(NOTEBOOKS))
@@ -63,8 +68,8 @@ sweep: install
 
 # one executed copy per notebook; notebook 02 reads the circuits notebook 01 saved
 runs/%.ipynb: notebooks/%.ipynb FORCE install
-	@echo "== $* (model_name=$(MODEL)); log: runs/$*.log"
-	@$(PY) -m kc_utils.execute $< $@ --cwd . -p model_name $(MODEL) $(PUBLISH_ARG) $(OUT_ARG) $(PAPERMILL_ARGS) \
+	@echo "== $* (model_name=$(MODEL), $(THREADS) thread(s)); log: runs/$*.log"
+	@OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) $(PY) -m kc_utils.execute $< $@ --cwd . -p model_name $(MODEL) $(PUBLISH_ARG) $(OUT_ARG) $(PAPERMILL_ARGS) \
 		> runs/$*.log 2>&1 & pid=$$!; last=; \
 	while kill -0 $$pid 2>/dev/null; do sleep $(PROGRESS_EVERY); \
 		now=$$(tr '\r' '\n' < runs/$*.log | sed -n 's/^Executing:.*| *\([0-9]*\/[0-9]*\) .*/\1/p' | tail -1); \
