@@ -25,7 +25,11 @@ def _threads_of_dry_run(*make_args: str) -> int:
     """The OMP_NUM_THREADS make would give the notebook's kernel (``make -n``, nothing runs)."""
     out = subprocess.run(
         ["make", "-n", "--no-print-directory", "-o", ".venv/.installed", NOTEBOOK, *make_args],
-        cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ, "MAKEFLAGS": ""},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MAKEFLAGS": ""},
     ).stdout
     found = re.findall(r"OMP_NUM_THREADS=(\S+) MKL_NUM_THREADS=(\S+) \S+ -m kc_utils.execute", out)
     assert len(found) == 1, out
