@@ -34,8 +34,11 @@ THREADS ?= $(shell t=$$(( $(CORES) / $(JOBS) )); [ $$t -ge 1 ] && echo $$t || ec
 # seconds between the progress lines make reproduce prints (cells done per notebook)
 PROGRESS_EVERY ?= 5
 RUN_NOTEBOOKS := $(patsubst notebooks/%.ipynb,runs/%.ipynb,$(NOTEBOOKS))
+# notebook 02 reads the circuits notebook 01 saved, so the two run in one slot, 02 straight after 01; left to
+# itself, make -j starts every other notebook before 02 and leaves 02 to run alone at the end (it did so on SmolLM2)
+CHAINED_NOTEBOOKS := $(filter runs/01_% runs/02_%,$(RUN_NOTEBOOKS))
 
-.PHONY: install reproduce publish sweep lab notebook-filter test lint test-unit test-notebooks bench clean FORCE
+.PHONY: install reproduce publish run-notebooks run-chained-notebooks sweep lab notebook-filter test lint test-unit test-notebooks bench clean FORCE
 
 install: $(VENV)/.installed
 
@@ -51,7 +54,7 @@ $(VENV)/.installed: pyproject.toml
 
 reproduce: install
 	@mkdir -p runs
-	@$(MAKE) --no-print-directory -j$(JOBS) $(RUN_NOTEBOOKS)
+	@$(MAKE) --no-print-directory -j$(JOBS) run-notebooks
 	$(if $(DEFAULT_RUN),@echo "== fresh tables of $(MODEL) against the references in figures/"; \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_reference_tables.py)
 
@@ -59,15 +62,22 @@ reproduce: install
 publish: install
 	$(if $(DEFAULT_RUN),,$(error make publish runs the default notebooks only: drop PAPERMILL_ARGS and OUT_DIR))
 	@mkdir -p runs
-	@$(MAKE) --no-print-directory -j$(JOBS) $(RUN_NOTEBOOKS) PUBLISH_ARG="-p publish True"
+	@$(MAKE) --no-print-directory -j$(JOBS) run-notebooks PUBLISH_ARG="-p publish True"
 	@git status --short figures/
 
 sweep: install
 	$(if $(strip $(GRID) $(SWEEP_ARGS)),,$(error make sweep needs GRID=<file.yaml> and/or SWEEP_ARGS="-n 01 -g knob=a,b"))
 	$(PY) -m kc_utils.sweep $(GRID) $(SWEEP_ARGS)
 
+# every notebook, JOBS at a time: the chained pair (01 then 02) takes one slot, the others the rest
+run-notebooks: run-chained-notebooks $(filter-out $(CHAINED_NOTEBOOKS),$(RUN_NOTEBOOKS))
+
+run-chained-notebooks: install
+	$(if $(CHAINED_NOTEBOOKS),@$(MAKE) --no-print-directory -j1 $(CHAINED_NOTEBOOKS))
+
 # one executed copy per notebook; notebook 02 reads the circuits notebook 01 saved
 runs/%.ipynb: notebooks/%.ipynb FORCE install
+	@mkdir -p runs
 	@echo "== $* (model_name=$(MODEL), $(THREADS) thread(s)); log: runs/$*.log"
 	@OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) $(PY) -m kc_utils.execute $< $@ --cwd . -p model_name $(MODEL) $(PUBLISH_ARG) $(OUT_ARG) $(PAPERMILL_ARGS) \
 		> runs/$*.log 2>&1 & pid=$$!; last=; \

@@ -54,3 +54,72 @@ def test_parallel_jobs_share_the_cores_and_never_get_zero_threads():
 
 def test_threads_can_be_set_by_hand():
     assert _threads_of_dry_run("JOBS=2", "THREADS=3") == 3
+
+
+# ----------------------------------------------------------------------------- the order notebooks run in
+FAKE_NOTEBOOK_RUN = """#!{python}
+# stands in for `python -m kc_utils.execute notebooks/X.ipynb runs/X.ipynb ...`: logs its start and end
+import os, sys, time
+name = os.path.basename(sys.argv[3])[:2]
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(f"start {{name}}\\n")
+time.sleep({{"01": 0.2, "02": 0.4, "03": 1.5}}.get(name, 0.2))
+with open(os.environ["FAKE_LOG"], "a") as log:
+    log.write(f"end {{name}}\\n")
+"""
+
+
+def _run_order(tmp_path: Path, jobs: int) -> list[str]:
+    """Events ('start 01', 'end 01', ...) of `make run-notebooks` with every notebook's run faked.
+
+    03 takes longest, 01 is short: the schedule make picks decides whether 02 follows 01 at once.
+    """
+    project = tmp_path / "project"
+    (project / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "Makefile", project / "Makefile")
+    for notebook in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        (project / "notebooks" / notebook.name).write_text("{}")
+    (project / "pyproject.toml").write_text("")
+    (project / ".venv").mkdir()
+    installed = project / ".venv" / ".installed"
+    installed.write_text("")
+    os.utime(installed, (2**31, 2**31))  # newer than pyproject.toml: nothing to install
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_NOTEBOOK_RUN.format(python=shutil.which("python3") or "/usr/bin/python3"))
+    fake.chmod(0o755)
+    log = tmp_path / "events.log"
+    subprocess.run(
+        ["make", "--no-print-directory", f"-j{jobs}", "run-notebooks", f"JOBS={jobs}", f"PY={fake}"]
+        + ["PROGRESS_EVERY=0.05"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "MAKEFLAGS": "", "FAKE_LOG": str(log)},
+    )
+    return log.read_text().split("\n")[:-1]
+
+
+def _most_at_once(events: list[str]) -> int:
+    running, most = 0, 0
+    for event in events:
+        running += 1 if event.startswith("start") else -1
+        most = max(most, running)
+    return most
+
+
+def test_notebook_02_starts_as_soon_as_01_is_done_and_jobs_bound_the_parallel_runs(tmp_path):
+    events = _run_order(tmp_path, jobs=2)
+    n_notebooks = len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    assert sorted(e for e in events if e.startswith("start")) == sorted({e for e in events if e.startswith("start")})
+    assert len(events) == 2 * n_notebooks, events
+    assert events.index("start 02") > events.index("end 01")
+    # the pair holds one slot and 03 the other, so no third notebook starts between 01's end and 02's start
+    assert events.index("start 02") == events.index("end 01") + 1, events
+    assert _most_at_once(events) == 2
+
+
+def test_one_job_runs_the_notebooks_in_turn(tmp_path):
+    events = _run_order(tmp_path, jobs=1)
+    assert _most_at_once(events) == 1
+    assert events.index("start 02") == events.index("end 01") + 1
