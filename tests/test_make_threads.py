@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def _run_order(tmp_path: Path, jobs: int) -> list[str]:
     installed.write_text("")
     os.utime(installed, (2**31, 2**31))  # newer than pyproject.toml: nothing to install
     fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_NOTEBOOK_RUN.format(python=shutil.which("python3") or "/usr/bin/python3"))
+    fake.write_text(FAKE_NOTEBOOK_RUN.format(python=sys.executable))
     fake.chmod(0o755)
     log = tmp_path / "events.log"
     subprocess.run(
