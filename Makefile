@@ -53,7 +53,6 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 reproduce: install
-	@mkdir -p runs
 	@$(MAKE) --no-print-directory -j$(JOBS) run-notebooks
 	$(if $(DEFAULT_RUN),@echo "== fresh tables of $(MODEL) against the references in figures/"; \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_reference_tables.py)
@@ -61,7 +60,6 @@ reproduce: install
 # refresh the reference tables: the default run of every notebook on MODEL, writing figures/*_$(MODEL).csv
 publish: install
 	$(if $(DEFAULT_RUN),,$(error make publish runs the default notebooks only: drop PAPERMILL_ARGS and OUT_DIR))
-	@mkdir -p runs
 	@$(MAKE) --no-print-directory -j$(JOBS) run-notebooks PUBLISH_ARG="-p publish True"
 	@git status --short figures/
 
@@ -73,7 +71,7 @@ sweep: install
 run-notebooks: run-chained-notebooks $(filter-out $(CHAINED_NOTEBOOKS),$(RUN_NOTEBOOKS))
 
 run-chained-notebooks: install
-	$(if $(CHAINED_NOTEBOOKS),@$(MAKE) --no-print-directory -j1 $(CHAINED_NOTEBOOKS))
+	$(if $(CHAINED_NOTEBOOKS),@$(MAKE) --no-print-directory $(CHAINED_NOTEBOOKS))
 
 # one executed copy per notebook; notebook 02 reads the circuits notebook 01 saved
 runs/%.ipynb: notebooks/%.ipynb FORCE install

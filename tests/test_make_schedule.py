@@ -1,8 +1,10 @@
-"""`make reproduce` shares the CPU cores out among the notebooks it runs at once (``JOBS``).
+"""How `make reproduce` (and `make publish`) schedule the notebooks: threads per notebook and their order.
 
 Two SmolLM2 notebooks of two torch threads each on two cores made every pass about 4x slower than one
 thread each (measured 2026-12-06: 19.8 s against 5.0 s per forward/backward), so each notebook's kernel
-gets ``OMP_NUM_THREADS`` = cores // JOBS, at least one. Checked on make's dry run of one notebook.
+gets ``OMP_NUM_THREADS`` = cores // JOBS, at least one (checked on make's dry run of one notebook). And
+notebook 02, which reads 01's circuits, runs straight after 01 in the same slot (checked with faked
+notebook runs that log their start and end).
 """
 
 from __future__ import annotations
