@@ -1,0 +1,152 @@
+"""The residual decomposition check: the residual stream is the sum of the graph's node outputs, or the model
+is refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from kc_utils.models.core import (
+    LOGITS_INPUT_HOOK,
+    ModelLoadError,
+    head_result_hook,
+    hf_model,
+    mlp_in_hook,
+    mlp_out_hook,
+    model_device,
+    model_dtype,
+    model_shape,
+    resid_post_hook,
+    run_with_cache,
+    tokenize,
+)
+
+# ----------------------------------------------------------------------------- residual decomposition
+#: Prompts the decomposition check runs; any text works, two of them show a remainder is input-independent.
+DECOMPOSITION_PROBES = ("The capital of France is", "Water freezes at a temperature of zero degrees")
+
+
+class DecompositionError(ModelLoadError):
+    """A model's residual stream is not the sum of its graph's node outputs, so its edges would mean nothing."""
+
+
+@dataclass(frozen=True)
+class DecompositionCheck:
+    """How far one block departs from ``out = in + Σ_heads result + b_O + mlp_out`` on the probe prompts.
+
+    Attributes:
+        block: the block's index.
+        where: ``"block output"``, ``"MLP input"`` (the residual stream the MLP reads) or ``"next block input"``.
+        mismatch: largest absolute input-dependent remainder (anything that is not a constant vector like ``b_O``).
+        scale: largest absolute value of the residual stream there, for a relative reading.
+    """
+
+    block: int
+    where: str
+    mismatch: float
+    scale: float
+
+    @property
+    def relative(self) -> float:
+        """``mismatch / scale``."""
+        return self.mismatch / max(self.scale, 1e-12)
+
+
+def decomposition_tolerance(dtype: torch.dtype) -> float:
+    """Largest relative remainder accepted as rounding: 1e-4 in float32/float64, 5e-2 in 16-bit types."""
+    return 5e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
+
+
+def residual_decomposition(model: Any, prompts: Sequence[str] = DECOMPOSITION_PROBES) -> list[DecompositionCheck]:
+    """Measure, block by block, whether the residual stream is the sum of the graph's node outputs.
+
+    The graph assumes that block ``L`` adds exactly its heads' results, an input-independent constant
+    (the attention output bias ``b_O``) and its MLP output to the residual stream, that MLP ``L`` reads the
+    stream after its own heads (before them when attention and MLP run in parallel), and that the next block
+    and the unembedding read what the block wrote. A post-norm on a block's attention or MLP output
+    (Gemma 2/3), or any other path outside the hooks, shows up as an input-dependent remainder.
+
+    Returns:
+        One :class:`DecompositionCheck` per block and place (``3 · n_layers`` rows).
+    """
+    shape = model_shape(model)
+    names: list[str] = [LOGITS_INPUT_HOOK]
+    for layer in range(shape.n_layers):
+        names += [
+            f"blocks.{layer}.hook_in",
+            resid_post_hook(layer),
+            head_result_hook(layer),
+            mlp_out_hook(layer),
+            mlp_in_hook(layer),
+        ]
+    rows = tokenize(model, prompts)
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model_device(model))
+    real = torch.tensor([[i < len(r) for i in range(width)] for r in rows], device=tokens.device)
+    with torch.no_grad():  # one padded batch: attention is causal, so the real positions are exact
+        cache = run_with_cache(model, tokens, names)[1]
+
+    def remainder_spread(parts: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> float:
+        rests = parts(cache)[real].double()
+        return float((rests - rests[:1]).abs().max())
+
+    def largest(name: str) -> float:
+        return float(cache[name][real].abs().max())
+
+    checks: list[DecompositionCheck] = []
+    for layer in range(shape.n_layers):
+        block_in, block_out = f"blocks.{layer}.hook_in", resid_post_hook(layer)
+        heads, mlp, mlp_in = head_result_hook(layer), mlp_out_hook(layer), mlp_in_hook(layer)
+        checks.append(
+            DecompositionCheck(
+                layer,
+                "block output",
+                remainder_spread(lambda c: c[block_out] - c[block_in] - c[heads].sum(2) - c[mlp]),
+                largest(block_out),
+            )
+        )
+        if shape.parallel_attn_mlp:
+            reads = lambda c: c[mlp_in] - c[block_in]
+        else:
+            reads = lambda c: c[mlp_in] - c[block_in] - c[heads].sum(2)
+        checks.append(DecompositionCheck(layer, "MLP input", remainder_spread(reads), largest(mlp_in)))
+        following = f"blocks.{layer + 1}.hook_in" if layer + 1 < shape.n_layers else LOGITS_INPUT_HOOK
+        checks.append(
+            DecompositionCheck(
+                layer, "next block input", remainder_spread(lambda c: c[following] - c[block_out]), largest(block_out)
+            )
+        )
+    return checks
+
+
+def check_residual_decomposition(model: Any, name: str = "this model") -> list[DecompositionCheck]:
+    """Refuse a model whose blocks do not decompose into the graph's nodes (see :func:`residual_decomposition`).
+
+    Returns:
+        The checks, when every one is within :func:`decomposition_tolerance` of the model's dtype.
+
+    Raises:
+        DecompositionError: naming the first failing block, where it fails, the size of the mismatch, and
+            why edges would be meaningless.
+    """
+    checks = residual_decomposition(model)
+    tolerance = decomposition_tolerance(model_dtype(model))
+    failing = [c for c in checks if c.relative > tolerance]
+    if failing:
+        first = failing[0]
+        architecture = type(hf_model(model)).__name__
+        raise DecompositionError(
+            f"{name} ({architecture}) cannot be decomposed into the computation graph: at block {first.block}, "
+            f"the {first.where} differs from the sum of its node outputs by {first.mismatch:.3g} on a scale of "
+            f"{first.scale:.3g} (relative {first.relative:.2g}, tolerance {tolerance:.0e}); {len(failing)} of "
+            f"{len(checks)} checks fail. The graph assumes each block adds exactly its head results, b_O and its "
+            "MLP output to the residual stream; here something else (for example a norm applied to the attention "
+            "or MLP output before it is added, as in Gemma 2 and 3) transforms them, so an edge's score or its "
+            "ablation would not mean what it says. Use a model without such norms (GPT-2, Llama, Mistral, Qwen "
+            "families), or load with check_decomposition=False only to inspect it, never to find circuits."
+        )
+    return checks

