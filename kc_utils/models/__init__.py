@@ -46,7 +46,6 @@ from kc_utils.models.core import (
     PREPEND_BOS_ATTRIBUTE,
     SOURCE_ATTRIBUTE,
     HookFn,
-    ModelLoadError,
     attn_pattern_hook,
     bos_token_id,
     continuation_first_token,
@@ -59,6 +58,7 @@ from kc_utils.models.core import (
     mlp_out_hook,
     model_device,
     model_dtype,
+    model_family,
     model_shape,
     model_source,
     qkv_input_hook,
@@ -73,10 +73,14 @@ from kc_utils.models.decomposition import (
     DECOMPOSITION_PROBES,
     DecompositionCheck,
     DecompositionError,
+    check_edge_points,
     check_residual_decomposition,
     decomposition_tolerance,
+    edge_point_round_trip,
     residual_decomposition,
 )
+from kc_utils.models.edge_points import EdgeRoutes, PostNorm, edge_routes, plan_routes, route
+from kc_utils.models.errors import ModelLoadError, UnsupportedFamilyError
 from kc_utils.models.loading import (
     ORGANISM_NAME,
     SHORT_NAMES,
@@ -106,6 +110,15 @@ from kc_utils.models.weights import (
 from kc_utils.shape import ModelShape
 
 __all__ = [
+    "check_edge_points",
+    "edge_point_round_trip",
+    "EdgeRoutes",
+    "PostNorm",
+    "UnsupportedFamilyError",
+    "edge_routes",
+    "model_family",
+    "plan_routes",
+    "route",
     "ModelShape",
     "DECOMPOSITION_PROBES",
     "DecompositionCheck",

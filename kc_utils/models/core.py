@@ -13,13 +13,10 @@ from typing import Any
 
 import torch
 
+from kc_utils.models.edge_points import route
 from kc_utils.shape import ModelShape
 
 HookFn = Callable[[torch.Tensor, Any], torch.Tensor | None]
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says why and what to do instead."""
 
 
 def model_shape(model: Any) -> ModelShape:
@@ -35,6 +32,11 @@ def model_device(model: Any) -> torch.device:
 def model_dtype(model: Any) -> torch.dtype:
     """The floating dtype of the model's weights."""
     return next(model.parameters()).dtype
+
+
+def model_family(model: Any) -> str:
+    """The checkpoint's ``model_type`` (``"gpt2"``, ``"gemma3_text"`` …): the family a booted model belongs to."""
+    return str(getattr(hf_model(model).config, "model_type", type(hf_model(model)).__name__))
 
 
 def hf_model(model: Any) -> torch.nn.Module:
@@ -96,9 +98,11 @@ def hooks(
 ) -> Iterator[Any]:
     """Context manager that attaches forward/backward hooks and removes them on exit.
 
-    A forward hook receives ``(activation, hook)`` and may return a replacement activation.
+    A forward hook receives ``(activation, hook)`` and may return a replacement activation. Logical edge points
+    that a family's bridge does not serve itself (post-norm head shares, per-head results or q/k/v inputs it does
+    not split, the MLP input of a one-norm parallel block) are routed by :func:`kc_utils.models.edge_points.route`.
     """
-    with model.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
+    with model.hooks(fwd_hooks=route(model, fwd_hooks), bwd_hooks=list(bwd_hooks)):
         yield model
 
 
@@ -125,8 +129,15 @@ def run_with_cache(
 
 
 def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
-    """Final norm + unembedding of a residual stream ``[..., d]`` → logits ``[..., vocab]``."""
-    return model.unembed(model.ln_final(resid))
+    """Final norm + unembedding of a residual stream ``[..., d]`` → logits ``[..., vocab]``.
+
+    The family's own transform of the logits comes last, as in the model's forward pass: Gemma 2's final softcap,
+    Cohere's logit scale, Granite's logit scaling (the logits node holds them; ``model(tokens)`` applies them, and a
+    lens or a last-position pass must too — tested on each family against the full pass).
+    """
+    logits = model.unembed(model.ln_final(resid))
+    transform = getattr(getattr(model, "adapter", None), "apply_output_logits_transform", None)
+    return transform(logits) if callable(transform) else logits
 
 
 class _FinalResidual(Exception):

@@ -11,18 +11,22 @@ import torch
 
 from kc_utils.models.core import (
     LOGITS_INPUT_HOOK,
-    ModelLoadError,
     head_result_hook,
     hf_model,
+    logits_at,
     mlp_in_hook,
     mlp_out_hook,
     model_device,
     model_dtype,
+    model_family,
     model_shape,
+    qkv_input_hook,
     resid_post_hook,
     run_with_cache,
+    run_with_hooks,
     tokenize,
 )
+from kc_utils.models.errors import ModelLoadError
 
 # ----------------------------------------------------------------------------- residual decomposition
 #: Prompts the decomposition check runs; any text works, two of them show a remainder is input-independent.
@@ -150,3 +154,57 @@ def check_residual_decomposition(model: Any, name: str = "this model") -> list[D
             "families), or load with check_decomposition=False only to inspect it, never to find circuits."
         )
     return checks
+
+
+def edge_point_round_trip(model: Any, prompts: Sequence[str] = DECOMPOSITION_PROBES) -> dict[str, float]:
+    """How far the model's logits move when every logical edge point is hooked with a copy of what it reads.
+
+    A hook that returns a copy makes every route of :mod:`kc_utils.models.edge_points` compute its point and hand
+    the result back (post-norm shares summed, per-head results summed with ``b_O``, q/k/v and MLP inputs through the
+    block's norm and projections), so the logits match the unhooked model's only if each route reproduces what the
+    model computes. Also compares the logits at each prompt's last position from :func:`logits_at` (the final norm,
+    the unembedding and the family's logit transform on one position) with the full pass.
+
+    Returns:
+        ``{"routed hooks": relative max difference, "last position": relative max difference}``.
+    """
+    shape = model_shape(model)
+    names = [LOGITS_INPUT_HOOK]
+    for layer in range(shape.n_layers):
+        names += [head_result_hook(layer), mlp_out_hook(layer), mlp_in_hook(layer)]
+        names += [qkv_input_hook(layer, letter) for letter in "qkv"]
+    rows = tokenize(model, prompts)
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model_device(model))
+    last = torch.tensor([len(r) - 1 for r in rows], device=tokens.device)
+    order = torch.arange(len(rows), device=tokens.device)
+    with torch.no_grad():
+        plain = model(tokens)
+        copied = run_with_hooks(model, tokens, [(name, lambda act, hook: act.clone()) for name in names])
+        at_last = logits_at(model, tokens, order, last)
+    scale = float(plain.abs().max())
+    return {
+        "routed hooks": float((copied - plain).abs().max()) / max(scale, 1e-12),
+        "last position": float((at_last - plain[order, last]).abs().max()) / max(scale, 1e-12),
+    }
+
+
+def check_edge_points(model: Any, name: str = "this model") -> dict[str, float]:
+    """Refuse a model whose routed edge points or last-position logits do not reproduce its own forward pass.
+
+    Raises:
+        DecompositionError: naming the family, which check failed and by how much.
+    """
+    found = edge_point_round_trip(model)
+    tolerance = decomposition_tolerance(model_dtype(model))
+    failing = {what: value for what, value in found.items() if value > tolerance}
+    if failing:
+        what, value = next(iter(failing.items()))
+        raise DecompositionError(
+            f"{name} ({model_family(model)}): with every edge point hooked, the {what} logits differ from the "
+            f"model's own by {value:.2g} relative (tolerance {tolerance:.0e}): the edge hooks of this family do not "
+            "reproduce its forward pass, so edges would not mean what they say. Use a family listed as exact in the "
+            "family matrix (docs/families.md), or load with check_decomposition=False only to inspect the model."
+        )
+    return found

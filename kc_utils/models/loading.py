@@ -14,8 +14,10 @@ from typing import Any
 import torch
 
 from kc_utils import gguf
-from kc_utils.models.core import PREPEND_BOS_ATTRIBUTE, SOURCE_ATTRIBUTE, ModelLoadError
-from kc_utils.models.decomposition import check_residual_decomposition
+from kc_utils.models.core import PREPEND_BOS_ATTRIBUTE, SOURCE_ATTRIBUTE, model_family
+from kc_utils.models.decomposition import check_edge_points, check_residual_decomposition
+from kc_utils.models.edge_points import plan_routes
+from kc_utils.models.errors import ModelLoadError, UnsupportedFamilyError
 from kc_utils.organism.paths import WEIGHTS_DIR as ORGANISM_DIR
 
 ORGANISM_NAME = "kc-organism"
@@ -200,18 +202,52 @@ def load_model(
             logging.getLogger("transformers").setLevel(logging.ERROR)
             boot = {"device": torch_device} if device_map is None else _placement(source, device_map, max_memory)
             model = TransformerBridge.boot_transformers(str(source), dtype=dtype, **boot)
+    except ModelLoadError:
+        raise
+    except Exception as error:  # the bridge's own reason, named with the family  # noqa: BLE001
+        family = _declared_family(source)
+        raise ModelLoadError(
+            f"TransformerLens 4's bridge cannot load {name!r} (family {family!r}): {type(error).__name__}: {error}. "
+            f"Edges need the bridge; use a family it loads (see the family matrix in the docs: gpt2, llama, "
+            "mistral, qwen2/3, gemma 1-3, olmo, olmo2, phi3, gpt_neox, gptj ...), or update transformer-lens."
+        ) from error
     finally:
         if previous_offline is None:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = previous_offline
-    configure_for_patching(model)
+    family = model_family(model)
+    try:
+        configure_for_patching(model, family)
+    except UnsupportedFamilyError as error:
+        raise UnsupportedFamilyError(
+            f"{name!r} cannot be read as a computation graph: {error}. Edges would not mean what they say. Use a "
+            "family listed as exact in the family matrix (docs/families.md), or load with check_decomposition=False "
+            "only to inspect the model, never to find circuits."
+        ) from error
+    except Exception as error:  # a bridge that breaks on its own edge hooks  # noqa: BLE001
+        raise ModelLoadError(
+            f"{name!r} (family {family!r}): switching on the edge hooks failed inside TransformerLens 4's bridge "
+            f"({type(error).__name__}: {error}). This family cannot be read as a computation graph here; use a "
+            "family listed as exact in the family matrix (docs/families.md)."
+        ) from error
     setattr(model, SOURCE_ATTRIBUTE, str(source))
     if resolved.prepend_bos is not None:
         setattr(model, PREPEND_BOS_ATTRIBUTE, resolved.prepend_bos)
     if check_decomposition:
+        check_edge_points(model, name=name)
         check_residual_decomposition(model, name=name)
     return model
+
+
+def _declared_family(source: str | Path) -> str:
+    """The ``model_type`` a checkpoint folder's config declares (``"unknown"`` when it cannot be read)."""
+    try:
+        from transformers import AutoConfig
+
+        return str(AutoConfig.from_pretrained(str(source)).model_type)
+    except Exception:  # only for a message  # noqa: BLE001
+        return "unknown"
 
 
 def _placement(
@@ -236,13 +272,18 @@ def _placement(
     return {"device_map": placed}
 
 
-def configure_for_patching(model: Any) -> Any:
-    """Switch a booted bridge to raw-weight compatibility mode with every hook edges need."""
+def configure_for_patching(model: Any, family: str | None = None) -> Any:
+    """Switch a booted bridge to raw-weight compatibility mode with every hook edges need.
+
+    The bridge's per-head results, split q/k/v inputs and MLP-input hook are switched on where the family's bridge
+    serves them; what it does not serve is routed (:func:`kc_utils.models.edge_points.plan_routes`).
+
+    Raises:
+        UnsupportedFamilyError: a family for which some edge point can be neither served nor routed.
+    """
     model.enable_compatibility_mode(disable_warnings=True, no_processing=True)
-    model.set_use_attn_result(True)
-    model.set_use_split_qkv_input(True)
-    model.set_use_hook_mlp_in(True)
     model.eval()
+    plan_routes(model, family or model_family(model))
     if model.tokenizer is not None:
         model.tokenizer.padding_side = "right"
         if model.tokenizer.pad_token_id is None:
