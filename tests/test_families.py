@@ -118,10 +118,10 @@ def test_exact_family_full_empty_and_node_ablations(folders, loaded, family, bat
 
     no_mlp1 = graph.real_edges.clone()
     no_mlp1[graph.mlp_upstream_index(1)] = False
-    mlp_module = model.blocks[1].mlp.original_component
-    if any(m is model.blocks[1].attn.original_component for m in mlp_module.modules()):
-        mlp_module = model.blocks[1].mlp.out.original_component  # OPT: the MLP is fc1/fc2 inside the layer itself
-    mlp = _module_name(model, mlp_module)
+    # the MLP's output projection where it has one (OPT's MLP is fc1/fc2 inside the layer; MPT's MLP module adds the
+    # residual to its own output), else the whole MLP module (mixtures of experts)
+    out = getattr(model.blocks[1].mlp, "out", None)
+    mlp = _module_name(model, out.original_component if out is not None else model.blocks[1].mlp.original_component)
     expected = _replaced_run(plain, mlp, batch.clean, batch.corrupt)
     assert (expected - clean_plain).abs().max() > 1e-3  # the ablation does something
     torch.testing.assert_close(
@@ -161,7 +161,7 @@ def test_refused_family_says_why(folders, family):
     with pytest.raises(models.ModelLoadError) as refused:
         models.load_model(str(folders[family]), device="cpu")
     message = str(refused.value)
-    assert family in message and reason in message
+    assert (FAMILY_MATRIX[family].model_type or family) in message and reason in message
 
 
 def test_the_matrix_names_every_family_tried():

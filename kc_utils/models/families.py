@@ -30,12 +30,14 @@ class FamilyRow:
         exact: whether the edge engine reads it exactly.
         routes: what :mod:`kc_utils.models.edge_points` routes for it (:meth:`EdgeRoutes.describe`); empty if refused.
         reason: why it is refused (a phrase of the load error); empty if exact.
+        model_type: the checkpoint's ``model_type`` when the row is a variant of a family (empty: the row's key).
     """
 
     examples: str
     exact: bool
     routes: str = ""
     reason: str = ""
+    model_type: str = ""
 
 
 FAMILY_MATRIX: dict[str, FamilyRow] = {
@@ -68,6 +70,37 @@ FAMILY_MATRIX: dict[str, FamilyRow] = {
         False,
         reason="the bridge never fires the MLP-input hook (hook_mlp_in)",
     ),
+    # beyond the issue's list: variants and other families people bring
+    "gpt_neox_sequential": FamilyRow("GPT-NeoX without the parallel residual", True, NATIVE, model_type="gpt_neox"),
+    "llama_biases": FamilyRow("Llama-style with attention and MLP biases", True, NATIVE, model_type="llama"),
+    "gemma3_text_softcap": FamilyRow(
+        "Gemma 3 with one key/value head, a query scalar, a 4-token window and a final softcap",
+        True,
+        POST_NORM,
+        model_type="gemma3_text",
+    ),
+    "gpt_bigcode": FamilyRow("StarCoder 1, SantaCoder (multi-query)", True, NATIVE),
+    "mpt": FamilyRow("MPT 7B (ALiBi)", True, "q/k/v inputs split per head at the projections"),
+    "nemotron": FamilyRow("Nemotron (LayerNorm1P)", True, NATIVE),
+    "olmoe": FamilyRow("OLMoE (mixture of experts: one MLP node)", True, NATIVE),
+    "qwen3_moe": FamilyRow("Qwen3-MoE (mixture of experts: one MLP node)", True, NATIVE),
+    "exaone4": FamilyRow("EXAONE 4 (post-norms)", True, POST_NORM),
+    "glm": FamilyRow("GLM-4 (chat)", True, NATIVE),
+    "codegen": FamilyRow(
+        "CodeGen", False, reason="switching on the edge hooks failed inside TransformerLens 4's bridge"
+    ),
+    "falcon_new_architecture": FamilyRow(
+        "Falcon 40B/180B (new decoder architecture, grouped key/value heads)",
+        False,
+        reason="TransformerLens 4's bridge cannot load",
+        model_type="falcon",
+    ),
+    "deepseek_v3": FamilyRow(
+        "DeepSeek-V3 (multi-head latent attention)",
+        False,
+        reason="the bridge does not split the query/key/value inputs per head",
+    ),
+    "mamba": FamilyRow("Mamba (state-space, no attention)", False, reason="has no attention bridge"),
 }
 
 
@@ -76,5 +109,7 @@ def family_table() -> str:
     lines = ["| family (`model_type`) | models | edges | how, or why not |", "|---|---|---|---|"]
     for family, row in FAMILY_MATRIX.items():
         verdict = "exact" if row.exact else "refused"
-        lines.append(f"| `{family}` | {row.examples} | {verdict} | {row.routes or row.reason} |")
+        variant = family.removeprefix(f"{row.model_type}_").replace("_", " ")
+        name = f"`{family}`" if not row.model_type else f"`{row.model_type}` ({variant})"
+        lines.append(f"| {name} | {row.examples} | {verdict} | {row.routes or row.reason} |")
     return "\n".join(lines)
