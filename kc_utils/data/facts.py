@@ -253,20 +253,15 @@ def build_circuit_dataset(
     n_val_eff = half if n_val is None else min(n_val, half)
     rest = len(order) - n_val_eff
     n_test_eff = rest if n_test is None else min(n_test, rest)
-    if n_val is not None and n_val_eff < n_val:
-        warnings.warn(
-            f"{relation.key}: n_val={n_val} asked, but the model knows {len(order)} of the facts; Dval takes at "
-            f"most half of them ({half}) so that Dtest has facts. Pass n_val<={half} (or None) to choose.",
-            DefaultChoiceWarning,
-            stacklevel=2,
-        )
-    if n_test is not None and n_test_eff < n_test:
-        warnings.warn(
-            f"{relation.key}: n_test={n_test} asked, but only {rest} known facts are left after Dval; Dtest "
-            f"holds {rest}. Pass n_test<={rest} (or None) to choose.",
-            DefaultChoiceWarning,
-            stacklevel=2,
-        )
+    cuts = [
+        (n_val, n_val_eff, f"the model knows {len(order)} of the facts; Dval takes at most half of them ({half}) so "
+         "that Dtest has facts"),
+        (n_test, n_test_eff, f"only {rest} known facts are left after Dval; Dtest holds {rest}"),
+    ]  # fmt: skip
+    for (asked, kept, why), knob in zip(cuts, ("n_val", "n_test")):
+        if asked is not None and kept < asked:
+            message = f"{relation.key}: {knob}={asked} asked, but {why}. Pass {knob}<={kept} (or None) to choose."
+            warnings.warn(message, DefaultChoiceWarning, stacklevel=2)
     val_facts, test_facts = order[:n_val_eff], order[n_val_eff : n_val_eff + n_test_eff]
     neither = order[n_val_eff + n_test_eff :]
     val = pair_corrupt(model, template, val_facts, val_facts + neither, seed)
