@@ -198,6 +198,9 @@ def test_explore_draws_the_widget(tiny_gpt2):
     widget = found.explore()
     slider = widget.children[0].children[1]
     assert slider.value == max(found.n_edges, slider.min)
+    # without initial_edges, the explorer starts at a found circuit's size (kc_utils.circuit_explorer: lazy import)
+    plain = kc_utils.circuit_explorer({"tiny": found.graph}).children[0].children[1]
+    assert plain.value == slider.value
 
 
 def test_every_exported_function_has_parameters_returns_and_an_example():
