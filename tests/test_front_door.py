@@ -145,7 +145,10 @@ def test_auto_budget_on_a_large_graph_says_it_keeps_a_fixed_count(tiny_gpt2, mon
     data = build_circuit_dataset(tiny_gpt2, Relation.from_facts(PAIRS, TEMPLATE), None, None, top_k=1000)
     monkeypatch.setattr(relation_module, "KNEE_MAX_EDGES", 10)
     monkeypatch.setattr(relation_module, "LARGE_GRAPH_BUDGET", 30)
-    with pytest.warns(DefaultChoiceWarning, match="n_edges='auto' keeps a fixed 30 edges.*n_edges='knee'"):
+    with pytest.warns(
+        DefaultChoiceWarning,
+        match="budget 'auto' \\(n_edges=, or find_circuit's budget=\\) keeps a fixed 30 edges.*'knee'",
+    ):
         found = find_relation_circuit(tiny_gpt2, data, n_edges="auto", n_random=0, evaluate=False)
     assert found.budget == "30" and found.n_edges <= 30
 

@@ -417,9 +417,9 @@ def find_relation_circuit(
         resolved = "knee" if scored.n_edges <= KNEE_MAX_EDGES else LARGE_GRAPH_BUDGET
         if resolved != "knee":
             warnings.warn(
-                f"{dataset.relation}: n_edges='auto' keeps a fixed {LARGE_GRAPH_BUDGET} edges, since this graph has "
-                f"{scored.n_edges} edges (> {KNEE_MAX_EDGES}), where the knee search costs a masked pass per size. "
-                "Pass n_edges='knee' or a count to choose.",
+                f"{dataset.relation}: the budget 'auto' (n_edges=, or find_circuit's budget=) keeps a fixed "
+                f"{LARGE_GRAPH_BUDGET} edges, since this graph has {scored.n_edges} edges (> {KNEE_MAX_EDGES}), where "
+                "the knee search costs a masked pass per size. Pass 'knee' or a count to choose.",
                 DefaultChoiceWarning,
                 stacklevel=2,
             )
