@@ -64,8 +64,11 @@ def test_from_facts_names_the_bad_fact_or_template(facts, templates, message):
         Relation.from_facts(facts, templates, name="bad")
 
 
-def test_relations_docstring_example_runs():
+def test_docstring_examples_run():
+    import kc_utils.find
+
     assert doctest.testmod(relations_module).failed == 0
+    assert doctest.testmod(kc_utils.find).failed == 0
 
 
 # ---------------------------------------------------------------------------------------------- cheap refusals
