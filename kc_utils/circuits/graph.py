@@ -379,7 +379,7 @@ class Graph:
 
         ``provenance`` records how the circuit was made — model, method, ablation, metric,
         ig_steps, budget, relation, number of prompts, seed, package version — as set by
-        :func:`kc_utils.circuits.table1.find_relation_circuit` (or by hand).
+        :func:`kc_utils.circuits.relation.find_relation_circuit` (or by hand).
         """
         data = {
             "format": "kc_utils.graph/1",

@@ -35,12 +35,14 @@ from kc_utils.circuits.graph import CircuitError, Graph
 __all__ = [
     "MEASURES",
     "circuit_nodes",
+    "node_overlap",
     "overlap_scores",
     "overlap_table",
     "paired_overlaps",
     "random_circuits",
     "random_overlaps",
     "set_overlap",
+    "shared_nodes",
     "summarise_overlaps",
 ]
 
@@ -51,6 +53,24 @@ MEASURES = ("node_overlap", "node_jaccard", "edge_overlap", "edge_jaccard")
 def circuit_nodes(graph: Graph) -> set[str]:
     """Heads and MLPs of the circuit (``input`` and ``logits`` left out)."""
     return {n for n in graph.nodes_in_graph() if n not in ("input", "logits")}
+
+
+def node_overlap(graphs: Mapping[str, Graph]) -> pd.DataFrame:
+    """Jaccard overlap of the circuits' node sets (:func:`circuit_nodes`), every pair, as a square table."""
+    sets = {key: circuit_nodes(graph) for key, graph in graphs.items()}
+    keys = list(graphs)
+    matrix = [[len(sets[a] & sets[b]) / max(1, len(sets[a] | sets[b])) for b in keys] for a in keys]
+    return pd.DataFrame(matrix, index=keys, columns=keys)
+
+
+def shared_nodes(graphs: Mapping[str, Graph]) -> pd.Series:
+    """For each head/MLP, in how many of the circuits it appears (most shared first)."""
+    counts: dict[str, int] = {}
+    for graph in graphs.values():
+        for node in graph.nodes_in_graph():
+            if node not in ("input", "logits"):
+                counts[node] = counts.get(node, 0) + 1
+    return pd.Series(counts, name="relations").sort_values(ascending=False, kind="stable")
 
 
 def set_overlap(n_shared: int, n_a: int, n_b: int) -> tuple[float, float]:

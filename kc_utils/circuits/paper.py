@@ -2,7 +2,7 @@
 
 Source: Yao et al. 2024, *Knowledge Circuits in Pretrained Transformers*, Table 1 (GPT-2 medium,
 Hit@10; circuits found with ACDC; the authors' Dtest is scored against the Dval labels, see
-:mod:`kc_utils.circuits.table1`). Transcribed in ``../shared/PAPERS.md``.
+:mod:`kc_utils.circuits.relation`). Transcribed in ``../shared/PAPERS.md``.
 """
 
 from __future__ import annotations

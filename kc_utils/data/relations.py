@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +98,78 @@ class Relation:
     def __len__(self) -> int:
         return len(self.samples)
 
+    @classmethod
+    def from_facts(
+        cls,
+        facts: Mapping[str, str] | Iterable[tuple[str, str] | Sample],
+        templates: str | Sequence[str],
+        name: str = "my facts",
+        *,
+        relation_type: str = "user",
+        domain_name: str = "subject",
+        range_name: str = "object",
+        symmetric: bool = False,
+    ) -> Relation:
+        """A relation from facts in memory, validated like a relation file.
+
+        Parameters
+        ----------
+        facts
+            ``(subject, object)`` pairs, :class:`Sample` objects, or a ``{subject: object}`` mapping, in the
+            order they should keep. Each subject once; no leading or trailing whitespace.
+        templates
+            One prompt template or several, each with exactly one ``{}`` where the subject goes; the answer
+            follows after a space (``"The capital of {} is"``). Circuit finding uses the first.
+        name
+            The relation's name; its key (:attr:`key`) names saved files and table rows.
+        relation_type, domain_name, range_name, symmetric
+            The LRE file's ``properties``; only labels here (the Table-1 ``type`` column and nothing else).
+
+        Returns
+        -------
+        Relation
+            With :attr:`path` ``None``.
+
+        Raises
+        ------
+        RelationFileError
+            A fact that is not a pair of non-empty strings, a subject given twice, a template without exactly
+            one ``{}``, or no facts — the message names the fact or template and the fix.
+
+        Examples
+        --------
+        >>> rel = Relation.from_facts([("France", "Paris"), ("Japan", "Tokyo")], "The capital of {} is",
+        ...                           name="capital")
+        >>> rel.key, len(rel), rel.prompts()[1]
+        ('capital', 2, 'The capital of Japan is')
+        """
+        label = f"Relation.from_facts(name={name!r})"
+        if isinstance(templates, str):
+            templates = [templates]
+        pairs = list(facts.items()) if isinstance(facts, Mapping) else list(facts)
+        samples = []
+        for i, fact in enumerate(pairs):
+            if isinstance(fact, Sample):
+                fact = (fact.subject, fact.object)
+            if isinstance(fact, (str, bytes)) or not isinstance(fact, (tuple, list)) or len(fact) != 2:
+                raise RelationFileError(
+                    f"{label}: fact {i} is {fact!r}; give each fact as a (subject, object) pair, "
+                    "e.g. ('France', 'Paris')."
+                )
+            samples.append({"subject": fact[0], "object": fact[1]})
+        data = {
+            "name": name,
+            "prompt_templates": list(templates),
+            "properties": {
+                "relation_type": relation_type,
+                "domain_name": domain_name,
+                "range_name": range_name,
+                "symmetric": symmetric,
+            },
+            "samples": samples,
+        }
+        return _parse(label, data)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Finding files
@@ -153,7 +225,7 @@ def _resolve(name_or_path: str | Path) -> Path:
 # Validation
 
 
-def _check_escapes(path: Path, where: str, value: str) -> None:
+def _check_escapes(path: Path | str, where: str, value: str) -> None:
     """Reject literally escaped unicode (the 6 characters ``\\u00ed``) left in a decoded string."""
     match = _ESCAPED_UNICODE.search(value)
     if match is None:
@@ -166,7 +238,7 @@ def _check_escapes(path: Path, where: str, value: str) -> None:
     )
 
 
-def _require(path: Path, data: dict[str, Any], key: str, kind: type, what: str, where: str = "") -> Any:
+def _require(path: Path | str, data: dict[str, Any], key: str, kind: type, what: str, where: str = "") -> Any:
     if key not in data:
         raise RelationFileError(f"{path}: missing required key {where}{key!r} ({what}); add it.")
     value = data[key]
@@ -176,7 +248,7 @@ def _require(path: Path, data: dict[str, Any], key: str, kind: type, what: str, 
     return value
 
 
-def _templates(path: Path, data: dict[str, Any], key: str, required: bool) -> tuple[str, ...]:
+def _templates(path: Path | str, data: dict[str, Any], key: str, required: bool) -> tuple[str, ...]:
     if key not in data and not required:
         return ()
     templates = _require(path, data, key, list, "a list of strings, each with exactly one '{}'")
@@ -195,7 +267,7 @@ def _templates(path: Path, data: dict[str, Any], key: str, required: bool) -> tu
     return tuple(templates)
 
 
-def _samples(path: Path, data: dict[str, Any]) -> tuple[Sample, ...]:
+def _samples(path: Path | str, data: dict[str, Any]) -> tuple[Sample, ...]:
     raw = _require(path, data, "samples", list, 'a list of {"subject": ..., "object": ...} objects')
     if not raw:
         raise RelationFileError(f"{path}: 'samples' is empty; a relation needs at least one sample.")
@@ -235,7 +307,7 @@ def _samples(path: Path, data: dict[str, Any]) -> tuple[Sample, ...]:
     return tuple(samples)
 
 
-def _parse(path: Path, data: Any) -> Relation:
+def _parse(path: Path | str, data: Any) -> Relation:
     if not isinstance(data, dict):
         raise RelationFileError(f"{path}: the top level must be a JSON object, got {type(data).__name__}.")
     name = _require(path, data, "name", str, 'a non-empty string, e.g. "country capital city"')
@@ -258,7 +330,7 @@ def _parse(path: Path, data: Any) -> Relation:
         range_name=strings["range_name"],
         symmetric=symmetric,
         samples=_samples(path, data),
-        path=path,
+        path=path if isinstance(path, Path) else None,
     )
 
 

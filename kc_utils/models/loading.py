@@ -152,6 +152,7 @@ def load_model(
     check_decomposition: bool = True,
     device_map: str | dict[str, int | str] | None = None,
     max_memory: dict[int | str, int | str] | None = None,
+    prepend_bos: bool | None = None,
 ) -> Any:
     """Boot a model through ``TransformerBridge`` and configure it for edge patching.
 
@@ -168,6 +169,10 @@ def load_model(
             balanced, within ``max_memory``) or a map of placement units to devices
             (:mod:`kc_utils.placement`); ``device`` is then ignored. Tested on CPU only (see the README).
         max_memory: per-device budgets for ``device_map="auto"`` (``{0: "20GiB", 1: "20GiB"}``).
+        prepend_bos: whether every prompt starts with the tokenizer's BOS token. ``None`` (default) keeps the
+            model's own choice: a shipped GGUF model's measured one (:class:`~kc_utils.gguf.PackagedModel`), a
+            GGUF file's ``tokenizer.ggml.add_bos_token``, else BOS whenever the tokenizer has one. ``True`` on a
+            tokenizer without a BOS token is an error.
 
     Returns:
         A ``TransformerBridge`` in compatibility mode with raw weights, per-head results,
@@ -179,6 +184,8 @@ def load_model(
             hub model that is neither cached nor downloadable (no network) — within seconds, with what to do
             instead — or a model whose blocks do not decompose into the graph's nodes.
     """
+    if prepend_bos is not None and not isinstance(prepend_bos, bool):
+        raise ModelLoadError(f"prepend_bos must be True, False or None (the model's own choice), got {prepend_bos!r}")
     resolved = resolve_model(name)
     source = resolved.location
     torch_device = resolve_device(device)
@@ -232,8 +239,13 @@ def load_model(
             "family listed as exact in the family matrix (docs/families.md)."
         ) from error
     setattr(model, SOURCE_ATTRIBUTE, str(source))
-    if resolved.prepend_bos is not None:
-        setattr(model, PREPEND_BOS_ATTRIBUTE, resolved.prepend_bos)
+    bos_choice = resolved.prepend_bos if prepend_bos is None else prepend_bos
+    if bos_choice and getattr(model.tokenizer, "bos_token_id", None) is None:
+        raise ModelLoadError(
+            f"prepend_bos=True, but the tokenizer of {name!r} has no BOS token; pass prepend_bos=False or None"
+        )
+    if bos_choice is not None:
+        setattr(model, PREPEND_BOS_ATTRIBUTE, bos_choice)
     if check_decomposition:
         check_edge_points(model, name=name)
         check_residual_decomposition(model, name=name)

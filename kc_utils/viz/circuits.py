@@ -174,14 +174,33 @@ def smallest_drawable_budget(graphs: Sequence[Graph], upper: int) -> int:
     return next((n for n in range(1, upper) if all(draws(g, n) for g in drawable)), upper) if drawable else upper
 
 
-def circuit_explorer(graphs: dict[str, Graph], initial_edges: int) -> Any:
+def circuit_explorer(graphs: dict[str, Graph], initial_edges: int | None = None) -> Any:
     """ipywidgets: a relation dropdown and an edge-count slider that redraw the circuit live.
 
-    ``graphs`` hold scored graphs (``graph.scores`` set); the slider re-selects the top ``n``.
+    Parameters
+    ----------
+    graphs
+        Relation → a graph with scores: a found circuit (``RelationCircuit.graph``) or every edge's scores
+        (``RelationCircuit.scored``) — the slider re-selects the top ``n`` edges by score either way.
+    initial_edges
+        Where the slider starts; ``None``: the first graph's circuit size when it holds a selected circuit,
+        else 40 edges.
+
+    Returns
+    -------
+    ipywidgets.VBox
+        The dropdown, the slider and the figure.
+
+    Examples
+    --------
+    >>> circuit_explorer({"capital": result.graph})  # doctest: +SKIP
     """
     import ipywidgets as widgets
 
     first = next(iter(graphs.values()))
+    if initial_edges is None:
+        selected = not bool((first.in_graph == first.real_edges).all())
+        initial_edges = first.n_edges_in_graph if selected else min(40, first.n_edges)
     dropdown = widgets.Dropdown(options=list(graphs), description="relation")
     largest = min(first.n_edges, max(50, 4 * initial_edges))
     smallest = smallest_drawable_budget(list(graphs.values()), largest)
