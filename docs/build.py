@@ -3,7 +3,8 @@
 MkDocs reads one folder, ``build/docs/`` (ignored by git), which this script fills from what the project
 already holds, so nothing tracked is written and no text exists twice:
 
-1. every file of ``docs/`` except this script (the hand-written pages, ``docs/findings/*.md`` and images);
+1. every file of ``docs/`` except its scripts (the hand-written pages, ``docs/findings/*.md`` and images), and the
+   README as the home page (``index.md``) with its findings table as the notebooks' index;
 2. one page per notebook, ``notebooks/<name>.ipynb``: the **executed copy** ``runs/<name>.ipynb`` that
    ``make reproduce`` writes (never the stripped notebook in ``notebooks/``, which holds no outputs), with the
    notebook's findings (``docs/findings/<name>.md``) and a line saying which model ran it put before its
@@ -167,12 +168,12 @@ def notebook_page(name: str, executed: Path, findings: str) -> tuple[dict, int]:
     source_link = f"{REPO_URL}/blob/main/notebooks/{name}.ipynb"
     intro = (
         f"{findings.rstrip()}\n\n"
-        f"!!! note \"This page\"\n"
+        f'!!! note "This page"\n'
         f"    The executed copy `runs/{name}.ipynb` of [`notebooks/{name}.ipynb`]({source_link}), run on "
         f"**{html.escape(model)}** ({when}) by `make reproduce`; {n_figures} interactive figure(s). "
         f"Widget explorers need a live kernel: open the notebook in JupyterLab (`make lab`).\n"
     )
-    notebook["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": intro})
+    notebook["cells"].insert(0, {"cell_type": "markdown", "id": "kc-findings", "metadata": {}, "source": intro})
     return notebook, n_figures
 
 
@@ -208,8 +209,17 @@ def build(runs: Path = ROOT / "runs", out: Path = ROOT / "build" / "docs") -> di
         text = rewrite_links((ROOT / source).read_text(encoding="utf-8"), ROOT / source, Path(page))
         (out / page).parent.mkdir(parents=True, exist_ok=True)
         (out / page).write_text(text, encoding="utf-8")
-    figures: dict[str, int] = {}
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (out / "index.md").write_text(rewrite_links(readme, ROOT / "README.md", Path("index.md")), encoding="utf-8")
+    glance = "## Findings at a glance"
+    if glance not in readme:
+        raise DocsBuildError(f"README.md has no section {glance!r} (the notebooks' index page)")
+    table = glance + readme.split(glance, 1)[1].split("\n## ", 1)[0]
     (out / "notebooks").mkdir(exist_ok=True)
+    (out / "notebooks" / "index.md").write_text(
+        "# Notebooks\n\n" + rewrite_links(table, ROOT / "README.md", Path("notebooks/index.md")), encoding="utf-8"
+    )
+    figures: dict[str, int] = {}
     for name in names:
         findings = (DOCS / "findings" / f"{name}.md").read_text(encoding="utf-8")
         findings = rewrite_links(findings, DOCS / "findings" / f"{name}.md", Path("notebooks") / f"{name}.ipynb")

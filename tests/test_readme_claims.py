@@ -451,7 +451,6 @@ CLAIMS = [
 ]
 
 
-
 # ------------------------------------------------------------------------------------------ the README table
 def _r01_organism(t: pd.DataFrame) -> str:
     r = _row(t, relation="average")
@@ -489,7 +488,8 @@ def _r02_organism(t: pd.DataFrame) -> str:
 def _r02_smollm2(t: pd.DataFrame) -> str:
     a = _movers_ablation(t)
     relation_heads = t[(t["group"] == "relation heads") & (t["test"] == "ablation") & (t["n_heads"] > 0)]
-    assert len(relation_heads) and ((relation_heads["top1_group"] - relation_heads["top1_random_mean"]).abs() <= 0.1).all()
+    gap = (relation_heads["top1_group"] - relation_heads["top1_random_mean"]).abs()
+    assert len(relation_heads) and (gap <= 0.1).all()
     return (
         f"movers ablated together leave accuracy {a['top1_group'].min():.2f}–{a['top1_group'].max():.2f} against "
         f"{a['top1_random_mean'].min():.2f}–{a['top1_random_mean'].max():.2f} for random sets; relation heads look "
@@ -556,8 +556,8 @@ def _r05_organism_heads(t: pd.DataFrame) -> str:
     new = t[t["head_set"] == "new in the k-shot circuit"]
     attention = t[t["head_set"] == "most attention to demonstrations"]
     return (
-        f"new circuit heads cost {(new['original'] - new['ablated']).max():.0f} points, demonstration-attending heads up "
-        f"to {(attention['original'] - attention['ablated']).max():.0f}"
+        f"new circuit heads cost {(new['original'] - new['ablated']).max():.0f} points, "
+        f"demonstration-attending heads up to {(attention['original'] - attention['ablated']).max():.0f}"
     )
 
 
@@ -596,7 +596,8 @@ def _r07_gap(t: pd.DataFrame) -> str:
 def _r07_organism_overlap(t: pd.DataFrame) -> str:
     for pair in ("first hop vs two-hop", "second hop vs two-hop"):
         r = _row(t, pair=pair)
-        assert r["node_overlap_unrelated_max"] >= r["node_overlap"] and r["edge_overlap_unrelated_max"] >= r["edge_overlap"]
+        assert r["node_overlap_unrelated_max"] >= r["node_overlap"]
+        assert r["edge_overlap_unrelated_max"] >= r["edge_overlap"]
     return "unrelated circuits overlap the two-hop circuit as much as the hops do"
 
 
@@ -693,7 +694,8 @@ def _numbers(text: str) -> list[str]:
 def test_the_findings_say_what_the_versioned_table_says(claim):
     words = claim.words(pd.read_csv(FIGURES / claim.table))
     model = model_of(claim.table)
-    assert words in findings(claim.notebook, model), f"docs/findings/{claim.notebook}.md ({model}) should say: {words!r}"
+    where = f"docs/findings/{claim.notebook}.md ({model})"
+    assert words in findings(claim.notebook, model), f"{where} should say: {words!r}"
 
 
 @pytest.mark.parametrize("notebook", FULLY_CHECKED)
@@ -704,14 +706,15 @@ def test_every_number_of_a_fully_checked_finding_is_claimed(notebook):
         if c.notebook == notebook and model_of(c.table) == "kc-organism"
     )
     for number in _numbers(findings(notebook, "kc-organism")):
-        assert number in claimed or number in KNOB_NUMBERS, f"{notebook}: the number {number} is not in any checked claim"
+        assert number in claimed or number in KNOB_NUMBERS, f"{notebook}: {number} is not in any checked claim"
 
 
 @pytest.mark.parametrize("claim", README_CLAIMS, ids=lambda c: f"{c.notebook}:{model_of(c.table)}:{c.words.__name__}")
 def test_the_readme_table_says_what_the_versioned_table_says(claim):
     words = claim.words(pd.read_csv(FIGURES / claim.table))
     model = model_of(claim.table)
-    assert words in readme_cell(claim.notebook, model), f"the README cell ({claim.notebook}, {model}) should say: {words!r}"
+    where = f"the README cell ({claim.notebook}, {model})"
+    assert words in readme_cell(claim.notebook, model), f"{where} should say: {words!r}"
 
 
 def test_every_number_of_the_readme_table_is_claimed():

@@ -1,0 +1,41 @@
+"""The README's Python example runs on the organism and prints what its comment says."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_example() -> str:
+    """The README's one Python block (under "A circuit for your own facts")."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 1, f"the README has {len(blocks)} Python blocks"
+    return blocks[0]
+
+
+def test_the_readme_example_is_short_and_in_the_first_screen():
+    code = readme_example()
+    assert len(code.strip().splitlines()) <= 11
+    first_lines = "\n".join((ROOT / "README.md").read_text(encoding="utf-8").splitlines()[:60])
+    assert "```python" in first_lines and "make reproduce" in first_lines and "![" in first_lines
+    ast.parse(code)
+
+
+def test_the_readme_example_runs_on_the_organism(tmp_path):
+    env = {**os.environ, "PLOTLY_RENDERER": "json", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", readme_example()], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = re.search(r"\{'hit@1': ([\d.]+), 'logit_diff': ([\d.]+)\}", done.stdout)
+    assert printed, done.stdout[-2000:]
+    hit1, logit_diff = map(float, printed.groups())
+    promised = re.search(r"\{'hit@1': ([\d.]+), 'logit_diff': ([\d.]+)\.\.\.\}", readme_example())
+    # the comment's numbers, the logit difference within 0.01 (another CPU rounds float32 differently)
+    assert hit1 == float(promised.group(1)) and abs(logit_diff - float(promised.group(2))) < 0.01
