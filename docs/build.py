@@ -163,14 +163,22 @@ def notebook_page(name: str, executed: Path, findings: str) -> tuple[dict, int]:
             if PLOTLY_MIME in data:
                 output["data"] = {"text/html": _plotly_html(data[PLOTLY_MIME])}
                 n_figures += 1
-    when = datetime.fromtimestamp(executed.stat().st_mtime, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    run = notebook.get("metadata", {}).get("papermill", {})
+    if not run.get("end_time") or run.get("exception"):
+        state = "failed" if run.get("exception") else "did not finish (it may still be running)"
+        raise DocsBuildError(
+            f"runs/{name}.ipynb {state}: its page needs a complete run; see runs/{name}.log and rerun make reproduce"
+        )
+    when = datetime.fromisoformat(run["end_time"]).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    minutes, seconds = divmod(round(run.get("duration") or 0), 60)
     model = _model_of(notebook)
     source_link = f"{REPO_URL}/blob/main/notebooks/{name}.ipynb"
     intro = (
         f"{findings.rstrip()}\n\n"
         f'!!! note "This page"\n'
         f"    The executed copy `runs/{name}.ipynb` of [`notebooks/{name}.ipynb`]({source_link}), run on "
-        f"**{html.escape(model)}** ({when}) by `make reproduce`; {n_figures} interactive figure(s). "
+        f"**{html.escape(model)}** (finished {when}, {minutes} min {seconds} s) by `make reproduce`; {n_figures} "
+        "interactive figure(s). "
         f"Widget explorers need a live kernel: open the notebook in JupyterLab (`make lab`).\n"
     )
     notebook["cells"].insert(0, {"cell_type": "markdown", "id": "kc-findings", "metadata": {}, "source": intro})

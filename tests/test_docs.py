@@ -107,3 +107,14 @@ def test_links_to_the_repository_become_github_addresses_and_findings_their_note
 def test_plotly_json_cannot_close_its_script_tag():
     html = builder._plotly_html({"data": [{"name": "</script><b>"}], "layout": {}})
     assert html.count("</script>") == 1 and re.search(r"<\\/script>", html)
+
+
+def test_an_unfinished_or_failed_run_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for name in NOTEBOOKS:
+        finished = None if name == NOTEBOOKS[-1] else "2026-12-06T23:18:23+00:00"
+        notebook = {"cells": [], "metadata": {"papermill": {"end_time": finished, "exception": None}}}
+        (runs / f"{name}.ipynb").write_text(json.dumps(notebook))
+    with pytest.raises(builder.DocsBuildError, match=rf"runs/{NOTEBOOKS[-1]}.ipynb did not finish"):
+        builder.build(runs, tmp_path / "out")
