@@ -65,7 +65,8 @@ def test_every_internal_link_resolves():
             url = urlparse(link)
             if url.scheme or url.netloc or link.startswith(("#", "mailto:", "data:")):
                 continue
-            target = (page.parent / unquote(url.path)).resolve()
+            base = SITE if url.path.startswith("/") else page.parent  # 404.html links from the site's root
+            target = (base / unquote(url.path).lstrip("/")).resolve()
             if target.is_dir():
                 target = target / "index.html"
             if not target.exists():
