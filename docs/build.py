@@ -121,7 +121,8 @@ def rewrite_links(text: str, source: Path, page: Path) -> str:
         if inside_docs is not None:
             new = Path(*[".."] * (len(page.parts) - 1), inside_docs).as_posix()
         else:
-            mapped = {Path(s): Path(p) for s, p in COPIED_PAGES.items()}.get(resolved.relative_to(ROOT))
+            pages = {**COPIED_PAGES, "README.md": "index.md"}
+            mapped = {Path(s): Path(p) for s, p in pages.items()}.get(resolved.relative_to(ROOT))
             if mapped is not None:
                 new = Path(*[".."] * (len(page.parts) - 1), mapped).as_posix()
             else:

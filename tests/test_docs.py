@@ -98,14 +98,14 @@ def test_links_to_the_repository_become_github_addresses_and_findings_their_note
     source = ROOT / "docs" / "getting-started.md"
     text = builder.rewrite_links(
         "[a](../kc_utils/models.py) [b](concepts.md#x) [c](findings/01_knowledge_circuits.md) [d](https://x.org/y) "
-        "[e](../benchmarks/README.md)",
+        "[e](../benchmarks/README.md) [f](../README.md#findings-at-a-glance)",
         source,
         Path("getting-started.md"),
     )
     assert f"[a]({builder.REPO_URL}/blob/main/kc_utils/models.py)" in text
     assert "[b](concepts.md#x)" in text and "[d](https://x.org/y)" in text
     assert "[c](notebooks/01_knowledge_circuits.ipynb)" in text
-    assert "[e](performance/benchmarks.md)" in text
+    assert "[e](performance/benchmarks.md)" in text and "[f](index.md#findings-at-a-glance)" in text
 
 
 def test_plotly_json_cannot_close_its_script_tag():
