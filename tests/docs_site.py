@@ -38,6 +38,8 @@ class BuiltSite:
     figures: dict[str, int]  # plotly figures per notebook page, as the page sources hold them
     output: str  # what mkdocs printed
     seconds: float  # the build's wall time, both steps
+    status_before: str | None  # `git status --porcelain` before and after the build (None outside a git checkout)
+    status_after: str | None
 
 
 def require_executed_notebooks() -> None:
@@ -54,8 +56,16 @@ def require_executed_notebooks() -> None:
         pytest.skip(reason)
 
 
+def _git_status() -> str | None:
+    if not (ROOT / ".git").exists():
+        return None
+    command = ["git", "status", "--porcelain", "--untracked-files=all"]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
 @functools.lru_cache(maxsize=1)
 def _build() -> BuiltSite:
+    before = _git_status()
     start = time.perf_counter()
     figures = load_builder().build(RUNS, ROOT / "build" / "docs")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
@@ -69,7 +79,7 @@ def _build() -> BuiltSite:
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, f"mkdocs build --strict failed:\n{output[-4000:]}"
-    return BuiltSite(figures, output, time.perf_counter() - start)
+    return BuiltSite(figures, output, time.perf_counter() - start, before, _git_status())
 
 
 def built_site() -> BuiltSite:
