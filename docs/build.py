@@ -7,8 +7,8 @@ already holds, so nothing tracked is written and no text exists twice:
    README as the home page (``index.md``) with its findings table as the notebooks' index;
 2. one page per notebook, ``notebooks/<name>.ipynb``: the **executed copy** ``runs/<name>.ipynb`` that
    ``make reproduce`` writes (never the stripped notebook in ``notebooks/``, which holds no outputs), with the
-   notebook's findings (``docs/findings/<name>.md``) and a line saying which model ran it put before its
-   first cell. Every plotly output becomes a ``<div class="kc-plotly">`` holding the figure's JSON, which
+   notebook's findings (``docs/findings/<name>.md``) and a line saying which model ran it put after its
+   title cell. Every plotly output becomes a ``<div class="kc-plotly">`` holding the figure's JSON, which
    ``docs/js/plotly-figures.js`` draws with the ``plotly.min.js`` of the installed plotly (copied here), so
    the figures are interactive and need no network;
 3. the model card of the organism (``kc_utils/organism/README.md``), the benchmark reports
@@ -176,13 +176,15 @@ def notebook_page(name: str, executed: Path, findings: str) -> tuple[dict, int]:
     source_link = f"{REPO_URL}/blob/main/notebooks/{name}.ipynb"
     intro = (
         f"{findings.rstrip()}\n\n"
-        f'!!! note "This page"\n'
-        f"    The executed copy `runs/{name}.ipynb` of [`notebooks/{name}.ipynb`]({source_link}), run on "
+        f"> **This page** holds the executed copy `runs/{name}.ipynb` of [`notebooks/{name}.ipynb`]({source_link}), "
+        "run on "
         f"**{html.escape(model)}** (finished {when}, {minutes} min {seconds} s) by `make reproduce`; {n_figures} "
         "interactive figure(s). "
         f"Widget explorers need a live kernel: open the notebook in JupyterLab (`make lab`).\n"
     )
-    notebook["cells"].insert(0, {"cell_type": "markdown", "id": "kc-findings", "metadata": {}, "source": intro})
+    # after the notebook's title cell, so that the page opens with its title, then its findings
+    at = 1 if notebook["cells"] and notebook["cells"][0]["cell_type"] == "markdown" else 0
+    notebook["cells"].insert(at, {"cell_type": "markdown", "id": "kc-findings", "metadata": {}, "source": intro})
     return notebook, n_figures
 
 
