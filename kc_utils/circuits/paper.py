@@ -2,7 +2,7 @@
 
 Source: Yao et al. 2024, *Knowledge Circuits in Pretrained Transformers*, Table 1 (GPT-2 medium,
 Hit@10; circuits found with ACDC; the authors' Dtest is scored against the Dval labels, see
-:mod:`kc_utils.circuits.relation`). Transcribed in ``../shared/PAPERS.md``.
+:mod:`kc_utils.circuits.relation`), arXiv:2405.17969, transcribed from the paper's Table 1.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class PaperModel:
     n_edges: int
 
 
-#: GPT-2 medium as the paper's graph counts it (~232k edges, ``../shared/PAPERS.md``).
+#: GPT-2 medium as the paper's graph counts it (~232k edges; Yao et al. 2024, arXiv:2405.17969).
 PAPER_MODEL = PaperModel("GPT-2 medium", n_layers=24, n_heads=16, d_model=1024, n_edges=232_000)
 
 
