@@ -237,3 +237,13 @@ def test_the_docs_page_prints_the_matrix():
     page = (Path(__file__).resolve().parents[1] / "docs" / "families.md").read_text()
     printed = page.split("<!-- family-table:start -->\n")[1].split("\n<!-- family-table:end -->")[0]
     assert printed == family_table(), "docs/families.md is stale: paste kc_utils.models.families.family_table()"
+
+
+def test_the_readme_prints_the_matrix_summary():
+    from pathlib import Path
+
+    from kc_utils.models.families import family_summary
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    printed = readme.split("<!-- families:start -->\n")[1].split("\n<!-- families:end -->")[0]
+    assert printed == family_summary(), "README.md is stale: paste kc_utils.models.families.family_summary()"

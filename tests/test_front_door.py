@@ -218,7 +218,7 @@ def test_every_exported_function_has_parameters_returns_and_an_example():
 
 
 def test_the_worked_example_runs_on_the_organism(tmp_path):
-    """docs/your-model-and-facts.md's example, as the docs show it."""
+    """docs/your-model.md's example, as the docs show it."""
     spec = importlib.util.spec_from_file_location("your_facts", ROOT / "docs" / "examples" / "your_facts.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -229,5 +229,5 @@ def test_the_worked_example_runs_on_the_organism(tmp_path):
     assert table.loc[0, "Dtest hit@10 circuit"] >= 0.5 and found.faithfulness["test"] > 0.5
     assert FoundCircuit.load(tmp_path / "capital.kc.json").n_edges == found.n_edges
     assert from_eap_ig_json(tmp_path / "capital.eap-ig.json").n_edges_in_graph == found.n_edges
-    page = (ROOT / "docs" / "your-model-and-facts.md").read_text()
+    page = (ROOT / "docs" / "your-model.md").read_text()
     assert "docs/examples/your_facts.py" in page

@@ -1,4 +1,4 @@
-"""The worked example of docs/your-model-and-facts.md: a circuit for 20 facts you type.
+"""The worked example of docs/your-model.md: a circuit for 20 facts you type.
 
 Run it as ``python docs/examples/your_facts.py`` (the organism, seconds) or
 ``python docs/examples/your_facts.py smollm2-135m`` (a real model, minutes on a laptop CPU).

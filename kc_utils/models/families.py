@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["FAMILY_MATRIX", "FamilyRow", "family_table"]
+__all__ = ["FAMILY_MATRIX", "FamilyRow", "family_summary", "family_table"]
 
 NATIVE = "native: per-head results, q/k/v inputs and MLP inputs come from the bridge"
 POST_NORM = "head writes are shares of the attention post-norm"
@@ -113,3 +113,19 @@ def family_table() -> str:
         name = f"`{family}`" if not row.model_type else f"`{row.model_type}` ({variant})"
         lines.append(f"| {name} | {row.examples} | {verdict} | {row.routes or row.reason} |")
     return "\n".join(lines)
+
+
+def family_summary(width: int = 118) -> str:
+    """The matrix in a few lines for the README: the exact families by name, the refused ones with their reasons."""
+    import textwrap
+
+    def label(family: str, row: FamilyRow) -> str:
+        return family if not row.model_type else f"{row.model_type} ({family.removeprefix(row.model_type + '_')})"
+
+    exact = [label(f, r).replace("_", "\\_") for f, r in FAMILY_MATRIX.items() if r.exact]
+    refused = [f"{label(f, r)} ({r.reason})".replace("_", "\\_") for f, r in FAMILY_MATRIX.items() if not r.exact]
+    text = (
+        f"**Exact ({len(exact)} of {len(FAMILY_MATRIX)} tried):** {', '.join(exact)}. "
+        f"**Refused at load, with the reason ({len(refused)}):** {'; '.join(refused)}."
+    )
+    return "\n".join(textwrap.wrap(text, width=width, break_on_hyphens=False))
