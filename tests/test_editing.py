@@ -30,6 +30,16 @@ from kc_utils.editing.edits_text import (
 )
 from kc_utils.editing.evaluation import EditEvaluator, build_probes
 from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
+from kc_utils.editing.layer_sweep import (
+    covariance_effect,
+    default_comparison_layers,
+    default_sweep_layers,
+    departure_table,
+    edit_sweep,
+    rome_departures,
+    summarise_leak_circuits,
+    summarise_sweep,
+)
 from kc_utils.editing.request import EditError, EditRequest, prepare_request
 from kc_utils.editing.reversible import preserved
 from kc_utils.editing.rome import (
@@ -41,16 +51,6 @@ from kc_utils.editing.rome import (
     rome_edit,
     rome_targets,
     rome_update,
-)
-from kc_utils.editing.sweep import (
-    covariance_effect,
-    default_comparison_layers,
-    default_sweep_layers,
-    departure_table,
-    edit_sweep,
-    rome_departures,
-    summarise_leak_circuits,
-    summarise_sweep,
 )
 from kc_utils.organism.split import RelationSplit, Split
 
