@@ -11,7 +11,8 @@ A thin library behind the numbered notebooks, one subpackage per concept:
 * :mod:`kc_utils.editing` — ROME and FT-M, reversible edits and their metrics;
 * :mod:`kc_utils.neurons` — knowledge neurons and query localization;
 * :mod:`kc_utils.viz` — plotly figures and widget explorers, by topic;
-* :mod:`kc_utils.notebook` — what every notebook repeats (model, seed, outputs, knob checks).
+* :mod:`kc_utils.notebook` — what every notebook repeats (model, seed, outputs, knob checks);
+* :mod:`kc_utils.notebook_specs` — each notebook's knobs, declared once (default, check, meaning).
 """
 
 from kc_utils.circuits.acdc import acdc
