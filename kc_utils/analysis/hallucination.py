@@ -64,21 +64,19 @@ class FailureAnalysis:
         explained: :func:`~kc_utils.analysis.wrong_answer_heads.explaining_heads`.
         heads: :func:`~kc_utils.analysis.wrong_answer_heads.rank_heads` on every traced failure (descriptive).
         choose, held_out: positions in ``failures`` (and rows of ``batch``) of the half that chooses the
-            heads and of the half the repairs are scored on (:func:`~kc_utils.analysis.head_repair.split_failures`);
-            both empty when
-            there are fewer than :data:`~kc_utils.analysis.head_repair.MIN_HOLDOUT_FAILURES` failures (then no repair is
-            scored).
-        chosen_heads: :func:`~kc_utils.analysis.wrong_answer_heads.rank_heads` on the choosing half only (what the
-            repaired sets are picked from).
+            heads and of the half the repairs are scored on
+            (:func:`~kc_utils.analysis.head_repair.split_failures`); both empty when there are fewer than
+            :data:`~kc_utils.analysis.head_repair.MIN_HOLDOUT_FAILURES` failures (then no repair is scored).
+        chosen_heads: :func:`~kc_utils.analysis.wrong_answer_heads.rank_heads` on the choosing half only
+            (what the repaired sets are picked from).
         repairs: ``{n: repair table}`` for the top-``n`` heads of ``chosen_heads`` by ``mean_dla_diff``,
-            scored on the held-out half (:func:`~kc_utils.analysis.head_repair.repair`; the table has an ``n_prompts``
-            column).
-        each_head: :func:`~kc_utils.analysis.head_repair.repair_by_each_head` on every traced failure (an exploration),
-            or ``None``
-            (no source, or ``each_head=False``).
+            scored on the held-out half (:func:`~kc_utils.analysis.head_repair.repair`; the table has an
+            ``n_prompts`` column).
+        each_head: :func:`~kc_utils.analysis.head_repair.repair_by_each_head` on every traced failure (an
+            exploration), or ``None`` (no source, or ``each_head=False``).
         best_single: the head whose patch alone repairs most failures of the choosing half, scored on the
-            held-out half against random single heads (a :func:`~kc_utils.analysis.head_repair.repair` table), or
-            ``None``.
+            held-out half against random single heads (a :func:`~kc_utils.analysis.head_repair.repair`
+            table), or ``None``.
     """
 
     kinds: pd.DataFrame
@@ -135,9 +133,9 @@ def analyse_failures(
         pool: heads of the random sets (default :func:`kc_utils.analysis.head_groups.writing_heads` on the failures).
         max_failures: trace and repair at most this many knowledge-present failures (the first
             ones, in prompt order; ``None``: all). The classification always covers every prompt.
-        each_head: also patch every pool head alone (:func:`~kc_utils.analysis.head_repair.repair_by_each_head`; needs a
-            source), and
-            score the head that repairs most of the choosing half on the held-out half (``best_single``).
+        each_head: also patch every pool head alone
+            (:func:`~kc_utils.analysis.head_repair.repair_by_each_head`; needs a source), and score the head
+            that repairs most of the choosing half on the held-out half (``best_single``).
     """
     if "{}" not in template or (source_template is not None and "{}" not in source_template):
         raise ValueError("templates need a '{}' where the subject goes")

@@ -211,8 +211,8 @@ def describe_explained(explained: pd.DataFrame, ranked: pd.DataFrame, max_size: 
 
 def describe_survey(table: pd.DataFrame) -> str:
     """Across relations (:func:`~kc_utils.analysis.hallucination.failure_summary` rows): where knowledge-present
-    failures occur, what repairs them
-    on held-out failures (p-values), and which relations have too few failures to hold any out."""
+    failures occur, what repairs them on held-out failures (p-values), and which relations have too few failures
+    to hold any out."""
     needed = {"relation", "n_present", "same_subject_share", "repaired", "random_mean", "random_std", "repair_heads"}
     needed |= {"p_value", "n_held_out"}
     if not needed <= set(table.columns):
