@@ -17,6 +17,7 @@ module                     notebook
 ``in_context_learning``    ``05_in_context_learning`` (Table 2)
 ``query_localization``     ``06_query_localization``
 ``multi_hop``              ``07_multi_hop``
+``common``                 what they share: ``model_name``, ``device``, ``out_dir``, ``publish``; shared checks
 =========================  ===================================================
 """
 

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from kc_utils.analysis.failure_kinds import KNOWLEDGE_RULES
-from kc_utils.circuits.budget import check_fixed_budget
 from kc_utils.data.relations import list_relations
 from kc_utils.data.split import Split, relation_split, single_template_relations
-from kc_utils.notebook import ANY, Knob, NotebookSpec, as_list, check_choice, number, one_of
+from kc_utils.notebook import Knob, NotebookSpec, as_list, check_choice, number, one_of
+from kc_utils.notebook_specs.common import MODEL_NAME, fixed_budget, output_knobs
 
 __all__ = ["HALLUCINATION"]
 
@@ -33,19 +33,10 @@ def _survey_relations(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
         check_choice(key, name, sorted(split.relations))
 
 
-def _fixed_budget(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
-    check_fixed_budget(value)
-
-
 HALLUCINATION = NotebookSpec(
     "04_hallucination",
     (
-        Knob(
-            "model_name",
-            "kc-organism",
-            None,
-            '"kc-organism" (shipped, offline), "gpt2-medium", a hub id or a local checkpoint folder',
-        ),
+        MODEL_NAME,
         Knob(
             "relation",
             "auto",
@@ -93,7 +84,7 @@ HALLUCINATION = NotebookSpec(
         Knob(
             "n_edges",
             "auto",
-            _fixed_budget,
+            fixed_budget,
             (
                 "edges kept in the circuit drawn: an edge count, a fraction, or auto (40, about 8 percent of the "
                 "organism graph, on graphs up to 20,000 edges; else 400, the paper scale)"
@@ -120,14 +111,6 @@ HALLUCINATION = NotebookSpec(
             "n_circuit", 32, number(1, integer=True), "facts per group in the circuits of known and held-out subjects"
         ),
         Knob("seed", 0, None, "fixes the random head sets"),
-        Knob("device", "auto", None, '"auto" (CUDA > MPS > CPU), "cpu", "cuda", ...', recorded=ANY),
-        Knob("out_dir", None, None, "None: runs/04_hallucination/; else a folder for every output", recorded=ANY),
-        Knob(
-            "publish",
-            False,
-            None,
-            "True only from make publish: refresh the versioned tables in figures/",
-            recorded=ANY,
-        ),
+        *output_knobs("04_hallucination"),
     ),
 )

@@ -10,12 +10,9 @@ from kc_utils.circuits.ablation import ABLATIONS
 from kc_utils.circuits.attribute import METHODS as CIRCUIT_METHODS
 from kc_utils.data.relations import list_relations
 from kc_utils.notebook import ANY, Knob, NotebookSpec, as_list, check_choice, number, one_of
+from kc_utils.notebook_specs.common import MODEL_NAME, output_knobs, relation_names
 
 __all__ = ["HEAD_ROLES"]
-
-
-def _relations(knobs: Mapping[str, Any]) -> list[str]:
-    return list_relations()
 
 
 def _each_relation(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
@@ -32,16 +29,11 @@ def _circuit_budget(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
 HEAD_ROLES = NotebookSpec(
     "02_head_roles",
     (
-        Knob(
-            "model_name",
-            "kc-organism",
-            None,
-            "kc-organism (shipped), smollm2-135m (real, offline), gpt2-medium, a hub id, a folder or a .gguf file",
-        ),
+        MODEL_NAME,
         Knob(
             "relation",
             "country_language",
-            one_of(_relations),
+            one_of(relation_names),
             "the relation read in detail (the paper example: the official language of France)",
         ),
         Knob(
@@ -134,20 +126,6 @@ HEAD_ROLES = NotebookSpec(
             "circuit budget as in notebook 01: an edge count, a fraction, knee or auto",
         ),
         Knob("seed", 0, None, "fixes the Dval/Dtest split (as in notebook 01) and the random head sets"),
-        Knob("device", "auto", None, "auto (CUDA, then MPS, then CPU), cpu, cuda, ...", recorded=ANY),
-        Knob(
-            "out_dir",
-            None,
-            None,
-            "None: runs/02_head_roles/ (or figures/ when publish); else a folder for every output",
-            recorded=ANY,
-        ),
-        Knob(
-            "publish",
-            False,
-            None,
-            "True only from make publish: refresh the versioned tables in figures/",
-            recorded=ANY,
-        ),
+        *output_knobs("02_head_roles"),
     ),
 )

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kc_utils.circuits.budget import check_fixed_budget
 from kc_utils.data.fewshot import CORRUPTIONS, FORMATS
-from kc_utils.notebook import ANY, Knob, NotebookSpec, as_list, number, one_of
+from kc_utils.notebook import Knob, NotebookSpec, as_list, number, one_of
+from kc_utils.notebook_specs.common import MODEL_NAME, fixed_budget, output_knobs
 
 __all__ = ["IN_CONTEXT_LEARNING"]
 
@@ -17,19 +17,10 @@ def _some_relations(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
         raise ValueError("relations is empty; name at least one relation such as adj_comparative")
 
 
-def _fixed_budget(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
-    check_fixed_budget(value)
-
-
 IN_CONTEXT_LEARNING = NotebookSpec(
     "05_in_context_learning",
     (
-        Knob(
-            "model_name",
-            "kc-organism",
-            None,
-            '"kc-organism" (shipped, offline), "gpt2-medium", a hub id or a local checkpoint folder',
-        ),
+        MODEL_NAME,
         Knob(
             "relations",
             ["adj_comparative", "word_sentiment", "substance_phase", "occupation_gender", "person_occupation"],
@@ -72,7 +63,7 @@ IN_CONTEXT_LEARNING = NotebookSpec(
         Knob(
             "n_edges",
             "auto",
-            _fixed_budget,
+            fixed_budget,
             (
                 "edges kept in each circuit: a count, a fraction, or auto (48, about 10 percent of the organism graph,"
                 " on graphs up to 20,000 edges; else 400, the paper scale)"
@@ -95,14 +86,6 @@ IN_CONTEXT_LEARNING = NotebookSpec(
             'how Table 2 knocks heads out: "mean" (mean output over the k-shot prompts) or "zero"',
         ),
         Knob("seed", 0, None, "fixes the query facts, the demonstrations, the corrupt twins and the random head sets"),
-        Knob("device", "auto", None, '"auto" (CUDA > MPS > CPU), "cpu", "cuda", ...', recorded=ANY),
-        Knob("out_dir", None, None, "None: runs/05_in_context_learning/; else a folder for every output", recorded=ANY),
-        Knob(
-            "publish",
-            False,
-            None,
-            "True only from make publish: refresh the versioned tables in figures/",
-            recorded=ANY,
-        ),
+        *output_knobs("05_in_context_learning"),
     ),
 )

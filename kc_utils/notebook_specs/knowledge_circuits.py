@@ -10,7 +10,8 @@ from kc_utils.circuits.acdc import acdc_candidates_for, acdc_wanted
 from kc_utils.circuits.budget import check_budget
 from kc_utils.circuits.table1 import FIND_METHODS, TABLE1_RELATIONS
 from kc_utils.data.relations import list_relations
-from kc_utils.notebook import ANY, Knob, NotebookSpec, as_list, number, one_of
+from kc_utils.notebook import Knob, NotebookSpec, as_list, number, one_of
+from kc_utils.notebook_specs.common import MODEL_NAME, output_knobs
 
 __all__ = ["KNOWLEDGE_CIRCUITS"]
 
@@ -37,12 +38,7 @@ def _acdc_candidates(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
 KNOWLEDGE_CIRCUITS = NotebookSpec(
     "01_knowledge_circuits",
     (
-        Knob(
-            "model_name",
-            "kc-organism",
-            None,
-            "kc-organism (shipped), smollm2-135m (real, offline), gpt2-medium, a hub id, a folder or a .gguf file",
-        ),
+        MODEL_NAME,
         Knob(
             "relations",
             "table1",
@@ -106,20 +102,6 @@ KNOWLEDGE_CIRCUITS = NotebookSpec(
         ),
         Knob("n_random", 5, number(0, integer=True), "draws of each random baseline"),
         Knob("seed", 0, None, "fixes the Dval/Dtest split, the corrupt pairs and the random circuits"),
-        Knob("device", "auto", None, "auto (CUDA, then MPS, then CPU), cpu, cuda", recorded=ANY),
-        Knob(
-            "out_dir",
-            None,
-            None,
-            "None: runs/01_knowledge_circuits in the checkout, or a folder for every output",
-            recorded=ANY,
-        ),
-        Knob(
-            "publish",
-            False,
-            None,
-            "True only from make publish: refresh the versioned tables in figures/",
-            recorded=ANY,
-        ),
+        *output_knobs("01_knowledge_circuits"),
     ),
 )

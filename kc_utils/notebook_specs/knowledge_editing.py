@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kc_utils.circuits.budget import check_fixed_budget
 from kc_utils.data.relations import list_relations
 from kc_utils.editing.layer_sweep import METHODS as EDIT_METHODS
-from kc_utils.notebook import ANY, Knob, NotebookSpec, number, one_of
+from kc_utils.notebook import Knob, NotebookSpec, number, one_of
+from kc_utils.notebook_specs.common import MODEL_NAME, fixed_budget, output_knobs
 
 __all__ = ["KNOWLEDGE_EDITING"]
 
@@ -32,19 +32,10 @@ def _covariance(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
         )
 
 
-def _fixed_budget(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
-    check_fixed_budget(value)
-
-
 KNOWLEDGE_EDITING = NotebookSpec(
     "03_knowledge_editing",
     (
-        Knob(
-            "model_name",
-            "kc-organism",
-            None,
-            "kc-organism (shipped, offline), smollm2-135m (offline), gpt2-medium, a hub id or a folder",
-        ),
+        MODEL_NAME,
         Knob(
             "relation",
             "auto",
@@ -163,7 +154,7 @@ KNOWLEDGE_EDITING = NotebookSpec(
         Knob(
             "n_edges",
             "auto",
-            _fixed_budget,
+            fixed_budget,
             (
                 "edges of the case-study and leak circuits: a count, a fraction, or auto (30 on graphs up to 20,000 "
                 "edges, else 400, the paper scale)"
@@ -171,20 +162,6 @@ KNOWLEDGE_EDITING = NotebookSpec(
         ),
         Knob("leak_edits", 3, number(1, integer=True), "edits whose leaking subjects get circuits"),
         Knob("seed", 0, None, "seed of the edit choice, the neighbours and the generated texts"),
-        Knob("device", "auto", None, "auto, cpu, cuda or mps", recorded=ANY),
-        Knob(
-            "out_dir",
-            None,
-            None,
-            "None: runs/03_knowledge_editing/ (or figures/ when publish); else a folder for every output",
-            recorded=ANY,
-        ),
-        Knob(
-            "publish",
-            False,
-            None,
-            "True only from make publish: refresh the versioned tables in figures/",
-            recorded=ANY,
-        ),
+        *output_knobs("03_knowledge_editing"),
     ),
 )

@@ -12,7 +12,8 @@ from kc_utils.analysis.multihop import check_patch_sizes
 from kc_utils.circuits.budget import check_budget
 from kc_utils.data.multihop import TWO_HOP_TEMPLATES, composition_key
 from kc_utils.data.relations import list_relations
-from kc_utils.notebook import ANY, Knob, NotebookSpec, as_list, check_choice, number, one_of
+from kc_utils.notebook import Knob, NotebookSpec, as_list, check_choice, number, one_of
+from kc_utils.notebook_specs.common import MODEL_NAME, output_knobs
 
 __all__ = ["MULTI_HOP"]
 
@@ -54,15 +55,7 @@ def _patch_sizes(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
 MULTI_HOP = NotebookSpec(
     "07_multi_hop",
     (
-        Knob(
-            "model_name",
-            "kc-organism",
-            None,
-            (
-                "kc-organism (shipped, offline), smollm2-135m (a real model, offline), a hub id or a local checkpoint "
-                "folder"
-            ),
-        ),
+        MODEL_NAME,
         Knob(
             "composition",
             "landmark_in_country+country_language",
@@ -132,20 +125,6 @@ MULTI_HOP = NotebookSpec(
             "the bridge counts as readable at a layer when it ranks in the top lens_top",
         ),
         Knob("seed", 0, None, "fixes the Dval/Dtest split, the corrupt twins, the random circuits and the random sets"),
-        Knob("device", "auto", None, "auto (CUDA, then MPS, then CPU), cpu, cuda, ...", recorded=ANY),
-        Knob(
-            "out_dir",
-            None,
-            None,
-            "None: runs/07_multi_hop/ (or figures/ when publish); else a folder for every output",
-            recorded=ANY,
-        ),
-        Knob(
-            "publish",
-            False,
-            None,
-            "True only from make publish: refresh the versioned tables in figures/",
-            recorded=ANY,
-        ),
+        *output_knobs("07_multi_hop"),
     ),
 )

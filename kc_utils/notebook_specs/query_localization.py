@@ -5,17 +5,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kc_utils.data.relations import list_relations
 from kc_utils.neurons.positions import POSITIONS
 from kc_utils.neurons.queries import template_accuracy_floor
 from kc_utils.neurons.selection import check_threshold
-from kc_utils.notebook import ANY, Knob, NotebookSpec, number, one_of
+from kc_utils.notebook import Knob, NotebookSpec, number, one_of
+from kc_utils.notebook_specs.common import MODEL_NAME, output_knobs, relation_names
 
 __all__ = ["QUERY_LOCALIZATION"]
-
-
-def _relations(knobs: Mapping[str, Any]) -> list[str]:
-    return list_relations()
 
 
 def _threshold(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
@@ -34,13 +30,8 @@ def _cas_betas(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
 QUERY_LOCALIZATION = NotebookSpec(
     "06_query_localization",
     (
-        Knob(
-            "model_name",
-            "kc-organism",
-            None,
-            "kc-organism (shipped, offline), gpt2-medium, a hub id or a local checkpoint folder",
-        ),
-        Knob("relation", "country_capital_city", one_of(_relations), "the relation read in detail"),
+        MODEL_NAME,
+        Knob("relation", "country_capital_city", one_of(relation_names), "the relation read in detail"),
         Knob(
             "n_facts",
             6,
@@ -98,14 +89,6 @@ QUERY_LOCALIZATION = NotebookSpec(
             "update_strength", 1.0, number(0), "update edit step, in units of the mean norm of the edited output rows"
         ),
         Knob("seed", 0, None, "fixes the facts drawn and the random baselines"),
-        Knob("device", "auto", None, "auto (CUDA > MPS > CPU), cpu, cuda, ...", recorded=ANY),
-        Knob("out_dir", None, None, "None: runs/06_query_localization/; else a folder for every output", recorded=ANY),
-        Knob(
-            "publish",
-            False,
-            None,
-            "True only from make publish: refresh the versioned tables in figures/",
-            recorded=ANY,
-        ),
+        *output_knobs("06_query_localization"),
     ),
 )
