@@ -12,6 +12,7 @@ A thin library behind the numbered notebooks, one subpackage per concept:
 * :mod:`kc_utils.neurons` — knowledge neurons and query localization;
 * :mod:`kc_utils.viz` — plotly figures and widget explorers, by topic;
 * :mod:`kc_utils.notebook` — what every notebook repeats (model, seed, outputs, knob checks);
+* :mod:`kc_utils.notebook_specs` — each notebook's knobs, declared once (default, check, meaning);
 * :mod:`kc_utils.find` — the front door: :func:`find_circuit` for a relation or facts you type.
 
 The shortest path, from facts to a circuit, its table and a file others read::

@@ -5,6 +5,9 @@
   decimals (a rerun is byte-identical), figures saved beside them;
 * :func:`as_list` — a list-valued knob given as one string means that one item;
 * :func:`check_choice`, :func:`check_range` — validate knobs before any expensive step;
+* :class:`Knob`, :class:`NotebookSpec` — a notebook's knobs declared once (name, default, check, meaning):
+  one call checks them all, the ``parameters`` cell is their rendering, and the Checks cell asks the spec
+  which knobs differ from the run it records (the specs are in :mod:`kc_utils.notebook_specs`);
 * :func:`load_circuit_if_matching` — reuse a circuit saved by an earlier notebook only when the
   provenance it records matches the settings asked for;
 * :func:`compare_with_reference` — a fresh table against its versioned reference in ``figures/``,
@@ -35,7 +38,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,7 +48,10 @@ import pandas as pd
 import torch
 
 __all__ = [
+    "ANY",
     "REPOSITORY_URL",
+    "Knob",
+    "NotebookSpec",
     "RunOutputs",
     "as_list",
     "candidate_samples",
@@ -54,6 +60,8 @@ __all__ = [
     "compare_with_reference",
     "figures_dir",
     "load_circuit_if_matching",
+    "number",
+    "one_of",
     "project_root",
     "seed_everything",
     "start",
@@ -201,6 +209,151 @@ def check_range(
         bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
         raise ValueError(f"{name}={value!r} is outside {bounds}")
     return value
+
+
+#: A knob check: ``check(value, name, knobs)`` raises ``ValueError`` (naming the knob) or returns; ``knobs`` holds
+#: every knob's value, for checks that depend on another knob.
+Check = Callable[[Any, str, Mapping[str, Any]], object]
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: The :attr:`Knob.recorded` of a knob that cannot change what the Checks cell records (``device``, ``out_dir``).
+ANY = _Marker("ANY")
+_DEFAULT = _Marker("DEFAULT")
+
+
+def one_of(choices: Sequence[Any] | Callable[[Mapping[str, Any]], Sequence[Any]]) -> Check:
+    """A check by :func:`check_choice`; ``choices`` may depend on the other knobs (a function of them)."""
+
+    def check(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
+        check_choice(value, name, choices(knobs) if callable(choices) else choices)
+
+    return check
+
+
+Bound = float | Callable[[Mapping[str, Any]], float] | None
+
+
+def number(low: Bound = None, high: Bound = None, integer: bool = False, optional: bool = False) -> Check:
+    """A check by :func:`check_range`; ``optional``: ``None`` is allowed too. A bound may depend on the other
+    knobs (a function of them); when that knob is itself invalid, the bound is left to that knob's check."""
+
+    def bound(value: Bound, knobs: Mapping[str, Any]) -> float | None:
+        if not callable(value):
+            return value
+        try:
+            result = value(knobs)
+        except (TypeError, ValueError):
+            return None
+        return result if isinstance(result, (int, float)) and not isinstance(result, bool) else None
+
+    def check(value: Any, name: str, knobs: Mapping[str, Any]) -> None:
+        if not (optional and value is None):
+            check_range(value, name, bound(low, knobs), bound(high, knobs), integer=integer)
+
+    return check
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One knob of a notebook, declared once.
+
+    Attributes:
+        name: the variable of the ``parameters`` cell.
+        default: its value there.
+        check: how it is validated before anything expensive (:data:`Check`; ``None``: any value).
+        doc: what it means (the cell's comment).
+        recorded: the value the notebook's Checks cell records, when it differs from ``default`` (e.g. the
+            relation an ``"auto"`` default resolves to on the organism, read after the notebook resolved it);
+            :data:`ANY` for a knob that cannot change the recorded numbers.
+        literal: how ``default`` is written in the cell, when ``repr`` would read worse (``"5e-4"``).
+    """
+
+    name: str
+    default: Any
+    check: Check | None
+    doc: str
+    recorded: Any = _DEFAULT
+    literal: str | None = None
+
+    @property
+    def recorded_value(self) -> Any:
+        """What the Checks cell records: :attr:`recorded`, else the default."""
+        return self.default if self.recorded is _DEFAULT else self.recorded
+
+    def line(self) -> str:
+        """The knob's line of the ``parameters`` cell (strings written in double quotes)."""
+        return f"{self.name} = {self.literal or _literal(self.default)}  # {self.doc}"
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_literal(v) for v in value) + "]"
+    return repr(value)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return bool(a == b)
+
+
+@dataclass(frozen=True)
+class NotebookSpec:
+    """A notebook's knobs, in the order of its ``parameters`` cell.
+
+    ``spec.check(globals())`` validates every knob (one call instead of a setup cell of checks);
+    ``spec.changed(globals())`` names the knobs that differ from the run the Checks cell records;
+    ``spec.parameters_cell()`` is the ``parameters`` cell (a test holds the notebook to it).
+    """
+
+    notebook: str
+    knobs: tuple[Knob, ...]
+
+    def __post_init__(self) -> None:
+        names = [k.name for k in self.knobs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{self.notebook}: a knob is declared twice in {names}")
+
+    def __getitem__(self, name: str) -> Knob:
+        for knob in self.knobs:
+            if knob.name == name:
+                return knob
+        raise KeyError(f"{self.notebook} has no knob {name!r}")
+
+    def defaults(self) -> dict[str, Any]:
+        """``{name: default}`` in the cell's order."""
+        return {k.name: k.default for k in self.knobs}
+
+    def check(self, values: Mapping[str, Any]) -> None:
+        """Check every knob's value in ``values`` (a notebook passes ``globals()``), in the cell's order.
+
+        Raises:
+            ValueError: from the first check that fails, naming the knob.
+        """
+        knobs = {k.name: values[k.name] for k in self.knobs}
+        for knob in self.knobs:
+            if knob.check is not None:
+                knob.check(knobs[knob.name], knob.name, knobs)
+
+    def changed(self, values: Mapping[str, Any]) -> list[str]:
+        """The knobs whose value in ``values`` differs from the one the Checks cell records (empty: that run)."""
+        return [
+            k.name for k in self.knobs if k.recorded_value is not ANY and not _same(values[k.name], k.recorded_value)
+        ]
+
+    def parameters_cell(self) -> str:
+        """The notebook's ``parameters`` cell: one line per knob, ``name = default  # doc``."""
+        return "\n".join(k.line() for k in self.knobs)
 
 
 def write_table(table: pd.DataFrame, path: str | Path, decimals: int = TABLE_DECIMALS) -> Path:

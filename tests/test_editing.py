@@ -17,8 +17,29 @@ from kc_utils.editing.covariance import (
     relation_texts,
     sampled_token_ids,
 )
+from kc_utils.editing.edits_text import (
+    describe_case,
+    describe_covariance,
+    describe_departure,
+    describe_departures,
+    describe_leak_circuits,
+    describe_location,
+    describe_paper_reading,
+    describe_rome_layers,
+    describe_sweep,
+)
 from kc_utils.editing.evaluation import EditEvaluator, build_probes
 from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
+from kc_utils.editing.layer_sweep import (
+    covariance_effect,
+    default_comparison_layers,
+    default_sweep_layers,
+    departure_table,
+    edit_sweep,
+    rome_departures,
+    summarise_leak_circuits,
+    summarise_sweep,
+)
 from kc_utils.editing.request import EditError, EditRequest, prepare_request
 from kc_utils.editing.reversible import preserved
 from kc_utils.editing.rome import (
@@ -30,27 +51,6 @@ from kc_utils.editing.rome import (
     rome_edit,
     rome_targets,
     rome_update,
-)
-from kc_utils.editing.sentences import (
-    describe_case,
-    describe_covariance,
-    describe_departure,
-    describe_departures,
-    describe_leak_circuits,
-    describe_location,
-    describe_paper_reading,
-    describe_rome_layers,
-    describe_sweep,
-)
-from kc_utils.editing.sweep import (
-    covariance_effect,
-    default_comparison_layers,
-    default_sweep_layers,
-    departure_table,
-    edit_sweep,
-    rome_departures,
-    summarise_leak_circuits,
-    summarise_sweep,
 )
 from kc_utils.organism.split import RelationSplit, Split
 

@@ -17,7 +17,7 @@ import torch
 from kc_utils.analysis.heads import role_sensitivity
 from kc_utils.analysis.multihop_text import PAPER_OVERLAPS
 from kc_utils.circuits.graph import Graph
-from kc_utils.editing.sweep import summarise_sweep
+from kc_utils.editing.layer_sweep import summarise_sweep
 from kc_utils.models import ModelShape
 from kc_utils.viz import circuits, editing, heads, lens, multihop, neurons
 from kc_utils.viz.conventions import figure_problems

@@ -9,7 +9,11 @@ import torch
 from relations import factual_relation
 
 from kc_utils import models
+from kc_utils.analysis import failure_kinds as fk
 from kc_utils.analysis import hallucination as hal
+from kc_utils.analysis import hallucination_text as prose
+from kc_utils.analysis import head_repair as rep
+from kc_utils.analysis import wrong_answer_heads as wah
 from kc_utils.analysis.head_ablation import run_with_heads_ablated
 from kc_utils.analysis.head_groups import all_heads, group_ablation_summary
 from kc_utils.analysis.lens import logit_lens, project_node
@@ -71,7 +75,7 @@ HAND_LENS = _lens_table(
 
 
 def test_classification_of_a_hand_built_lens_table():
-    table = hal.classify_from_lens(HAND_LENS, subject_max_rank=2, last_max_rank=2)
+    table = fk.classify_from_lens(HAND_LENS, subject_max_rank=2, last_max_rank=2)
     assert table["kind"].tolist() == [
         "correct",
         "knowledge_present",
@@ -128,49 +132,49 @@ def test_classification_of_a_hand_built_lens_table():
     ],
 )
 def test_classification_rules(rule, kinds):
-    assert hal.classify_from_lens(HAND_LENS, 2, 2, rule)["kind"].tolist() == kinds
+    assert fk.classify_from_lens(HAND_LENS, 2, 2, rule)["kind"].tolist() == kinds
 
 
 def test_classification_thresholds_move_the_boundary():
-    strict = hal.classify_from_lens(HAND_LENS, subject_max_rank=0)
+    strict = fk.classify_from_lens(HAND_LENS, subject_max_rank=0)
     assert strict["kind"].tolist()[1] == "knowledge_absent" and strict["kind"].tolist()[3] == "knowledge_absent"
-    loose = hal.classify_from_lens(HAND_LENS, subject_max_rank=40)
+    loose = fk.classify_from_lens(HAND_LENS, subject_max_rank=40)
     assert loose["kind"].tolist()[2] == "knowledge_present"
 
 
 def test_classification_bad_inputs():
     with pytest.raises(ValueError, match="lacks columns"):
-        hal.classify_from_lens(HAND_LENS.drop(columns="subject_rank"))
+        fk.classify_from_lens(HAND_LENS.drop(columns="subject_rank"))
     with pytest.raises(ValueError, match="unknown rule"):
-        hal.classify_from_lens(HAND_LENS, rule="any")
+        fk.classify_from_lens(HAND_LENS, rule="any")
     with pytest.raises(ValueError, match="subject_max_rank must be a whole number"):
-        hal.classify_from_lens(HAND_LENS, subject_max_rank=-1)
+        fk.classify_from_lens(HAND_LENS, subject_max_rank=-1)
     with pytest.raises(ValueError, match="last_max_rank must be a whole number"):
-        hal.classify_from_lens(HAND_LENS, last_max_rank=1.5)
+        fk.classify_from_lens(HAND_LENS, last_max_rank=1.5)
     with pytest.raises(ValueError, match="no subject ranks"):
-        hal.classify_from_lens(HAND_LENS.assign(subject_rank=np.nan))
-    assert hal.classify_from_lens(HAND_LENS.assign(subject_rank=np.nan), rule="last")["kind"].iloc[2] == (
+        fk.classify_from_lens(HAND_LENS.assign(subject_rank=np.nan))
+    assert fk.classify_from_lens(HAND_LENS.assign(subject_rank=np.nan), rule="last")["kind"].iloc[2] == (
         "knowledge_present"
     )
     with pytest.raises(ValueError, match="empty"):
-        hal.classify_from_lens(HAND_LENS.iloc[:0])
+        fk.classify_from_lens(HAND_LENS.iloc[:0])
 
 
 def test_classify_prompts_agrees_with_the_model(tiny_model):
     batch = make_batch(tiny_model, PROMPTS, ANSWERS)
-    table = hal.classify_prompts(tiny_model, batch, SUBJECTS, subject_max_rank=5)
+    table = fk.classify_prompts(tiny_model, batch, SUBJECTS, subject_max_rank=5)
     with torch.no_grad():
         final = answer_logits(models.run_with_hooks(tiny_model, batch.clean), batch).softmax(-1)
     assert table["prediction_id"].tolist() == final.argmax(-1).tolist()
     np.testing.assert_allclose(table["confidence"], final.max(-1).values.numpy(), rtol=1e-5)
     np.testing.assert_allclose(table["answer_prob"], final[torch.arange(4), batch.answer].numpy(), rtol=1e-5)
     assert ((table["final_rank"] == 0) == (table["kind"] == "correct")).all()
-    expected = hal.classify_from_lens(logit_lens(tiny_model, batch, SUBJECTS), subject_max_rank=5)
+    expected = fk.classify_from_lens(logit_lens(tiny_model, batch, SUBJECTS), subject_max_rank=5)
     assert table["kind"].tolist() == expected["kind"].tolist()
 
 
 def test_rank_curves_on_the_hand_table():
-    curves = hal.rank_curves(HAND_LENS, max_rank=2)
+    curves = fk.rank_curves(HAND_LENS, max_rank=2)
     assert curves["layer"].tolist() == [-1, 0, 1, 2]
     assert curves.loc[curves["layer"] == 0, "subject_share"].item() == pytest.approx(3 / 6)  # 0, 1, 0 … of 6
     assert curves.loc[curves["layer"] == 2, "last_median_rank"].item() == pytest.approx(4.0)  # 0 1 3 5 7 60
@@ -241,7 +245,7 @@ def wrong_batch(tiny_model):
         final = answer_logits(models.run_with_hooks(tiny_model, batch.clean), batch)
     top2 = final.topk(2, dim=-1).indices
     wrong = torch.where(top2[:, 0] == batch.answer, top2[:, 1], top2[:, 0])
-    return hal.with_wrong_answers(batch, wrong)
+    return wah.with_wrong_answers(batch, wrong)
 
 
 def test_wrong_minus_correct_metric_and_its_batch(tiny_model, wrong_batch):
@@ -250,20 +254,20 @@ def test_wrong_minus_correct_metric_and_its_batch(tiny_model, wrong_batch):
     final = answer_logits(logits, wrong_batch)
     rows = torch.arange(len(wrong_batch))
     expected = final[rows, wrong_batch.corrupt_answer] - final[rows, wrong_batch.answer]
-    torch.testing.assert_close(hal.wrong_minus_correct(logits, wrong_batch), expected)
+    torch.testing.assert_close(wah.wrong_minus_correct(logits, wrong_batch), expected)
     sub = wrong_batch.select([2, 0])  # the wrong answers travel with a sub-batch
     assert sub.corrupt_answer.tolist() == [wrong_batch.corrupt_answer[2].item(), wrong_batch.corrupt_answer[0].item()]
     with pytest.raises(ValueError, match="one wrong-answer token per prompt"):
-        hal.with_wrong_answers(wrong_batch, [1, 2])
+        wah.with_wrong_answers(wrong_batch, [1, 2])
     with pytest.raises(ValueError, match="have the correct answer"):
-        hal.with_wrong_answers(wrong_batch, wrong_batch.answer)
+        wah.with_wrong_answers(wrong_batch, wrong_batch.answer)
 
 
 def test_head_logit_difference_matches_projections_and_the_model(tiny_model, wrong_batch):
-    table = hal.head_logit_difference(tiny_model, wrong_batch, SUBJECTS)
+    table = wah.head_logit_difference(tiny_model, wrong_batch, SUBJECTS)
     with torch.no_grad():
         logits = models.run_with_hooks(tiny_model, wrong_batch.clean)
-    margin = hal.wrong_minus_correct(logits, wrong_batch)
+    margin = wah.wrong_minus_correct(logits, wrong_batch)
     for i in range(len(wrong_batch)):
         assert table.loc[table["prompt_index"] == i, "logit_diff"].iloc[0] == pytest.approx(float(margin[i]), abs=1e-4)
     for head in ("a0.h1", "a1.h3"):
@@ -274,13 +278,13 @@ def test_head_logit_difference_matches_projections_and_the_model(tiny_model, wro
         np.testing.assert_allclose(rows["dla_diff"], wrong - correct, rtol=1e-4, atol=1e-5)
     assert table[["attn_subject", "attn_relation"]].sum(axis=1).le(1 + 1e-5).all()
     with pytest.raises(ValueError, match="no wrong answers"):
-        hal.head_logit_difference(tiny_model, make_batch(tiny_model, PROMPTS, ANSWERS), SUBJECTS)
+        wah.head_logit_difference(tiny_model, make_batch(tiny_model, PROMPTS, ANSWERS), SUBJECTS)
 
 
 def test_wrong_answer_circuit_scores_edges(tiny_model, wrong_batch):
-    graph = hal.wrong_answer_circuit(tiny_model, wrong_batch, ig_steps=2, progress=False)
+    graph = wah.wrong_answer_circuit(tiny_model, wrong_batch, ig_steps=2, progress=False)
     assert bool((graph.scores != 0).any())
-    nodes = hal.upstream_node_scores(graph)
+    nodes = wah.upstream_node_scores(graph)
     assert set(nodes["node"]) == set(graph.upstream_names)
     assert nodes["share"].sum() == pytest.approx(1.0)
     assert nodes["abs_score"].is_monotonic_decreasing
@@ -315,19 +319,19 @@ def test_explaining_heads_on_a_hand_made_table():
             3: (-1.0, [2.0, 0.0, 0.0]),  # not a failure
         }
     )
-    explained = hal.explaining_heads(table, max_size=3)
+    explained = wah.explaining_heads(table, max_size=3)
     assert explained["n_heads"].tolist()[:2] == [1.0, 2.0]
     assert np.isnan(explained["n_heads"].iloc[2]) and np.isnan(explained["n_heads"].iloc[3])
     assert explained["heads"].tolist() == ["a1.h0", "a1.h2, a1.h0", "", ""]
     assert explained["by_one_head"].tolist() == [True, False, False, False]
     assert explained["by_small_set"].tolist() == [True, True, False, False]
-    assert hal.explaining_heads(table, max_size=1)["by_small_set"].tolist() == [True, False, False, False]
+    assert wah.explaining_heads(table, max_size=1)["by_small_set"].tolist() == [True, False, False, False]
     with pytest.raises(ValueError, match="max_size"):
-        hal.explaining_heads(table, max_size=0)
+        wah.explaining_heads(table, max_size=0)
     with pytest.raises(ValueError, match="lacks"):
-        hal.explaining_heads(table.drop(columns="logit_diff"))
+        wah.explaining_heads(table.drop(columns="logit_diff"))
 
-    ranked = hal.rank_heads(table)
+    ranked = wah.rank_heads(table)
     assert ranked["head"].tolist() == ["a1.h0", "a1.h1", "a1.h2"]  # mean dla_diff 1.75, 0.425, 0.375
     assert ranked["mean_dla_diff"].tolist() == pytest.approx([1.75, 0.425, 0.375])
     assert ranked["top_share"].tolist() == [0.75, 0.0, 0.25]  # a tie (prompt 2) goes to the first head
@@ -352,16 +356,16 @@ def test_patching_from_other_prompts_equals_a_hand_made_swap(tiny_model):
     batch = make_batch(tiny_model, PROMPTS, ANSWERS)
     source = make_batch(tiny_model, SOURCES, ANSWERS)
     assert source.clean.shape[1] != batch.clean.shape[1]
-    logits = hal.patch_heads_from_prompts(tiny_model, batch, source, ["a1.h2"])
+    logits = rep.patch_heads_from_prompts(tiny_model, batch, source, ["a1.h2"])
     torch.testing.assert_close(logits, _patched_by_hand(tiny_model, batch, source, 1, 2))
     # patching from the very same prompts changes nothing
     with torch.no_grad():
         clean = models.run_with_hooks(tiny_model, batch.clean)
-    torch.testing.assert_close(hal.patch_heads_from_prompts(tiny_model, batch, batch, ["a0.h0", "a1.h1"]), clean)
+    torch.testing.assert_close(rep.patch_heads_from_prompts(tiny_model, batch, batch, ["a0.h0", "a1.h1"]), clean)
     with pytest.raises(ValueError, match="pair them one to one"):
-        hal.patch_heads_from_prompts(tiny_model, batch, source.select([0, 1]), ["a1.h2"])
+        rep.patch_heads_from_prompts(tiny_model, batch, source.select([0, 1]), ["a1.h2"])
     with pytest.raises(ValueError, match="empty"):
-        hal.patch_heads_from_prompts(tiny_model, batch, source, [])
+        rep.patch_heads_from_prompts(tiny_model, batch, source, [])
 
 
 def test_repair_rate_where_the_answer_is_known(tiny_model):
@@ -374,34 +378,34 @@ def test_repair_rate_where_the_answer_is_known(tiny_model):
     answers = models.token_strings(tiny_model, target.tolist())
     batch = make_batch(tiny_model, PROMPTS, answers)
     assert batch.answer.tolist() == target.tolist()
-    table = hal.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=20, progress=False)
+    table = rep.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=20, progress=False)
     others = [h for h in all_heads(tiny_model) if h != "a1.h2"]
     assert len(others) <= 20  # few enough single heads: the baseline is all of them, each once
     assert list(table["set"]) == ["none", "group"] + ["random"] * len(others)
     assert [h for (h,) in table.loc[table["set"] == "random", "heads"]] == others
-    sampled = hal.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=3, progress=False)
+    sampled = rep.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=3, progress=False)
     assert (sampled["set"] == "random").sum() == 3  # more sets than n_random: n_random draws
     summary = group_ablation_summary(table)
     assert summary["top1_group"] == 1.0
     assert summary["top1_original"] == pytest.approx(float((before == target).float().mean()))
     assert not any("a1.h2" in heads for heads in table.loc[table["set"] == "random", "heads"])
-    each = hal.repair_by_each_head(tiny_model, batch, source, ["a1.h2", "a0.h0"])
+    each = rep.repair_by_each_head(tiny_model, batch, source, ["a1.h2", "a0.h0"])
     assert each.loc[each["head"] == "a1.h2", "repaired"].all()
 
     ablated = answer_logits(run_with_heads_ablated(tiny_model, probe, ["a1.h0", "a1.h3"], "zero"), probe).argmax(-1)
     batch = make_batch(tiny_model, PROMPTS, models.token_strings(tiny_model, ablated.tolist()))
-    table = hal.repair(tiny_model, batch, ["a1.h0", "a1.h3"], "zero", n_random=20, progress=False)
+    table = rep.repair(tiny_model, batch, ["a1.h0", "a1.h3"], "zero", n_random=20, progress=False)
     assert group_ablation_summary(table)["top1_group"] == 1.0
 
 
 def test_repair_bad_inputs(tiny_model):
     batch = make_batch(tiny_model, PROMPTS, ANSWERS)
     with pytest.raises(ValueError, match="unknown intervention"):
-        hal.repair(tiny_model, batch, ["a1.h0"], "swap")
+        rep.repair(tiny_model, batch, ["a1.h0"], "swap")
     with pytest.raises(ValueError, match="needs a source batch"):
-        hal.repair(tiny_model, batch, ["a1.h0"], "patch")
+        rep.repair(tiny_model, batch, ["a1.h0"], "patch")
     with pytest.raises(ValueError, match="cannot draw 5 heads"):
-        hal.repair(
+        rep.repair(
             tiny_model,
             batch,
             ["a1.h0"] * 1 + ["a1.h1", "a1.h2", "a1.h3", "a0.h0"],
@@ -434,7 +438,7 @@ def test_analyse_failures_end_to_end(tiny_gpt2):
     assert analysis.failures == kinds.index[kinds["kind"] == "knowledge_present"].tolist()
     row = hal.failure_summary(analysis, "capital")
     assert row["n_prompts"] == 4 and row["n_present"] == len(analysis.failures)
-    if len(analysis.failures) >= hal.MIN_HOLDOUT_FAILURES:  # a random tiny model gets most of these wrong
+    if len(analysis.failures) >= rep.MIN_HOLDOUT_FAILURES:  # a random tiny model gets most of these wrong
         assert row["n_random"] == 3 and 0 <= row["repaired"] <= 1 and 0 < row["p_value"] <= 1
         assert row["top_head"] == analysis.heads["head"].iloc[0]
         # heads are chosen on one half and scored on the other, never on the same failures
@@ -460,16 +464,16 @@ def test_describe_kinds_on_a_hand_made_table():
             "confidence": [0.9, 0.8, 0.6, 0.5, 0.9, 0.4, 0.6],
         }
     )
-    assert hal.describe_kinds(kinds) == (
+    assert prose.describe_kinds(kinds) == (
         "unseen: 5 prompts, 2 of 5 (40%) correct; of the 3 wrong, 2 of 3 (67%) knowledge-present "
         "(mean confidence 0.70) and 1 of 3 (33%) knowledge-absent (mean confidence 0.50).\n"
         "held out: 2 prompts, 0 of 2 (0%) correct; of the 2 wrong, 0 of 2 (0%) knowledge-present (none) "
         "and 2 of 2 (100%) knowledge-absent (mean confidence 0.50)."
     )
     with pytest.raises(ValueError, match="unknown kinds"):
-        hal.describe_kinds(kinds.assign(kind="wrong"))
+        prose.describe_kinds(kinds.assign(kind="wrong"))
     with pytest.raises(ValueError, match="lacks columns"):
-        hal.describe_kinds(kinds.drop(columns="confidence"))
+        prose.describe_kinds(kinds.drop(columns="confidence"))
 
 
 def test_describe_repair_on_hand_made_summaries():
@@ -482,49 +486,49 @@ def test_describe_repair_on_hand_made_summaries():
         "p_value": 1 / 21,
         "n_prompts": 23,
     }
-    text = hal.describe_repair(summary, ["a2.h2"], chosen="chosen on the other 23 failures")
+    text = prose.describe_repair(summary, ["a2.h2"], chosen="chosen on the other 23 failures")
     assert text == (
         "Of 23 held-out failures, the correct answer is top-1 for 0% before any intervention; patching a2.h2 (chosen "
         "on the other 23 failures) makes it top-1 for 50%, against 10% ± 10% for 20 random sets of 1 head "
         "(p = 0.05, permutation over the random sets). The set beats the random sets at p < 0.05."
     )
-    few = hal.describe_repair(summary | {"n_random": 11, "p_value": 1 / 12}, ["a2.h2"])
+    few = prose.describe_repair(summary | {"n_random": 11, "p_value": 1 / 12}, ["a2.h2"])
     assert few.endswith(
         "With 11 random sets the smallest p-value possible is 1/12 = 0.08, so no set of this size can "
         "reach p < 0.05 here."
     )
-    weak = hal.describe_repair(summary | {"top1_random_std": 0.3, "p_value": 0.2}, ["a2.h2", "a1.h0"], "mean")
+    weak = prose.describe_repair(summary | {"top1_random_std": 0.3, "p_value": 0.2}, ["a2.h2", "a1.h0"], "mean")
     assert "mean-ablating a2.h2, a1.h0 makes" in weak and "2 heads" in weak and "does not beat" in weak
     assert "p = 0.20" in weak
-    flat = hal.describe_repair(summary | {"top1_random_mean": 0.0, "top1_random_std": 0.0}, ["a2.h2"])
+    flat = prose.describe_repair(summary | {"top1_random_mean": 0.0, "top1_random_std": 0.0}, ["a2.h2"])
     assert "degenerate" in flat
     with pytest.raises(ValueError, match="lacks"):
-        hal.describe_repair({"top1_group": 0.5}, ["a2.h2"])
+        prose.describe_repair({"top1_group": 0.5}, ["a2.h2"])
 
 
 def test_baseline_head_sets_are_exhaustive_when_few():
     pool = ["a1.h0", "a1.h1", "a1.h2", "a1.h3"]
-    assert hal.baseline_head_sets(pool, 2, 10, exclude=["a1.h0"]) == [
+    assert rep.baseline_head_sets(pool, 2, 10, exclude=["a1.h0"]) == [
         ["a1.h1", "a1.h2"],
         ["a1.h1", "a1.h3"],
         ["a1.h2", "a1.h3"],
     ]
-    drawn = hal.baseline_head_sets(pool, 2, 2, seed=1)
-    assert len(drawn) == 2 and drawn == hal.baseline_head_sets(pool, 2, 2, seed=1)
+    drawn = rep.baseline_head_sets(pool, 2, 2, seed=1)
+    assert len(drawn) == 2 and drawn == rep.baseline_head_sets(pool, 2, 2, seed=1)
     with pytest.raises(ValueError, match="cannot draw 5 heads"):
-        hal.baseline_head_sets(pool, 5, 10)
+        rep.baseline_head_sets(pool, 5, 10)
 
 
 def test_permutation_p_value_and_split_on_hand_made_values():
     # the tested set repairs 0.5; random sets 0.1, 0.5, 0.7 and 0.2: two of four are at least as high
-    assert hal.permutation_p_value(0.5, [0.1, 0.5, 0.7, 0.2]) == pytest.approx(3 / 5)
-    assert hal.permutation_p_value(0.9, [0.1] * 19) == pytest.approx(1 / 20)  # never 0
-    assert np.isnan(hal.permutation_p_value(0.5, []))
-    choose, held = hal.split_failures(9, seed=0)
+    assert rep.permutation_p_value(0.5, [0.1, 0.5, 0.7, 0.2]) == pytest.approx(3 / 5)
+    assert rep.permutation_p_value(0.9, [0.1] * 19) == pytest.approx(1 / 20)  # never 0
+    assert np.isnan(rep.permutation_p_value(0.5, []))
+    choose, held = rep.split_failures(9, seed=0)
     assert len(choose) == 5 and len(held) == 4 and sorted(choose + held) == list(range(9))
-    assert hal.split_failures(9, seed=0) == (choose, held)  # deterministic
+    assert rep.split_failures(9, seed=0) == (choose, held)  # deterministic
     with pytest.raises(ValueError, match="at least 4"):
-        hal.split_failures(3)
+        rep.split_failures(3)
     table = pd.DataFrame(
         {
             "set": ["none", "group", "random", "random", "random"],
@@ -534,7 +538,7 @@ def test_permutation_p_value_and_split_on_hand_made_values():
             "n_prompts": 4,
         }
     )
-    summary = hal.repair_summary(table)
+    summary = rep.repair_summary(table)
     assert summary["p_value"] == pytest.approx(2 / 4) and summary["n_distinct"] == 2 and summary["n_prompts"] == 4
 
 
@@ -546,10 +550,10 @@ def test_pick_case_prefers_a_confident_same_subject_failure():
             "confidence": [0.99, 0.95, 0.6, 0.7, 0.98],
         }
     )
-    assert hal.pick_case(kinds) == 3
-    assert hal.pick_case(kinds.assign(wrong_kind="other")) == 1
+    assert fk.pick_case(kinds) == 3
+    assert fk.pick_case(kinds.assign(wrong_kind="other")) == 1
     with pytest.raises(ValueError, match="no knowledge-present failure"):
-        hal.pick_case(kinds.assign(kind="correct"))
+        fk.pick_case(kinds.assign(kind="correct"))
 
 
 def test_describe_wrong_answers_on_a_hand_made_table():
@@ -560,13 +564,13 @@ def test_describe_wrong_answers_on_a_hand_made_table():
             "wrong_relations": ["", "language", "language", "", "", ""],
         }
     )
-    assert hal.describe_wrong_answers(kinds) == (
+    assert prose.describe_wrong_answers(kinds) == (
         "known: of 4 wrong answers, 2 of 4 (50%) are another attribute of the subject (most often language, 2), "
         "1 of 4 (25%) an object of the asked relation for another subject and 1 of 4 (25%) neither.\n"
         "unknown: no wrong answers."
     )
     with pytest.raises(ValueError, match="classify_and_name"):
-        hal.describe_wrong_answers(kinds.drop(columns="wrong_kind"))
+        prose.describe_wrong_answers(kinds.drop(columns="wrong_kind"))
 
 
 def test_case_summary_and_its_sentence_on_hand_made_tables():
@@ -577,22 +581,22 @@ def test_case_summary_and_its_sentence_on_hand_made_tables():
     assert (case["correct_subject_rank"], case["correct_subject_layer"], case["correct_last_top1_layer"]) == (0, 1, 1)
     assert (case["wrong_subject_rank"], case["wrong_subject_layer"], case["wrong_last_top1_layer"]) == (0, 0, 2)
     assert case["head"] == "a1.h1" and case["head_share"] == pytest.approx(0.75)
-    text = hal.describe_case(case)
+    text = prose.describe_case(case)
     assert text.startswith("For 'p' the model answers 'Italian', not 'physicist'.")
     assert "'physicist' reaches rank 1 (1 = top-1) after block 1 and 'Italian' rank 1 after block 0" in text
     assert "both attributes are built up at the subject (within the top 3)" in text
     assert "'physicist' becomes top-1 after block 1 and 'Italian' becomes top-1 after block 2" in text
-    assert "only 'Italian' is built up" in hal.describe_case(case | {"correct_subject_rank": 5.0})
-    assert "'physicist' never becomes top-1" in hal.describe_case(case | {"correct_last_top1_layer": float("nan")})
+    assert "only 'Italian' is built up" in prose.describe_case(case | {"correct_subject_rank": 5.0})
+    assert "'physicist' never becomes top-1" in prose.describe_case(case | {"correct_last_top1_layer": float("nan")})
     assert "a1.h1: it adds +1.50 to the logit of 'Italian' and +0.00 to that of 'physicist' (75% of" in text
     assert text.endswith("Its top tokens at the last position: Italian, German.")
     with pytest.raises(ValueError, match="lacks"):
-        hal.describe_case({"prompt": "p"})
+        prose.describe_case({"prompt": "p"})
 
 
 def test_describe_explained_and_survey_on_hand_made_tables():
     table = _head_table({0: (2.0, [3.0, 0.5, -1.0]), 1: (2.0, [1.0, 0.2, 1.5]), 2: (5.0, [1.0, 1.0, 1.0])})
-    text = hal.describe_explained(hal.explaining_heads(table, 3), hal.rank_heads(table), 3)
+    text = prose.describe_explained(wah.explaining_heads(table, 3), wah.rank_heads(table), 3)
     assert (
         "one head's direct contribution to logit(wrong) − logit(correct) is larger than the model's margin in "
         "1 of 3 (33%)" in text
@@ -615,31 +619,32 @@ def test_describe_explained_and_survey_on_hand_made_tables():
             "p_value": [0.012, 1.0, np.nan, np.nan],
         }
     )
-    assert hal.describe_survey(survey) == (
+    assert prose.describe_survey(survey) == (
         "3 of 4 relations have knowledge-present failures: a (10; a2.h2 repairs 60% of 5 held out vs 10% ± 10%, "
         "p = 0.01), b (4; a3.h3 repairs 0% of 2 held out vs 0% ± 0%, p = 1.00), d (3; too few to hold out). In 2 of "
         "them most wrong answers are another attribute of the subject (a, d). Patching the single head with the "
         "largest mean contribution on half the failures beats random heads on the other half (p < 0.05) in 1 of the "
         "2 relations with enough failures to hold out (a)."
     )
-    assert hal.describe_survey(survey.assign(n_present=0)) == "None of the 4 relations has a knowledge-present failure."
+    none = "None of the 4 relations has a knowledge-present failure."
+    assert prose.describe_survey(survey.assign(n_present=0)) == none
     few = survey.assign(n_random=[11, 11, 0, 0], p_value=[1 / 12, 1.0, np.nan, np.nan])
-    assert hal.describe_survey(few).endswith(
+    assert prose.describe_survey(few).endswith(
         "With at most 11 other heads to compare with, no single head can reach p < 0.05 (the smallest p-value is "
         "1/12); the head repairs more than every other head in 1 of them (a)."
     )
 
 
 def test_describe_enrichment_on_hand_made_curves():
-    known = hal.rank_curves(HAND_LENS.query("prompt_index < 3"), max_rank=2)
-    text = hal.describe_enrichment({"known": known}, max_rank=2)
+    known = fk.rank_curves(HAND_LENS.query("prompt_index < 3"), max_rank=2)
+    text = prose.describe_enrichment({"known": known}, max_rank=2)
     # after block 0 the 0-based subject ranks are 0, 1, 50: two of three within the top 3, median 1 (rank 2, 1-based)
     assert text == (
         "The correct answer — known: 67% within the top 3 at the subject after block 0 (median rank 2, 1 = top-1), "
         "33% at the last position after the final block (median rank 4)."
     )
     with pytest.raises(ValueError, match="no layer 7"):
-        hal.describe_enrichment({"known": known}, 2, layer=7)
+        prose.describe_enrichment({"known": known}, 2, layer=7)
 
 
 def test_describe_departures_on_hand_made_tables():
@@ -648,7 +653,7 @@ def test_describe_departures_on_hand_made_tables():
     survey = pd.DataFrame(
         {"relation": ["country_currency"], "n_present": [9], "n_wrong": [10], "same_subject_share": [0.0]}
     )
-    text = hal.describe_departures(4, "rel", "T {}", "S {}", kinds, known, survey)
+    text = prose.describe_departures(4, "rel", "T {}", "S {}", kinds, known, survey)
     assert "has 4 layers" in text and "For rel, 2 of 3 (67%) wrong answers to 'T {}' are knowledge-present" in text
     assert "asked with 'S {}' are answered 100% correctly" in text
     assert text.endswith(
@@ -656,7 +661,7 @@ def test_describe_departures_on_hand_made_tables():
         "are knowledge-present, and 0% of those are another attribute of the subject (the paper's 'Malaysian' is one)."
     )
     with pytest.raises(ValueError, match="kind"):
-        hal.describe_departures(4, "rel", "T {}", "S {}", kinds.rename(columns={"kind": "k"}), known)
+        prose.describe_departures(4, "rel", "T {}", "S {}", kinds.rename(columns={"kind": "k"}), known)
 
 
 def test_describe_departures_of_a_pretrained_model_never_speaks_of_the_organism():
@@ -665,13 +670,13 @@ def test_describe_departures_of_a_pretrained_model_never_speaks_of_the_organism(
     survey = pd.DataFrame(
         {"relation": ["country_currency"], "n_present": [1], "n_wrong": [4], "same_subject_share": [1.0]}
     )
-    text = hal.describe_departures(30, "rel", "T {}", "S {}", kinds, known, survey, organism=False)
+    text = prose.describe_departures(30, "rel", "T {}", "S {}", kinds, known, survey, organism=False)
     assert text.startswith("The model has 30 layers (not GPT-2 medium's 24) and is pretrained on web text")
     assert "For rel, 1 of 3 (33%) wrong answers to 'T {}' are knowledge-present" in text
     assert "asked with 'S {}' are answered 75% correctly" in text
     assert "is asked here in its last template: 1 of 4 (25%)" in text
     assert "organism" not in text and "trained on the 21 relation files" not in text
-    same_depth = hal.describe_departures(24, "rel", "T {}", "S {}", kinds, known, organism=False)
+    same_depth = prose.describe_departures(24, "rel", "T {}", "S {}", kinds, known, organism=False)
     assert "24 layers (as GPT-2 medium has)" in same_depth
 
 
@@ -680,9 +685,9 @@ def test_answered_and_unknown_split_a_classification_by_position():
         {"kind": ["correct", "knowledge_absent", "knowledge_present", "correct", "knowledge_absent"]},
         index=[10, 11, 12, 13, 14],
     )
-    assert hal.answered_and_unknown(kinds) == {"answered": [0, 3], "unknown": [1, 4]}
+    assert fk.answered_and_unknown(kinds) == {"answered": [0, 3], "unknown": [1, 4]}
     with pytest.raises(ValueError, match="kind"):
-        hal.answered_and_unknown(kinds.rename(columns={"kind": "k"}))
+        fk.answered_and_unknown(kinds.rename(columns={"kind": "k"}))
 
 
 # ----------------------------------------------------------------------------- the relation read in detail
@@ -715,7 +720,7 @@ def test_failure_counts_agree_with_the_classification(tiny_model):
     pairs = list(zip(SUBJECTS, ANSWERS))
     facts = {"country_capital": ("the capital of {} is", pairs), "empty": ("the {} is", [])}
     counts = failure_counts(tiny_model, facts, index, progress=False, subject_max_rank=5)
-    kinds, _ = hal.classify_and_name(
+    kinds, _ = fk.classify_and_name(
         tiny_model, "country_capital", SUBJECTS, ANSWERS, "the capital of {} is", index, subject_max_rank=5
     )
     assert list(counts["relation"]) == ["country_capital"]  # a relation without facts is not a row

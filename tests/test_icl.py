@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kc_utils import models
-from kc_utils.analysis import icl
+from kc_utils.analysis import icl, icl_text
 from kc_utils.analysis.head_ablation import run_with_heads_ablated
 from kc_utils.analysis.head_groups import answer_scores, writing_heads
 from kc_utils.analysis.heads import attention_patterns
@@ -190,17 +190,17 @@ def test_circuit_changes_table_and_sentence():
     }
     table = icl.circuit_changes_table(diffs)
     assert list(table["n_new_heads"]) == [1, 0] and table.loc[0, "new_heads"] == "a1.h1"
-    text = icl.circuit_change_sentence(table, 3)
+    text = icl_text.circuit_change_sentence(table, 3)
     assert "appear in 1 of 2 relations: a1.h1 (1 of 2)" in text
     assert "0 of 2 relations lose" in text and "share 83% of their nodes" in text
     many = table.assign(new_heads=["a1.h1, a0.h0, a0.h1", "a1.h1, a1.h0"], n_new_heads=[3, 2])
-    text = icl.circuit_change_sentence(many, 3, max_listed=2)
+    text = icl_text.circuit_change_sentence(many, 3, max_listed=2)
     assert (
         "appear in 2 of 2 relations: a1.h1 (2 of 2), a0.h0 (1 of 2) and 2 more heads, each new in at most 1 of 2"
         in text
     )
     table["n_new_heads"] = 0
-    assert icl.circuit_change_sentence(table, 3).startswith("No head is new in the 3-shot circuit of any of the 2")
+    assert icl_text.circuit_change_sentence(table, 3).startswith("No head is new in the 3-shot circuit of any of the 2")
 
 
 # ---------------------------------------------------------------------------------------------- attention
@@ -307,7 +307,7 @@ def test_table2_layout_and_sentence_on_a_hand_made_table():
     table = icl.table2(rows)
     assert table.loc[0, "paper_ablated"] == 32.55 and table.loc[1, "paper_random"] == 88.61
     assert pd.isna(table.loc[2, "paper_original"])
-    text = icl.table2_sentence(table)
+    text = icl_text.table2_sentence(table)
     assert "in 1 of 2 rows" in text
     assert "adj_comparative (a2.h1): 100% → 50% vs random 95 ± 3%" in text
     assert "made_up: no random baseline" in text
@@ -325,7 +325,7 @@ def test_accuracy_sentence_on_a_hand_made_table():
             "top1_shuffled": [float("nan"), 0.4, float("nan"), 0.6, float("nan"), 0.0, float("nan"), 0.1],
         }
     )
-    text = icl.accuracy_sentence(table, 3)
+    text = icl_text.accuracy_sentence(table, 3)
     assert "In the arrow format, mean accuracy goes from 70% with no demonstration to 100% with 3" in text
     assert "rises in 2 of 2 relations, falls in 0" in text and "3-shot accuracy is 50%, so the content" in text
     assert "In the sentence format, mean accuracy goes from 100% with no demonstration to 10% with 3" in text
@@ -334,17 +334,17 @@ def test_accuracy_sentence_on_a_hand_made_table():
 
 
 def test_departures_sentence_of_a_pretrained_model_makes_no_organism_assumption():
-    text = icl.departures_sentence(30, 9, 270, "sentence", 3, organism=False)
+    text = icl_text.departures_sentence(30, 9, 270, "sentence", 3, organism=False)
     assert text.startswith("The model has 30 layers of 9 heads against GPT-2 medium's 24 of 16; every head writes")
     assert "the paper's layout" in text and "organism" not in text and "block 0" not in text
-    assert "3 of its heads write nothing" in icl.departures_sentence(30, 9, 267, "arrow", 3, organism=False)
+    assert "3 of its heads write nothing" in icl_text.departures_sentence(30, 9, 267, "arrow", 3, organism=False)
 
 
 def test_departures_sentence_counts_silent_heads():
-    text = icl.departures_sentence(4, 4, 12, "arrow", 3)
+    text = icl_text.departures_sentence(4, 4, 12, "arrow", 3)
     assert "4 layers of 4 heads" in text and "4 heads (block 0) have no attention" in text
     assert "the 12 others" in text and "in distribution" in text
-    assert "never saw" in icl.departures_sentence(4, 4, 12, "sentence", 1)
+    assert "never saw" in icl_text.departures_sentence(4, 4, 12, "sentence", 1)
 
 
 def test_fewshot_facts_of_the_organism_and_missing_relations():

@@ -11,7 +11,7 @@ import torch
 
 from kc_utils import models
 from kc_utils.data.prompts import make_batch
-from kc_utils.neurons import consistency, interventions, modification, selection, sentences
+from kc_utils.neurons import consistency, interventions, modification, selection, study_text
 from kc_utils.neurons.attribution import answer_probability, neuron_activations, neuron_attribution
 from kc_utils.neurons.positions import NeuronError, check_layers, query_positions
 
@@ -457,13 +457,13 @@ def test_consistency_sentence_on_a_hand_made_table():
              cs_mean=[0.5, 0.4], inconsistent_static=[0.4, 0.8], inconsistent_otsu=[0.3, 0.5],
              neurons_per_query=[12, 9])
     )  # fmt: skip
-    text = sentences.consistency_sentence(summary, "r", 0.5, 0.45, overall=summary)
+    text = study_text.consistency_sentence(summary, "r", 0.5, 0.45, overall=summary)
     assert "Of the 10 facts of `r`, each asked in 6 ways, **40%**" in text
     assert "**30%** by Otsu's threshold (CS < 0.45)" in text
     assert "ranges over 0.20–0.90 (mean 0.50)" in text
     assert "Over 2 relations (40 facts): **70%** (static) and **45%** (Otsu)" in text  # (4+24)/40, (3+15)/40
     assert "77%" in text
-    departure = sentences.departure_sentence(4, 512, summary, "r", "last", 6)
+    departure = study_text.departure_sentence(4, 512, summary, "r", "last", 6)
     assert "4 layers of 512 MLP neurons (2,048 in all)" in departure and "458,752 (224× more)" in departure
     assert "overlap 0.20–0.90" in departure
 
@@ -473,7 +473,7 @@ def test_intervention_and_attention_sentences_on_hand_made_tables():
         dict(factor=[0.0, 0.0, 0.0, 2.0, 2.0], kind=["source", "paraphrase", "random", "source", "paraphrase"],
              delta_mean=[-0.4, -0.1, -0.01, 0.2, 0.05], delta_std=[0.1, 0.05, 0.02, 0.1, 0.02], n=[6, 30, 6, 6, 30])
     )  # fmt: skip
-    text = sentences.intervention_sentence(summary)
+    text = study_text.intervention_sentence(summary)
     assert "(×0) changes p(answer) by -0.400 ± 0.100 on that query and by -0.100 ± 0.050" in text
     assert "(4.0× more on the source); random sets of the same size: -0.010 ± 0.020." in text
     assert "Enhancing a query's knowledge neurons (×2) changes p(answer) by +0.200" in text
@@ -481,19 +481,19 @@ def test_intervention_and_attention_sentences_on_hand_made_tables():
     tiny = summary.assign(delta_mean=summary["delta_mean"] / 100, p_before_mean=0.99)
     assert (
         "Every mean change is below 0.05, so this comparison is at its floor on this model: the answers start at "
-        "p = 0.990 on average" in sentences.intervention_sentence(tiny)
+        "p = 0.990 on average" in study_text.intervention_sentence(tiny)
     )
     with_logprob = summary.assign(logprob_mean=[-2.0, -0.5, 0.0, 0.1, 0.02], logprob_std=0.1)
-    assert "; in log p(answer), -2.000 against -0.500; random" in sentences.intervention_sentence(with_logprob)
+    assert "; in log p(answer), -2.000 against -0.500; random" in study_text.intervention_sentence(with_logprob)
     attention = pd.DataFrame(
         dict(scaled=["all", "all"], factor=[0.0, 0.0], keys=["top", "random"], delta_p_mean=[-0.3, -0.02],
              delta_p_std=[0.1, 0.01], kn_change_mean=[-0.5, -0.05], kn_change_std=[0.1, 0.1], n=[4, 4])
     )  # fmt: skip
-    assert sentences.attention_sentence(attention) == (
+    assert study_text.attention_sentence(attention) == (
         "Cutting each head's attention to its most-attended position moves the knowledge neurons' mean activation "
         "by -50% and p(answer) by -0.300 (random positions: -5% and -0.020)."
     )
-    assert sentences.attention_sentence(attention, [0, 0], [1, 2, 3]).endswith(
+    assert study_text.attention_sentence(attention, [0, 0], [1, 2, 3]).endswith(
         "Every knowledge neuron here lies in layer(s) [0], before the first attention layer scaled (1), so no scaled "
         "attention can reach them at this position."
     )
@@ -504,14 +504,14 @@ def test_modification_sentence_on_a_hand_made_table():
         dict(task=["erase"] * 3, method=["query-local", "global", "CAS"], n_neurons=[10.0, 30.0, 8.0],
              reliability=[0.9, 0.95, 0.8], generalisation=[0.2, 0.6, 0.5], locality=[0.99, 0.9, 0.98])
     )  # fmt: skip
-    text = sentences.modification_sentence(summary)
+    text = study_text.modification_sentence(summary)
     assert text == (
         "**Erase**: the best generalisation comes from the global set (0.600); CAS reaches 0.500 against 0.200 for "
         "the query-local set (+0.300), with reliability 0.800 vs 0.900 and locality 0.980 vs 0.990 "
         "(8.0 vs 10.0 neurons)."
     )
     small = summary.assign(reliability=0.01, generalisation=0.02)
-    assert sentences.modification_sentence(small).endswith(
+    assert study_text.modification_sentence(small).endswith(
         "No set moves the erase metrics by 0.05 or more: at these sizes the erase comparison is at its floor on this "
         "model, and its ranking is not evidence for or against CAS."
     )

@@ -4,7 +4,7 @@ Notebook 04 reads one relation in detail. On the organism that is ``person_occup
 template makes it answer the subject's native language. A real model fails elsewhere: SmolLM2-135M answers none
 of 135 occupations in "The job title of {} is" and shows no knowledge of them at the subject, so there is
 nothing to trace. :func:`failure_counts` classifies every relation's facts in the template the notebook asks
-(:func:`kc_utils.analysis.hallucination.classify_and_name`), and :func:`pick_failing_relation` takes the
+(:func:`kc_utils.analysis.failure_kinds.classify_and_name`), and :func:`pick_failing_relation` takes the
 relation with the most knowledge-present failures (ties: the relation's name), so the choice is read off a
 table the notebook shows.
 """
@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from kc_utils.analysis.hallucination import classify_and_name
+from kc_utils.analysis.failure_kinds import classify_and_name
 from kc_utils.analysis.wrong_answers import AttributeIndex
 
 __all__ = [
@@ -55,7 +55,7 @@ def failure_counts(
     Args:
         facts: ``{relation: (template, [(subject, answer), ...])}``, the template with a ``{}``.
         thresholds: ``subject_max_rank``, ``last_max_rank`` and ``rule`` of
-            :func:`kc_utils.analysis.hallucination.classify_prompts`.
+            :func:`kc_utils.analysis.failure_kinds.classify_prompts`.
 
     Returns:
         One row per relation with facts: ``relation``, ``template`` and :data:`COUNT_COLUMNS`.

@@ -10,7 +10,8 @@ module              holds
 ``consistency``     consistency of a fact's neuron sets across its queries; static and Otsu thresholds
 ``interventions``   suppress/enhance neurons; scale attention to the most-attended positions
 ``modification``    consistency-aware (CAS) vs query-local vs global neuron sets for erase and update
-``sentences``       the notebook's computed sentences, built from its tables
+``study``           the steps the notebook chains: facts → their queries' knowledge neurons → consistency
+``study_text``      the notebook's computed sentences, built from its tables
 ==================  ===============================================================================
 
 MLP neurons are reached only through :mod:`kc_utils.models` (``mlp_hidden_hook``, ``neuron_output_weights``).

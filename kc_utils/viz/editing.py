@@ -24,7 +24,7 @@ _STATUS = {"added": "#1a9850", "removed": "#d73027", "kept": "#878787"}
 def plot_edit_lens(before: pd.DataFrame, after: pd.DataFrame, title: str = "") -> go.Figure:
     """Probability of the new and old object after each block, at the subject's last token and at the last
     position, before (dashed) and after (solid) the edit; tables of
-    :func:`~kc_utils.editing.inspect.lens_at_subject_and_last`."""
+    :func:`~kc_utils.editing.readout.lens_at_subject_and_last`."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("at the subject's last token", "at the last position"))
     for col, position in enumerate(("subject last", "last"), start=1):
         for stage, table, dash in (("before", before, "dash"), ("after", after, "solid")):
@@ -54,7 +54,7 @@ def plot_edit_lens(before: pd.DataFrame, after: pd.DataFrame, title: str = "") -
 
 def plot_head_dla(before: pd.DataFrame, after: pd.DataFrame, top: int = 10, title: str = "") -> go.Figure:
     """Direct logit attribution of the heads to the new object before and after the edit, for the ``top`` heads
-    after it; tables of :func:`~kc_utils.editing.inspect.head_dla`."""
+    after it; tables of :func:`~kc_utils.editing.readout.head_dla`."""
     heads_after = after[after["kind"] == "head"].set_index("component")["logit"]
     heads_before = before[before["kind"] == "head"].set_index("component")["logit"]
     chosen = heads_after.abs().sort_values(ascending=False).index[:top].tolist()
@@ -75,7 +75,7 @@ def plot_head_dla(before: pd.DataFrame, after: pd.DataFrame, top: int = 10, titl
 
 def plot_circuit_diff(diff: pd.DataFrame, top: int = 20, title: str = "") -> go.Figure:
     """The edges whose score changed most between the circuits before and after the edit, coloured by status;
-    table of :func:`~kc_utils.editing.inspect.circuit_diff`."""
+    table of :func:`~kc_utils.editing.readout.circuit_diff`."""
     rows = diff.head(top).iloc[::-1]
     fig = go.Figure()
     for status, colour in _STATUS.items():
@@ -109,7 +109,7 @@ def _sweep_cell_text(mean: float, std: float) -> str:
 
 def plot_sweep_heatmap(summary: pd.DataFrame, metrics: Sequence[str], title: str = "") -> go.Figure:
     """Mean of each metric per method (panel) and layer (column), with mean ± std written in each cell ("n/a"
-    where the metric is undefined); table of :func:`~kc_utils.editing.sweep.summarise_sweep`."""
+    where the metric is undefined); table of :func:`~kc_utils.editing.layer_sweep.summarise_sweep`."""
     methods = list(dict.fromkeys(summary["method"]))
     fig = make_subplots(rows=1, cols=len(methods), subplot_titles=[m.upper() for m in methods], shared_yaxes=True)
     for col, method in enumerate(methods, start=1):
@@ -144,7 +144,7 @@ def plot_sweep_heatmap(summary: pd.DataFrame, metrics: Sequence[str], title: str
 
 def plot_location(location: pd.DataFrame, title: str = "") -> go.Figure:
     """Share of working edits undone by restoring the edited MLP's original output at the subject vs at the last
-    position, per method and layer; table of :func:`~kc_utils.editing.sweep.location_table`."""
+    position, per method and layer; table of :func:`~kc_utils.editing.layer_sweep.location_table`."""
     x = [f"{m.upper()} L{int(layer)}" for m, layer in zip(location["method"], location["layer"])]
     working = location["n_working"] if "n_working" in location else None
     hover = "%{x}: %{y:.0%} undone" + (" of %{customdata} working edits" if working is not None else "")

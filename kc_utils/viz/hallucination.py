@@ -1,6 +1,6 @@
 """Plotly figures of notebook 04: hallucinations traced through circuits.
 
-Each takes a table of :mod:`kc_utils.analysis.hallucination`; attention maps and circuits reuse
+Each takes a table of :mod:`kc_utils.analysis.hallucination` and its steps; attention maps and circuits reuse
 :func:`kc_utils.viz.heads.plot_attention` and :func:`kc_utils.viz.circuits.plot_circuit`.
 """
 
@@ -112,7 +112,7 @@ def plot_head_dla(heads: pd.DataFrame, title: str = "") -> go.Figure:
 
     Args:
         heads: rows with ``head``, ``dla_wrong``/``dla_correct`` (one prompt) or
-            ``mean_dla_wrong``/``mean_dla_correct`` (:func:`kc_utils.analysis.hallucination.rank_heads`).
+            ``mean_dla_wrong``/``mean_dla_correct`` (:func:`kc_utils.analysis.wrong_answer_heads.rank_heads`).
     """
     prefix = "mean_" if "mean_dla_wrong" in heads else ""
     for column in ("head", f"{prefix}dla_wrong", f"{prefix}dla_correct"):
@@ -155,9 +155,9 @@ def plot_head_dla(heads: pd.DataFrame, title: str = "") -> go.Figure:
 def plot_repair(
     tables: Mapping[str, pd.DataFrame], each_head: pd.DataFrame | None = None, title: str = ""
 ) -> go.Figure:
-    """Repair rates: for each labelled :func:`~kc_utils.analysis.hallucination.repair` table, the tested set
+    """Repair rates: for each labelled :func:`~kc_utils.analysis.head_repair.repair` table, the tested set
     (diamond), the random sets (points) and the rate before intervening (line); then, optionally, every
-    head patched alone (bars, from :func:`~kc_utils.analysis.hallucination.repair_by_each_head`)."""
+    head patched alone (bars, from :func:`~kc_utils.analysis.head_repair.repair_by_each_head`)."""
     cols = 2 if each_head is not None else 1
     fig = make_subplots(
         rows=1,
@@ -222,7 +222,7 @@ def plot_rank_curves(curves: Mapping[str, pd.DataFrame], title: str = "") -> go.
     """Median rank of the correct answer per layer, at the subject and at the last position, one line per group.
 
     Args:
-        curves: ``{group: rank_curves table}`` (:func:`kc_utils.analysis.hallucination.rank_curves`).
+        curves: ``{group: rank_curves table}`` (:func:`kc_utils.analysis.failure_kinds.rank_curves`).
     """
     palette = ["#1a9850", "#4575b4", "#d73027", "#984ea3"]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("at the subject", "at the last position"))

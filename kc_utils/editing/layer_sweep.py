@@ -20,7 +20,7 @@ from kc_utils import models
 from kc_utils.editing.covariance import KeyStatistics
 from kc_utils.editing.evaluation import METRICS, EditEvaluator, corrupt_twin
 from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
-from kc_utils.editing.inspect import leak_circuit_table, mlp_node
+from kc_utils.editing.readout import leak_circuit_table, mlp_node
 from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, check_layer
 from kc_utils.editing.reversible import EditResult
 from kc_utils.editing.rome import ROME_DEPARTURES, RomeConfig, RomeTarget, rome_edit, rome_targets, rome_update
@@ -194,7 +194,7 @@ def leak_circuits(
     Edits are applied one at a time in the evaluator's order; for each of the first ``max_edits`` that leak,
     up to ``max_prompts`` leaking neighbours (answer: the new object) and as many non-leaking ones (answer:
     their own object) are attributed with EAP-IG (same-length corrupt subjects) and
-    :func:`~kc_utils.editing.inspect.node_share` of the edited MLP is read in their top-``n_edges`` circuits.
+    :func:`~kc_utils.editing.readout.node_share` of the edited MLP is read in their top-``n_edges`` circuits.
 
     Returns:
         One row per (edit, group): ``edit``, ``subject``, ``group`` (``leaking`` / ``not leaking``), ``n``,

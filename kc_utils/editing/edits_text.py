@@ -44,7 +44,7 @@ def _best_layer(method: str, best: pd.Series) -> str:
 
 
 def describe_sweep(summary: pd.DataFrame, works_at: float = 0.5) -> str:
-    """Read a :func:`~kc_utils.editing.sweep.summarise_sweep` table (``method``, ``layer``, ``n_edits`` and
+    """Read a :func:`~kc_utils.editing.layer_sweep.summarise_sweep` table (``method``, ``layer``, ``n_edits`` and
     ``<metric>_mean`` for the six metrics): per method, the best layer by reliability and its numbers (when several
     layers tie, where among them it generalises most and leaks least), the layers where it fails (reliability
     below ``works_at``), and which method leaks more on average."""
@@ -102,7 +102,7 @@ def _edits(rows: pd.DataFrame) -> str:
 
 
 def describe_location(location: pd.DataFrame, attention_free_layers: Sequence[int] = (), decisive: float = 0.5) -> str:
-    """Read a :func:`~kc_utils.editing.sweep.location_table` (``method``, ``layer``, ``n_working``,
+    """Read a :func:`~kc_utils.editing.layer_sweep.location_table` (``method``, ``layer``, ``n_working``,
     ``undone_by_subject``, ``undone_by_last``): per method and layer, which restoration undoes the edit, and
     the structural reason at layers whose attention is off (``attention_free_layers``)."""
     sentences = []
@@ -135,7 +135,7 @@ def describe_location(location: pd.DataFrame, attention_free_layers: Sequence[in
 
 
 def describe_case(case: pd.DataFrame) -> str:
-    """Read a :func:`~kc_utils.editing.inspect.case_table` (one row per ``stage`` ``before``/``after`` with
+    """Read a :func:`~kc_utils.editing.readout.case_table` (one row per ``stage`` ``before``/``after`` with
     ``top1``, ``p_new``, ``p_old``, ``new_top1_layer_last``, ``new_best_rank_subject``, ``top_head``,
     ``top_head_logit``)."""
     before = case.set_index("stage").loc["before"]
@@ -161,7 +161,7 @@ def _count(n: int, noun: str) -> str:
 
 
 def describe_leak_circuits(table: pd.DataFrame, node: str) -> str:
-    """Read a :func:`~kc_utils.editing.sweep.summarise_leak_circuits` table (one row per ``group``
+    """Read a :func:`~kc_utils.editing.layer_sweep.summarise_leak_circuits` table (one row per ``group``
     ``leaking``/``not leaking`` with ``n``, ``n_edits``, ``share`` and ``in_circuit``) for the edited ``node``."""
     rows = table.set_index("group")
     if "leaking" not in rows.index or rows.loc["leaking", "n"] == 0:
@@ -212,7 +212,8 @@ def _pcts(values: Sequence[float]) -> str:
 def describe_rome_layers(
     summary: pd.DataFrame, labels: dict[str, str], key_templates: dict[str, bool], works_at: float = 0.5
 ) -> str:
-    """Layer by layer, where each ROME variant works, from a :func:`~kc_utils.editing.sweep.summarise_sweep` table.
+    """Layer by layer, where each ROME variant works, from a
+    :func:`~kc_utils.editing.layer_sweep.summarise_sweep` table.
 
     Args:
         labels: method → how to name it (``{"rome": "The authors' ROME", "rome-templates": "..."}``); methods of
@@ -258,10 +259,10 @@ def describe_rome_layers(
 
 
 def describe_departures(table: pd.DataFrame, noise: float = 0.05) -> str:
-    """Read a :func:`~kc_utils.editing.sweep.departure_table`: for each departure, the layer where it moves the edits
-    most from the default (the largest change in reliability, generalisation to the other templates, to the held-out
-    template, or leak) and what it does there. A departure can leave reliability alone and still change how far an
-    edit spreads, so every measure is read; changes within ``noise`` read as none."""
+    """Read a :func:`~kc_utils.editing.layer_sweep.departure_table`: for each departure, the layer where it moves the
+    edits most from the default (the largest change in reliability, generalisation to the other templates, to the
+    held-out template, or leak) and what it does there. A departure can leave reliability alone and still change how
+    far an edit spreads, so every measure is read; changes within ``noise`` read as none."""
     sentences = []
     base = table[table["departure"] == "default"].set_index("layer")
     measures = [c for c in ("reliability", "generalisation", "generalisation_unseen", "leak") if c in table]
@@ -294,7 +295,7 @@ def describe_departures(table: pd.DataFrame, noise: float = 0.05) -> str:
 
 
 def describe_covariance(table: pd.DataFrame) -> str:
-    """Read a :func:`~kc_utils.editing.sweep.covariance_effect` table (``source``, ``layer``, ``reliability``,
+    """Read a :func:`~kc_utils.editing.layer_sweep.covariance_effect` table (``source``, ``layer``, ``reliability``,
     ``locality_relation``, ``leak``, ``update_cosine``): how much the choice of ``C``'s text changes the edits,
     against the first source."""
     sources = list(dict.fromkeys(table["source"]))
@@ -318,8 +319,9 @@ def describe_covariance(table: pd.DataFrame) -> str:
 def describe_paper_reading(
     location: pd.DataFrame, summary: pd.DataFrame, rome_method: str = "rome", works_at: float = 0.5
 ) -> str:
-    """The paper's reading of ROME and FT-M (Yao et al. §5) against a :func:`~kc_utils.editing.sweep.location_table`
-    and a :func:`~kc_utils.editing.sweep.summarise_sweep` table: where the working edits live, layer by layer."""
+    """The paper's reading of ROME and FT-M (Yao et al. §5) against a
+    :func:`~kc_utils.editing.layer_sweep.location_table` and a :func:`~kc_utils.editing.layer_sweep.summarise_sweep`
+    table: where the working edits live, layer by layer."""
     loc = location.set_index(["method", "layer"])
     rel = summary.set_index(["method", "layer"])["reliability_mean"]
     sentences = []
