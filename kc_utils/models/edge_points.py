@@ -27,6 +27,11 @@ fire and computes the rest, so that a hook on a logical name reads — and may r
 4. **The MLP input of a one-norm parallel block** (GPT-J, Phi-2, Falcon, Cohere: attention and MLP read the same
    ``ln1(x)``). The MLP's receiver reads the block's input ``x``; its own copy goes through ``ln1`` into the MLP,
    so patching it leaves the attention's input alone.
+5. **Query/key norms across heads** (OLMo 2, OLMoE: ``q_norm``/``k_norm`` normalise all heads' projections together).
+   When heads read different inputs, the bridge would normalise head ``h``'s query with a scale that mixes the
+   other heads' inputs. Here head ``h``'s query is what the model computes when the residual stream is head ``h``'s
+   own input: all heads' projections of that input, normalised together, then head ``h``'s slice. Each head then
+   reads its own input alone (tested on every exact family).
 
 Every route is checked at load (:mod:`kc_utils.models.decomposition`): the logits through routed hooks that
 return copies of what they read equal the model's own, and the residual stream is the sum of the node outputs.
@@ -87,6 +92,8 @@ class EdgeRoutes:
         results_from_z: layers whose head results come from ``hook_z`` and ``W_O`` (item 2).
         qkv_from_projections: layers whose q/k/v inputs are split here (item 3).
         mlp_reads_ln1: layers whose MLP input is the block's input through ``ln1`` (item 4).
+        shared_qk_norm: layer → ``{"q", "k"}``: query/key norms that span every head of the layer (item 5).
+        pre_norm_heads: layers whose attention reads its input through ``ln1`` (used by item 5).
     """
 
     family: str
@@ -94,11 +101,19 @@ class EdgeRoutes:
     results_from_z: set[int] = field(default_factory=set)
     qkv_from_projections: set[int] = field(default_factory=set)
     mlp_reads_ln1: set[int] = field(default_factory=set)
+    shared_qk_norm: dict[int, set[str]] = field(default_factory=dict)
+    pre_norm_heads: set[int] = field(default_factory=set)
 
     @property
     def native(self) -> bool:
         """Whether the bridge serves every logical point itself."""
-        return not (self.post_norm or self.results_from_z or self.qkv_from_projections or self.mlp_reads_ln1)
+        return not (
+            self.post_norm
+            or self.results_from_z
+            or self.qkv_from_projections
+            or self.mlp_reads_ln1
+            or self.shared_qk_norm
+        )
 
     def describe(self) -> str:
         """One line saying what is routed (for the family matrix and messages)."""
@@ -113,6 +128,8 @@ class EdgeRoutes:
             parts.append("q/k/v inputs split per head at the projections")
         if self.mlp_reads_ln1:
             parts.append("the MLP reads the block input through its own copy of ln1")
+        if self.shared_qk_norm:
+            parts.append("query/key norms across heads applied to each head's own input")
         return "; ".join(parts)
 
     def routes(self, layer: int, point: str) -> bool:
@@ -160,6 +177,10 @@ def route(model: Any, fwd_hooks: Sequence[tuple[str, HookFn]]) -> list[tuple[str
             grouped.setdefault((layer, point), []).append(fn)
         else:
             passed.append((name, fn))
+    for layer, letters in routes.shared_qk_norm.items():
+        for letter in sorted(letters):
+            if any(name == f"blocks.{layer}.hook_{letter}_input" for name, _ in fwd_hooks):
+                passed += _shared_norm_hooks(model, routes, layer, letter)
     for (layer, point), fns in grouped.items():
         if point == "result":
             passed += _result_hooks(model, routes, layer, fns)
@@ -252,6 +273,34 @@ def _qkv_hooks(model: Any, layer: int, letter: str, fns: list[HookFn]) -> list[t
     return [(f"blocks.{layer}.ln1.hook_in", capture), (f"blocks.{layer}.attn.hook_{letter}", project)]
 
 
+def _shared_norm_hooks(model: Any, routes: EdgeRoutes, layer: int, letter: str) -> list[tuple[str, HookFn]]:
+    """Head ``h``'s query (key) under a norm across heads: the norm of every head's projection of head ``h``'s own
+    input, head ``h``'s slice of it; replaces the norm's output. The fork is captured after every other hook on the
+    input, so it is what the heads really read."""
+    block = model.blocks[layer]
+    attn = block.attn
+    projection = getattr(attn, letter).original_component
+    norm = getattr(attn, f"{letter}_norm").original_component
+    first_norm = block.ln1.original_component if layer in routes.pre_norm_heads else None
+    stash: dict[str, torch.Tensor] = {}
+
+    def capture(fork: torch.Tensor, hook: Any) -> None:
+        stash["fork"] = fork
+
+    def replace(out: torch.Tensor, hook: Any) -> torch.Tensor | None:
+        fork = stash.pop("fork", None)
+        if fork is None:
+            return None
+        b, p, n, _ = fork.shape
+        read = first_norm(fork) if first_norm is not None else fork
+        every = torch.nn.functional.linear(read, projection.weight, projection.bias)  # [b, p, n, n·d_head]
+        normed = norm(every).reshape(b, p, n, n, -1)
+        own = normed[:, :, torch.arange(n), torch.arange(n)]  # [b, p, n, d_head]: copy h, head h
+        return own.reshape(out.shape).to(out.dtype)
+
+    return [(f"blocks.{layer}.hook_{letter}_input", capture), (f"blocks.{layer}.attn.{letter}_norm.hook_out", replace)]
+
+
 def _mlp_in_hooks(model: Any, layer: int, fns: list[HookFn]) -> list[tuple[str, HookFn]]:
     norm = model.blocks[layer].ln1.original_component
     stash: dict[str, torch.Tensor] = {}
@@ -332,6 +381,41 @@ def _post_norm(module: torch.nn.Module, layer: int, family: str) -> PostNorm:
     return PostNorm(gain=gain.to(weight.dtype), eps=float(eps))
 
 
+def _shared_qk_norms(model: Any, layer: int, fired: list[str]) -> set[str]:
+    """The letters (``"q"``, ``"k"``) of ``layer`` whose norm spans every head (its weight is heads × d_head wide)."""
+    attn = model.blocks[layer].attn
+    n_kv = getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads
+    shared = set()
+    for letter, n in (("q", int(model.cfg.n_heads)), ("k", int(n_kv))):
+        norm = getattr(getattr(attn, f"{letter}_norm", None), "original_component", None)
+        weight = getattr(norm, "weight", None)
+        projection = getattr(getattr(attn, letter, None), "original_component", None)
+        if weight is None or n < 2 or not isinstance(projection, torch.nn.Linear):
+            continue
+        wide = weight.numel() == projection.weight.shape[0]  # as wide as every head's projection together
+        if wide and f"blocks.{layer}.attn.{letter}_norm.hook_out" in fired and _spans_heads(norm, n):
+            shared.add(letter)
+    return shared
+
+
+def _spans_heads(norm: torch.nn.Module, n: int) -> bool:
+    """Whether a norm over ``n`` heads' concatenated projections mixes them: scaling the other heads' slices moves
+    the first head's output (a per-head norm, such as Cohere's, refuses the flat input or leaves it alone)."""
+    width = int(norm.weight.numel())
+    if width % n:
+        return False
+    head = width // n
+    probe = torch.randn(1, width, generator=torch.Generator().manual_seed(0)).to(norm.weight.dtype)
+    scaled = probe.clone()
+    scaled[:, head:] *= 3.0
+    try:
+        with torch.no_grad():
+            first, second = norm(probe), norm(scaled)
+    except RuntimeError:
+        return False
+    return bool((first[:, :head] - second[:, :head]).abs().max() > 1e-6)
+
+
 def plan_routes(model: Any, family: str) -> EdgeRoutes:
     """Switch on the bridge's edge hooks and decide, layer by layer, which logical points must be routed.
 
@@ -354,6 +438,7 @@ def plan_routes(model: Any, family: str) -> EdgeRoutes:
         names += [f"blocks.{layer}.hook_{x}_input" for x in "qkv"]
         names += [f"blocks.{layer}.ln1.hook_in", f"blocks.{layer}.mlp.hook_in"]
         names += [f"blocks.{layer}.attn.hook_{x}" for x in "qkv"]
+        names += [f"blocks.{layer}.attn.{x}_norm.hook_out" for x in "qk"]
     fired = _fired(model, names)
     routes = EdgeRoutes(family=family)
     parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
@@ -401,5 +486,14 @@ def plan_routes(model: Any, family: str) -> EdgeRoutes:
                     "block's input through the block's one norm (a parallel block), so its read cannot be patched alone"
                 )
             routes.mlp_reads_ln1.add(layer)
+        if _before(fired, f"blocks.{layer}.ln1.hook_in", f"blocks.{layer}.attn.hook_q"):
+            routes.pre_norm_heads.add(layer)
+        shared = _shared_qk_norms(model, layer, fired)
+        if shared:
+            if layer in routes.qkv_from_projections:
+                raise UnsupportedFamilyError(
+                    f"{where}: query/key norms span every head, and the bridge does not split the heads' inputs"
+                )
+            routes.shared_qk_norm[layer] = shared
     setattr(model, ROUTES_ATTRIBUTE, routes)
     return routes

@@ -4,7 +4,8 @@ Each row was found by ``tests/test_families.py`` on a tiny random checkpoint of 
 every weight, bias and norm perturbed), and that test fails if a row says otherwise: an *exact* family passes four
 checks within 4e-5 — the full circuit equals the plain ``transformers`` model, the empty patched circuit equals the
 corrupt run, and removing every out-edge of MLP 1 or of every head of layer 1 equals the plain model with that
-module's output replaced by its corrupt-run output through a forward hook — and EAP equals the mask gradient. A
+module's output replaced by its corrupt-run output through a forward hook — EAP equals the mask gradient, and each
+head reads its own input alone (changing one query, key or value head's input moves no other group's head). A
 *refused* family raises :class:`~kc_utils.models.ModelLoadError` at load with the reason given here.
 :func:`family_table` renders the matrix for the docs.
 """
@@ -19,6 +20,7 @@ NATIVE = "native: per-head results, q/k/v inputs and MLP inputs come from the br
 POST_NORM = "head writes are shares of the attention post-norm"
 PARALLEL_ONE_NORM = "the MLP reads the block input through its own copy of ln1"
 UNSPLIT = "head results computed from z and W_O; q/k/v inputs split per head at the projections"
+SHARED_QK_NORM = "query/key norms across heads applied to each head's own input"
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ FAMILY_MATRIX: dict[str, FamilyRow] = {
     "smollm3": FamilyRow("SmolLM3", True, NATIVE),
     "gemma2": FamilyRow("Gemma 2 (Gemma Scope's model; attention and final softcaps)", True, POST_NORM),
     "gemma3_text": FamilyRow("Gemma 3 text (Gemma-3-270M, 1B)", True, POST_NORM),
-    "olmo2": FamilyRow("OLMo 2 (norms after attention and MLP, q/k norms across heads)", True, POST_NORM),
+    "olmo2": FamilyRow(
+        "OLMo 2 (norms after attention and MLP, q/k norms across heads)", True, f"{POST_NORM}; {SHARED_QK_NORM}"
+    ),
     "gptj": FamilyRow("GPT-J-6B (ROME's and MEMIT's model)", True, f"{UNSPLIT}; {PARALLEL_ONE_NORM}"),
     "gpt_neo": FamilyRow("GPT-Neo 125M-2.7B", True, UNSPLIT),
     "opt": FamilyRow("OPT 125M-66B", True, UNSPLIT),
@@ -82,7 +86,7 @@ FAMILY_MATRIX: dict[str, FamilyRow] = {
     "gpt_bigcode": FamilyRow("StarCoder 1, SantaCoder (multi-query)", True, NATIVE),
     "mpt": FamilyRow("MPT 7B (ALiBi)", True, "q/k/v inputs split per head at the projections"),
     "nemotron": FamilyRow("Nemotron (LayerNorm1P)", True, NATIVE),
-    "olmoe": FamilyRow("OLMoE (mixture of experts: one MLP node)", True, NATIVE),
+    "olmoe": FamilyRow("OLMoE (mixture of experts: one MLP node; q/k norms across heads)", True, SHARED_QK_NORM),
     "qwen3_moe": FamilyRow("Qwen3-MoE (mixture of experts: one MLP node)", True, NATIVE),
     "exaone4": FamilyRow("EXAONE 4 (post-norms)", True, POST_NORM),
     "glm": FamilyRow("GLM-4 (chat)", True, NATIVE),
