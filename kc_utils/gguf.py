@@ -304,7 +304,8 @@ def assembled_gguf(spec: PackagedModel, progress: bool = False) -> tuple[Path, s
             out.flush()
             os.fsync(out.fileno())
         if whole.hexdigest() != spec.sha256:
-            versions = ", ".join(f"{d} {_installed_version(d.split('==')[0])}" for d in spec.requirements)
+            names = [spec.distribution, *(c.distribution for c in spec.chunks)]
+            versions = ", ".join(f"{d} {_installed_version(d)}" for d in names)
             raise GGUFFileError(
                 f"The chunks of {spec.name!r} assemble to a file whose sha256 is {whole.hexdigest()}, not the pinned "
                 f"{spec.sha256} (installed: {versions}). Reinstall all of them: "
