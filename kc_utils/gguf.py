@@ -275,8 +275,10 @@ def assembled_gguf(spec: PackagedModel, progress: bool = False) -> tuple[Path, s
             another version than the pinned one; a chunk file missing, truncated or corrupted (the message
             names the package to reinstall, with the command); an assembled file whose sha256 is not the pinned
             one.
+        ValueError: ``spec`` names no chunks or no sha256.
     """
-    assert spec.chunks and spec.sha256, f"{spec.name} is not a chunked model"
+    if not (spec.chunks and spec.sha256):
+        raise ValueError(f"{spec.name!r} is not a chunked model (it names no chunks or no sha256)")
     target = cache_root() / ASSEMBLED_DIR / spec.sha256[:16] / spec.filename
     if target.is_file() and file_sha256(target) == spec.sha256:
         return target, spec.sha256
