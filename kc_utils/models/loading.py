@@ -138,7 +138,8 @@ def resolve_model(name: str) -> ModelSource:
                 f"Unknown model {name!r}: not {ORGANISM_NAME!r}, not a shipped real model "
                 f"({', '.join(gguf.PACKAGED_MODELS)}), not a .gguf file or checkpoint folder, and not a model "
                 f"TransformerLens 4 supports. Close matches: {close or 'none'}. Use {ORGANISM_NAME!r} (shipped, "
-                f"offline), 'smollm2-135m' (a real model, offline after `make install`), a short name from "
+                f"offline), 'smollm2-135m' or 'gemma-3-270m' (real models, offline after `make install`), "
+                "a short name from "
                 f"{sorted(SHORT_NAMES)}, a Hugging Face hub id, or a path to a saved checkpoint or .gguf file."
             )
         official = alias
@@ -194,8 +195,9 @@ def load_model(
             raise ModelLoadError(
                 f"Cannot load {name!r} ({source}): it is not in the local Hugging Face cache and "
                 "huggingface.co cannot be reached from this machine (or HF_HUB_OFFLINE is set). "
-                f"Use model_name={ORGANISM_NAME!r}, which ships with the package, or 'smollm2-135m' (a real model "
-                "that installs offline with `make install`), or download the model on a connected machine "
+                f"Use model_name={ORGANISM_NAME!r}, which ships with the package, or 'smollm2-135m' / "
+                "'gemma-3-270m' (real models that install offline with `make install`), or download the model on a "
+                "connected machine "
                 f"(`hf download {source}`) and copy its cache (~/.cache/huggingface) here, or pass a local path."
             )
     previous_offline = os.environ.get("HF_HUB_OFFLINE")
