@@ -210,22 +210,15 @@ def family_config(family: str, vocab_size: int) -> Any:
     return AutoConfig.for_model(model_type, **{k: v for k, v in fields.items() if v is not None})
 
 
-def _perturb(model: torch.nn.Module, seed: int, scale: float) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(model.named_parameters()):
-            p.add_(torch.randn(p.shape, generator=generator) * scale)
-
-
 def save_family(folder: Path, family: str, seed: int = 0, scale: float = 0.2) -> Path:
     """Write a random tiny checkpoint of ``family`` with the tests' word-level tokenizer into ``folder``."""
-    from conftest import build_tokenizer
+    from conftest import _randomise, build_tokenizer
     from transformers import AutoModelForCausalLM
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(family_config(family, len(tokenizer)))
-    _perturb(model, seed, scale)
+    _randomise(model, seed, scale)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
