@@ -1,9 +1,9 @@
 # knowledge-circuits — the two commands a newcomer needs:
 #   make reproduce   set up .venv, run every notebook on the organism (runs/) and compare its tables with the
 #                    versioned references in figures/ (within tolerance; nothing tracked is written)
-#   make test        set up .venv and run lint, architecture contracts, nbval on the notebooks, unit tests and the
-#                    docs site's checks (it runs the organism's notebooks into runs/ first when their executed copies
-#                    are missing: the notebook pages are built from them)
+#   make test        set up .venv and run lint, architecture contracts, every notebook on the organism (fresh, into
+#                    runs/: the docs' notebook pages and the reference-table check read them), unit tests and the
+#                    docs site's checks
 #   make docs        the documentation site, offline, into site/ (from the executed notebooks in runs/)
 # and for maintainers / batch runs:
 #   make publish     the default run of every notebook on MODEL, refreshing the reference tables figures/*_MODEL.csv
@@ -115,10 +115,14 @@ notebook-filter: install
 	git config diff.ipynb.textconv "'$(abspath $(VENV))/bin/nbstripout' -t"; \
 	echo "git: notebooks are stored without outputs (filter nbstripout)"
 
-# the notebooks first: their default runs write the fresh tables (runs/<notebook>/) that
-# tests/test_reference_tables.py then compares with the references in figures/
-test: install lint docs-runs
-	KC_DOCS_REQUIRED=1 $(PY) -m pytest $(if $(NOTEBOOKS),--nbval-lax $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env) tests
+# the notebooks first, every one on the organism, fresh (papermill, JOBS at a time; a cell error fails the run, the
+# check nbval-lax makes on notebooks without output markers, which ours are): their executed copies (runs/*.ipynb)
+# are what the docs check builds, their tables (runs/<notebook>/) what tests/test_reference_tables.py compares with
+# the references in figures/. Running them once here instead of once for the docs and once under nbval saves CI about
+# 8 minutes; `make test-notebooks` still runs nbval alone.
+test: install lint
+	@$(MAKE) --no-print-directory -j$(JOBS) run-notebooks MODEL=kc-organism PAPERMILL_ARGS= OUT_DIR= PUBLISH_ARG=
+	KC_DOCS_REQUIRED=1 $(PY) -m pytest tests
 
 lint: install
 	$(VENV)/bin/ruff check kc_utils tests benchmarks

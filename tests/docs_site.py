@@ -3,7 +3,7 @@
 :func:`built_site` runs what ``make docs`` runs — ``docs/build.py`` (the page sources in ``build/docs/``) and
 ``mkdocs build --strict`` (``site/``) — once, and returns its result. The notebook pages are built from the executed
 notebooks in ``runs/``; without them the docs tests skip with the reason, unless ``KC_DOCS_REQUIRED`` is set (as
-``make test`` sets it, after running the notebooks whose executed copies are missing), where they fail.
+``make test`` sets it, after running every notebook on the organism), where they fail.
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def from_eap_ig_json(
     >>> g = Graph(ModelShape(n_layers=1, n_heads=2, n_kv_heads=1, d_model=8))
     >>> _ = g.set_edges(["input->a0.g0<k>", "a0.h1->logits"])
     >>> data = to_eap_ig_json(g)
-    >>> data["edges"]["input->a0.h0<k>"]["in_graph"], data["edges"]["input->a0.h1<k>"]["in_graph"]
+    >>> edges = data["edges"]
+    >>> edges.get("input->a0.h0<k>")["in_graph"], edges.get("input->a0.h1<k>")["in_graph"]
     (True, True)
     >>> back = from_eap_ig_json(data)
     >>> bool((back.in_graph == g.in_graph).all()), back.shape.n_kv_heads
