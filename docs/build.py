@@ -46,6 +46,7 @@ COPIED_PAGES = {
     "benchmarks/results.md": "performance/results.md",
     "benchmarks/acdc_hybrid.md": "performance/acdc_hybrid.md",
     "benchmarks/memory_llama.md": "performance/memory_llama.md",
+    "benchmarks/post_norm.md": "performance/post_norm.md",
     "CHANGELOG.md": "changelog.md",
     "CONTRIBUTING.md": "contributing.md",
 }
