@@ -64,6 +64,15 @@ def decomposition_tolerance(dtype: torch.dtype) -> float:
     return 5e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-4
 
 
+def _probe_tokens(model: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The probe prompts as one right-padded batch ``[b, p]`` on the model's device, and each row's length ``[b]``."""
+    rows = tokenize(model, prompts)
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id or 0
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model_device(model))
+    return tokens, torch.tensor([len(r) for r in rows], device=tokens.device)
+
+
 def residual_decomposition(model: Any, prompts: Sequence[str] = DECOMPOSITION_PROBES) -> list[DecompositionCheck]:
     """Measure, block by block, whether the residual stream is the sum of the graph's node outputs.
 
@@ -86,11 +95,8 @@ def residual_decomposition(model: Any, prompts: Sequence[str] = DECOMPOSITION_PR
             mlp_out_hook(layer),
             mlp_in_hook(layer),
         ]
-    rows = tokenize(model, prompts)
-    width = max(len(r) for r in rows)
-    pad = model.tokenizer.pad_token_id or 0
-    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model_device(model))
-    real = torch.tensor([[i < len(r) for i in range(width)] for r in rows], device=tokens.device)
+    tokens, lengths = _probe_tokens(model, prompts)
+    real = torch.arange(tokens.shape[1], device=tokens.device)[None] < lengths[:, None]
     with torch.no_grad():  # one padded batch: attention is causal, so the real positions are exact
         cache = run_with_cache(model, tokens, names)[1]
 
@@ -173,12 +179,9 @@ def edge_point_round_trip(model: Any, prompts: Sequence[str] = DECOMPOSITION_PRO
     for layer in range(shape.n_layers):
         names += [head_result_hook(layer), mlp_out_hook(layer), mlp_in_hook(layer)]
         names += [qkv_input_hook(layer, letter) for letter in "qkv"]
-    rows = tokenize(model, prompts)
-    width = max(len(r) for r in rows)
-    pad = model.tokenizer.pad_token_id or 0
-    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model_device(model))
-    last = torch.tensor([len(r) - 1 for r in rows], device=tokens.device)
-    order = torch.arange(len(rows), device=tokens.device)
+    tokens, lengths = _probe_tokens(model, prompts)
+    last = lengths - 1
+    order = torch.arange(len(tokens), device=tokens.device)
     with torch.no_grad():
         plain = model(tokens)
         copied = run_with_hooks(model, tokens, [(name, lambda act, hook: act.clone()) for name in names])

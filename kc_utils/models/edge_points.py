@@ -230,10 +230,9 @@ def _result_hooks(model: Any, routes: EdgeRoutes, layer: int, fns: list[HookFn])
                 total = total + o.bias
             return total.to(out.dtype)
 
-        sink = f"blocks.{layer}.attn.o.hook_out" if post_norm is None else f"blocks.{layer}.hook_attn_out"
         hooks = [(f"blocks.{layer}.attn.hook_z", from_z)]
         if post_norm is None:
-            return hooks + [(sink, write_projection)]
+            return hooks + [(f"blocks.{layer}.attn.o.hook_out", write_projection)]
     else:
 
         def from_results(results: torch.Tensor, hook: Any) -> None:
