@@ -784,3 +784,37 @@ def test_rome_targets_in_groups_of_rows_equal_one_batch(tiny_model) -> None:
         torch.testing.assert_close(a.key, b.key, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(a.value, b.value, atol=1e-4, rtol=1e-4)
         assert a.steps == b.steps
+
+
+def test_edits_and_their_evaluation_are_unchanged_without_the_edge_hooks(tiny_model, monkeypatch, tiny_split) -> None:
+    """ROME, FT-M and the evaluator run with the per-head edge hooks switched off (a cheaper pass): the same
+    targets, weights and metrics as with them on (the switch replaced by a context that changes nothing)."""
+    import contextlib
+
+    from kc_utils.editing import evaluation, ft_m, rome
+
+    model = tiny_model
+    config = RomeConfig(templates=("the capital city of {} is",), steps=5, lr=0.3, stop_loss=2.0)
+    ftm_config = FtmConfig(lr=1e-2, max_steps=4, stop="prob", stop_prob=1.0)
+
+    def run() -> tuple:
+        target = rome_targets(model, [REQUEST], 0, config)[0]
+        evaluator = EditEvaluator(model, [build_probes(tiny_split, REQUEST)], layers=[1])
+        with ft_m_edit(model, REQUEST, 1, ftm_config):
+            weights = [p.detach().clone() for p in models.mlp_parameters(model, 1, "out").values()]
+            metrics = evaluator.evaluate(0)
+            location = evaluator.location(0, 1)
+        return target, weights, metrics, location
+
+    assert model.cfg.use_attn_result  # the edge hooks are on, as load_model leaves them
+    switched_off = run()
+    assert model.cfg.use_attn_result  # and on again afterwards
+    for module in (models, evaluation, ft_m, rome):
+        monkeypatch.setattr(module, "without_edge_hooks", lambda model: contextlib.nullcontext(model), raising=False)
+    hooked = run()
+    torch.testing.assert_close(switched_off[0].key, hooked[0].key, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(switched_off[0].value, hooked[0].value, atol=1e-4, rtol=1e-4)
+    for a, b in zip(switched_off[1], hooked[1], strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert switched_off[2] == pytest.approx(hooked[2], nan_ok=True)
+    assert switched_off[3] == pytest.approx(hooked[3], abs=1e-5)

@@ -219,6 +219,34 @@ def test_routed_hooks_and_last_position_reproduce_the_model(folders, loaded, fam
     assert max(found.values()) < 1e-5, found
 
 
+@pytest.mark.parametrize("family", EXACT)
+def test_early_stopping_caches_and_plain_passes_read_what_the_full_pass_does(folders, loaded, family, batch_args):
+    """``cache_activations`` (stops after its last name) equals ``run_with_cache`` at every edge point of the first
+    and last blocks, routed ones included, and the last-position logits equal the plain model's, with the edge
+    hooks on and switched off."""
+    model, plain = _load(folders, loaded, family)
+    batch = make_batch(model, *batch_args)
+    last = model.cfg.n_layers - 1
+    names = [
+        models.head_result_hook(0),
+        models.mlp_out_hook(0),
+        models.head_result_hook(last),
+        models.mlp_out_hook(last),
+    ]
+    rows = torch.arange(len(batch.clean))
+    with torch.no_grad():
+        expected = plain(batch.clean).logits[rows, batch.last_pos]
+        _, full = models.run_with_cache(model, batch.clean, names)
+        early = models.cache_activations(model, batch.clean, names)
+        with models.without_edge_hooks(model):
+            cheap = models.last_logits(model, batch.clean, batch.last_pos)
+        hooked = models.last_logits(model, batch.clean, batch.last_pos)
+    for name in names:
+        torch.testing.assert_close(early[name], full[name], atol=0, rtol=0)
+    torch.testing.assert_close(hooked, expected, atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(cheap, expected, atol=ATOL, rtol=1e-5)
+
+
 def test_wrong_post_norm_shares_are_caught_at_load(folders, monkeypatch):
     """The load-time checks are not vacuous for post-norms: shares off by 1% refuse the model."""
     from kc_utils.models.edge_points import PostNorm

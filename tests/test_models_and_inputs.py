@@ -148,3 +148,32 @@ def test_logits_at_equals_the_full_pass_at_the_chosen_positions(tiny_model):
         plain = models.logits_at(tiny_model, tokens, rows, positions)
     torch.testing.assert_close(picked, full, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(plain, picked)  # the hook did change the logits
+
+
+def test_cache_activations_equals_run_with_cache_and_stops_after_the_last_name(tiny_model):
+    from kc_utils import models
+
+    tokens = torch.tensor(models.tokenize(tiny_model, ["the capital of France is", "the capital of Japan is"]))
+    names = [models.head_result_hook(0), models.mlp_out_hook(0), models.resid_post_hook(0)]
+    with torch.no_grad():
+        _, full = models.run_with_cache(tiny_model, tokens, names)
+        reached = []
+        later = [(models.mlp_out_hook(1), lambda act, hook: reached.append(hook.name))]
+        early = models.cache_activations(tiny_model, tokens, names, later)
+    assert set(early) == set(names)
+    for name in names:
+        torch.testing.assert_close(early[name], full[name], atol=0, rtol=0)
+    assert reached == []  # the pass ended at layer 0: layer 1 never ran
+    assert models.cache_activations(tiny_model, tokens, []) == {}
+
+
+def test_last_logits_equal_the_full_pass_at_each_rows_last_position(tiny_model):
+    from kc_utils import models
+
+    tokens = torch.tensor(models.tokenize(tiny_model, ["the capital of France is", "the capital of Japan is"]))
+    last = [tokens.shape[1] - 1, 3]
+    with torch.no_grad():
+        full = tiny_model(tokens)[torch.arange(2), torch.tensor(last)]
+        picked = models.last_logits(tiny_model, tokens, last)
+    assert picked.shape == full.shape
+    torch.testing.assert_close(picked, full, atol=1e-5, rtol=1e-5)

@@ -33,7 +33,6 @@ import torch
 from kc_utils import models
 from kc_utils.analysis.lens import logit_lens
 from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
-from kc_utils.data.metrics import answer_logits
 from kc_utils.data.prompts import PromptBatch, make_batch
 
 __all__ = [
@@ -158,7 +157,7 @@ def classify_prompts(
         raise ValueError(f"unknown rule {rule!r}; use one of {KNOWLEDGE_RULES}")
     table = classify_from_lens(logit_lens(model, batch, subjects), subject_max_rank, last_max_rank, rule)
     with torch.no_grad():
-        final = answer_logits(models.run_with_hooks(model, batch.clean), batch).float().softmax(-1)
+        final = models.last_logits(model, batch.clean, batch.last_pos).float().softmax(-1)
     top = final.max(-1)
     table.insert(2, "subject", list(subjects))
     table.insert(3, "answer", list(batch.answers))

@@ -76,7 +76,7 @@ def head_mean_outputs(model: Any, batch: PromptBatch, heads: Sequence[str]) -> d
     """Each head's output (``hook_result``) averaged over the batch's real tokens."""
     layers = sorted({int(parse_node(model, h)[1]) for h in heads})
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, batch.clean, [models.head_result_hook(layer) for layer in layers])
+        cache = models.cache_activations(model, batch.clean, [models.head_result_hook(layer) for layer in layers])
     mask = batch.padding_mask.to(models.model_dtype(model))
     means = {}
     for name in heads:
@@ -98,6 +98,7 @@ def run_with_heads_ablated(
     ablation: str = "mean",
     mean_reference: PromptBatch | None = None,
     means: dict[str, Tensor] | None = None,
+    last_only: bool = False,
 ) -> Float[Tensor, "b p vocab"]:
     """Logits of the batch with ``heads`` ablated together (one head: ``["a3.h5"]``).
 
@@ -105,6 +106,8 @@ def run_with_heads_ablated(
         ablation: ``"mean"`` or ``"zero"`` (module docstring).
         mean_reference: prompts to average over for ``"mean"`` (default: ``batch``).
         means: precomputed :func:`head_mean_outputs` (saves a forward pass per call).
+        last_only: unembed each prompt's last position alone: logits ``[b, 1, vocab]``, read with
+            ``batch.at_last_position()``.
     """
     _check_ablation(ablation)
     heads = resolve_heads(model, heads)
@@ -115,7 +118,7 @@ def run_with_heads_ablated(
         result[:, :, head] = 0.0 if ablation == "zero" else means[head_name(layer, head)].to(result.dtype)
 
     by_layer = heads_by_layer(model, heads) if heads else {}  # no heads: the plain model
-    return run_with_head_writes(model, batch.clean, by_layer, write)
+    return run_with_head_writes(model, batch.clean, by_layer, write, batch.last_pos if last_only else None)
 
 
 def heads_by_layer(model: Any, heads: Sequence[str]) -> dict[int, list[int]]:
@@ -139,11 +142,13 @@ def run_with_head_writes(
     tokens: Int[Tensor, "b p"],
     by_layer: dict[int, list[int]],
     write: Callable[[int, int, Tensor], None],
+    last_pos: Int[Tensor, " b"] | None = None,
 ) -> Float[Tensor, "b p v"]:
     """Logits of ``tokens`` where ``write(layer, head, result)`` rewrites chosen heads' outputs in place.
 
     ``result`` is a copy of the layer's per-head outputs ``[b, p, h, d]``; every head not listed in
-    ``by_layer`` and every other component run as usual.
+    ``by_layer`` and every other component run as usual. With ``last_pos`` ``[b]``, only each row's last
+    position is unembedded and the logits are ``[b, 1, v]`` (read them with ``batch.at_last_position()``).
     """
 
     def hook_for(layer: int, head_ids: list[int]):
@@ -157,7 +162,9 @@ def run_with_head_writes(
 
     hooks = [(models.head_result_hook(layer), hook_for(layer, ids)) for layer, ids in by_layer.items()]
     with torch.no_grad():
-        return models.run_with_hooks(model, tokens, hooks)
+        if last_pos is None:
+            return models.run_with_hooks(model, tokens, hooks)
+        return models.last_logits(model, tokens, last_pos, hooks)[:, None]
 
 
 def object_share(
@@ -206,10 +213,8 @@ def head_ablation_effects(
     names = resolve_heads(model, heads)
     if not names:
         raise ValueError("no heads to ablate: the circuit has no attention heads")
-    rows = torch.arange(len(batch), device=batch.clean.device)
     with torch.no_grad():
-        clean_logits = models.run_with_hooks(model, batch.clean)
-    clean_logprobs = clean_logits[rows, batch.last_pos].float().log_softmax(-1)  # [b, v]
+        clean_logprobs = models.last_logits(model, batch.clean, batch.last_pos).float().log_softmax(-1)  # [b, v]
     clean_probs = clean_logprobs.exp()
     answer_clean = clean_logprobs.gather(1, batch.answer[:, None])[:, 0]
     vocab = clean_probs.shape[-1]
@@ -220,8 +225,8 @@ def head_ablation_effects(
 
     records = []
     for name in tqdm(names, desc=f"{ablation}-ablating heads", disable=not progress, leave=False):
-        logits = run_with_heads_ablated(model, batch, [name], ablation, means=means)
-        logprobs = logits[rows, batch.last_pos].float().log_softmax(-1)
+        logits = run_with_heads_ablated(model, batch, [name], ablation, means=means, last_only=True)
+        logprobs = logits[:, 0].float().log_softmax(-1)
         delta = logprobs.exp() - clean_probs  # [b, v]
         answer_ablated = logprobs.gather(1, batch.answer[:, None])[:, 0]
         mean_delta = delta.mean(0)

@@ -200,7 +200,7 @@ def patch_head_outputs(
         raise ValueError(f"unknown position {position!r}; use 'last' or 'all'")
     by_layer = heads_by_layer(model, heads)
     with torch.no_grad():
-        _, corrupt = models.run_with_cache(model, batch.corrupt, [models.head_result_hook(i) for i in by_layer])
+        corrupt = models.cache_activations(model, batch.corrupt, [models.head_result_hook(i) for i in by_layer])
     rows = torch.arange(len(batch), device=batch.clean.device)
 
     def write(layer: int, head: int, result: Tensor) -> None:
@@ -223,7 +223,7 @@ def writing_heads(model: Any, batch: PromptBatch, heads: Sequence[str] | None = 
     names = resolve_heads(model, list(heads)) if heads is not None else all_heads(model)
     layers = sorted({int(parse_node(model, h)[1]) for h in names})
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, batch.clean, [models.head_result_hook(layer) for layer in layers])
+        cache = models.cache_activations(model, batch.clean, [models.head_result_hook(layer) for layer in layers])
     real = batch.padding_mask.bool()
     kept = []
     for name in names:
@@ -284,7 +284,7 @@ def evaluate_head_sets(
         if batch.corrupt is None:
             raise ValueError("head-output patching needs corrupted prompts; build the batch with corrupt_prompts")
         with torch.no_grad():
-            _, cache = models.run_with_cache(model, batch.corrupt, [models.head_result_hook(layer) for layer in layers])
+            cache = models.cache_activations(model, batch.corrupt, [models.head_result_hook(layer) for layer in layers])
         replacement = {layer: cache[models.head_result_hook(layer)] for layer in layers}
     elif ablation == "mean":
         means = means if means is not None else head_mean_outputs(model, batch, named)
@@ -322,9 +322,10 @@ def evaluate_head_sets(
 
         hooks = [(models.head_result_hook(layer), hook_for(layer, masks[layer])) for layer in layers]
         with torch.no_grad():
-            logits = models.run_with_hooks(model, batch.clean.repeat(len(chunk), 1), hooks)
-        last = batch.last_pos.repeat(len(chunk))
-        out.append(logits[torch.arange(len(last), device=device), last].reshape(len(chunk), b, -1))
+            logits = models.last_logits(
+                model, batch.clean.repeat(len(chunk), 1), batch.last_pos.repeat(len(chunk)), hooks
+            )
+        out.append(logits.reshape(len(chunk), b, -1))
     return torch.cat(out)
 
 

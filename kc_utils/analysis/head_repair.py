@@ -35,7 +35,7 @@ from kc_utils.analysis.head_groups import (
     score_row,
 )
 from kc_utils.analysis.heads import resolve_heads
-from kc_utils.data.metrics import answer_logits, rank_of
+from kc_utils.data.metrics import rank_of
 from kc_utils.data.prompts import PromptBatch
 
 __all__ = [
@@ -67,7 +67,7 @@ def last_position_head_outputs(model: Any, source: PromptBatch) -> Float[Tensor,
     """Every head's output at each prompt's last position (computed once, reused by every patch)."""
     n_layers = models.model_shape(model).n_layers
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, source.clean, [models.head_result_hook(i) for i in range(n_layers)])
+        cache = models.cache_activations(model, source.clean, [models.head_result_hook(i) for i in range(n_layers)])
     rows = torch.arange(len(source), device=source.clean.device)
     return torch.stack([cache[models.head_result_hook(i)][rows, source.last_pos] for i in range(n_layers)])
 
@@ -78,6 +78,7 @@ def patch_heads_from_prompts(
     source: PromptBatch,
     heads: Sequence[str],
     source_outputs: Float[Tensor, "layer b head d"] | None = None,
+    last_only: bool = False,
 ) -> Float[Tensor, "b p v"]:
     """Logits of ``batch`` with ``heads``' last-position outputs taken from ``source``'s last positions.
 
@@ -87,6 +88,8 @@ def patch_heads_from_prompts(
 
     Args:
         source_outputs: :func:`last_position_head_outputs` of ``source``, when already computed.
+        last_only: unembed each prompt's last position alone: logits ``[b, 1, v]``, read with
+            ``batch.at_last_position()``.
 
     Raises:
         ValueError: batches of different sizes, or an empty head set.
@@ -102,7 +105,7 @@ def patch_heads_from_prompts(
     def write(layer: int, head: int, result: Tensor) -> None:
         result[rows, batch.last_pos, head] = taken[layer, :, head].to(result.dtype)
 
-    return run_with_head_writes(model, batch.clean, by_layer, write)
+    return run_with_head_writes(model, batch.clean, by_layer, write, batch.last_pos if last_only else None)
 
 
 def baseline_head_sets(
@@ -191,9 +194,12 @@ def repair(
         return pd.DataFrame.from_records(rows)
     taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
     with torch.no_grad():
-        rows.append(score_row("none", (), models.run_with_hooks(model, batch.clean), batch, None))
+        plain = models.last_logits(model, batch.clean, batch.last_pos)[:, None]
+    seen = batch.at_last_position()  # only the last positions are unembedded: logits [b, 1, v]
+    rows.append(score_row("none", (), plain, seen, None))
     for kind, draw, names in tqdm(sets[1:], desc="head sets", disable=not progress, leave=False):
-        rows.append(score_row(kind, names, patch_heads_from_prompts(model, batch, source, names, taken), batch, draw))
+        patched = patch_heads_from_prompts(model, batch, source, names, taken, last_only=True)
+        rows.append(score_row(kind, names, patched, seen, draw))
     return pd.DataFrame.from_records(rows)
 
 
@@ -209,7 +215,7 @@ def repair_by_each_head(
     taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
     records = []
     for name in names:
-        final = answer_logits(patch_heads_from_prompts(model, batch, source, [name], taken), batch).float()
+        final = patch_heads_from_prompts(model, batch, source, [name], taken, last_only=True)[:, 0].float()
         ranks = rank_of(final, batch.answer)
         records += [
             {"prompt_index": i, "head": name, "repaired": bool(ranks[i] == 0), "answer_rank": int(ranks[i])}

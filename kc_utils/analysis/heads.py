@@ -219,7 +219,7 @@ def attention_patterns(
     n = len(labels)
     layers = sorted({int(parse_node(model, h)[1]) for h in names})
     with torch.no_grad():
-        _, cache = models.run_with_cache(
+        cache = models.cache_activations(
             model, batch.clean[prompt_index : prompt_index + 1], [models.attn_pattern_hook(layer) for layer in layers]
         )
     out = {}

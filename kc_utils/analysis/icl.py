@@ -181,7 +181,9 @@ def _per_prompt_scores(
         chunk = prompts[start : start + batch_size]
         batch = shuffled_batch(model, chunk) if shuffled else fewshot_batch(model, chunk, None)
         with torch.no_grad():
-            scores = answer_scores(models.run_with_hooks(model, batch.clean), batch)
+            scores = answer_scores(
+                models.last_logits(model, batch.clean, batch.last_pos)[:, None], batch.at_last_position()
+            )
         for p, top1, prob in zip(chunk, scores["top1"].tolist(), scores["prob"].tolist()):
             out[(p.relation, p.subject)] = (top1, prob)
     return out
@@ -237,7 +239,7 @@ def span_attention(
         _, layer, head = parse_node(model, name)
         by_layer.setdefault(int(layer), []).append((name, int(head)))
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, batch.clean, [models.attn_pattern_hook(layer) for layer in by_layer])
+        cache = models.cache_activations(model, batch.clean, [models.attn_pattern_hook(layer) for layer in by_layer])
     rows_idx = torch.arange(len(batch), device=batch.clean.device)
     masks = {k: v.to(batch.clean.device).float() for k, v in span_masks(prompts, batch.clean.shape[1]).items()}
     out = {}

@@ -157,7 +157,7 @@ def residual_by_layer(model: Any, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "
     n_layers = models.model_shape(model).n_layers
     names = [models.INPUT_HOOK] + [models.resid_post_hook(layer) for layer in range(n_layers)]
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, tokens, names)
+        cache = models.cache_activations(model, tokens, names)
     return torch.stack([cache[n] for n in names])
 
 
@@ -306,7 +306,7 @@ def summarise_first_rank_layers(first: pd.DataFrame) -> dict[str, float]:
 def final_norm_scale(model: Any, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p"]:
     """The final norm's divisor on a clean run (LayerNorm std or RMS, eps included)."""
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, tokens, [models.final_norm_scale_hook()])
+        cache = models.cache_activations(model, tokens, [models.final_norm_scale_hook()])
     return cache[models.final_norm_scale_hook()][..., 0]
 
 
@@ -453,7 +453,7 @@ def decompose_residual_with_cache(
     for layer in range(n_layers):
         names += [models.head_result_hook(layer), models.mlp_out_hook(layer)]
     with torch.no_grad():
-        logits, cache = models.run_with_cache(model, batch.clean, [*names, *extra_hooks])
+        cache = models.cache_activations(model, batch.clean, [*names, *extra_hooks])
     rows = torch.arange(len(batch), device=batch.clean.device)
     parts = [cache[models.INPUT_HOOK][rows, positions][None]]
     for layer in range(n_layers):
@@ -467,7 +467,7 @@ def decompose_residual_with_cache(
         attn_bias=final - outputs.sum(0),
         scale=cache[models.final_norm_scale_hook()][rows, positions, 0],
         positions=positions,
-        logits=logits[rows, positions].detach(),
+        logits=models.unembed(model, cache[models.LOGITS_INPUT_HOOK][rows, positions]).detach(),
     )
     return decomposition, {name: cache[name] for name in extra_hooks}
 

@@ -233,7 +233,7 @@ def restore_components(
     ]
     names += [models.INPUT_HOOK] if wants_input else []
     with torch.no_grad():
-        _, clean = models.run_with_cache(model, batch.clean, names)
+        clean = models.cache_activations(model, batch.clean, names)
     device, b = batch.clean.device, len(batch)
     out = []
     for start in range(0, len(parsed), sets_per_pass):
@@ -277,9 +277,8 @@ def restore_components(
         if wants_input:
             hooks.append((models.INPUT_HOOK, stream_hook(models.INPUT_HOOK, input_mask)))
         with torch.no_grad():
-            logits = models.run_with_hooks(model, batch.corrupt.repeat(s, 1), hooks)
-        last = batch.last_pos.repeat(s)
-        out.append(logits[torch.arange(len(last), device=device), last].reshape(s, b, -1))
+            logits = models.last_logits(model, batch.corrupt.repeat(s, 1), batch.last_pos.repeat(s), hooks)
+        out.append(logits.reshape(s, b, -1))
     return torch.cat(out)
 
 

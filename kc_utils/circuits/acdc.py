@@ -211,8 +211,8 @@ class _Evaluator:
         if metric == "kl":
             with torch.no_grad():
                 for chunk in self.chunks:
-                    logits = models.run_with_hooks(model, chunk.clean)
-                    self.reference.append(answer_logits(logits, chunk).float().log_softmax(-1))
+                    logits = models.last_logits(model, chunk.clean, chunk.last_pos)
+                    self.reference.append(logits.float().log_softmax(-1))
 
     def __call__(self, keep: Tensor) -> float:
         return self.many(keep[None])[0]

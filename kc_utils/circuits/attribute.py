@@ -36,6 +36,7 @@ from kc_utils import models
 from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
 from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.patching import run_masked, upstream_hooks
+from kc_utils.data import metrics
 from kc_utils.data.metrics import Metric, get_metric
 from kc_utils.data.prompts import PromptBatch
 
@@ -74,6 +75,7 @@ def receiver_gradients(
     alphas: Sequence[float],
     ablated_input: Tensor | None,
     objective: Any,
+    read_positions: Tensor | None = None,
 ) -> tuple[dict[tuple[int, str], Tensor], Float[Tensor, "up b p d"]]:
     """Sum over ``alphas`` of ∂objective/∂(each receiver's input), and the clean node outputs.
 
@@ -86,6 +88,9 @@ def receiver_gradients(
         alphas: interpolation points, e.g. ``[1.0]`` for EAP or ``[k/m for k in 1..m]`` for EAP-IG.
         ablated_input: ``[b, p, d]`` the input node's ablated output (needed when any ``α ≠ 1``).
         objective: ``logits → scalar`` to differentiate.
+        read_positions: ``[b]`` the one position per row the objective reads: only those are unembedded and
+            ``objective`` gets ``[b, 1, vocab]`` logits (:func:`kc_utils.models.last_logits`; read them with
+            :meth:`~kc_utils.data.prompts.PromptBatch.at_last_position`); ``None``: the whole ``[b, p, vocab]``.
 
     Returns:
         ``(grads, clean)``: ``grads`` maps ``(layer, "q"|"k"|"v")`` to ``[b, p, heads, d]``,
@@ -139,7 +144,10 @@ def receiver_gradients(
                 leaf = embedding.detach().clone().requires_grad_(True)
                 hooks = [(models.INPUT_HOOK, lambda act, hook, leaf=leaf: leaf.to(act.device))]
             with torch.enable_grad():
-                logits = models.run_with_hooks(model, tokens, hooks + capture_hooks)
+                if read_positions is None:
+                    logits = models.run_with_hooks(model, tokens, hooks + capture_hooks)
+                else:
+                    logits = models.last_logits(model, tokens, read_positions, hooks + capture_hooks)[:, None]
                 objective(logits).backward()
     return grads, clean
 
@@ -190,8 +198,15 @@ def _eap_scores(
 ) -> Tensor:
     ablated = ablation.outputs(model, graph, batch)
     alphas = [k / ig_steps for k in range(1, ig_steps + 1)]
-    objective = lambda logits: metric(logits, batch).sum() / n_total  # noqa: E731
-    grads, clean = receiver_gradients(model, graph, batch.clean, alphas, ablated[0], objective)
+    if getattr(metric, "__module__", None) == metrics.__name__:
+        # our metrics read each prompt's last position alone: only that is unembedded, logits [b, 1, vocab]
+        at_last = batch.at_last_position()
+        objective = lambda logits: metric(logits, at_last).sum() / n_total  # noqa: E731
+        read = batch.last_pos
+    else:  # a metric of the caller's may read any position
+        objective = lambda logits: metric(logits, batch).sum() / n_total  # noqa: E731
+        read = None
+    grads, clean = receiver_gradients(model, graph, batch.clean, alphas, ablated[0], objective, read)
     return scores_from_gradients(graph, clean - ablated, grads) / ig_steps
 
 

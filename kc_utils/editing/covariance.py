@@ -232,8 +232,8 @@ def key_statistics(
         width = max(len(r) for r in rows)
         tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=models.model_device(model))
         mask = torch.tensor([[i < len(r) for i in range(width)] for r in rows], device=tokens.device)
-        with torch.no_grad():
-            _, cache = models.run_with_cache(model, tokens, hooks)
+        with torch.no_grad(), models.without_edge_hooks(model):
+            cache = models.cache_activations(model, tokens, hooks)
         for layer, hook in zip(layers, hooks):
             keys = cache[hook][mask].double()  # [n, d_mlp]
             sums[layer] = sums.get(layer, 0) + keys.T @ keys

@@ -133,8 +133,8 @@ def counterfactual_requests(
     for start in range(0, len(prompts), 64):
         chunk = prompts[start : start + 64]
         tokens, last = _pad(model, chunk)
-        with torch.no_grad():
-            top = models.run_with_hooks(model, tokens)[torch.arange(len(chunk)), last].argmax(-1)
+        with torch.no_grad(), models.without_edge_hooks(model):
+            top = models.last_logits(model, tokens, last).argmax(-1)
         known += [int(t) == objects[f.object] for t, f in zip(top, facts[start : start + 64])]
     facts = [f for f, ok in zip(facts, known) if ok]
     if len(facts) < n:
@@ -279,8 +279,8 @@ class EditEvaluator:
         for start in tqdm(starts, desc="answers before the edits", disable=not progress, leave=False):
             chunk = [p for _, p in flat[start : start + batch_size]]
             tokens, last = _pad(model, chunk)
-            with torch.no_grad():
-                tops += models.run_with_hooks(model, tokens)[torch.arange(len(chunk)), last].argmax(-1).tolist()
+            with torch.no_grad(), models.without_edge_hooks(model):
+                tops += models.last_logits(model, tokens, last).argmax(-1).tolist()
         offset = 0
         for ps in self.probes:
             self.before.append(torch.tensor(tops[offset : offset + len(ps.prompts)]))
@@ -291,7 +291,8 @@ class EditEvaluator:
             names = [models.mlp_out_hook(layer) for layer in layers]
             for prepared in self.prepared:
                 tokens = torch.tensor([prepared.tokens], device=models.model_device(model))
-                _, cache = models.run_with_cache(model, tokens, names)
+                with models.without_edge_hooks(model):
+                    cache = models.cache_activations(model, tokens, names)
                 for layer, name in zip(layers, names):
                     self.original_mlp[layer].append(cache[name][0])
 
@@ -302,8 +303,8 @@ class EditEvaluator:
         """The six metrics of request ``index`` on the model as it is now (after its edit)."""
         ps, target = self.probes[index], self.prepared[index].target
         tokens, last = _pad(self.model, ps.prompts)
-        with torch.no_grad():
-            final = models.run_with_hooks(self.model, tokens)[torch.arange(len(ps.prompts)), last]
+        with torch.no_grad(), models.without_edge_hooks(self.model):
+            final = models.last_logits(self.model, tokens, last)
         target_ids = torch.full((len(ps.prompts),), target, device=final.device)
         is_new = (rank_of(final, target_ids) == 0).cpu().tolist()
         after = final.argmax(-1).cpu()
@@ -333,8 +334,8 @@ class EditEvaluator:
         if not chosen:
             return [], []
         tokens, last = _pad(self.model, [p for _, p in chosen])
-        with torch.no_grad():
-            top = models.run_with_hooks(self.model, tokens)[torch.arange(len(chosen)), last].argmax(-1).tolist()
+        with torch.no_grad(), models.without_edge_hooks(self.model):
+            top = models.last_logits(self.model, tokens, last).argmax(-1).tolist()
         return [s for (s, _), t in zip(chosen, top) if t == target], [
             s for (s, _), t in zip(chosen, top) if t != target
         ]
@@ -360,8 +361,8 @@ class EditEvaluator:
             out[2, last] = original[last].to(out.dtype)
             return out
 
-        with torch.no_grad():
-            final = models.run_with_hooks(self.model, tokens, [(models.mlp_out_hook(layer), restore)])[:, last]
+        with torch.no_grad(), models.without_edge_hooks(self.model):
+            final = models.last_logits(self.model, tokens, [last] * 3, [(models.mlp_out_hook(layer), restore)])
         probs = final.float().softmax(-1)[:, prepared.target].cpu()
         top = (final.argmax(-1) == prepared.target).float().cpu()
         return {

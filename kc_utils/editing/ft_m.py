@@ -97,35 +97,38 @@ def ft_m_edit(
     target = torch.tensor([prepared.target], device=tokens.device)
     optimiser = torch.optim.Adam(trained.values(), lr=config.lr)
     steps, reached, prob = 0, False, 0.0
-    try:
-        for p in everything:
-            p.requires_grad_(False)
-        for p in trained.values():
-            p.requires_grad_(True)
-        while True:
-            logits = model(tokens)[0, -1].float()
-            log_probs = logits.log_softmax(-1)
-            loss = -log_probs[target].sum()
-            prob = float(log_probs[target].detach().exp())
-            if config.stop == "loss":
-                reached = float(loss.detach()) < config.stop_loss
-            else:
-                reached = int(logits.argmax()) == prepared.target and prob > config.stop_prob
-            if reached or steps >= config.max_steps:
-                break
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if config.norm_constraint is not None:
-                with torch.no_grad():
-                    for name, p in trained.items():
-                        original = originals[name]
-                        p.copy_(torch.clamp(p, original - config.norm_constraint, original + config.norm_constraint))
-            steps += 1
-    finally:
-        for p in everything:
-            p.requires_grad_(was_trainable[id(p)])
-        optimiser.zero_grad(set_to_none=True)
+    with models.without_edge_hooks(model):  # no pass here reads a per-head edge point
+        try:
+            for p in everything:
+                p.requires_grad_(False)
+            for p in trained.values():
+                p.requires_grad_(True)
+            while True:
+                logits = models.last_logits(model, tokens, [tokens.shape[1] - 1])[0].float()
+                log_probs = logits.log_softmax(-1)
+                loss = -log_probs[target].sum()
+                prob = float(log_probs[target].detach().exp())
+                if config.stop == "loss":
+                    reached = float(loss.detach()) < config.stop_loss
+                else:
+                    reached = int(logits.argmax()) == prepared.target and prob > config.stop_prob
+                if reached or steps >= config.max_steps:
+                    break
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                if config.norm_constraint is not None:
+                    with torch.no_grad():
+                        for name, p in trained.items():
+                            original = originals[name]
+                            p.copy_(
+                                torch.clamp(p, original - config.norm_constraint, original + config.norm_constraint)
+                            )
+                steps += 1
+        finally:
+            for p in everything:
+                p.requires_grad_(was_trainable[id(p)])
+            optimiser.zero_grad(set_to_none=True)
     result = EditResult(model=model, method="ft-m", layer=layer, originals=originals)
     changes = result.changed_parameters()
     result.info = {

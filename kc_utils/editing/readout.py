@@ -42,7 +42,7 @@ def top_k_answers(model: Any, prompt: str, k: int = 5) -> pd.DataFrame:
     """The ``k`` most likely next tokens after ``prompt``: columns ``rank``, ``token``, ``prob``."""
     tokens = torch.tensor(models.tokenize(model, [prompt]), device=models.model_device(model))
     with torch.no_grad():
-        probs = models.run_with_hooks(model, tokens)[0, -1].float().softmax(-1)
+        probs = models.last_logits(model, tokens, [tokens.shape[1] - 1])[0].float().softmax(-1)
     top = probs.topk(k)
     return pd.DataFrame(
         {
@@ -180,7 +180,7 @@ def attention_free_layers(model: Any, prompt: str = "the") -> list[int]:
     n_layers = models.model_shape(model).n_layers
     names = [models.head_result_hook(layer) for layer in range(n_layers)]
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, tokens, names)
+        cache = models.cache_activations(model, tokens, names)
     return [layer for layer, name in enumerate(names) if not bool(cache[name].any())]
 
 

@@ -299,7 +299,7 @@ def compute_keys(
     n = len(prepared)
     hook = models.mlp_key_hook(layer)
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, rows.tokens[:-n], [hook])
+        cache = models.cache_activations(model, rows.tokens[:-n], [hook])
     keys = cache[hook][torch.arange(len(rows.tokens) - n), rows.subject_last[:-n]].double()  # [contexts, m]
     sums = torch.zeros(n, keys.shape[1], dtype=keys.dtype, device=keys.device)
     sums.index_add_(0, rows.request[:-n], keys)
@@ -361,7 +361,7 @@ def compute_values(
     target = torch.tensor([p.target for p in prepared], device=device)[owner]  # [n]
     kl_pos = rows.subject_last if config.kl == "rome" else rows.last_pos  # [n], read on the KL rows only
     with torch.no_grad():
-        _, cache = models.run_with_cache(
+        cache = models.cache_activations(
             model, rows.tokens, [models.resid_post_hook(layer), models.mlp_out_hook(layer)]
         )
     residual = cache[models.resid_post_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # [r]
@@ -489,10 +489,11 @@ def rome_targets(
     config = config or RomeConfig()
     prepared = _prepare_all(model, requests)
     targets: list[RomeTarget] = []
-    for group in request_groups(prepared, config, max_rows):
-        chunk = [prepared[i] for i in group]
-        keys = compute_keys(model, chunk, layer, config)
-        targets += compute_values(model, chunk, layer, keys, config)
+    with models.without_edge_hooks(model):  # no pass here reads a per-head edge point
+        for group in request_groups(prepared, config, max_rows):
+            chunk = [prepared[i] for i in group]
+            keys = compute_keys(model, chunk, layer, config)
+            targets += compute_values(model, chunk, layer, keys, config)
     return targets
 
 

@@ -128,6 +128,63 @@ def run_with_cache(
     return logits, cache
 
 
+class _AllRecorded(Exception):
+    """Raised by :func:`cache_activations` once every requested activation is recorded, to end the pass there."""
+
+
+def cache_activations(
+    model: Any, tokens: torch.Tensor, names: Sequence[str], fwd_hooks: Sequence[tuple[str, HookFn]] = ()
+) -> dict[str, torch.Tensor]:
+    """The activations at ``names`` (detached) of a forward pass over ``tokens`` ``[b, p]``, and nothing more.
+
+    Unlike :func:`run_with_cache`, the pass ends as soon as the last of ``names`` is recorded: the layers after it
+    and the ``b·p·vocab`` unembedding (on Gemma-3's 262,144-word vocabulary, more arithmetic per position than the
+    rest of the model) are never computed. The cache equals :func:`run_with_cache`'s (tested). ``fwd_hooks`` run
+    before the recording at their points.
+
+    Example:
+        >>> cache = cache_activations(model, tokens, [mlp_out_hook(0)])  # doctest: +SKIP
+        >>> cache[mlp_out_hook(0)].shape  # doctest: +SKIP
+        torch.Size([2, 7, 64])
+    """
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return {}
+    cache: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str) -> HookFn:
+        def record(activation: torch.Tensor, hook: Any) -> None:
+            cache[name] = activation.detach()
+            if len(cache) == len(wanted):
+                raise _AllRecorded
+
+        return record
+
+    try:
+        run_with_hooks(model, tokens, [*fwd_hooks, *((n, recorder(n)) for n in wanted)])
+    except _AllRecorded:
+        return cache
+    missing = [n for n in wanted if n not in cache]
+    raise RuntimeError(f"the forward pass never reached the hook point(s) {missing}")
+
+
+def last_logits(
+    model: Any, tokens: torch.Tensor, last: torch.Tensor | Sequence[int], fwd_hooks: Sequence[tuple[str, HookFn]] = ()
+) -> torch.Tensor:
+    """Logits ``[b, vocab]`` at one position per row of ``tokens`` ``[b, p]`` (``last[i]`` in row ``i``).
+
+    The same as ``model(tokens)[arange(b), last]`` with only those ``b`` positions unembedded (see
+    :func:`logits_at`).
+
+    Example:
+        >>> last_logits(model, tokens, [6, 4]).shape  # doctest: +SKIP
+        torch.Size([2, 49152])
+    """
+    device = tokens.device
+    positions = torch.as_tensor(last, device=device, dtype=torch.long).reshape(-1)
+    return logits_at(model, tokens, torch.arange(len(tokens), device=device), positions, fwd_hooks)
+
+
 def unembed(model: Any, resid: torch.Tensor) -> torch.Tensor:
     """Final norm + unembedding of a residual stream ``[..., d]`` → logits ``[..., vocab]``.
 

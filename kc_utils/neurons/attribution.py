@@ -42,7 +42,7 @@ def neuron_activations(
     layers = check_layers(model, layers)
     names = [models.mlp_hidden_hook(layer) for layer in layers]
     with torch.no_grad(), models.without_edge_hooks(model):
-        _, cache = models.run_with_cache(model, batch.clean, names)
+        cache = models.cache_activations(model, batch.clean, names)
     rows = torch.arange(len(batch), device=batch.clean.device)
     return torch.stack([cache[name][rows, positions] for name in names], dim=1)
 
@@ -53,7 +53,9 @@ def answer_probability(
     """p(answer) at each prompt's last token (``targets`` replaces the batch's answers), with hooks."""
     scored = batch if targets is None else _with_answers(batch, targets)
     with torch.no_grad(), models.without_edge_hooks(model):
-        return prob(models.run_with_hooks(model, batch.clean, fwd_hooks), scored)
+        return prob(
+            models.last_logits(model, batch.clean, batch.last_pos, fwd_hooks)[:, None], scored.at_last_position()
+        )
 
 
 def _with_answers(batch: PromptBatch, targets: Tensor) -> PromptBatch:
@@ -143,8 +145,7 @@ def _attribute_chunk(
 
         hooks.append((models.mlp_hidden_hook(layer), replace))
     with torch.enable_grad():
-        logits = models.run_with_hooks(model, tokens, hooks)
-        final = logits[torch.arange(len(tokens), device=device), batch.last_pos[prompt_of]].float().softmax(-1)
+        final = models.last_logits(model, tokens, batch.last_pos[prompt_of], hooks).float().softmax(-1)
         p = final.gather(1, batch.answer[prompt_of][:, None])[:, 0]
         grads = torch.autograd.grad(p.sum(), leaves)
     out = torch.zeros_like(clean)

@@ -100,7 +100,7 @@ def attention_layers(model: Any, batch: PromptBatch) -> list[int]:
     """Layers whose attention heads write something on this batch (not the organism's block 0)."""
     names = [models.head_result_hook(layer) for layer in range(int(model.cfg.n_layers))]
     with torch.no_grad():
-        _, cache = models.run_with_cache(model, batch.clean, names)
+        cache = models.cache_activations(model, batch.clean, names)
     return [layer for layer, name in enumerate(names) if bool(cache[name].abs().amax() > 0)]
 
 
@@ -123,7 +123,7 @@ def top_attended_keys(
             raise ValueError(f"layer {layer!r} is out of range: this model has layers 0..{n_layers - 1}")
     names = [models.attn_pattern_hook(layer) for layer in layers]
     with torch.no_grad(), models.without_edge_hooks(model):
-        _, cache = models.run_with_cache(model, batch.clean, names)
+        cache = models.cache_activations(model, batch.clean, names)
     rows = torch.arange(len(batch), device=batch.clean.device)
     keys = []
     for name in names:

@@ -210,9 +210,8 @@ def _probabilities(
 ) -> tuple[Float[Tensor, "b"], Float[Tensor, "b"]]:
     """p(answer) and p(new answer) of every prompt, from one forward pass."""
     with torch.no_grad(), models.without_edge_hooks(model):
-        logits = models.run_with_hooks(model, batch.clean, hooks)
-    rows = torch.arange(len(batch), device=logits.device)
-    final = logits[rows, batch.last_pos].float().softmax(-1)
+        final = models.last_logits(model, batch.clean, batch.last_pos, hooks).float().softmax(-1)
+    rows = torch.arange(len(batch), device=final.device)
     return final[rows, batch.answer], final[:, new_token]
 
 
