@@ -183,7 +183,8 @@ def load_model(
             (``torch.bfloat16``). bfloat16 halves the weights' memory and is meant for exploration runs; the
             load-time checks then accept a relative remainder of 5e-2 instead of 1e-4
             (:func:`~kc_utils.models.decomposition.decomposition_tolerance`), and EAP-IG scores and the circuits
-            they select move against float32, so reference numbers use float32.
+            they select move against float32 (``benchmarks/bfloat16.md``: on a CPU without AVX512_BF16 it is also
+            about 2× slower), so reference numbers use float32.
         check_decomposition: refuse a model whose residual stream is not the sum of its node outputs
             (:func:`check_residual_decomposition`); switch off only to inspect such a model, never for edges.
         device_map: spread the model over several devices of one machine: ``"auto"`` (contiguous whole blocks,
