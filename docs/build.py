@@ -47,6 +47,7 @@ COPIED_PAGES = {
     "benchmarks/acdc_hybrid.md": "performance/acdc_hybrid.md",
     "benchmarks/memory_llama.md": "performance/memory_llama.md",
     "benchmarks/post_norm.md": "performance/post_norm.md",
+    "benchmarks/bfloat16.md": "performance/bfloat16.md",
     "CHANGELOG.md": "changelog.md",
     "CONTRIBUTING.md": "contributing.md",
 }

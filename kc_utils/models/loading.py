@@ -32,8 +32,24 @@ SHORT_NAMES = {
     "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
 }
 
+#: Weight dtypes :func:`load_model` accepts by name: float32 for reference numbers, bfloat16 for exploration runs.
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 
 # ----------------------------------------------------------------------------- loading
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype as given, or one of :data:`DTYPE_NAMES` by name.
+
+    Raises:
+        ValueError: a name that is not in :data:`DTYPE_NAMES`, or something that is neither a name nor a dtype.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype]
+    raise ValueError(f"dtype={dtype!r}: use one of {sorted(DTYPE_NAMES)} or a torch.dtype")
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``"auto"``/``None`` → CUDA if available, else MPS, else CPU; anything else as given."""
     if device is None or device == "auto":
@@ -149,7 +165,7 @@ def resolve_model(name: str) -> ModelSource:
 def load_model(
     name: str = ORGANISM_NAME,
     device: str | torch.device | None = "auto",
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     check_decomposition: bool = True,
     device_map: str | dict[str, int | str] | None = None,
     max_memory: dict[int | str, int | str] | None = None,
@@ -163,7 +179,12 @@ def load_model(
             a Hugging Face hub id (``"TinyLlama/TinyLlama-1.1B-Chat-v1.0"``) or a path to a folder
             written by ``save_pretrained``.
         device: ``"auto"`` (CUDA > MPS > CPU), or any torch device.
-        dtype: weight dtype, e.g. ``torch.float32`` or ``torch.bfloat16``.
+        dtype: weight dtype: ``"float32"`` (default) or ``"bfloat16"`` by name, or any torch dtype
+            (``torch.bfloat16``). bfloat16 halves the weights' memory and is meant for exploration runs; the
+            load-time checks then accept a relative remainder of 5e-2 instead of 1e-4
+            (:func:`~kc_utils.models.decomposition.decomposition_tolerance`), and EAP-IG scores and the circuits
+            they select move against float32 (``benchmarks/bfloat16.md``: on a CPU without AVX512_BF16 it is also
+            about 2× slower), so reference numbers use float32.
         check_decomposition: refuse a model whose residual stream is not the sum of its node outputs
             (:func:`check_residual_decomposition`); switch off only to inspect such a model, never for edges.
         device_map: spread the model over several devices of one machine: ``"auto"`` (contiguous whole blocks,
@@ -184,7 +205,9 @@ def load_model(
         ModelLoadError: unknown name, missing organism weights, a missing or damaged GGUF package or file, a
             hub model that is neither cached nor downloadable (no network) — within seconds, with what to do
             instead — or a model whose blocks do not decompose into the graph's nodes.
+        ValueError: a ``dtype`` name other than ``"float32"`` or ``"bfloat16"`` (before anything is loaded).
     """
+    dtype = _resolve_dtype(dtype)
     if prepend_bos is not None and not isinstance(prepend_bos, bool):
         raise ModelLoadError(f"prepend_bos must be True, False or None (the model's own choice), got {prepend_bos!r}")
     resolved = resolve_model(name)
