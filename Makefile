@@ -45,7 +45,7 @@ RUN_NOTEBOOKS := $(patsubst notebooks/%.ipynb,runs/%.ipynb,$(NOTEBOOKS))
 # itself, make -j starts every other notebook before 02 and leaves 02 to run alone at the end (it did so on SmolLM2)
 CHAINED_NOTEBOOKS := $(filter runs/01_% runs/02_%,$(RUN_NOTEBOOKS))
 
-.PHONY: install reproduce publish run-notebooks run-chained-notebooks sweep lab notebook-filter test lint test-unit test-notebooks bench clean FORCE docs docs-runs readme-figure
+.PHONY: install reproduce publish run-notebooks run-chained-notebooks sweep lab notebook-filter test lint test-unit test-notebooks bench clean FORCE docs docs-runs readme-figure device-check-dry
 
 install: $(VENV)/.installed
 
@@ -120,9 +120,11 @@ notebook-filter: install
 # are what the docs check builds, their tables (runs/<notebook>/) what tests/test_reference_tables.py compares with
 # the references in figures/. Running them once here instead of once for the docs and once under nbval saves CI about
 # 8 minutes; `make test-notebooks` still runs nbval alone.
+# Then the GPU check's dry run (make device-check-dry), whose JSON tests/test_device_check.py reads.
 test: install lint
 	@$(MAKE) --no-print-directory -j$(JOBS) run-notebooks MODEL=kc-organism PAPERMILL_ARGS= OUT_DIR= PUBLISH_ARG=
-	KC_DOCS_REQUIRED=1 $(PY) -m pytest tests
+	@$(MAKE) --no-print-directory device-check-dry
+	KC_DOCS_REQUIRED=1 KC_DEVICE_CHECK_JSON=runs/device_check_dry.json $(PY) -m pytest tests
 
 lint: install
 	$(VENV)/bin/ruff check kc_utils tests benchmarks
@@ -155,6 +157,12 @@ readme-figure: install
 
 bench: install
 	$(PY) benchmarks/attribution.py
+
+# the prepared GPU check (benchmarks/device_check.sh; benchmarks/device_check.md) in its dry run: the same steps on the
+# CPU with tiny settings (the organism, capped ACDC, notebook 01 on one relation), one thread, about 30-45 s
+device-check-dry: install
+	@rm -f runs/device_check_dry.json
+	PYTHON=$(PY) bash benchmarks/device_check.sh --dry-run runs/device_check_dry.json
 
 clean:
 	rm -rf runs .pytest_cache build site

@@ -225,6 +225,28 @@ def load_hf(path: str | Path) -> Any:
     return hf
 
 
+def plain_forward(hf: Any, tokens: Any) -> None:
+    """One forward of ``tokens`` through the plain ``transformers`` model, no gradient (right padding under a causal
+    mask: no attention mask needed)."""
+    import torch
+
+    with torch.no_grad():
+        hf(input_ids=tokens)
+
+
+def plain_forward_backward(hf: Any, batch: Any) -> None:
+    """One forward/backward of ``batch.clean`` through the plain ``transformers`` model: the gradient of the batch-mean
+    logit difference with respect to the token embeddings only (EAP's backward work; parameters frozen by
+    :func:`load_hf`)."""
+    import torch
+
+    from kc_utils.data.metrics import logit_diff
+
+    with torch.enable_grad():
+        embeds = hf.get_input_embeddings()(batch.clean).detach().requires_grad_(True)
+        (logit_diff(hf(inputs_embeds=embeds).logits, batch).sum() / len(batch)).backward()
+
+
 def per_repeat_ratio(rows: list[dict], num: str, den: str, clock: str) -> float:
     """Median over repeats of ``num / den``, each ratio taken within one repeat."""
     return median([r[clock][num] / r[clock][den] for r in rows])
@@ -306,14 +328,11 @@ def worker(shape: str, checkpoint: Path, args: argparse.Namespace, out: Path) ->
             forward_backward()
 
     def hf_forward() -> None:
-        with torch.no_grad():
-            hf(input_ids=batch.clean)
+        plain_forward(hf, batch.clean)
 
     def hf_forward_backward() -> None:
         """The same pass through the plain HF model: gradient w.r.t. the token embeddings only."""
-        with torch.enable_grad():
-            embeds = hf.get_input_embeddings()(batch.clean).detach().requires_grad_(True)
-            (logit_diff(hf(inputs_embeds=embeds).logits, batch).sum() / n).backward()
+        plain_forward_backward(hf, batch)
 
     def passes() -> dict[str, dict[str, float]]:
         """Per-pass medians: bridge fwd (2 timed), bridge fwd/bwd (IG_STEPS timed) and without edge hooks (2), HF fwd (2),

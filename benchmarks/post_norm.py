@@ -30,7 +30,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from attribution import cpu_model, load_avg, load_hf, median, peak_rss_gb, relation_batch, timed  # noqa: E402
+from attribution import (  # noqa: E402
+    cpu_model,
+    load_avg,
+    load_hf,
+    median,
+    peak_rss_gb,
+    plain_forward,
+    plain_forward_backward,
+    relation_batch,
+    timed,
+)
 
 RELATION = "country_capital_city"  # the batch: this Table-1 relation's Dval, as notebook 01 builds it
 
@@ -67,13 +77,10 @@ def measure(source: str, checkpoint: Path, repeats: int) -> dict[str, Any]:
             (logit_diff(logits, batch).sum() / n).backward()
 
     def hf_forward() -> None:
-        with torch.no_grad():
-            hf(input_ids=batch.corrupt)
+        plain_forward(hf, batch.corrupt)
 
     def hf_fb() -> None:
-        with torch.enable_grad():
-            embeds = hf.get_input_embeddings()(batch.clean).detach().requires_grad_(True)
-            (logit_diff(hf(inputs_embeds=embeds).logits, batch).sum() / n).backward()
+        plain_forward_backward(hf, batch)
 
     eap_ig()  # warm-up
     rows = []
