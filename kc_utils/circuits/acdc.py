@@ -78,8 +78,9 @@ __all__ = [
     "receiver_order",
 ]
 
-#: ``compare_acdc="auto"`` runs ACDC on graphs up to this many edges: it tries every edge, one forward each.
-ACDC_AUTO_MAX_EDGES = 20_000
+#: ``compare_acdc="auto"`` runs ACDC on graphs up to this many edges: it tries every edge, one forward each (the
+#: organism's 479 in seconds; Gemma-3-270M's 5,644 would be 5,644 forwards of a 270M model per relation).
+ACDC_AUTO_MAX_EDGES = 2_000
 
 
 #: Candidate edges ``acdc_candidates="auto"`` gives ACDC on a graph larger than :data:`ACDC_AUTO_MAX_EDGES`.

@@ -51,8 +51,8 @@ def collect_outputs(model: Any, graph: Graph, tokens: Tensor) -> Float[Tensor, "
     def write(s: slice, z: Tensor) -> None:
         buffer[s] = z.detach().to(buffer.device)  # a block on another device (device_map) hands its output here
 
-    with torch.no_grad():
-        models.run_with_hooks(model, tokens, upstream_hooks(graph, write))
+    with torch.no_grad():  # the pass ends at the final norm's input, after every node wrote: no unembedding
+        models.cache_activations(model, tokens, [models.LOGITS_INPUT_HOOK], upstream_hooks(graph, write))
     return buffer
 
 

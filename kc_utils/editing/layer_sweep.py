@@ -27,6 +27,8 @@ from kc_utils.editing.rome import ROME_DEPARTURES, RomeConfig, RomeTarget, rome_
 from kc_utils.organism.split import Split
 
 __all__ = [
+    "COMPARISONS",
+    "resolve_comparisons",
     "LOCATION_COLUMNS",
     "METHODS",
     "apply_edit",
@@ -57,6 +59,48 @@ def default_sweep_layers(n_layers: int, n: int = 5) -> list[int]:
         return list(range(n_layers))
     spread = {round(i * (n_layers - 1) / (n - 1)) for i in range(n)} if n > 1 else {0}
     return sorted(spread | {n_layers // 3})
+
+
+#: notebook 03's studies within the study, each a whole ROME (or FT-M) sweep per comparison layer: knob → what it adds
+COMPARISONS = {
+    "rome_variant": "the template-averaged ROME variant",
+    "measure_departures": "each departure from the authors' ROME and from EasyEdit's FT-M",
+    "compare_covariance": "C from each other text and from the identity",
+}
+
+
+def resolve_comparisons(n_layers: int, **knobs: bool | str) -> tuple[dict[str, bool], str]:
+    """Which of :data:`COMPARISONS` notebook 03 runs, and a sentence saying what ``"auto"`` left out.
+
+    ``"auto"`` runs a comparison on a model of at most :data:`SHALLOW_LAYERS` layers (the organism, where each is a
+    few seconds) and leaves it out on a deeper one, where each costs a ROME sweep per comparison layer (on
+    SmolLM2-135M the departures alone took 41 of notebook 03's 97 one-thread minutes); ``True``/``False`` decide.
+
+    Example:
+        >>> resolve_comparisons(30, rome_variant="auto", measure_departures=True, compare_covariance="auto")[0]
+        {'rome_variant': False, 'measure_departures': True, 'compare_covariance': False}
+
+    Raises:
+        ValueError: a knob of :data:`COMPARISONS` missing, or a value other than ``"auto"``, ``True``, ``False``.
+    """
+    chosen: dict[str, bool] = {}
+    for name in COMPARISONS:
+        if name not in knobs:
+            raise ValueError(f"missing comparison knob {name!r}")
+        value = knobs[name]
+        if value not in ("auto", True, False):
+            raise ValueError(f"{name}={value!r}: use 'auto', True or False")
+        chosen[name] = n_layers <= SHALLOW_LAYERS if value == "auto" else bool(value)
+    left_out = [name for name in COMPARISONS if knobs[name] == "auto" and not chosen[name]]
+    note = ""
+    if left_out:
+        note = (
+            f"'auto' leaves out on a model of {n_layers} layers (over {SHALLOW_LAYERS}): "
+            + "; ".join(f"{COMPARISONS[n]} ({n}=True adds it)" for n in left_out)
+            + ". Each is a ROME sweep per comparison layer; the location of the edits and the sweep's text do not "
+            "depend on them."
+        )
+    return chosen, note
 
 
 def default_comparison_layers(n_layers: int, sweep_layers: Sequence[int]) -> list[int]:

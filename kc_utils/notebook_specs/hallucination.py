@@ -87,7 +87,7 @@ HALLUCINATION = NotebookSpec(
             fixed_budget,
             (
                 "edges kept in the circuit drawn: an edge count, a fraction, or auto (40, about 8 percent of the "
-                "organism graph, on graphs up to 20,000 edges; else 400, the paper scale)"
+                "organism graph, on graphs up to 2,000 edges; else 400, the paper scale)"
             ),
         ),
         Knob("ig_steps", 5, number(1, integer=True), "EAP-IG interpolation steps (the paper default is 5)"),

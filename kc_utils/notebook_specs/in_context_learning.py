@@ -66,7 +66,7 @@ IN_CONTEXT_LEARNING = NotebookSpec(
             fixed_budget,
             (
                 "edges kept in each circuit: a count, a fraction, or auto (48, about 10 percent of the organism graph,"
-                " on graphs up to 20,000 edges; else 400, the paper scale)"
+                " on graphs up to 2,000 edges; else 400, the paper scale)"
             ),
         ),
         Knob("ig_steps", 5, number(1, integer=True), "EAP-IG interpolation steps (the paper default is 5)"),

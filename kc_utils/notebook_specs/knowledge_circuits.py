@@ -89,14 +89,14 @@ KNOWLEDGE_CIRCUITS = NotebookSpec(
             "compare_acdc",
             "auto",
             _acdc_wanted,
-            "also run ACDC and compare its circuits: True, False or auto (graphs up to 20,000 edges)",
+            "also run ACDC and compare its circuits: True, False or auto (graphs up to 2,000 edges)",
         ),
         Knob(
             "acdc_candidates",
             "auto",
             _acdc_candidates,
             (
-                "edges ACDC tries: auto (every edge on graphs up to 20,000 edges; else the top 1000 of EAP-IG, the "
+                "edges ACDC tries: auto (every edge on graphs up to 2,000 edges; else the top 1000 of EAP-IG, the "
                 "rest removed up front), None (every edge) or a count"
             ),
         ),

@@ -105,9 +105,9 @@ KNOWLEDGE_EDITING = NotebookSpec(
         ),
         Knob(
             "compare_covariance",
-            True,
-            None,
-            "also write the same edits with C from the other texts and from the identity",
+            "auto",
+            one_of(["auto", True, False]),
+            "also write the same edits with C from the other texts and from the identity (auto: on up to 6 layers)",
         ),
         Knob(
             "n_prefixes",
@@ -115,7 +115,12 @@ KNOWLEDGE_EDITING = NotebookSpec(
             number(0, integer=True),
             "texts the model generates itself before the edit prompt (the authors: 20)",
         ),
-        Knob("rome_variant", True, None, "also sweep our earlier template-averaged ROME beside the authors' default"),
+        Knob(
+            "rome_variant",
+            "auto",
+            one_of(["auto", True, False]),
+            "also sweep our earlier template-averaged ROME beside the authors' default (auto: on up to 6 layers)",
+        ),
         Knob("rome_steps", 20, number(1, integer=True), "forward passes of the value optimisation (the authors: 20)"),
         Knob("rome_lr", 0.5, number(0), "Adam step of the value (the authors: 0.5)"),
         Knob(
@@ -127,9 +132,9 @@ KNOWLEDGE_EDITING = NotebookSpec(
         Knob("rome_kl_factor", 0.0625, number(0), "weight of the KL term on SUBJECT is a (the authors: 0.0625)"),
         Knob(
             "measure_departures",
-            True,
-            None,
-            "sweep each departure from the authors' ROME and from EasyEdit's FT-M on its own",
+            "auto",
+            one_of(["auto", True, False]),
+            "sweep each departure from the authors' ROME and from EasyEdit's FT-M on its own (auto: on up to 6 layers)",
         ),
         Knob(
             "ftm_part",
@@ -156,7 +161,7 @@ KNOWLEDGE_EDITING = NotebookSpec(
             "auto",
             fixed_budget,
             (
-                "edges of the case-study and leak circuits: a count, a fraction, or auto (30 on graphs up to 20,000 "
+                "edges of the case-study and leak circuits: a count, a fraction, or auto (30 on graphs up to 2,000 "
                 "edges, else 400, the paper scale)"
             ),
         ),
