@@ -818,3 +818,53 @@ def test_edits_and_their_evaluation_are_unchanged_without_the_edge_hooks(tiny_mo
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert switched_off[2] == pytest.approx(hooked[2], nan_ok=True)
     assert switched_off[3] == pytest.approx(hooked[3], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tiny_gemma3(tmp_path_factory):
+    """A tiny random Gemma 3: its MLP output passes a post-feedforward norm before the residual stream."""
+    from families import save_family
+
+    return models.load_model(str(save_family(tmp_path_factory.mktemp("gemma3"), "gemma3_text")), device="cpu")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_gemma3"])
+def test_the_weight_edit_writes_what_the_value_optimisation_reached(fixture, request) -> None:
+    """ROME optimises ``δ`` added to the MLP's value ``W k + b`` and then edits ``W`` so that ``W k_e + b`` becomes
+    ``v* = W k_e + b + δ``: the edited model must give, at the subject, exactly what the model gave with ``δ`` added
+    where the optimisation added it. On a family with a post-feedforward norm the MLP's output hook holds the norm's
+    output, not ``W k + b``; a ``δ`` optimised there would be written in another space (the edit would not write
+    what the optimisation reached)."""
+    from kc_utils.editing.request import prepare_request
+    from kc_utils.editing.rome import _delta_hook
+
+    model = request.getfixturevalue(fixture)
+    layer = 0
+    assert models.mlp_has_post_norm(model) == (fixture == "tiny_gemma3")
+    config = RomeConfig(templates=("the capital city of {} is",), steps=5, lr=0.3, stop_loss=0.0)
+    target = rome_targets(model, [REQUEST], layer, config)[0]
+    prepared = prepare_request(model, REQUEST)
+    tokens = torch.tensor([prepared.tokens])
+    subject = torch.tensor([prepared.subject_last])
+    delta = target.value - target.write_key @ models.mlp_out_weight(model, layer).detach().T  # v* = W k_e + δ
+    hook = _delta_hook(layer, delta[None].float(), torch.tensor([0]), subject, torch.tensor([0]))
+    with torch.no_grad():
+        optimised = models.cache_activations(model, tokens, [models.mlp_out_hook(layer)], [hook])
+        with rome_edit(model, REQUEST, layer, None, config, target=target):
+            edited = models.cache_activations(model, tokens, [models.mlp_out_hook(layer)])
+    reached = optimised[models.mlp_out_hook(layer)][0, prepared.subject_last]
+    written = edited[models.mlp_out_hook(layer)][0, prepared.subject_last]
+    assert target.delta_norm > 0
+    torch.testing.assert_close(written, reached, atol=1e-4, rtol=1e-4)
+
+
+def test_rome_scale_auto_follows_the_post_norm(tiny_gpt2, tiny_gemma3) -> None:
+    from kc_utils.editing.rome import choose_rome_scale
+
+    plain, why = choose_rome_scale(tiny_gpt2)
+    assert (plain.lr_unit, plain.norm_reference) == ("residual", "residual") and "residual" in why
+    normed, why = choose_rome_scale(tiny_gemma3)
+    assert (normed.lr_unit, normed.norm_reference) == ("absolute", "output") and "post-feedforward norm" in why
+    assert choose_rome_scale(tiny_gemma3, "residual")[0].lr_unit == "residual"
+    with pytest.raises(ValueError, match="rome_scale"):
+        choose_rome_scale(tiny_gpt2, "model")

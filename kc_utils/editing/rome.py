@@ -58,12 +58,14 @@ from kc_utils.editing.reversible import EditResult, snapshot
 
 __all__ = [
     "ROME_DEPARTURES",
+    "ROME_SCALES",
     "RomeConfig",
     "RomeTarget",
     "compute_keys",
     "compute_values",
     "context_prompts",
     "request_groups",
+    "choose_rome_scale",
     "rome_edit",
     "rome_targets",
     "rome_update",
@@ -308,13 +310,14 @@ def compute_keys(
 
 
 def _delta_hook(layer: int, delta: Tensor, rows: Tensor, positions: Tensor, owner: Tensor) -> tuple[str, Any]:
-    """A forward hook adding ``delta[owner[i]]`` to MLP ``layer``'s output at ``(rows[i], positions[i])``."""
+    """A forward hook adding ``delta[owner[i]]`` to MLP ``layer``'s value ``W k + b`` at ``(rows[i], positions[i])``
+    (:func:`~kc_utils.models.mlp_value_hook`: before any post-feedforward norm)."""
 
     def add(out: Tensor, hook: Any) -> Tensor:
         values = delta[owner].to(out.dtype)
         return out.index_put((rows, positions), values, accumulate=True)
 
-    return models.mlp_out_hook(layer), add
+    return models.mlp_value_hook(layer), add
 
 
 @contextmanager
@@ -362,10 +365,10 @@ def compute_values(
     kl_pos = rows.subject_last if config.kl == "rome" else rows.last_pos  # [n], read on the KL rows only
     with torch.no_grad():
         cache = models.cache_activations(
-            model, rows.tokens, [models.resid_post_hook(layer), models.mlp_out_hook(layer)]
+            model, rows.tokens, [models.resid_post_hook(layer), models.mlp_value_hook(layer)]
         )
     residual = cache[models.resid_post_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # [r]
-    output = cache[models.mlp_out_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # ‖W k_e + b‖
+    output = cache[models.mlp_value_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # ‖W k_e + b‖
     reference = residual if config.norm_reference == "residual" else output
     unit = residual / weight.shape[0] ** 0.5 if config.lr_unit == "residual" else torch.ones_like(residual)
 
@@ -452,6 +455,45 @@ def compute_values(
         )
         for i in range(n_req)
     ]
+
+
+#: How notebook 03's ``rome_scale`` knob sets :class:`RomeConfig`'s step size and clamp.
+ROME_SCALES = ("auto", "residual", "authors")
+
+
+def choose_rome_scale(model: Any, setting: str = "auto") -> tuple[RomeConfig, str]:
+    """The step size and clamp of ROME's value optimisation on ``model`` (``lr_unit`` and ``norm_reference`` of a
+    :class:`RomeConfig`; combine with :func:`dataclasses.replace`), and a sentence saying which and why.
+
+    ``"residual"``: steps in units of the residual stream's RMS per coordinate, clamp and decay against ‖r‖ (our
+    departure: the authors' absolute step was far off the organism's scale). ``"authors"``: their absolute step,
+    clamp and decay against ‖W k_e + b‖. ``"auto"``: residual where the MLP's value joins the residual stream as it
+    is, authors where a post-feedforward norm stands between them (:func:`~kc_utils.models.mlp_has_post_norm`): there
+    ``δ`` lives in the value's own space, whose scale is not the residual's (Gemma-3-270M, layer 6, 6 edits: the
+    residual scale edited none, the authors' all 6).
+
+    Example:
+        >>> config, why = choose_rome_scale(model)  # doctest: +SKIP
+        >>> replace(RomeConfig(prefixes=prefixes), lr_unit=config.lr_unit, norm_reference=config.norm_reference)
+
+    Raises:
+        ValueError: a setting outside :data:`ROME_SCALES`.
+    """
+    if setting not in ROME_SCALES:
+        raise ValueError(f"rome_scale={setting!r}: use one of {list(ROME_SCALES)}")
+    chosen = setting
+    why = "as asked"
+    if setting == "auto":
+        post_norm = models.mlp_has_post_norm(model)
+        chosen = "authors" if post_norm else "residual"
+        why = (
+            "'auto': a post-feedforward norm stands between the MLP's value and the residual stream, so the step and "
+            "clamp are at the value's own scale"
+            if post_norm
+            else "'auto': the MLP's value joins the residual stream as it is"
+        )
+    config = RomeConfig() if chosen == "residual" else RomeConfig(lr_unit="absolute", norm_reference="output")
+    return config, f"ROME's scale: {chosen} ({why})"
 
 
 #: rows (contexts plus KL prompts) per batch of :func:`rome_targets`: 20 requests of the authors' setting with 4

@@ -26,6 +26,29 @@ def mlp_key_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.out.hook_in"
 
 
+def mlp_value_hook(layer: int) -> str:
+    """Hook holding the output of MLP ``layer``'s output projection, ``W k + b``: ``[b, p, d]`` (ROME's value ``v``).
+
+    It is :func:`~kc_utils.models.mlp_out_hook` on most families; on a family with a post-feedforward norm (Gemma
+    2/3, OLMo 2) ``hook_mlp_out`` holds the norm's output instead, ``g ⊙ v / rms(v)``, on another scale (on
+    Gemma-3-270M's layer 1, a norm of 1,415 against 21 for ``v``), so a value edited through the projection's weight
+    must be read and optimised here.
+    """
+    return f"blocks.{layer}.mlp.out.hook_out"
+
+
+def mlp_has_post_norm(model: Any, layer: int = 0) -> bool:
+    """Whether MLP ``layer``'s output is normalised before it joins the residual stream (a post-feedforward norm:
+    Gemma 2/3, OLMo 2), so that :func:`mlp_value_hook` and :func:`~kc_utils.models.mlp_out_hook` differ.
+
+    Example:
+        >>> mlp_has_post_norm(load_model("gemma-3-270m"))  # doctest: +SKIP
+        True
+    """
+    _check_layer(model, layer)
+    return hasattr(model.blocks[layer], "ln2_post")
+
+
 def _check_layer(model: Any, layer: int) -> None:
     n_layers = model.cfg.n_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:

@@ -125,9 +125,12 @@ KNOWLEDGE_EDITING = NotebookSpec(
         Knob("rome_lr", 0.5, number(0), "Adam step of the value (the authors: 0.5)"),
         Knob(
             "rome_scale",
-            "residual",
-            one_of(["residual", "authors"]),
-            "residual (step in units of the residual RMS, clamp and decay against the residual) or authors",
+            "auto",
+            one_of(["auto", "residual", "authors"]),
+            (
+                "residual (step in units of the residual RMS, clamp and decay against the residual), authors, or auto "
+                "(residual, but authors where a post-feedforward norm stands between the MLP and the residual stream)"
+            ),
         ),
         Knob("rome_kl_factor", 0.0625, number(0), "weight of the KL term on SUBJECT is a (the authors: 0.0625)"),
         Knob(
