@@ -272,14 +272,6 @@ def _c03_location_smollm2(t: pd.DataFrame) -> str:
     )
 
 
-def _c03_variant_smollm2(t: pd.DataFrame) -> str:
-    row = _row(t, method="rome-templates")
-    return (
-        f"The template-averaged variant at layer {row['layer']}: {row['reliability_mean']:.2f}, leak "
-        f"{100 * row['leak_mean']:+.0f} points"
-    )
-
-
 def _c03_scale_smollm2(t: pd.DataFrame) -> str:
     default, authors = _row(t, departure="default"), _row(t, departure="authors' scale")
     assert authors["reliability"] == default["reliability"] and authors["leak"] < default["leak"]
@@ -430,7 +422,6 @@ CLAIMS = [
     Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_rome_smollm2),
     Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_spread_smollm2),
     Claim("03_knowledge_editing", "03_location_smollm2-135m.csv", _c03_location_smollm2),
-    Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_variant_smollm2),
     Claim("03_knowledge_editing", "03_rome_departures_smollm2-135m.csv", _c03_scale_smollm2),
     Claim("03_knowledge_editing", "03_covariance_smollm2-135m.csv", _c03_covariance_smollm2),
     Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_ftm_smollm2),
@@ -469,6 +460,17 @@ def _r01_smollm2(t: pd.DataFrame) -> str:
         f"{float(budgets.pop()):.0f}-edge circuits keep {r['Dtest faithfulness']:.2f} of the logit difference; "
         f"Hit@10 {r['Dtest hit@10 circuit']:.2f} vs {r['Dtest hit@10 full']:.2f} full; the 90% knee needs "
         f"{r['knee90']:,.0f} edges"
+    )
+
+
+def _r01_gemma(t: pd.DataFrame) -> str:
+    r = _row(t, relation="average")
+    assert set(t.loc[t["relation"] != "average", "budget"].astype(str)) == {"knee 0.9"}
+    hits = f"Hit@10 {r['Dtest hit@10 circuit']:.2f} vs {r['Dtest hit@10 full']:.2f} full"
+    hits += f", {r['Dtest hit@10 empty']:.2f} empty"
+    return (
+        f"knee circuits of {r['#edges']:.0f} edges ({r['% edges']:.0f}% of 5,644) keep "
+        f"{r['Dtest faithfulness']:.2f} of the logit difference; {hits}"
     )
 
 
@@ -612,6 +614,7 @@ def _r07_smollm2_overlap(t: pd.DataFrame) -> str:
 README_CLAIMS = [
     Claim("01_knowledge_circuits", "01_table1_kc-organism.csv", _r01_organism),
     Claim("01_knowledge_circuits", "01_table1_smollm2-135m.csv", _r01_smollm2),
+    Claim("01_knowledge_circuits", "01_table1_gemma-3-270m.csv", _r01_gemma),
     Claim("02_head_roles", "02_group_tests_kc-organism.csv", _r02_organism),
     Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _r02_smollm2),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _r03_organism),
