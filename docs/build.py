@@ -48,6 +48,8 @@ COPIED_PAGES = {
     "benchmarks/memory_llama.md": "performance/memory_llama.md",
     "benchmarks/post_norm.md": "performance/post_norm.md",
     "benchmarks/bfloat16.md": "performance/bfloat16.md",
+    "benchmarks/speed.md": "performance/speed.md",
+    "benchmarks/device_check.md": "performance/device_check.md",
     "CHANGELOG.md": "changelog.md",
     "CONTRIBUTING.md": "contributing.md",
 }

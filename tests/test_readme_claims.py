@@ -177,6 +177,23 @@ def _c01_average(t: pd.DataFrame) -> str:
     )
 
 
+def _c01_gemma(t: pd.DataFrame) -> str:
+    r = _row(t, relation="average")
+    knees = t.loc[t["relation"] != "average", "knee90"]
+    return (
+        f"{r['#edges']:.0f} edges on average ({r['% edges']:.0f}% of the graph; range {knees.min():,.0f}–"
+        f"{knees.max():,.0f}). On held-out facts the circuits keep {r['Dtest faithfulness']:.2f} of the logit "
+        f"difference, Hit@10 {r['Dtest hit@10 circuit']:.2f} against {r['Dtest hit@10 full']:.2f} for the full model "
+        f"and {r['Dtest hit@10 empty']:.2f} for the empty circuit"
+    )
+
+
+def _c01_gemma_transfer(t: pd.DataFrame) -> str:
+    r = _row(t, relation="average")
+    assert r["Dtest hit@10 random"] == r["Dtest hit@10 empty"]
+    return f"keeps {r['Dtest hit@1 other'] / r['Dtest hit@1 circuit']:.0%} of the relation's own Dtest Hit@1"
+
+
 def _c02_movers(t: pd.DataFrame) -> str:
     ablation = t[(t["group"] == "movers") & (t["test"] == "ablation")]
     patching = t[(t["group"] == "movers") & (t["test"] == "patching")]
@@ -413,6 +430,8 @@ CLAIMS = [
     Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_attention_cost),
     Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _c05_paper),
     Claim("01_knowledge_circuits", "01_table1_kc-organism.csv", _c01_average),
+    Claim("01_knowledge_circuits", "01_table1_gemma-3-270m.csv", _c01_gemma),
+    Claim("01_knowledge_circuits", "01_table1_gemma-3-270m.csv", _c01_gemma_transfer),
     Claim("02_head_roles", "02_group_tests_kc-organism.csv", _c02_movers),
     Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _c02_movers_smollm2),
     Claim("04_hallucination", "04_repair_adj_comparative_smollm2-135m.csv", _c04_top3_smollm2),
