@@ -244,23 +244,29 @@ def object_auc(
         answer: ``[...]`` each row's answer token.
     """
     vocab = scores.shape[-1]
-    is_object = torch.zeros(vocab, dtype=torch.bool, device=scores.device)
-    is_object[objects.to(scores.device)] = True
-    is_object = is_object.expand(*scores.shape[:-1], vocab).clone()
-    keep = torch.ones_like(is_object)
-    keep.scatter_(-1, answer[..., None].to(scores.device), False)
-    positive = is_object & keep
-    negative = ~is_object & keep
-    # wins of a positive = negatives strictly below it + half the negatives equal to it
-    values, order = scores.float().sort(-1)
-    cum = torch.cat([torch.zeros_like(values[..., :1]), negative.gather(-1, order).float().cumsum(-1)], -1)
-    below = cum.gather(-1, torch.searchsorted(values, values, right=False))
-    through = cum.gather(-1, torch.searchsorted(values, values, right=True))
-    wins = below + (through - below) / 2
-    sorted_positive = positive.gather(-1, order)
+    scores = scores.float()
+    objects = objects.to(scores.device)
+    answer = answer.to(scores.device)
+    # the excluded tokens of a row: the objects and the answer (counted once when the answer is an object)
+    excluded = torch.cat([objects.expand(*scores.shape[:-1], -1), answer[..., None]], -1)  # [..., o+1]
+    valid = torch.ones_like(excluded, dtype=torch.bool)
+    valid[..., -1] = ~(objects == answer[..., None]).any(-1)
+    positive = valid[..., :-1] & (objects != answer[..., None])  # [..., o]
+    excluded_scores = scores.gather(-1, excluded)  # [..., o+1]
+    object_scores = excluded_scores[..., :-1]  # [..., o]
+    # only the objects are looked up in the sorted row (o queries, not vocab): tokens strictly below / at most each
+    ordered = scores.sort(-1).values
+    below_all = torch.searchsorted(ordered, object_scores.contiguous(), right=False).float()
+    through_all = torch.searchsorted(ordered, object_scores.contiguous(), right=True).float()
+    # minus the excluded tokens among them: the negatives strictly below, and at most equal to, each object
+    lower = (excluded_scores[..., None, :] < object_scores[..., :, None]) & valid[..., None, :]
+    equal_or_lower = (excluded_scores[..., None, :] <= object_scores[..., :, None]) & valid[..., None, :]
+    below = below_all - lower.sum(-1)
+    through = through_all - equal_or_lower.sum(-1)
+    wins = below + (through - below) / 2  # ties count one half
+    total = (wins * positive).sum(-1)
     n_pos = positive.sum(-1).float()
-    n_neg = negative.sum(-1).float()
-    total = (wins * sorted_positive).sum(-1)
+    n_neg = vocab - valid.sum(-1).float()
     return torch.where((n_pos > 0) & (n_neg > 0), total / (n_pos * n_neg), torch.full_like(total, float("nan")))
 
 
