@@ -1,4 +1,5 @@
-"""Smoke runs of notebooks 01 and 06 on the real model (SmolLM2-135M), small knobs, outputs in a temporary folder.
+"""Smoke runs on the real models, small knobs, outputs in a temporary folder: notebooks 01 and 06 on SmolLM2-135M,
+notebook 03 on Gemma-3-270M (a post-norm family; its first default run found ROME writing in the wrong space).
 
 They check that no organism assumption stops a notebook on a real model: the notebook runs to the end, a relation
 the model cannot serve is left out with its reason, outputs land where ``out_dir`` says, tracked files stay as
@@ -18,8 +19,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_notebook(name: str, tmp_path: Path, knobs: dict[str, object], yaml: str | None = None) -> tuple[Path, str]:
-    """Execute ``notebooks/<name>.ipynb`` on smollm2-135m with ``knobs`` (and a YAML mapping of list knobs)."""
+def run_notebook(
+    name: str, tmp_path: Path, knobs: dict[str, object], yaml: str | None = None, model: str = "smollm2-135m"
+) -> tuple[Path, str]:
+    """Execute ``notebooks/<name>.ipynb`` on ``model`` with ``knobs`` (and a YAML mapping of list knobs)."""
     out = tmp_path / "out"
     command = [
         sys.executable,
@@ -31,7 +34,7 @@ def run_notebook(name: str, tmp_path: Path, knobs: dict[str, object], yaml: str 
         str(tmp_path),
         "-p",
         "model_name",
-        "smollm2-135m",
+        model,
         "-p",
         "device",
         "cpu",
@@ -84,4 +87,40 @@ def test_notebook_06_on_smollm2_runs_to_the_end(tmp_path):
     )
     assert (out / "06_consistency_facts_smollm2-135m.csv").exists()
     assert "30 MLPs x 1536 neurons = 46,080 neurons searched" in text
+    assert "the organism" not in text.lower()
+
+
+def _gemma3_installed() -> bool:
+    from kc_utils import gguf
+
+    spec = gguf.PACKAGED_MODELS["gemma-3-270m"]
+    return all(gguf._package_folder(m) is not None for m in (spec.module, *(c.module for c in spec.chunks)))
+
+
+@pytest.mark.skipif(not _gemma3_installed(), reason="the Gemma 3 packages are not installed: run `make install`")
+def test_notebook_03_on_gemma3_edits_with_the_scale_behind_its_post_norm(tmp_path):
+    out, text = run_notebook(
+        "03_knowledge_editing",
+        tmp_path,
+        {
+            "edit_method": "ft-m",
+            "edit_layer": 3,
+            "sweep_layers": 3,
+            "comparison_layers": 3,
+            "n_prefixes": 2,
+            "rome_steps": 8,
+            "n_covariance_texts": 20,
+            "n_neighbours": 2,
+            "leak_edits": 1,
+            "n_edges": 100,
+            "seed": 2,
+        },
+        model="gemma-3-270m",
+    )
+    assert "ROME's scale: authors ('auto': a post-feedforward norm stands between" in text
+    assert "'auto' leaves out on a model of 18 layers" in text
+    sweep = pd.read_csv(out / "03_sweep_gemma-3-270m.csv")
+    assert set(sweep["method"]) == {"rome", "ft-m"} and set(sweep["layer"]) == {3}
+    rome = sweep[sweep["method"] == "rome"].iloc[0]
+    assert rome["reliability_mean"] >= 0.5  # the residual scale in the value's space edited none of 6 at layer 6
     assert "the organism" not in text.lower()
