@@ -218,6 +218,19 @@ def _c02_movers_smollm2(t: pd.DataFrame) -> str:
     )
 
 
+def _c02_movers_gemma(t: pd.DataFrame) -> str:
+    tested = t[(t["group"] == "movers") & (t["n_heads"] > 0)]
+    ablation, patching = tested[tested["test"] == "ablation"], tested[tested["test"] == "patching"]
+    return (
+        f"Mean-ablating a relation's movers together leaves top-1 accuracy {ablation['top1_group'].min():.2f}–"
+        f"{ablation['top1_group'].max():.2f} against {ablation['top1_random_mean'].min():.2f}–"
+        f"{ablation['top1_random_mean'].max():.2f} for {ablation['n_random'].min():.0f} random same-size sets; "
+        f"patching their last-position outputs from the corrupted prompt flips "
+        f"{100 * patching['flip_group'].min():.0f}–{patching['flip_group'].max():.0%} of answers, random sets at most "
+        f"{patching['flip_random_mean'].max():.0%}"
+    )
+
+
 def _c04_top3_smollm2(t: pd.DataFrame) -> str:
     r = _repair("patch top 3", t)
     return (
@@ -434,6 +447,7 @@ CLAIMS = [
     Claim("01_knowledge_circuits", "01_table1_gemma-3-270m.csv", _c01_gemma_transfer),
     Claim("02_head_roles", "02_group_tests_kc-organism.csv", _c02_movers),
     Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _c02_movers_smollm2),
+    Claim("02_head_roles", "02_group_tests_gemma-3-270m.csv", _c02_movers_gemma),
     Claim("04_hallucination", "04_repair_adj_comparative_smollm2-135m.csv", _c04_top3_smollm2),
     Claim("04_hallucination", "04_kinds_adj_comparative_smollm2-135m.csv", _c04_present_smollm2),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_reliability),
@@ -515,6 +529,17 @@ def _r02_smollm2(t: pd.DataFrame) -> str:
         f"movers ablated together leave accuracy {a['top1_group'].min():.2f}–{a['top1_group'].max():.2f} against "
         f"{a['top1_random_mean'].min():.2f}–{a['top1_random_mean'].max():.2f} for random sets; relation heads look "
         "like random sets"
+    )
+
+
+def _r02_gemma(t: pd.DataFrame) -> str:
+    a = _movers_ablation(t)
+    relation_heads = t[(t["group"] == "relation heads") & (t["test"] == "ablation") & (t["n_heads"] > 0)]
+    beaten = relation_heads["top1_random_mean"] - relation_heads["top1_group"] > 2 * relation_heads["top1_random_std"]
+    return (
+        f"movers ablated together leave accuracy {a['top1_group'].min():.2f}–{a['top1_group'].max():.2f} against "
+        f"{a['top1_random_mean'].min():.2f}–{a['top1_random_mean'].max():.2f} for random sets; relation heads beat "
+        f"random sets in {beaten.sum()} of {len(relation_heads)} relations"
     )
 
 
@@ -636,6 +661,7 @@ README_CLAIMS = [
     Claim("01_knowledge_circuits", "01_table1_gemma-3-270m.csv", _r01_gemma),
     Claim("02_head_roles", "02_group_tests_kc-organism.csv", _r02_organism),
     Claim("02_head_roles", "02_group_tests_smollm2-135m.csv", _r02_smollm2),
+    Claim("02_head_roles", "02_group_tests_gemma-3-270m.csv", _r02_gemma),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _r03_organism),
     Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _r03_smollm2),
     Claim("03_knowledge_editing", "03_location_smollm2-135m.csv", _r03_location_smollm2),
@@ -765,6 +791,47 @@ def test_the_readme_table_gives_a_verdict_per_model_in_short_cells_linked_to_eac
         first = next(iter(cells.values()))
         assert f"(docs/findings/{notebook}.md)" in first, f"the README row of {notebook} links to its page"
         assert (FINDINGS / f"{notebook}.md").exists()
+
+
+#: The real models of the README table, whose verdicts the "Across the models" line compares.
+REAL_MODELS = ("smollm2-135m", "gemma-3-270m")
+
+
+def verdict(cell: str) -> str | None:
+    """The verdict a README cell starts with (``holds``, ``partly``, ``does not``), or ``None`` (not run yet)."""
+    return next((v.strip("*") for v in VERDICTS[:3] if cell.startswith(v)), None)
+
+
+def agreement(rows: dict[str, dict[str, str]]) -> str:
+    """The README's sentence on where the real models' verdicts differ and where neither holds, from the table."""
+    judged = {nb: [verdict(cells[m]) for m in REAL_MODELS] for nb, cells in rows.items()}
+    judged = {nb: vs for nb, vs in judged.items() if None not in vs}
+    differ = [nb[:2] for nb, vs in judged.items() if len(set(vs)) > 1]
+    neither = [nb[:2] for nb, vs in judged.items() if "holds" not in vs]
+    return (
+        f"The two real models' verdicts differ on {', '.join(differ) or 'no notebook'}; neither real model shows the "
+        f"paper's claim in full on {', '.join(neither) or 'any notebook'}."
+    )
+
+
+def test_the_readme_says_where_the_real_models_disagree():
+    models, rows = readme_table()
+    assert set(REAL_MODELS) <= set(models)
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## Findings at a glance", 1)[1]
+    assert agreement(rows) in section.split("\n## ", 1)[0]
+
+
+def test_the_agreement_sentence_on_a_table_whose_answer_is_known():
+    cell = {"holds": "**holds**: x", "partly": "**partly**: y", "none": "not run yet"}
+    rows = {
+        "01_a": {"smollm2-135m": cell["holds"], "gemma-3-270m": cell["holds"]},
+        "02_b": {"smollm2-135m": cell["holds"], "gemma-3-270m": cell["partly"]},
+        "03_c": {"smollm2-135m": cell["partly"], "gemma-3-270m": cell["partly"]},
+        "04_d": {"smollm2-135m": cell["partly"], "gemma-3-270m": cell["none"]},
+    }
+    assert agreement(rows) == (
+        "The two real models' verdicts differ on 02; neither real model shows the paper's claim in full on 03."
+    )
 
 
 def test_the_checker_fails_on_a_table_that_says_otherwise():
