@@ -676,6 +676,13 @@ def test_describe_departures_of_a_pretrained_model_never_speaks_of_the_organism(
     assert "asked with 'S {}' are answered 75% correctly" in text
     assert "is asked here in its last template: 1 of 4 (25%)" in text
     assert "organism" not in text and "trained on the 21 relation files" not in text
+    none_present = survey.assign(n_present=0, same_subject_share=np.nan)
+    text = prose.describe_departures(30, "rel", "T {}", "S {}", kinds, known, none_present, organism=False)
+    assert text.endswith(
+        "0 of 4 (0%) of its wrong answers are knowledge-present, so none of them can be the paper's kind of failure "
+        "(its 'Malaysian' is one)."
+    )
+    assert "nan" not in text
     same_depth = prose.describe_departures(24, "rel", "T {}", "S {}", kinds, known, organism=False)
     assert "24 layers (as GPT-2 medium has)" in same_depth
 

@@ -231,6 +231,33 @@ def _c02_movers_gemma(t: pd.DataFrame) -> str:
     )
 
 
+def _c03_gemma(t: pd.DataFrame) -> str:
+    working = _rome_working_smollm2(t)
+    failing = sorted(int(x) for x in t.loc[(t["method"] == "rome") & ~t["layer"].isin(working), "layer"])
+
+    def leaks(method: str, layers: list[int] | None = None) -> str:
+        rows = t[t["method"] == method].sort_values("layer")
+        rows = rows if layers is None else rows[rows["layer"].isin(layers)]
+        return " / ".join(f"{100 * v:+.0f}" for v in rows["leak_mean"])
+
+    return (
+        f"the authors' ROME is reliable at MLPs {', '.join(map(str, working))} "
+        f"({_by_layer(t, 'rome', 'reliability_mean', working)}) and fails at {', '.join(map(str, failing))} "
+        f"({_by_layer(t, 'rome', 'reliability_mean', failing)}); to the relation's other templates "
+        f"{_by_layer(t, 'rome', 'generalisation_mean', working)}, leak {leaks('rome', working)} points. "
+        f"FT-M: {_by_layer(t, 'ft-m', 'reliability_mean')}, leak {leaks('ft-m')} points"
+    )
+
+
+def _c03_location_gemma(t: pd.DataFrame) -> str:
+    rome = t[(t["method"] == "rome") & (t["n_working"] > 0)].sort_values("layer")
+    assert (rome["undone_by_last"] == 0).all()
+    return (
+        f"restoring the MLP's output at the subject undoes "
+        f"{', '.join(f'{v:.0%}' for v in rome['undone_by_subject'])} of the edits, at the last position none"
+    )
+
+
 def _c04_top3_smollm2(t: pd.DataFrame) -> str:
     r = _repair("patch top 3", t)
     return (
@@ -450,6 +477,8 @@ CLAIMS = [
     Claim("02_head_roles", "02_group_tests_gemma-3-270m.csv", _c02_movers_gemma),
     Claim("04_hallucination", "04_repair_adj_comparative_smollm2-135m.csv", _c04_top3_smollm2),
     Claim("04_hallucination", "04_kinds_adj_comparative_smollm2-135m.csv", _c04_present_smollm2),
+    Claim("04_hallucination", "04_repair_adj_comparative_gemma-3-270m.csv", _c04_top3_smollm2),
+    Claim("04_hallucination", "04_kinds_adj_comparative_gemma-3-270m.csv", _c04_present_smollm2),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_reliability),
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _c03_ftm_none),
     Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_rome_smollm2),
@@ -458,6 +487,8 @@ CLAIMS = [
     Claim("03_knowledge_editing", "03_rome_departures_smollm2-135m.csv", _c03_scale_smollm2),
     Claim("03_knowledge_editing", "03_covariance_smollm2-135m.csv", _c03_covariance_smollm2),
     Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _c03_ftm_smollm2),
+    Claim("03_knowledge_editing", "03_sweep_gemma-3-270m.csv", _c03_gemma),
+    Claim("03_knowledge_editing", "03_location_gemma-3-270m.csv", _c03_location_gemma),
     Claim("06_query_localization", "06_consistency_facts_kc-organism.csv", _c06_inconsistent),
     Claim("06_query_localization", "06_consistency_facts_smollm2-135m.csv", _c06_inconsistent_smollm2),
     Claim(
@@ -567,6 +598,11 @@ def _r03_location_smollm2(t: pd.DataFrame) -> str:
     return f"restoring the subject undoes {subject[0]:.0%} of them"
 
 
+def _r03_location_gemma(t: pd.DataFrame) -> str:
+    rome = t[(t["method"] == "rome") & (t["n_working"] > 0)].sort_values("layer")
+    return f"restoring the subject undoes {', '.join(f'{v:.0%}' for v in rome['undone_by_subject'])} of them"
+
+
 def _r04_organism_present(t: pd.DataFrame) -> str:
     known = t[t["group"] == "known subject, unseen template"]
     wrong = known[known["kind"] != "correct"]
@@ -665,10 +701,14 @@ README_CLAIMS = [
     Claim("03_knowledge_editing", "03_sweep_kc-organism.csv", _r03_organism),
     Claim("03_knowledge_editing", "03_sweep_smollm2-135m.csv", _r03_smollm2),
     Claim("03_knowledge_editing", "03_location_smollm2-135m.csv", _r03_location_smollm2),
+    Claim("03_knowledge_editing", "03_sweep_gemma-3-270m.csv", _r03_smollm2),
+    Claim("03_knowledge_editing", "03_location_gemma-3-270m.csv", _r03_location_gemma),
     Claim("04_hallucination", "04_kinds_person_occupation_kc-organism.csv", _r04_organism_present),
     Claim("04_hallucination", "04_repair_person_occupation_kc-organism.csv", _r04_organism_repair),
     Claim("04_hallucination", "04_kinds_adj_comparative_smollm2-135m.csv", _r04_smollm2_present),
     Claim("04_hallucination", "04_repair_adj_comparative_smollm2-135m.csv", _r04_smollm2_repair),
+    Claim("04_hallucination", "04_kinds_adj_comparative_gemma-3-270m.csv", _r04_smollm2_present),
+    Claim("04_hallucination", "04_repair_adj_comparative_gemma-3-270m.csv", _r04_smollm2_repair),
     Claim("05_in_context_learning", "05_accuracy_by_k_kc-organism.csv", _r05_organism_accuracy),
     Claim("05_in_context_learning", "05_table2_all_sets_kc-organism.csv", _r05_organism_heads),
     Claim("05_in_context_learning", "05_circuit_changes_smollm2-135m.csv", _r05_smollm2_new),

@@ -321,8 +321,13 @@ def describe_departures(
         asked = "with a never-trained template as well" if organism else "in its last template"
         text += (
             f" The paper's own case, {paper_relation}, is asked here {asked}: "
-            f"{_share(row['n_present'], row['n_wrong'])} of its wrong answers are knowledge-present, and "
-            f"{row['same_subject_share']:.0%} of those are another attribute of the subject (the paper's "
-            f"'Malaysian' is one)."
+            f"{_share(row['n_present'], row['n_wrong'])} of its wrong answers are knowledge-present"
         )
+        if row["n_present"] > 0:
+            text += (
+                f", and {row['same_subject_share']:.0%} of those are another attribute of the subject (the paper's "
+                "'Malaysian' is one)."
+            )
+        else:
+            text += ", so none of them can be the paper's kind of failure (its 'Malaysian' is one)."
     return text
