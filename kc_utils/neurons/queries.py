@@ -25,7 +25,7 @@ import torch
 
 from kc_utils.data.metrics import rank
 from kc_utils.data.prompts import PromptBatch, make_batch
-from kc_utils.data.relations import Relation, Sample
+from kc_utils.data.relations import Relation, Sample, load_relation
 from kc_utils.models import ORGANISM_NAME, continuation_first_token, without_edge_hooks
 from kc_utils.neurons.positions import NeuronError
 
@@ -34,7 +34,9 @@ __all__ = [
     "PRETRAINED_TEMPLATE_ACCURACY",
     "FactQueries",
     "RelationQueries",
+    "QUERY_RELATION_ORDER",
     "facts_batch",
+    "pick_query_relation",
     "relation_queries",
     "template_accuracy_floor",
 ]
@@ -182,3 +184,55 @@ def relation_queries(
         for i in ok
     ]
     return result
+
+
+#: The relations ``relation="auto"`` of notebook 06 tries, in order: the paper's case (Chen et al. read
+#: country_capital_city's paraphrases) first, then the relations whose queries are paraphrases of one fact.
+QUERY_RELATION_ORDER = (
+    "country_capital_city",
+    "country_language",
+    "person_native_language",
+    "landmark_in_country",
+    "company_hq",
+    "country_currency",
+    "product_by_company",
+)
+
+
+def pick_query_relation(
+    model: Any,
+    model_name: str,
+    n_facts: int,
+    min_template_accuracy: float,
+    seed: int = 0,
+    order: Sequence[str] = QUERY_RELATION_ORDER,
+) -> tuple[RelationQueries, dict[str, str]]:
+    """The first relation of ``order`` whose queries the model can serve: at least two templates kept as queries
+    and at least two facts answered top-1 in all of them; with the reason each relation before it was passed over.
+
+    Example:
+        >>> found, passed_over = pick_query_relation(model, "gemma-3-270m", 6, 0.3)  # doctest: +SKIP
+        >>> found.key, passed_over  # doctest: +SKIP
+        ('country_language', {'country_capital_city': 'country_capital_city: 0 templates answered ...'})
+
+    Raises:
+        NeuronError: no relation of ``order`` can be served (the message gives every reason).
+    """
+    passed_over: dict[str, str] = {}
+    for key in order:
+        try:
+            found = relation_queries(
+                model, load_relation(key), model_name, n_facts=n_facts, min_template_accuracy=min_template_accuracy,
+                max_candidates=8 * n_facts, seed=seed,
+            )  # fmt: skip
+        except NeuronError as error:
+            passed_over[key] = f"{key}: {error}"
+            continue
+        if len(found.templates) >= 2 and len(found.facts) >= 2:
+            return found, passed_over
+        passed_over[key] = (
+            f"{key}: {len(found.templates)} of its templates answered for at least {min_template_accuracy:.0%} of "
+            f"the facts and {found.n_correct} of {found.n_candidates} candidate facts answered top-1 in all of them "
+            "(at least 2 of each needed)"
+        )
+    raise NeuronError("no relation can be read query by query: " + "; ".join(passed_over.values()))

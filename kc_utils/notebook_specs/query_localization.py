@@ -31,7 +31,16 @@ QUERY_LOCALIZATION = NotebookSpec(
     "06_query_localization",
     (
         MODEL_NAME,
-        Knob("relation", "country_capital_city", one_of(relation_names), "the relation read in detail"),
+        Knob(
+            "relation",
+            "auto",
+            one_of(lambda knobs: ["auto", *relation_names(knobs)]),
+            (
+                "the relation read in detail: auto (the first of QUERY_RELATION_ORDER with 2 queries and 2 facts "
+                "answered in all of them: country_capital_city, the paper's case, on the organism) or a relation"
+            ),
+            recorded="country_capital_city",
+        ),
         Knob(
             "n_facts",
             6,
