@@ -443,6 +443,25 @@ def _c07_patching_smollm2(t: pd.DataFrame) -> str:
     )
 
 
+def _c07_gap_gemma(t: pd.DataFrame) -> str:
+    r = _row(t, composition="landmark_in_country+country_language")
+    assert r["composed share"] > r["most common answer share"]
+    return (
+        f"of {r['both hops known']} landmark facts it knows at both hops, {r['composed (both hops and two-hop)']} "
+        f"({r['composed share']:.0%}) are answered composed, above the {r['most common answer share']:.0%} of always "
+        "naming the most common language"
+    )
+
+
+def _c07_overlap_gemma(t: pd.DataFrame) -> str:
+    first = _row(t, pair="first hop vs two-hop")
+    return (
+        f"the first hop's circuit shares {first['node_overlap']:.0%} of nodes and {first['edge_overlap']:.0%} of edges "
+        f"with the two-hop circuit, against {first['node_overlap_unrelated_mean']:.0%} and "
+        f"{first['edge_overlap_unrelated_mean']:.0%} for unrelated relations' circuits"
+    )
+
+
 def _c07_by_size_organism(t: pd.DataFrame) -> str:
     one, two, five = (_row(t, size=k) for k in (1, 2, 5))
     assert one["components"] == "m0" and (t.loc[t["size"] <= 5, "follow_group"] == 1).all()
@@ -506,6 +525,9 @@ CLAIMS = [
     Claim("07_multi_hop", "07_bridge_patching_smollm2-135m.csv", _c07_patching_smollm2),
     Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _c07_second_hop_smollm2),
     Claim("07_multi_hop", "07_bridge_patching_by_size_smollm2-135m.csv", _c07_by_size_smollm2),
+    Claim("07_multi_hop", "07_gap_gemma-3-270m.csv", _c07_gap_gemma),
+    Claim("07_multi_hop", "07_overlaps_gemma-3-270m.csv", _c07_overlap_gemma),
+    Claim("07_multi_hop", "07_bridge_patching_gemma-3-270m.csv", _c07_patching_smollm2),
 ]
 
 
@@ -670,6 +692,12 @@ def _r06_smollm2_cas(t: pd.DataFrame) -> str:
     return f"CAS generalises worse ({update['CAS']:.3f}) than query-local neurons ({update['query-local']:.3f})"
 
 
+def _r06_cas(t: pd.DataFrame) -> str:
+    update = t[t["task"] == "update"].set_index("method")["generalisation"]
+    how = "worse" if update["CAS"] < update["query-local"] else "better"
+    return f"CAS generalises {how} ({update['CAS']:.3f}) than query-local neurons ({update['query-local']:.3f})"
+
+
 def _r07_gap(t: pd.DataFrame) -> str:
     r = _row(t, composition="landmark_in_country+country_language")
     return (
@@ -725,6 +753,8 @@ README_CLAIMS = [
     Claim("07_multi_hop", "07_overlaps_kc-organism.csv", _r07_organism_overlap),
     Claim("07_multi_hop", "07_gap_smollm2-135m.csv", _r07_gap),
     Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _r07_smollm2_overlap),
+    Claim("07_multi_hop", "07_gap_gemma-3-270m.csv", _r07_gap),
+    Claim("07_multi_hop", "07_overlaps_gemma-3-270m.csv", _r07_smollm2_overlap),
 ]
 
 #: Findings whose every number (on the organism) must come from a claim above.
