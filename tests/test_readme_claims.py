@@ -394,6 +394,24 @@ def _c06_edits_smollm2(t: pd.DataFrame) -> str:
     )
 
 
+def _c06_inconsistent_gemma(t: pd.DataFrame) -> str:
+    read = t[t["relation"] == "country_language"]
+    return (
+        f"**{read['inconsistent_static'].mean():.0%}** of its {len(read)} facts are inconsistent by the static "
+        f"threshold (CS < 0.5), and **{t['inconsistent_static'].mean():.0%}** over {t['relation'].nunique()} "
+        f"relations and {len(t)} facts"
+    )
+
+
+def _c06_update_gemma(t: pd.DataFrame) -> str:
+    update = t[t["task"] == "update"].set_index("method")["generalisation"]
+    best = update.drop("random", errors="ignore").idxmax()
+    return (
+        f"updating generalises best with the {best} set ({update[best]:.3f}), against {update['query-local']:.3f} for "
+        f"the query-local set and {update['CAS']:.3f} for CAS"
+    )
+
+
 def _c07_gap(t: pd.DataFrame) -> str:
     r = _row(t, composition="landmark_in_country+country_language")
     return (
@@ -519,6 +537,11 @@ CLAIMS = [
         _c06_suppress_smollm2,
     ),
     Claim("06_query_localization", "06_modification_summary_country_capital_city_smollm2-135m.csv", _c06_edits_smollm2),
+    Claim("06_query_localization", "06_consistency_facts_gemma-3-270m.csv", _c06_inconsistent_gemma),
+    Claim(
+        "06_query_localization", "06_suppress_enhance_summary_country_language_gemma-3-270m.csv", _c06_suppress_smollm2
+    ),
+    Claim("06_query_localization", "06_modification_summary_country_language_gemma-3-270m.csv", _c06_update_gemma),
     Claim("07_multi_hop", "07_gap_kc-organism.csv", _c07_gap),
     Claim("07_multi_hop", "07_bridge_patching_by_size_kc-organism.csv", _c07_by_size_organism),
     Claim("07_multi_hop", "07_overlaps_smollm2-135m.csv", _c07_overlap_smollm2),
@@ -749,6 +772,8 @@ README_CLAIMS = [
     Claim("06_query_localization", "06_consistency_facts_kc-organism.csv", _r06_organism),
     Claim("06_query_localization", "06_consistency_facts_smollm2-135m.csv", _r06_organism),
     Claim("06_query_localization", "06_modification_summary_country_capital_city_smollm2-135m.csv", _r06_smollm2_cas),
+    Claim("06_query_localization", "06_consistency_facts_gemma-3-270m.csv", _r06_organism),
+    Claim("06_query_localization", "06_modification_summary_country_language_gemma-3-270m.csv", _r06_cas),
     Claim("07_multi_hop", "07_gap_kc-organism.csv", _r07_gap),
     Claim("07_multi_hop", "07_overlaps_kc-organism.csv", _r07_organism_overlap),
     Claim("07_multi_hop", "07_gap_smollm2-135m.csv", _r07_gap),
