@@ -177,3 +177,15 @@ def test_last_logits_equal_the_full_pass_at_each_rows_last_position(tiny_model):
         picked = models.last_logits(tiny_model, tokens, last)
     assert picked.shape == full.shape
     torch.testing.assert_close(picked, full, atol=1e-5, rtol=1e-5)
+
+
+def test_our_metrics_read_the_last_position_alone_and_a_callers_may_not():
+    from kc_utils.data.metrics import get_metric, hit_at, logprob, reads_last_position_only
+
+    assert all(reads_last_position_only(get_metric(name)) for name in ("logit_diff", "logprob", "prob", "rank"))
+    assert reads_last_position_only(hit_at(3)) and reads_last_position_only(logprob)
+
+    def own(logits, batch):  # a caller's metric may read any position
+        return logits[:, 0, 0]
+
+    assert not reads_last_position_only(own)

@@ -36,8 +36,7 @@ from kc_utils import models
 from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
 from kc_utils.circuits.graph import Graph
 from kc_utils.circuits.patching import run_masked, upstream_hooks
-from kc_utils.data import metrics
-from kc_utils.data.metrics import Metric, get_metric
+from kc_utils.data.metrics import Metric, get_metric, reads_last_position_only
 from kc_utils.data.prompts import PromptBatch
 
 Method = Literal["eap", "eap-ig", "exact"]
@@ -198,8 +197,7 @@ def _eap_scores(
 ) -> Tensor:
     ablated = ablation.outputs(model, graph, batch)
     alphas = [k / ig_steps for k in range(1, ig_steps + 1)]
-    if getattr(metric, "__module__", None) == metrics.__name__:
-        # our metrics read each prompt's last position alone: only that is unembedded, logits [b, 1, vocab]
+    if reads_last_position_only(metric):  # only the last positions are unembedded: logits [b, 1, vocab]
         at_last = batch.at_last_position()
         objective = lambda logits: metric(logits, at_last).sum() / n_total  # noqa: E731
         read = batch.last_pos

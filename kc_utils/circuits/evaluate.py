@@ -24,7 +24,7 @@ from torch import Tensor
 from kc_utils.circuits.ablation import Ablation, AblationValues, prepare_ablation
 from kc_utils.circuits.graph import CircuitError, Graph
 from kc_utils.circuits.patching import run_masked
-from kc_utils.data.metrics import Metric, get_metric
+from kc_utils.data.metrics import Metric, get_metric, reads_last_position_only
 from kc_utils.data.prompts import PromptBatch
 
 
@@ -61,8 +61,8 @@ def evaluate_masks(
     ``logit_diff`` is skipped (absent from the result) when the batch has no corrupt answers.
     """
     fns = {m if isinstance(m, str) else m.__name__: get_metric(m) for m in metrics}
-    # the named metrics read the last position alone, so only it is unembedded; a callable gets every position
-    last_only = all(isinstance(m, str) for m in metrics)
+    # our metrics read the last position alone, so only it is unembedded; a caller's own gets every position
+    last_only = all(reads_last_position_only(fn) for fn in fns.values())
     if batch.corrupt_answer.lt(0).any():
         fns.pop("logit_diff", None)
     sums = [{name: 0.0 for name in fns} for _ in masks]

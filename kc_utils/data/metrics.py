@@ -82,6 +82,20 @@ def hit_at(k: int) -> Metric:
 _NAMED: dict[str, Metric] = {"logit_diff": logit_diff, "logprob": logprob, "prob": prob, "rank": rank}
 
 
+def reads_last_position_only(metric: Metric) -> bool:
+    """Whether ``metric`` reads nothing but each prompt's last position, so that a caller may unembed that position
+    alone (logits ``[b, 1, vocab]``, read with :meth:`~kc_utils.data.prompts.PromptBatch.at_last_position`).
+
+    True for this module's metrics, by name through :func:`get_metric` or as callables; a caller's own metric may
+    read any position.
+
+    Example:
+        >>> reads_last_position_only(get_metric("hit@10"))  # doctest: +SKIP
+        True
+    """
+    return getattr(metric, "__module__", None) == __name__
+
+
 def get_metric(metric: str | Metric) -> Metric:
     """A metric by name (see the module table) or a callable passed through."""
     if callable(metric):
