@@ -280,32 +280,48 @@ class Graph:
 
         Step by step: the best-scoring edge (by ``|score|`` when ``absolute``; ties to the lower index) among
         the edges not yet taken whose receiver belongs to a node already in the circuit; taking it brings its
-        upstream node's receivers in. A heap of the candidate edges makes the whole order cost
-        ``O(E log E)`` instead of one scan of every edge per step, so that a random circuit on a real model's
-        tens of thousands of edges takes seconds; the order is the one the step-by-step rule gives (tested).
+        upstream node's receivers in. A heap holding each active receiver's best edge not yet taken (its edges sorted
+        once) makes the whole order cost ``O(E log R)`` instead of one scan of every edge per step: a random
+        circuit on a real model's tens of thousands of edges takes a fraction of a second, and the order is the
+        one the step-by-step rule gives (tested).
         """
         self._require_scores()
         values = (self.scores.abs() if absolute else self.scores).detach().double().cpu().numpy()
         real = self.real_edges.cpu().numpy()
-        owns = self._receivers_of_upstream().numpy()
         n_rx = self.n_receivers
-        active = np.zeros(n_rx, dtype=bool)
-        heap: list[tuple[float, int]] = []
+        # each receiver's real edges, best first (ties to the lower upstream index, hence the lower flat index):
+        # the heap holds one edge per active receiver, its best not yet taken (a k-way merge of these lists),
+        # which pops the same sequence as a heap of every available edge at a fraction of the pushes
+        upstream, receiver = np.nonzero(real.T)[::-1]  # grouped by receiver, upstream ascending within each
+        key = -values[upstream, receiver]
+        by = np.lexsort((upstream, key, receiver))
+        upstream, receiver, key = upstream[by], receiver[by], key[by]
+        starts = np.searchsorted(receiver, np.arange(n_rx + 1))
+        flat = (upstream.astype(np.int64) * n_rx + receiver).tolist()
+        keys = key.tolist()
+        owned = [np.flatnonzero(row).tolist() for row in self._receivers_of_upstream().numpy()]
+        ends = starts[1:].tolist()
+        active = [False] * n_rx
+        heap: list[tuple[float, int, int]] = []  # (−score, flat index, position in the receiver's list)
 
-        def activate(receivers: np.ndarray) -> None:
+        def activate(receivers: list[int]) -> None:
             for r in receivers:
                 if active[r]:
                     continue
                 active[r] = True
-                for u in np.flatnonzero(real[:, r]):
-                    heapq.heappush(heap, (-float(values[u, r]), int(u) * n_rx + int(r)))
+                i = int(starts[r])
+                if i < ends[r]:
+                    heapq.heappush(heap, (keys[i], flat[i], i))
 
-        activate(np.array([self.logits_receiver]))
+        activate([self.logits_receiver])
         order: list[int] = []
         while heap:
-            _, flat = heapq.heappop(heap)
-            order.append(flat)
-            activate(np.flatnonzero(owns[flat // n_rx]))
+            _, edge, i = heapq.heappop(heap)
+            order.append(edge)
+            r = edge % n_rx
+            if i + 1 < ends[r]:
+                heapq.heappush(heap, (keys[i + 1], flat[i + 1], i + 1))
+            activate(owned[edge // n_rx])
         return torch.tensor(order, dtype=torch.long)
 
     def _receivers_of_upstream(self) -> Bool[Tensor, "up rx"]:
