@@ -29,7 +29,7 @@ from kc_utils.editing.edits_text import (
     describe_sweep,
 )
 from kc_utils.editing.evaluation import EditEvaluator, build_probes
-from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
+from kc_utils.editing.ft_m import FtmConfig, ft_m_edit, ftm_targets
 from kc_utils.editing.layer_sweep import (
     covariance_effect,
     default_comparison_layers,
@@ -313,6 +313,49 @@ def test_ft_m_defaults_are_easyedit(tiny_model, eps) -> None:
             if eps is not None:
                 assert float((params[name].detach() - edit.originals[name]).abs().max()) <= eps + 1e-6
         assert edit.info["steps"] > 0
+
+
+BATCH_REQUESTS = [
+    REQUEST,
+    EditRequest(
+        "The official language of the country called Italy is", "Italy", "Paris", "Italian", "country_language"
+    ),
+    EditRequest("Rome is in", "Rome", "France", "Italy", "landmark_in_country"),
+]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        FtmConfig(lr=5e-2),  # EasyEdit's rule with a larger step (every edit takes all 25 on a random model)
+        FtmConfig(lr=5e-2, norm_constraint=2e-3, max_steps=6),
+        FtmConfig(lr=2e-2, stop="prob", stop_prob=0.3, max_steps=40),
+    ],
+    ids=["loss", "clamped", "prob"],
+)
+def test_ft_m_trained_together_equals_each_edit_trained_alone(tiny_model, config) -> None:
+    """ftm_targets trains every edit in one batch (prompts of different lengths, padded); each edit's weights,
+    steps and stop must be those of ft_m_edit training it alone, and applying the target must give that model."""
+    targets = ftm_targets(tiny_model, BATCH_REQUESTS, 1, config, max_rows=2)  # two batches: 2 + 1
+    if config.stop == "prob":
+        assert len({t.steps for t in targets}) > 1  # rows that stop at different steps, the others trained on
+    for request, target in zip(BATCH_REQUESTS, targets):
+        with ft_m_edit(tiny_model, request, 1, config) as alone:
+            trained_alone = {n: p.detach().clone() for n, p in models.all_parameters(tiny_model).items()}
+        with ft_m_edit(tiny_model, request, 1, config, target=target) as together:
+            params = models.all_parameters(tiny_model)
+            for name in alone.originals:
+                change = (trained_alone[name] - alone.originals[name]).abs().max()
+                torch.testing.assert_close(params[name], trained_alone[name], atol=1e-3 * float(change) + 1e-7, rtol=0)
+            assert together.info["steps"] == alone.info["steps"]
+            assert together.info["reached"] == alone.info["reached"]
+            assert together.info["target_prob"] == pytest.approx(alone.info["target_prob"], abs=1e-5)
+            assert together.info["update_norm"] == pytest.approx(alone.info["update_norm"], rel=1e-3)
+
+
+def test_ft_m_targets_refuse_the_whole_mlp(tiny_gpt2) -> None:
+    with pytest.raises(EditError, match="part='mlp' with ft_m_edit"):
+        ftm_targets(tiny_gpt2, [REQUEST], 0, FtmConfig(part="mlp"))
 
 
 # ----------------------------------------------------------------------------- reversible, bridge = HF

@@ -14,20 +14,29 @@ no update once the loss is below 1e-2 and a stop there, and, when ``norm_constra
 weight clamped after each update to within ``± norm_constraint`` of its original value (EasyEdit's GPT-2 XL file:
 5e-4; its Llama files: none). :class:`FtmConfig` names each departure (``part``, ``lr``, ``stop``). The edit is
 reversible (:class:`~kc_utils.editing.reversible.EditResult`).
+
+Many edits at one layer (notebook 03's sweep) are trained together by :func:`ftm_targets`: the output projection
+is linear, so an edit's trained weights ``W + ΔW`` give the MLP output ``W h + b + ΔW h + Δb``, and each prompt of
+one batch adds its own ``ΔW h + Δb``. Adam is elementwise and the prompts do not interact, so each ``ΔW`` takes the
+steps that training its edit alone would take (tested against :func:`ft_m_edit`), in one forward and backward pass
+of every edit per step instead of one pass per edit and step.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from kc_utils import models
-from kc_utils.editing.request import EditRequest, PreparedRequest, check_layer, prepare_request
+from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, check_layer, prepare_request
 from kc_utils.editing.reversible import EditResult, snapshot
 
-__all__ = ["FtmConfig", "ft_m_edit"]
+__all__ = ["FtmConfig", "FtmTarget", "ft_m_edit", "ftm_targets"]
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,150 @@ class FtmConfig:
         return [n for n in ("part", "lr", "max_steps", "stop") if getattr(self, n) != getattr(easyedit, n)]
 
 
+@dataclass(frozen=True)
+class FtmTarget:
+    """What FT-M's training of one edit ends with (``part="out"``), from :func:`ftm_targets`.
+
+    Attributes:
+        weight_delta: ``ΔW`` ``[d_model, d_mlp]``, added to the output weight (in :func:`mlp_out_weight`'s layout).
+        bias_delta: ``Δb`` ``[d_model]``, or ``None`` for a projection without bias.
+        steps: updates taken.
+        target_prob: p(target) at the edit prompt before the last check (after the last update).
+        reached: whether the stop criterion was met.
+    """
+
+    weight_delta: Float[Tensor, "d m"]
+    bias_delta: Float[Tensor, " d"] | None
+    steps: int
+    target_prob: float
+    reached: bool
+
+
+def ftm_targets(
+    model: Any,
+    requests: Sequence[EditRequest | PreparedRequest],
+    layer: int,
+    config: FtmConfig | None = None,
+    max_rows: int = 32,
+) -> list[FtmTarget]:
+    """FT-M's training of each request at MLP ``layer``, every request of a batch trained at once (module
+    docstring); the model is left unchanged. Apply one with ``ft_m_edit(model, request, layer, config, target)``.
+
+    Args:
+        requests: the edits, each trained on its own (as :func:`ft_m_edit` would, from the unedited model).
+        max_rows: at most this many requests per batch (memory).
+
+    Returns:
+        One :class:`FtmTarget` per request, in order.
+
+    Raises:
+        EditError: ``config.part`` is ``"mlp"`` (train those with :func:`ft_m_edit`), a layer out of range, or a
+            bad request.
+
+    Example:
+        >>> targets = ftm_targets(model, requests, 3)  # doctest: +SKIP
+        >>> with ft_m_edit(model, requests[0], 3, target=targets[0]):  # doctest: +SKIP
+        ...     ...
+    """
+    check_layer(model, layer)
+    config = config or FtmConfig()
+    if config.part != "out":
+        raise EditError("ftm_targets trains the output projection (part='out'); train part='mlp' with ft_m_edit")
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    prepared = [r if isinstance(r, PreparedRequest) else prepare_request(model, r) for r in requests]
+    targets: list[FtmTarget] = []
+    for start in range(0, len(prepared), max_rows):
+        targets += _train_together(model, prepared[start : start + max_rows], layer, config)
+    return targets
+
+
+def _train_together(model: Any, prepared: list[PreparedRequest], layer: int, config: FtmConfig) -> list[FtmTarget]:
+    device = models.model_device(model)
+    n = len(prepared)
+    width = max(len(p.tokens) for p in prepared)
+    tokens = torch.tensor([list(p.tokens) + [p.tokens[-1]] * (width - len(p.tokens)) for p in prepared], device=device)
+    last = torch.tensor([len(p.tokens) - 1 for p in prepared], device=device)
+    target = torch.tensor([p.target for p in prepared], device=device)
+    weight = models.mlp_out_weight(model, layer)  # [d, m]
+    has_bias = models.mlp_out_bias(model, layer) is not None
+    delta_w = torch.zeros(n, *weight.shape, device=device, dtype=weight.dtype, requires_grad=True)  # [n, d, m]
+    delta_b = torch.zeros(n, weight.shape[0], device=device, dtype=weight.dtype, requires_grad=has_bias)  # [n, d]
+    trained = [delta_w, delta_b] if has_bias else [delta_w]
+    optimiser = torch.optim.Adam(trained, lr=config.lr)
+    hidden: dict[str, Tensor] = {}
+
+    def keep_hidden(activation: Tensor, hook: Any) -> Tensor:
+        hidden["h"] = activation
+        return activation
+
+    def add_delta(out: Tensor, hook: Any) -> Tensor:  # [n, p, d] + [n, p, m] · [n, d, m]ᵀ + [n, 1, d]
+        change = torch.einsum("npm,ndm->npd", hidden["h"].to(delta_w.dtype), delta_w) + delta_b[:, None]
+        return out + change.to(out.dtype)
+
+    hooks = [(models.mlp_hidden_hook(layer), keep_hidden), (models.mlp_value_hook(layer), add_delta)]
+    steps = torch.zeros(n, dtype=torch.long)
+    done = torch.zeros(n, dtype=torch.bool)
+    reached = torch.zeros(n, dtype=torch.bool)
+    prob = torch.zeros(n)
+    everything = models.all_parameters(model).values()
+    was_trainable = {id(p): p.requires_grad for p in everything}
+    with models.without_edge_hooks(model):
+        try:
+            for p in everything:
+                p.requires_grad_(False)
+            while True:
+                logits = models.last_logits(model, tokens, last, hooks).float()  # [n, v]
+                log_probs = logits.log_softmax(-1)
+                losses = -log_probs.gather(1, target[:, None])[:, 0]  # [n]
+                now_prob = (-losses.detach()).exp().cpu()
+                prob = torch.where(done, prob, now_prob)
+                if config.stop == "loss":
+                    hit = losses.detach().cpu() < config.stop_loss
+                else:
+                    hit = (logits.argmax(-1) == target).cpu() & (now_prob > config.stop_prob)
+                reached = torch.where(done, reached, hit)
+                done = done | hit | (steps >= config.max_steps)
+                if bool(done.all()):
+                    break
+                optimiser.zero_grad()
+                losses[~done.to(device)].sum().backward()
+                frozen = [t.detach()[done.to(device)].clone() for t in trained]
+                optimiser.step()
+                with torch.no_grad():
+                    for t, kept in zip(trained, frozen):
+                        t[done.to(device)] = kept
+                    if config.norm_constraint is not None:
+                        for t in trained:
+                            t.clamp_(-config.norm_constraint, config.norm_constraint)
+                steps += (~done).long()
+        finally:
+            for p in everything:
+                p.requires_grad_(was_trainable[id(p)])
+    return [
+        FtmTarget(
+            weight_delta=delta_w[i].detach().clone(),
+            bias_delta=delta_b[i].detach().clone() if has_bias else None,
+            steps=int(steps[i]),
+            target_prob=float(prob[i]),
+            reached=bool(reached[i]),
+        )
+        for i in range(n)
+    ]
+
+
 def ft_m_edit(
-    model: Any, request: EditRequest | PreparedRequest, layer: int, config: FtmConfig | None = None
+    model: Any,
+    request: EditRequest | PreparedRequest,
+    layer: int,
+    config: FtmConfig | None = None,
+    target: FtmTarget | None = None,
 ) -> EditResult:
     """Fine-tune MLP ``layer`` on the request's target token (prompt masked), in place.
+
+    Args:
+        target: the training's outcome already computed by :func:`ftm_targets` (``part="out"``): its ``ΔW`` and
+            ``Δb`` are added instead of training here.
 
     Returns:
         A reversible :class:`EditResult`; ``info`` holds ``steps``, ``target_prob`` (after the last update),
@@ -91,6 +240,8 @@ def ft_m_edit(
     prepared = request if isinstance(request, PreparedRequest) else prepare_request(model, request)
     trained = models.mlp_parameters(model, layer, config.part)
     originals = snapshot(model, list(trained))
+    if target is not None:
+        return _apply_target(model, layer, config, target, originals)
     everything = models.all_parameters(model).values()
     was_trainable = {id(p): p.requires_grad for p in everything}
     tokens = torch.tensor([prepared.tokens], device=models.model_device(model))
@@ -135,6 +286,28 @@ def ft_m_edit(
         "steps": steps,
         "target_prob": prob,
         "reached": reached,
+        "update_norm": float(sum(v**2 for v in changes.values()) ** 0.5),
+        "part": config.part,
+    }
+    return result
+
+
+def _apply_target(
+    model: Any, layer: int, config: FtmConfig, target: FtmTarget, originals: dict[str, Tensor]
+) -> EditResult:
+    if config.part != "out":
+        raise EditError("an FtmTarget holds the output projection's change: use it with part='out'")
+    models.set_mlp_out_weight(model, layer, models.mlp_out_weight(model, layer) + target.weight_delta)
+    if target.bias_delta is not None:
+        name = next(n for n in originals if n.endswith("bias"))
+        with torch.no_grad():
+            models.all_parameters(model)[name].add_(target.bias_delta.to(originals[name].dtype))
+    result = EditResult(model=model, method="ft-m", layer=layer, originals=originals)
+    changes = result.changed_parameters()
+    result.info = {
+        "steps": target.steps,
+        "target_prob": target.target_prob,
+        "reached": target.reached,
         "update_norm": float(sum(v**2 for v in changes.values()) ** 0.5),
         "part": config.part,
     }

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from kc_utils import models
 from kc_utils.editing.covariance import KeyStatistics
 from kc_utils.editing.evaluation import METRICS, EditEvaluator, corrupt_twin
-from kc_utils.editing.ft_m import FtmConfig, ft_m_edit
+from kc_utils.editing.ft_m import FtmConfig, FtmTarget, ft_m_edit, ftm_targets
 from kc_utils.editing.readout import leak_circuit_table, mlp_node
 from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, check_layer
 from kc_utils.editing.reversible import EditResult
@@ -122,17 +122,21 @@ def apply_edit(
     stats: dict[int, KeyStatistics] | None = None,
     rome_config: RomeConfig | None = None,
     ftm_config: FtmConfig | None = None,
-    target: RomeTarget | None = None,
+    target: RomeTarget | FtmTarget | None = None,
 ) -> EditResult:
     """Apply ``method`` (``"rome"`` or ``"ft-m"``) for one request at ``layer``; a reversible edit.
+
+    Args:
+        target: the method's outcome for this request already computed (:func:`~kc_utils.editing.rome.rome_targets`,
+            :func:`~kc_utils.editing.ft_m.ftm_targets`), applied instead of computing it here.
 
     Raises:
         EditError: an unknown method (or any error of the method itself).
     """
     if method == "rome":
-        return rome_edit(model, request, layer, (stats or {}).get(layer), rome_config, target=target)
+        return rome_edit(model, request, layer, (stats or {}).get(layer), rome_config, target=target)  # type: ignore[arg-type]
     if method == "ft-m":
-        return ft_m_edit(model, request, layer, ftm_config)
+        return ft_m_edit(model, request, layer, ftm_config, target=target)  # type: ignore[arg-type]
     raise EditError(f"unknown edit method {method!r}; use one of {list(METHODS)}")
 
 
@@ -168,7 +172,13 @@ def edit_sweep(
     bar = tqdm(total=len(methods) * len(layers) * len(evaluator), desc="edits", disable=not progress)
     for method in methods:
         for layer in layers:
-            targets = rome_targets(model, evaluator.prepared, layer, rome_config) if method == "rome" else None
+            # each method's optimisation of every edit at this layer in one batch, then each edit applied in turn
+            if method == "rome":
+                targets: list[Any] | None = rome_targets(model, evaluator.prepared, layer, rome_config)
+            elif ftm_config.part == "out":
+                targets = ftm_targets(model, evaluator.prepared, layer, ftm_config)
+            else:  # the whole MLP's training is not batched
+                targets = None
             for index, prepared in enumerate(evaluator.prepared):
                 target = targets[index] if targets is not None else None
                 edit = apply_edit(model, method, prepared, layer, stats, rome_config, ftm_config, target)
