@@ -15,6 +15,9 @@ and EAP equals the gradient of the masked run with respect to a mask of ones. Th
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+
 import pytest
 import torch
 from families import FAMILIES, save_family
@@ -245,6 +248,42 @@ def test_early_stopping_caches_and_plain_passes_read_what_the_full_pass_does(fol
         torch.testing.assert_close(early[name], full[name], atol=0, rtol=0)
     torch.testing.assert_close(hooked, expected, atol=ATOL, rtol=1e-5)
     torch.testing.assert_close(cheap, expected, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", EXACT)
+def test_a_pass_resumed_at_a_block_equals_the_full_pass(folders, loaded, family, batch_args):
+    """``logits_from_layer`` skips the blocks below and injects the recorded stream: its logits, with a hook at the
+    resumed block and one above, equal the full pass's with the same hooks (edge hooks on and off), and so does
+    the gradient of a leaf the hooks read."""
+    model, _ = _load(folders, loaded, family)
+    batch = make_batch(model, *batch_args)
+    rows = torch.arange(len(batch.clean))
+    last = model.cfg.n_layers - 1
+    for layer, edge_hooks in itertools.product(range(model.cfg.n_layers), (True, False)):
+        scale = torch.tensor(1.5, requires_grad=True)
+
+        def louder(out, hook, scale=scale):
+            return out * scale
+
+        above = models.head_result_hook(last) if edge_hooks else models.mlp_out_hook(last)
+        hooked = [(models.mlp_out_hook(layer), louder), (above, louder)]
+        with contextlib.nullcontext() if edge_hooks else models.without_edge_hooks(model):
+            name = models.resid_pre_hook(layer)
+            residual = models.cache_activations(model, batch.clean, [name])[name]
+            full = models.logits_at(model, batch.clean, rows, batch.last_pos, hooked)
+            (full_grad,) = torch.autograd.grad(full.sum(), scale)
+            resumed = models.logits_from_layer(model, layer, residual, batch.clean, rows, batch.last_pos, hooked)
+            (resumed_grad,) = torch.autograd.grad(resumed.sum(), scale)
+        torch.testing.assert_close(resumed, full, atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(resumed_grad, full_grad, atol=1e-3, rtol=1e-4)
+    # every block runs again afterwards, and a hook below the resumed block is refused
+    with torch.no_grad():
+        again = models.last_logits(model, batch.clean, batch.last_pos)
+        torch.testing.assert_close(again, models.logits_at(model, batch.clean, rows, batch.last_pos), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="hooks below it never fire"):
+        models.logits_from_layer(
+            model, 1, residual, batch.clean, rows, batch.last_pos, [(models.mlp_out_hook(0), louder)]
+        )
 
 
 def test_wrong_post_norm_shares_are_caught_at_load(folders, monkeypatch):

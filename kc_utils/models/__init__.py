@@ -20,7 +20,8 @@ TransformerLens touches this package alone. Its modules:
 * :mod:`~kc_utils.models.loading` — names, the GGUF cache, the hub, booting and configuring the bridge;
 * :mod:`~kc_utils.models.decomposition` — the checks that refuse a model whose residual stream is not the sum of
   its graph's node outputs;
-* :mod:`~kc_utils.models.weights` — MLP weights in one orientation (editing) and MLP neurons.
+* :mod:`~kc_utils.models.weights` — MLP weights in one orientation (editing) and MLP neurons;
+* :mod:`~kc_utils.models.resume` — passes that resume at a block from a recorded residual stream.
 
 Hook glossary (``b`` batch, ``p`` position, ``h`` query heads, ``g`` key/value heads,
 ``d`` d_model):
@@ -96,6 +97,7 @@ from kc_utils.models.loading import (
     resolve_model,
     resolve_model_name,
 )
+from kc_utils.models.resume import blocks_skipped, logits_from_layer, resid_pre_hook
 from kc_utils.models.weights import (
     all_parameters,
     check_mlp_layer,
@@ -155,6 +157,9 @@ __all__ = [
     "cache_activations",
     "last_logits",
     "logits_at",
+    "logits_from_layer",
+    "blocks_skipped",
+    "resid_pre_hook",
     "mlp_hidden_hook",
     "mlp_in_hook",
     "mlp_has_post_norm",
