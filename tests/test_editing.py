@@ -863,6 +863,34 @@ def test_edits_and_their_evaluation_are_unchanged_without_the_edge_hooks(tiny_mo
     assert switched_off[3] == pytest.approx(hooked[3], abs=1e-5)
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+def test_evaluation_resumed_at_the_edited_layer_equals_the_full_pass(tiny_model, tiny_split, layer) -> None:
+    """evaluate(edited_layer=L) and location(·, L) run only the blocks from L up, from streams recorded before
+    the edit: the same metrics and probabilities as full passes of the edited model (ROME and FT-M)."""
+    evaluator = EditEvaluator(tiny_model, [build_probes(tiny_split, REQUEST)], layers=[layer])
+    prepared = evaluator.prepared[0]
+    for edit in (
+        lambda: rome_edit(tiny_model, REQUEST, layer, config=RomeConfig(steps=5, lr=0.3)),
+        lambda: ft_m_edit(tiny_model, REQUEST, layer, FtmConfig(lr=5e-2, max_steps=5)),
+    ):
+        with edit():
+            assert evaluator.evaluate(0, edited_layer=layer) == pytest.approx(evaluator.evaluate(0), nan_ok=True)
+            located = evaluator.location(0, layer)
+            original = evaluator.original_mlp[layer][0]
+            subject = evaluator.subject_positions[0]
+
+            def restore(out, hook):
+                out = out.clone()
+                out[0, subject] = original[subject]
+                return out
+
+            tokens = torch.tensor([prepared.tokens])
+            with torch.no_grad():
+                for restored, hooks in (("", []), ("_subject_restored", [(models.mlp_out_hook(layer), restore)])):
+                    probs = models.last_logits(tiny_model, tokens, [len(prepared.tokens) - 1], hooks).softmax(-1)
+                    assert located[f"p_new{restored}"] == pytest.approx(float(probs[0, prepared.target]), abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tiny_gemma3(tmp_path_factory):
     """A tiny random Gemma 3: its MLP output passes a post-feedforward norm before the residual stream."""

@@ -180,7 +180,7 @@ def _per_prompt_scores(
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         batch = shuffled_batch(model, chunk) if shuffled else fewshot_batch(model, chunk, None)
-        with torch.no_grad():
+        with torch.no_grad(), models.without_edge_hooks(model):  # a plain pass: no per-head edge point is read
             scores = answer_scores(
                 models.last_logits(model, batch.clean, batch.last_pos)[:, None], batch.at_last_position()
             )

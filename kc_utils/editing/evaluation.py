@@ -258,7 +258,10 @@ class EditEvaluator:
         model: the unedited model.
         probes: one :class:`ProbeSet` per request.
         batch_size: prompts per forward pass of the "before" run.
-        layers: MLP layers whose original outputs on the edit prompts :meth:`location` may need.
+        layers: MLP layers whose original outputs on the edit prompts :meth:`location` may need. At these
+            layers the streams entering the block are recorded too (probes and edit prompts), so that
+            :meth:`evaluate` with ``edited_layer`` and :meth:`location` run only the blocks from the edit up
+            (:func:`~kc_utils.models.logits_from_layer`): the same logits, since the blocks below are unedited.
     """
 
     def __init__(
@@ -286,25 +289,41 @@ class EditEvaluator:
             self.before.append(torch.tensor(tops[offset : offset + len(ps.prompts)]))
             offset += len(ps.prompts)
         self.original_mlp: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        # layer -> per request: the streams entering that block on the probes [n, p, d] and the edit prompt [p, d]
+        self.entering: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {layer: [] for layer in layers}
         self.subject_positions = [subject_positions(model, p.request.prompt, p.request.subject) for p in self.probes]
         if layers:
             names = [models.mlp_out_hook(layer) for layer in layers]
-            for prepared in self.prepared:
+            streams = [models.resid_pre_hook(layer) for layer in layers]
+            for prepared, ps in zip(self.prepared, self.probes):
                 tokens = torch.tensor([prepared.tokens], device=models.model_device(model))
-                with models.without_edge_hooks(model):
-                    cache = models.cache_activations(model, tokens, names)
-                for layer, name in zip(layers, names):
+                probe_tokens, _ = _pad(model, ps.prompts)
+                with torch.no_grad(), models.without_edge_hooks(model):
+                    cache = models.cache_activations(model, tokens, names + streams)
+                    probe_cache = models.cache_activations(model, probe_tokens, streams)
+                for layer, name, stream in zip(layers, names, streams):
                     self.original_mlp[layer].append(cache[name][0])
+                    self.entering[layer].append((probe_cache[stream], cache[stream][0]))
 
     def __len__(self) -> int:
         return len(self.probes)
 
-    def evaluate(self, index: int) -> dict[str, float]:
-        """The six metrics of request ``index`` on the model as it is now (after its edit)."""
+    def evaluate(self, index: int, edited_layer: int | None = None) -> dict[str, float]:
+        """The six metrics of request ``index`` on the model as it is now (after its edit).
+
+        Args:
+            edited_layer: the one MLP layer the model's edit changed, if it is one of the evaluator's ``layers``:
+                the probes' pass then resumes there from the recorded unedited streams (the same metrics).
+        """
         ps, target = self.probes[index], self.prepared[index].target
         tokens, last = _pad(self.model, ps.prompts)
         with torch.no_grad(), models.without_edge_hooks(self.model):
-            final = models.last_logits(self.model, tokens, last)
+            if edited_layer in self.entering:
+                rows = torch.arange(len(tokens), device=tokens.device)
+                entering = self.entering[edited_layer][index][0]
+                final = models.logits_from_layer(self.model, edited_layer, entering, tokens, rows, last)
+            else:
+                final = models.last_logits(self.model, tokens, last)
         target_ids = torch.full((len(ps.prompts),), target, device=final.device)
         is_new = (rank_of(final, target_ids) == 0).cpu().tolist()
         after = final.argmax(-1).cpu()
@@ -341,7 +360,8 @@ class EditEvaluator:
         ]
 
     def location(self, index: int, layer: int) -> dict[str, float]:
-        """Where the edit of request ``index`` at MLP ``layer`` acts (model as it is now, edited).
+        """Where the edit of request ``index`` at MLP ``layer`` acts (model as it is now, edited at ``layer`` alone:
+        the pass resumes there from the unedited stream).
 
         Returns:
             ``p_new`` and ``new_top1`` with nothing restored, with the MLP's original output restored at the
@@ -361,8 +381,12 @@ class EditEvaluator:
             out[2, last] = original[last].to(out.dtype)
             return out
 
+        entering = self.entering[layer][index][1].expand(3, -1, -1)
+        rows, lasts = torch.arange(3, device=tokens.device), torch.full((3,), last, device=tokens.device)
         with torch.no_grad(), models.without_edge_hooks(self.model):
-            final = models.last_logits(self.model, tokens, [last] * 3, [(models.mlp_out_hook(layer), restore)])
+            final = models.logits_from_layer(
+                self.model, layer, entering, tokens, rows, lasts, [(models.mlp_out_hook(layer), restore)]
+            )
         probs = final.float().softmax(-1)[:, prepared.target].cpu()
         top = (final.argmax(-1) == prepared.target).float().cpu()
         return {

@@ -165,6 +165,7 @@ def _train_together(model: Any, prepared: list[PreparedRequest], layer: int, con
         return out + change.to(out.dtype)
 
     hooks = [(models.mlp_hidden_hook(layer), keep_hidden), (models.mlp_value_hook(layer), add_delta)]
+    rows = torch.arange(n, device=device)
     steps = torch.zeros(n, dtype=torch.long)
     done = torch.zeros(n, dtype=torch.bool)
     reached = torch.zeros(n, dtype=torch.bool)
@@ -172,11 +173,14 @@ def _train_together(model: Any, prepared: list[PreparedRequest], layer: int, con
     everything = models.all_parameters(model).values()
     was_trainable = {id(p): p.requires_grad for p in everything}
     with models.without_edge_hooks(model):
+        with torch.no_grad():  # the blocks below the trained MLP never change: each step resumes at its block
+            name = models.resid_pre_hook(layer)
+            entering = models.cache_activations(model, tokens, [name])[name]
         try:
             for p in everything:
                 p.requires_grad_(False)
             while True:
-                logits = models.last_logits(model, tokens, last, hooks).float()  # [n, v]
+                logits = models.logits_from_layer(model, layer, entering, tokens, rows, last, hooks).float()  # [n, v]
                 log_probs = logits.log_softmax(-1)
                 losses = -log_probs.gather(1, target[:, None])[:, 0]  # [n]
                 now_prob = (-losses.detach()).exp().cpu()

@@ -184,7 +184,7 @@ def edit_sweep(
                 edit = apply_edit(model, method, prepared, layer, stats, rome_config, ftm_config, target)
                 with edit:
                     row = {"method": method, "layer": layer, "edit": index, "subject": prepared.request.subject}
-                    row.update(evaluator.evaluate(index))
+                    row.update(evaluator.evaluate(index, edited_layer=layer))
                     row.update({"update_norm": edit.info["update_norm"], "steps": edit.info["steps"]})
                     if locate:
                         row.update(evaluator.location(index, layer))
@@ -431,7 +431,7 @@ def covariance_effect(
                     first.append(update)
                 cosine = float(torch.nn.functional.cosine_similarity(update.flatten(), first[index].flatten(), dim=0))
                 with rome_edit(model, prepared, layer, stats, config, target=targets[index]):
-                    rows.append({**evaluator.evaluate(index), "update_cosine": cosine})
+                    rows.append({**evaluator.evaluate(index, edited_layer=layer), "update_cosine": cosine})
                 bar.update()
             frame = pd.DataFrame.from_records(rows)
             records.append(

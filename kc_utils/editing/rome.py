@@ -365,8 +365,12 @@ def compute_values(
     kl_pos = rows.subject_last if config.kl == "rome" else rows.last_pos  # [n], read on the KL rows only
     with torch.no_grad():
         cache = models.cache_activations(
-            model, rows.tokens, [models.resid_post_hook(layer), models.mlp_value_hook(layer)]
+            model,
+            rows.tokens,
+            [models.resid_pre_hook(layer), models.resid_post_hook(layer), models.mlp_value_hook(layer)],
         )
+    # δ changes nothing below this block: every step resumes here from the stream the blocks below wrote
+    entering = cache[models.resid_pre_hook(layer)]  # [n, p, d]
     residual = cache[models.resid_post_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # [r]
     output = cache[models.mlp_value_hook(layer)][first, rows.subject_last[first]].float().norm(dim=-1)  # ‖W k_e + b‖
     reference = residual if config.norm_reference == "residual" else output
@@ -388,8 +392,10 @@ def compute_values(
             width = int(rows.last_pos[active].max()) + 1  # right padding past every active row's end is unread
             local = torch.arange(len(active), device=device)
             picked = (
-                models.logits_at(
+                models.logits_from_layer(
                     model,
+                    layer,
+                    entering[active, :width],
                     rows.tokens[active, :width],
                     local,
                     torch.where(ctx, rows.last_pos[active], kl_pos[active]),

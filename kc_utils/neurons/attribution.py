@@ -7,10 +7,12 @@ For a prompt, its answer and a position ``t``, let ``a`` be one MLP layer's hidd
     score_i = a_i / m * sum_{k=1..m} dF/dx_i (k/m * a)
 
 1. One clean forward pass records ``a`` for every layer searched.
-2. Every (prompt, layer, step) becomes one row of a large batch: the row's layer has ``a``
-   replaced by ``k/m * a`` at ``t`` (a leaf tensor), every other layer runs as usual.
+2. For each layer, every (prompt, step) becomes one row of a batch: the layer's ``a`` is replaced by
+   ``k/m * a`` at ``t`` (a leaf tensor). The blocks below the layer are the clean pass's, so the pass resumes
+   at the layer's block from the clean residual stream (:func:`kc_utils.models.logits_from_layer`): a layer
+   costs the blocks from it up, forward and backward.
 3. One backward pass of the summed probabilities gives every row's gradient with respect to its
-   leaf, so all neurons of all layers and all steps are scored at once (rows do not interact).
+   leaf, so all neurons of the layer and all steps are scored at once (rows do not interact).
    Rows are processed in chunks of at most ``max_rows``.
 
 Completeness: the scores of one layer sum to ``F(a) - F(0)`` up to the Riemann error, which
@@ -87,7 +89,7 @@ def neuron_attribution(
             (:func:`kc_utils.neurons.positions.query_positions`).
         layers: MLP layers to score; each is scaled on its own.
         steps: Riemann steps ``m`` (Dai et al.: 20).
-        max_rows: at most this many (prompt, layer, step) rows per forward/backward pass.
+        max_rows: at most this many (prompt, step) rows per forward/backward pass (one layer each).
 
     Returns:
         ``Float[b, len(layers), d_mlp]`` scores: activation × mean gradient of p(answer).
@@ -104,51 +106,56 @@ def neuron_attribution(
         )
     if bool((positions < 0).any() or (positions > batch.last_pos).any()):
         raise NeuronError("a position lies outside its prompt (valid: 0 .. the prompt's last token)")
-    clean = neuron_activations(model, batch, positions, layers)  # [b, l, n]
-    per_prompt = len(layers) * steps
-    chunk = max(1, max_rows // per_prompt)
-    scores = []
-    starts = range(0, len(batch), chunk)
+    names = [models.mlp_hidden_hook(layer) for layer in layers]
+    streams = [models.resid_pre_hook(layer) for layer in layers]
+    with torch.no_grad(), models.without_edge_hooks(model):
+        cache = models.cache_activations(model, batch.clean, list(dict.fromkeys(names + streams)))
+    rows = torch.arange(len(batch), device=batch.clean.device)
+    clean = torch.stack([cache[name][rows, positions] for name in names], dim=1)  # [b, l, n]
+    chunk = max(1, max_rows // steps)  # prompts per pass: steps rows each
+    out = torch.zeros_like(clean)
+    work = [(j, start) for j in range(len(layers)) for start in range(0, len(batch), chunk)]
     with models.without_edge_hooks(model):
-        for start in tqdm(starts, desc="integrated gradients", disable=not progress, leave=False):
-            index = list(range(start, min(start + chunk, len(batch))))
-            scores.append(_attribute_chunk(model, batch.select(index), positions[index], clean[index], layers, steps))
-    return torch.cat(scores)
+        for j, start in tqdm(work, desc="integrated gradients", disable=not progress, leave=False):
+            index = torch.arange(start, min(start + chunk, len(batch)), device=batch.clean.device)
+            out[index, j] = _attribute_layer(
+                model, batch, index, positions, clean[index, j], layers[j], cache[streams[j]][index], steps
+            )
+    return out
 
 
-def _attribute_chunk(
+def _attribute_layer(
     model: Any,
     batch: PromptBatch,
+    index: Int[Tensor, "c"],
     positions: Int[Tensor, "b"],
-    clean: Float[Tensor, "b l n"],
-    layers: list[int],
+    clean: Float[Tensor, "c n"],
+    layer: int,
+    entering: Float[Tensor, "c p d"],
     steps: int,
-) -> Float[Tensor, "b l n"]:
-    b, n_layers = len(batch), len(layers)
+) -> Float[Tensor, "c n"]:
+    """Scores of prompts ``index`` at one layer: ``steps`` rows per prompt, resumed at the layer's block."""
+    c = len(index)
     device = batch.clean.device
-    # row r = ((prompt * n_layers) + layer_index) * steps + step
-    prompt_of = torch.arange(b, device=device).repeat_interleave(n_layers * steps)
-    layer_of = torch.arange(n_layers, device=device).repeat_interleave(steps).repeat(b)
-    alpha = (torch.arange(1, steps + 1, device=device, dtype=clean.dtype) / steps).repeat(b * n_layers)
-    tokens = batch.clean[prompt_of]
-    leaves = []
-    hooks = []
-    for j, layer in enumerate(layers):
-        rows = (layer_of == j).nonzero().flatten()
-        leaf = (alpha[rows, None] * clean[prompt_of[rows], j]).requires_grad_(True)
-        leaves.append(leaf)
+    # row r = prompt * steps + step
+    prompt_of = torch.arange(c, device=device).repeat_interleave(steps)
+    alpha = (torch.arange(1, steps + 1, device=device, dtype=clean.dtype) / steps).repeat(c)
+    leaf = (alpha[:, None] * clean[prompt_of]).requires_grad_(True)
+    rows = torch.arange(c * steps, device=device)
+    at = positions[index][prompt_of]
 
-        def replace(activation: Tensor, hook: Any, rows: Tensor = rows, leaf: Tensor = leaf) -> Tensor:
-            activation = activation.clone()
-            activation[rows, positions[prompt_of[rows]]] = leaf.to(activation.dtype)
-            return activation
+    def replace(activation: Tensor, hook: Any) -> Tensor:
+        activation = activation.clone()
+        activation[rows, at] = leaf.to(activation.dtype)
+        return activation
 
-        hooks.append((models.mlp_hidden_hook(layer), replace))
+    tokens = batch.clean[index][prompt_of]
+    last = batch.last_pos[index][prompt_of]
+    answers = batch.answer[index][prompt_of]
     with torch.enable_grad():
-        final = models.last_logits(model, tokens, batch.last_pos[prompt_of], hooks).float().softmax(-1)
-        p = final.gather(1, batch.answer[prompt_of][:, None])[:, 0]
-        grads = torch.autograd.grad(p.sum(), leaves)
-    out = torch.zeros_like(clean)
-    for j, grad in enumerate(grads):
-        out[:, j] = clean[:, j] * grad.reshape(b, steps, -1).mean(1).to(clean.dtype)
-    return out
+        final = models.logits_from_layer(
+            model, layer, entering[prompt_of], tokens, rows, last, [(models.mlp_hidden_hook(layer), replace)]
+        )
+        p = final.float().softmax(-1).gather(1, answers[:, None])[:, 0]
+        (grad,) = torch.autograd.grad(p.sum(), leaf)
+    return clean * grad.reshape(c, steps, -1).mean(1).to(clean.dtype)
