@@ -368,6 +368,31 @@ def test_patching_from_other_prompts_equals_a_hand_made_swap(tiny_model):
         rep.patch_heads_from_prompts(tiny_model, batch, source, [])
 
 
+def test_patching_resumed_at_the_lowest_patched_layer_is_the_same(tiny_model, monkeypatch):
+    """With the batch's streams recorded once, a patched pass resumes at its lowest layer: the same logits as the
+    hand-made swap at every layer, and repair tables equal to those of full passes (resumption switched off)."""
+    batch = make_batch(tiny_model, PROMPTS, ANSWERS)
+    source = make_batch(tiny_model, SOURCES, ANSWERS)
+    entering = models.streams_entering(tiny_model, batch.clean, range(tiny_model.cfg.n_layers))
+    for layer in range(tiny_model.cfg.n_layers):
+        resumed = rep.patch_heads_from_prompts(tiny_model, batch, source, [f"a{layer}.h2"], None, True, entering)
+        by_hand = _patched_by_hand(tiny_model, batch, source, layer, 2)
+        rows = torch.arange(len(batch))
+        torch.testing.assert_close(resumed[:, 0], by_hand[rows, batch.last_pos], atol=1e-5, rtol=1e-5)
+    heads = all_heads(tiny_model)
+    tables = [
+        rep.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=5, progress=False),
+        rep.repair_by_each_head(tiny_model, batch, source, heads),
+    ]
+    monkeypatch.setattr(models, "streams_entering", lambda model, tokens, layers: {})  # every pass in full
+    full = [
+        rep.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=5, progress=False),
+        rep.repair_by_each_head(tiny_model, batch, source, heads),
+    ]
+    for resumed_table, full_table in zip(tables, full):
+        pd.testing.assert_frame_equal(resumed_table, full_table, check_exact=False, atol=1e-6)
+
+
 def test_repair_rate_where_the_answer_is_known(tiny_model):
     """Answers chosen as the patched (or ablated) run's top-1: the intervention repairs every prompt."""
     probe = make_batch(tiny_model, PROMPTS, ANSWERS)

@@ -244,6 +244,12 @@ def test_head_ablation_effects(tiny_model, batch):
     assert effects["same_relation_share"].between(0, 1).all()
     assert effects["chance_share"][0] == pytest.approx((len(objects) - 1) / clean.shape[-1])
 
+    # each head's pass resumes at its layer (a1.h2 at block 1): the same as a full pass, mean ablation too
+    mean_effects = ablation.head_ablation_effects(tiny_model, batch, ["a1.h2"], "mean", k=4, progress=False)
+    logits = ablation.run_with_heads_ablated(tiny_model, batch, ["a1.h2"], "mean")
+    p_mean = logits[rows, batch.last_pos].softmax(-1)[rows, batch.answer]
+    assert mean_effects["delta_prob"][0] == pytest.approx(float((p_mean - p_clean).mean()), abs=1e-6)
+
     roles = pd.DataFrame({"head": ["a0.h0", "a1.h2"], "role": ["mover", "mover"]})
     by_role = ablation.ablation_by_role(effects, roles)
     assert by_role["n_heads"].tolist() == [2]

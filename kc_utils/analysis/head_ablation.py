@@ -99,6 +99,7 @@ def run_with_heads_ablated(
     mean_reference: PromptBatch | None = None,
     means: dict[str, Tensor] | None = None,
     last_only: bool = False,
+    entering: dict[int, Tensor] | None = None,
 ) -> Float[Tensor, "b p vocab"]:
     """Logits of the batch with ``heads`` ablated together (one head: ``["a3.h5"]``).
 
@@ -108,6 +109,8 @@ def run_with_heads_ablated(
         means: precomputed :func:`head_mean_outputs` (saves a forward pass per call).
         last_only: unembed each prompt's last position alone: logits ``[b, 1, vocab]``, read with
             ``batch.at_last_position()``.
+        entering: with ``last_only``, :func:`kc_utils.models.streams_entering` of ``batch.clean``: the pass
+            resumes at the lowest ablated layer (the same logits).
     """
     _check_ablation(ablation)
     heads = resolve_heads(model, heads)
@@ -118,7 +121,7 @@ def run_with_heads_ablated(
         result[:, :, head] = 0.0 if ablation == "zero" else means[head_name(layer, head)].to(result.dtype)
 
     by_layer = heads_by_layer(model, heads) if heads else {}  # no heads: the plain model
-    return run_with_head_writes(model, batch.clean, by_layer, write, batch.last_pos if last_only else None)
+    return run_with_head_writes(model, batch.clean, by_layer, write, batch.last_pos if last_only else None, entering)
 
 
 def heads_by_layer(model: Any, heads: Sequence[str]) -> dict[int, list[int]]:
@@ -143,12 +146,16 @@ def run_with_head_writes(
     by_layer: dict[int, list[int]],
     write: Callable[[int, int, Tensor], None],
     last_pos: Int[Tensor, " b"] | None = None,
+    entering: dict[int, Tensor] | None = None,
 ) -> Float[Tensor, "b p v"]:
     """Logits of ``tokens`` where ``write(layer, head, result)`` rewrites chosen heads' outputs in place.
 
     ``result`` is a copy of the layer's per-head outputs ``[b, p, h, d]``; every head not listed in
     ``by_layer`` and every other component run as usual. With ``last_pos`` ``[b]``, only each row's last
     position is unembedded and the logits are ``[b, 1, v]`` (read them with ``batch.at_last_position()``).
+    With ``entering`` as well (:func:`kc_utils.models.streams_entering` of ``tokens`` on the unpatched model, at
+    least at the lowest layer of ``by_layer``), the pass resumes at that layer: the same logits, without the
+    blocks below, which no write changes.
     """
 
     def hook_for(layer: int, head_ids: list[int]):
@@ -161,9 +168,14 @@ def run_with_head_writes(
         return hook
 
     hooks = [(models.head_result_hook(layer), hook_for(layer, ids)) for layer, ids in by_layer.items()]
+    start = min(by_layer) if by_layer else None
     with torch.no_grad():
         if last_pos is None:
             return models.run_with_hooks(model, tokens, hooks)
+        if entering is not None and start in entering:
+            rows = torch.arange(len(tokens), device=tokens.device)
+            resumed = models.logits_from_layer(model, start, entering[start], tokens, rows, last_pos, hooks)
+            return resumed[:, None]
         return models.last_logits(model, tokens, last_pos, hooks)[:, None]
 
 
@@ -223,9 +235,11 @@ def head_ablation_effects(
     if object_tokens is not None:
         chance = max(len({int(t) for t in object_tokens}) - 1, 0) / vocab
 
+    # each head's pass resumes at its layer from the batch's streams, recorded once
+    entering = models.streams_entering(model, batch.clean, sorted(heads_by_layer(model, names)))
     records = []
     for name in tqdm(names, desc=f"{ablation}-ablating heads", disable=not progress, leave=False):
-        logits = run_with_heads_ablated(model, batch, [name], ablation, means=means, last_only=True)
+        logits = run_with_heads_ablated(model, batch, [name], ablation, means=means, last_only=True, entering=entering)
         logprobs = logits[:, 0].float().log_softmax(-1)
         delta = logprobs.exp() - clean_probs  # [b, v]
         answer_ablated = logprobs.gather(1, batch.answer[:, None])[:, 0]

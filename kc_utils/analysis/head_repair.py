@@ -79,6 +79,7 @@ def patch_heads_from_prompts(
     heads: Sequence[str],
     source_outputs: Float[Tensor, "layer b head d"] | None = None,
     last_only: bool = False,
+    entering: dict[int, Tensor] | None = None,
 ) -> Float[Tensor, "b p v"]:
     """Logits of ``batch`` with ``heads``' last-position outputs taken from ``source``'s last positions.
 
@@ -90,6 +91,8 @@ def patch_heads_from_prompts(
         source_outputs: :func:`last_position_head_outputs` of ``source``, when already computed.
         last_only: unembed each prompt's last position alone: logits ``[b, 1, v]``, read with
             ``batch.at_last_position()``.
+        entering: with ``last_only``, :func:`kc_utils.models.streams_entering` of ``batch.clean``: the pass
+            resumes at the lowest patched layer (the same logits).
 
     Raises:
         ValueError: batches of different sizes, or an empty head set.
@@ -105,7 +108,7 @@ def patch_heads_from_prompts(
     def write(layer: int, head: int, result: Tensor) -> None:
         result[rows, batch.last_pos, head] = taken[layer, :, head].to(result.dtype)
 
-    return run_with_head_writes(model, batch.clean, by_layer, write, batch.last_pos if last_only else None)
+    return run_with_head_writes(model, batch.clean, by_layer, write, batch.last_pos if last_only else None, entering)
 
 
 def baseline_head_sets(
@@ -197,8 +200,11 @@ def repair(
         plain = models.last_logits(model, batch.clean, batch.last_pos)[:, None]
     seen = batch.at_last_position()  # only the last positions are unembedded: logits [b, 1, v]
     rows.append(score_row("none", (), plain, seen, None))
+    # each set's pass resumes at its lowest layer from the batch's streams, recorded once
+    layers = sorted({layer for _, _, names in sets[1:] for layer in heads_by_layer(model, names)})
+    entering = models.streams_entering(model, batch.clean, layers)
     for kind, draw, names in tqdm(sets[1:], desc="head sets", disable=not progress, leave=False):
-        patched = patch_heads_from_prompts(model, batch, source, names, taken, last_only=True)
+        patched = patch_heads_from_prompts(model, batch, source, names, taken, last_only=True, entering=entering)
         rows.append(score_row(kind, names, patched, seen, draw))
     return pd.DataFrame.from_records(rows)
 
@@ -213,9 +219,11 @@ def repair_by_each_head(
     """
     names = resolve_heads(model, heads)
     taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
+    # every head's pass resumes at its own layer from the batch's streams, recorded once
+    entering = models.streams_entering(model, batch.clean, sorted(heads_by_layer(model, names)))
     records = []
     for name in names:
-        final = patch_heads_from_prompts(model, batch, source, [name], taken, last_only=True)[:, 0].float()
+        final = patch_heads_from_prompts(model, batch, source, [name], taken, True, entering)[:, 0].float()
         ranks = rank_of(final, batch.answer)
         records += [
             {"prompt_index": i, "head": name, "repaired": bool(ranks[i] == 0), "answer_rank": int(ranks[i])}

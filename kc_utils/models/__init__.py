@@ -97,7 +97,7 @@ from kc_utils.models.loading import (
     resolve_model,
     resolve_model_name,
 )
-from kc_utils.models.resume import blocks_skipped, logits_from_layer, resid_pre_hook
+from kc_utils.models.resume import blocks_skipped, logits_from_layer, resid_pre_hook, streams_entering
 from kc_utils.models.weights import (
     all_parameters,
     check_mlp_layer,
@@ -160,6 +160,7 @@ __all__ = [
     "logits_from_layer",
     "blocks_skipped",
     "resid_pre_hook",
+    "streams_entering",
     "mlp_hidden_hook",
     "mlp_in_hook",
     "mlp_has_post_norm",

@@ -26,9 +26,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from kc_utils.models.core import HookFn, logits_at
+from kc_utils.models.core import HookFn, cache_activations, logits_at
+from kc_utils.models.weights import without_edge_hooks
 
-__all__ = ["blocks_skipped", "logits_from_layer", "resid_pre_hook"]
+__all__ = ["blocks_skipped", "logits_from_layer", "resid_pre_hook", "streams_entering"]
 
 _BLOCK_OF_HOOK = re.compile(r"^blocks\.(\d+)\.")
 #: attribute of a booted model caching how many items its blocks return (0: a tensor; found once, by a one-token pass)
@@ -38,6 +39,21 @@ _TUPLE_ATTRIBUTE = "kc_block_output_items"
 def resid_pre_hook(layer: int) -> str:
     """Hook holding the residual stream entering block ``layer``: ``[b, p, d]`` (block 0: the embeddings)."""
     return f"blocks.{layer}.hook_in"
+
+
+def streams_entering(model: Any, tokens: Int[Tensor, "b p"], layers: Sequence[int]) -> dict[int, Tensor]:
+    """``{layer: the residual stream entering block layer}`` ``[b, p, d]`` of an unpatched pass over ``tokens``
+    (one pass, ended after the highest layer; no gradient), for :func:`logits_from_layer`.
+
+    Example:
+        >>> entering = streams_entering(model, batch.clean, range(model.cfg.n_layers))  # doctest: +SKIP
+    """
+    names = {layer: resid_pre_hook(layer) for layer in dict.fromkeys(int(x) for x in layers)}
+    if not names:
+        return {}
+    with torch.no_grad(), without_edge_hooks(model):
+        cache = cache_activations(model, tokens, list(names.values()))
+    return {layer: cache[name] for layer, name in names.items()}
 
 
 def _block_output_items(model: Any) -> int:

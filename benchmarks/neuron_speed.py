@@ -1,0 +1,104 @@
+"""Knowledge-neuron attribution (notebook 06's integrated gradients) in this checkout against another one, same run.
+
+Each checkout runs in its own worker process (one torch thread) on the same facts: the queries notebook 06 finds for
+``--relation`` on the model, ``--facts`` of them, every query, every MLP layer, ``--steps`` Riemann steps. The worker
+reports its CPU time and the scores' and masks' checksums; the driver prints the ratio ``this / other`` and whether
+the two checkouts' scores agree (max absolute difference, masks that differ).
+
+Usage::
+
+    git worktree add --detach /tmp/before <commit before the change>
+    python benchmarks/neuron_speed.py --other /tmp/before [--model smollm2-135m] [--facts 2] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def _worker(model_name: str, relation: str, n_facts: int, steps: int, out: Path) -> dict:
+    """Score the neurons in this process (the checkout on ``sys.path`` is the one measured); scores go to ``out``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from kc_utils import models
+    from kc_utils.data.relations import load_relation
+    from kc_utils.neurons.queries import relation_queries, template_accuracy_floor
+    from kc_utils.neurons.study import query_neurons
+
+    model = models.load_model(model_name, device="cpu")
+    floor = template_accuracy_floor("auto", model_name)
+    found = relation_queries(
+        model, load_relation(relation), model_name, n_facts=n_facts, min_template_accuracy=floor,
+        max_candidates=8 * n_facts, seed=0,
+    )  # fmt: skip
+    started = time.process_time()
+    neurons = query_neurons(model, found, "last", steps, 0.3)
+    seconds = time.process_time() - started
+    torch.save({"scores": neurons.scores, "masks": neurons.masks}, out)
+    return {"cpu_s": seconds, "prompts": int(neurons.masks.shape[0] * neurons.masks.shape[1])}
+
+
+def _run(checkout: Path, args: argparse.Namespace, out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    command = [sys.executable, str(HERE / "neuron_speed.py"), "--worker", str(out), "--model", args.model]
+    command += ["--relation", args.relation, "--facts", str(args.facts), "--steps", str(args.steps)]
+    done = subprocess.run(command, env=env, cwd=checkout, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"worker in {checkout} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--other", type=Path, help="the checkout to compare with (e.g. the commit before)")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--relation", default="country_capital_city")
+    parser.add_argument("--facts", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=HERE / "neuron_speed.json")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(args.model, args.relation, args.facts, args.steps, args.worker)))
+        return
+    if args.other is None or not (args.other / "kc_utils").is_dir():
+        parser.error("--other must name another checkout of the project (a folder with kc_utils/)")
+    import torch
+
+    results, saved = {}, {}
+    for which, checkout in (("other", args.other.resolve()), ("this", ROOT)):
+        path = Path(f"/tmp/neuron_speed_{which}.pt")
+        results[which] = _run(checkout, args, path)
+        saved[which] = torch.load(path)
+        print(f"{which:5s} {results[which]['cpu_s']:8.1f} s of CPU", flush=True)
+    report = {
+        "model": args.model,
+        "relation": args.relation,
+        "facts": args.facts,
+        "steps": args.steps,
+        "other": str(args.other),
+        "this_cpu_s": results["this"]["cpu_s"],
+        "other_cpu_s": results["other"]["cpu_s"],
+        "ratio": results["this"]["cpu_s"] / results["other"]["cpu_s"],
+        "prompts": results["this"]["prompts"],
+        "max_abs_score_difference": float((saved["this"]["scores"] - saved["other"]["scores"]).abs().max()),
+        "largest_score": float(saved["other"]["scores"].abs().max()),
+        "masks_differing": int((saved["this"]["masks"] != saved["other"]["masks"]).sum()),
+        "neurons_in_masks": int(saved["other"]["masks"].sum()),
+    }
+    args.out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
