@@ -251,8 +251,10 @@ def evaluate_head_sets(
     """Last-position logits with each set of heads ablated (or patched) together, several sets per pass.
 
     The batch is repeated once per set and each copy gets its own set: one forward pass evaluates
-    ``sets_per_pass`` sets. The result equals running :func:`run_with_heads_ablated` (``test =
-    "ablation"``) or :func:`patch_head_outputs` (``"patching"``) once per set (tested).
+    ``sets_per_pass`` sets. The sets are grouped by their lowest layer, and each pass resumes at its sets' lowest
+    layer from the batch's streams, recorded once (:func:`kc_utils.models.logits_from_layer`). The result equals
+    running :func:`run_with_heads_ablated` (``test = "ablation"``) or :func:`patch_head_outputs` (``"patching"``)
+    once per set, in the order given (tested).
 
     Args:
         sets: head sets (an empty set = the unablated model).
@@ -301,9 +303,17 @@ def evaluate_head_sets(
         at[rows, batch.last_pos] = True
     else:
         at[:] = True
-    out = []
-    for start in range(0, len(resolved), sets_per_pass):
-        chunk = resolved[start : start + sets_per_pass]
+    # sets sorted by their lowest layer, highest first, so that a pass's sets share a high lowest layer: each pass
+    # resumes there from the batch's streams, recorded once (the unablated set can resume anywhere)
+    n_layers = models.model_shape(model).n_layers
+    lowest = [min((int(parse_node(model, h)[1]) for h in names), default=n_layers - 1) for names in resolved]
+    order = sorted(range(len(resolved)), key=lambda i: -lowest[i])
+    chunks = [order[start : start + sets_per_pass] for start in range(0, len(order), sets_per_pass)]
+    entering = models.streams_entering(model, batch.clean, sorted({min(lowest[i] for i in c) for c in chunks}))
+    out: list[Tensor] = [torch.empty(0)] * len(resolved)
+    for chunk_index in chunks:
+        chunk = [resolved[i] for i in chunk_index]
+        start = min(lowest[i] for i in chunk_index)
         masks = {layer: torch.zeros(len(chunk), n_heads, dtype=torch.bool, device=device) for layer in layers}
         for i, names in enumerate(chunk):
             for name in names:
@@ -320,13 +330,21 @@ def evaluate_head_sets(
 
             return hook
 
-        hooks = [(models.head_result_hook(layer), hook_for(layer, masks[layer])) for layer in layers]
+        hooks = [(models.head_result_hook(layer), hook_for(layer, masks[layer])) for layer in layers if layer >= start]
+        k = len(chunk)
         with torch.no_grad():
-            logits = models.last_logits(
-                model, batch.clean.repeat(len(chunk), 1), batch.last_pos.repeat(len(chunk)), hooks
+            logits = models.logits_from_layer(
+                model,
+                start,
+                entering[start].repeat(k, 1, 1),
+                batch.clean.repeat(k, 1),
+                torch.arange(k * b, device=device),
+                batch.last_pos.repeat(k),
+                hooks,
             )
-        out.append(logits.reshape(len(chunk), b, -1))
-    return torch.cat(out)
+        for i, logits_of_set in zip(chunk_index, logits.reshape(k, b, -1)):
+            out[i] = logits_of_set
+    return torch.stack(out)
 
 
 def group_vs_random(
