@@ -336,6 +336,15 @@ BATCH_REQUESTS = [
 def test_ft_m_trained_together_equals_each_edit_trained_alone(tiny_model, config) -> None:
     """ftm_targets trains every edit in one batch (prompts of different lengths, padded); each edit's weights,
     steps and stop must be those of ft_m_edit training it alone, and applying the target must give that model."""
+    _check_trained_together(tiny_model, config)
+
+
+def test_ft_m_trained_together_behind_a_post_norm(tiny_gemma3) -> None:
+    """The same on a tiny Gemma 3, whose projection's output passes a post-feedforward norm."""
+    _check_trained_together(tiny_gemma3, FtmConfig(lr=2e-2, stop="prob", stop_prob=0.3, max_steps=40))
+
+
+def _check_trained_together(tiny_model, config: FtmConfig) -> None:
     targets = ftm_targets(tiny_model, BATCH_REQUESTS, 1, config, max_rows=2)  # two batches: 2 + 1
     if config.stop == "prob":
         assert len({t.steps for t in targets}) > 1  # rows that stop at different steps, the others trained on
