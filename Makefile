@@ -76,8 +76,16 @@ sweep: install
 	$(if $(strip $(GRID) $(SWEEP_ARGS)),,$(error make sweep needs GRID=<file.yaml> and/or SWEEP_ARGS="-n 01 -g knob=a,b"))
 	$(PY) -m kc_utils.sweep $(GRID) $(SWEEP_ARGS)
 
-# every notebook, JOBS at a time: the chained pair (01 then 02) takes one slot, the others the rest
-run-notebooks: run-chained-notebooks $(filter-out $(CHAINED_NOTEBOOKS),$(RUN_NOTEBOOKS))
+# the other notebooks start longest first (their one-thread times on SmolLM2, 2026-12-07: 05 about 23 min, 06 14,
+# 03 12, 04 and 07 about 9), so that the longest does not start last and run alone at the end; notebooks not named
+# here follow in their numeric order
+LONGEST_FIRST ?= 05 06 03 04 07
+OTHER_NOTEBOOKS := $(filter-out $(CHAINED_NOTEBOOKS),$(RUN_NOTEBOOKS))
+ORDERED_NOTEBOOKS := $(foreach n,$(LONGEST_FIRST),$(filter runs/$(n)_%,$(OTHER_NOTEBOOKS)))
+ORDERED_NOTEBOOKS += $(filter-out $(ORDERED_NOTEBOOKS),$(OTHER_NOTEBOOKS))
+
+# every notebook, JOBS at a time: the chained pair (01 then 02) takes one slot, the others the rest, longest first
+run-notebooks: run-chained-notebooks $(ORDERED_NOTEBOOKS)
 
 run-chained-notebooks: install
 	$(if $(CHAINED_NOTEBOOKS),@$(MAKE) --no-print-directory $(CHAINED_NOTEBOOKS))

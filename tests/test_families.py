@@ -16,6 +16,7 @@ and EAP equals the gradient of the masked run with respect to a mask of ones. Th
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 
 import pytest
@@ -284,6 +285,41 @@ def test_a_pass_resumed_at_a_block_equals_the_full_pass(folders, loaded, family,
         models.logits_from_layer(
             model, 1, residual, batch.clean, rows, batch.last_pos, [(models.mlp_out_hook(0), louder)]
         )
+
+
+@pytest.mark.parametrize("family", EXACT)
+def test_head_work_without_split_inputs_equals_the_edge_hooked_pass(folders, loaded, family, batch_args):
+    """Under ``only_head_results`` each head's output is the one the edge hooks give, and a pass with heads
+    zeroed, mean-ablated or patched there gives the same logits; the settings come back afterwards."""
+    model, _ = _load(folders, loaded, family)
+    batch = make_batch(model, *batch_args)
+    rows = torch.arange(len(batch.clean))
+    layers = range(model.cfg.n_layers)
+    names = [models.head_result_hook(layer) for layer in layers]
+    before = (model.cfg.use_attn_result, model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in)
+    with torch.no_grad():
+        corrupt = models.cache_activations(model, batch.corrupt, names)
+
+        def rewrite(result, hook, name):
+            out = result.clone()
+            out[:, :, 0] = 0  # head 0 zeroed
+            out[:, :, -1] = result[:, :, -1].mean(dim=(0, 1))  # the last head at its mean
+            out[:, :, 1 % result.shape[2]] = corrupt[name][:, :, 1 % result.shape[2]]  # head 1 patched
+            return out
+
+        hooks = [(name, functools.partial(rewrite, name=name)) for name in names]
+        read = [*names, *(models.mlp_out_hook(layer) for layer in layers)]
+        full_cache = models.cache_activations(model, batch.clean, read)
+        full = models.logits_at(model, batch.clean, rows, batch.last_pos, hooks)
+        with models.only_head_results(model):
+            cheap_cache = models.cache_activations(model, batch.clean, read)
+            cheap = models.logits_at(model, batch.clean, rows, batch.last_pos, hooks)
+            assert not model.cfg.use_split_qkv_input
+    assert (model.cfg.use_attn_result, model.cfg.use_split_qkv_input, model.cfg.use_hook_mlp_in) == before
+    for name in read:
+        torch.testing.assert_close(cheap_cache[name], full_cache[name], atol=ATOL, rtol=1e-5)
+    torch.testing.assert_close(cheap, full, atol=ATOL, rtol=1e-5)
+    assert (full - models.logits_at(model, batch.clean, rows, batch.last_pos)).abs().max() > 1e-4  # the hooks bite
 
 
 def test_wrong_post_norm_shares_are_caught_at_load(folders, monkeypatch):

@@ -66,7 +66,7 @@ import os, sys, time
 name = os.path.basename(sys.argv[3])[:2]
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(f"start {{name}}\\n")
-time.sleep({{"01": 0.2, "02": 0.4, "03": 1.5}}.get(name, 0.2))
+time.sleep({{"01": 0.2, "02": 0.4, "05": 1.5}}.get(name, 0.2))
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(f"end {{name}}\\n")
 """
@@ -75,7 +75,7 @@ with open(os.environ["FAKE_LOG"], "a") as log:
 def _run_order(tmp_path: Path, jobs: int) -> list[str]:
     """Events ('start 01', 'end 01', ...) of `make run-notebooks` with every notebook's run faked.
 
-    03 takes longest, 01 is short: the schedule make picks decides whether 02 follows 01 at once.
+    05 takes longest, 01 is short: the schedule make picks decides whether 02 follows 01 at once.
     """
     project = tmp_path / "project"
     (project / "notebooks").mkdir(parents=True)
@@ -117,7 +117,7 @@ def test_notebook_02_starts_as_soon_as_01_is_done_and_jobs_bound_the_parallel_ru
     assert sorted(e for e in events if e.startswith("start")) == sorted({e for e in events if e.startswith("start")})
     assert len(events) == 2 * n_notebooks, events
     assert events.index("start 02") > events.index("end 01")
-    # the pair holds one slot and 03 the other, so no third notebook starts between 01's end and 02's start
+    # the pair holds one slot and 05 the other, so no third notebook starts between 01's end and 02's start
     assert events.index("start 02") == events.index("end 01") + 1, events
     assert _most_at_once(events) == 2
 
@@ -126,3 +126,14 @@ def test_one_job_runs_the_notebooks_in_turn(tmp_path):
     events = _run_order(tmp_path, jobs=1)
     assert _most_at_once(events) == 1
     assert events.index("start 02") == events.index("end 01") + 1
+
+
+def test_the_other_notebooks_start_longest_first(tmp_path):
+    """05, the longest on a real model, starts beside the pair; the rest in the Makefile's LONGEST_FIRST order."""
+    events = _run_order(tmp_path, jobs=2)
+    started = [e.split()[1] for e in events if e.startswith("start") and e.split()[1] not in ("01", "02")]
+    named = re.search(r"^LONGEST_FIRST \?= (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    present = sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    expected = [n for n in named if n in present] + [n for n in present if n not in named and n not in ("01", "02")]
+    assert started == expected, events
+    assert events[:2] in (["start 01", "start 05"], ["start 05", "start 01"]), events

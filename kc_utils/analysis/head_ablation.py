@@ -75,7 +75,7 @@ def relation_object_tokens(model: Any, relation: Relation, template_index: int =
 def head_mean_outputs(model: Any, batch: PromptBatch, heads: Sequence[str]) -> dict[str, Float[Tensor, "d"]]:
     """Each head's output (``hook_result``) averaged over the batch's real tokens."""
     layers = sorted({int(parse_node(model, h)[1]) for h in heads})
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):
         cache = models.cache_activations(model, batch.clean, [models.head_result_hook(layer) for layer in layers])
     mask = batch.padding_mask.to(models.model_dtype(model))
     means = {}
@@ -169,7 +169,7 @@ def run_with_head_writes(
 
     hooks = [(models.head_result_hook(layer), hook_for(layer, ids)) for layer, ids in by_layer.items()]
     start = min(by_layer) if by_layer else None
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):  # no pass here reads an edge's input
         if last_pos is None:
             return models.run_with_hooks(model, tokens, hooks)
         if entering is not None and start in entering:

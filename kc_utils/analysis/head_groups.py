@@ -199,7 +199,7 @@ def patch_head_outputs(
     if position not in ("last", "all"):
         raise ValueError(f"unknown position {position!r}; use 'last' or 'all'")
     by_layer = heads_by_layer(model, heads)
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):
         corrupt = models.cache_activations(model, batch.corrupt, [models.head_result_hook(i) for i in by_layer])
     rows = torch.arange(len(batch), device=batch.clean.device)
 
@@ -222,7 +222,7 @@ def writing_heads(model: Any, batch: PromptBatch, heads: Sequence[str] | None = 
     """
     names = resolve_heads(model, list(heads)) if heads is not None else all_heads(model)
     layers = sorted({int(parse_node(model, h)[1]) for h in names})
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):
         cache = models.cache_activations(model, batch.clean, [models.head_result_hook(layer) for layer in layers])
     real = batch.padding_mask.bool()
     kept = []
@@ -285,7 +285,7 @@ def evaluate_head_sets(
     if test == "patching":
         if batch.corrupt is None:
             raise ValueError("head-output patching needs corrupted prompts; build the batch with corrupt_prompts")
-        with torch.no_grad():
+        with torch.no_grad(), models.only_head_results(model):
             cache = models.cache_activations(model, batch.corrupt, [models.head_result_hook(layer) for layer in layers])
         replacement = {layer: cache[models.head_result_hook(layer)] for layer in layers}
     elif ablation == "mean":
@@ -332,7 +332,7 @@ def evaluate_head_sets(
 
         hooks = [(models.head_result_hook(layer), hook_for(layer, masks[layer])) for layer in layers if layer >= start]
         k = len(chunk)
-        with torch.no_grad():
+        with torch.no_grad(), models.only_head_results(model):  # no pass here reads an edge's input
             logits = models.logits_from_layer(
                 model,
                 start,

@@ -66,7 +66,7 @@ ALPHA = 0.05
 def last_position_head_outputs(model: Any, source: PromptBatch) -> Float[Tensor, "layer b head d"]:
     """Every head's output at each prompt's last position (computed once, reused by every patch)."""
     n_layers = models.model_shape(model).n_layers
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):
         cache = models.cache_activations(model, source.clean, [models.head_result_hook(i) for i in range(n_layers)])
     rows = torch.arange(len(source), device=source.clean.device)
     return torch.stack([cache[models.head_result_hook(i)][rows, source.last_pos] for i in range(n_layers)])

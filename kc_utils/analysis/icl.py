@@ -238,7 +238,7 @@ def span_attention(
     for name in names:
         _, layer, head = parse_node(model, name)
         by_layer.setdefault(int(layer), []).append((name, int(head)))
-    with torch.no_grad():
+    with torch.no_grad(), models.without_edge_hooks(model):  # patterns only
         cache = models.cache_activations(model, batch.clean, [models.attn_pattern_hook(layer) for layer in by_layer])
     rows_idx = torch.arange(len(batch), device=batch.clean.device)
     masks = {k: v.to(batch.clean.device).float() for k, v in span_masks(prompts, batch.clean.shape[1]).items()}

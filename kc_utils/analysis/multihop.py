@@ -232,7 +232,7 @@ def restore_components(
         models.mlp_out_hook(layer) for layer in mlp_layers
     ]
     names += [models.INPUT_HOOK] if wants_input else []
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):
         clean = models.cache_activations(model, batch.clean, names)
     device, b = batch.clean.device, len(batch)
     out = []
@@ -276,7 +276,7 @@ def restore_components(
         ]
         if wants_input:
             hooks.append((models.INPUT_HOOK, stream_hook(models.INPUT_HOOK, input_mask)))
-        with torch.no_grad():
+        with torch.no_grad(), models.only_head_results(model):  # no pass here reads an edge's input
             logits = models.last_logits(model, batch.corrupt.repeat(s, 1), batch.last_pos.repeat(s), hooks)
         out.append(logits.reshape(s, b, -1))
     return torch.cat(out)

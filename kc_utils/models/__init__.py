@@ -110,6 +110,7 @@ from kc_utils.models.weights import (
     mlp_value_hook,
     mlp_width,
     neuron_output_weights,
+    only_head_results,
     set_mlp_out_weight,
     without_edge_hooks,
 )
@@ -188,5 +189,6 @@ __all__ = [
     "token_strings",
     "tokenize",
     "unembed",
+    "only_head_results",
     "without_edge_hooks",
 ]

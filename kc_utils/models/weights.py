@@ -175,6 +175,35 @@ def without_edge_hooks(model: Any) -> Iterator[Any]:
         model.set_use_hook_mlp_in(previous[2])
 
 
+@contextlib.contextmanager
+def only_head_results(model: Any) -> Iterator[Any]:
+    """Context manager: keep the per-head results (``attn.hook_result``), switch off the split q/k/v/MLP inputs.
+
+    Head ablation and head patching read and write each head's output and nothing an edge receives, so they do
+    not pay for the per-head copies of the residual stream that edge patching needs: on SmolLM2 a pass of 96
+    prompts of 45 tokens takes about half the time, with the same logits (tested equal on every exact family,
+    ``tests/test_families.py``). The model's previous settings are restored on exit.
+
+    Example:
+        >>> with only_head_results(model):  # doctest: +SKIP
+        ...     logits = run_with_heads_ablated(model, batch, ["a3.h1"])
+    """
+    cfg = model.cfg
+    previous = (cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in)
+    try:
+        model.set_use_attn_result(True)
+    except NotImplementedError:  # GPT-J, GPT-Neo, OPT: the results come from attn.hook_z (edge_points, route 2)
+        pass
+    model.set_use_split_qkv_input(False)
+    model.set_use_hook_mlp_in(False)
+    try:
+        yield model
+    finally:
+        model.set_use_attn_result(previous[0])
+        model.set_use_split_qkv_input(previous[1])
+        model.set_use_hook_mlp_in(previous[2])
+
+
 def neuron_output_weights(model: Any, layer: int) -> torch.Tensor:
     """MLP ``layer``'s output weights with one row per neuron: ``[d_mlp, d_model]``.
 

@@ -99,7 +99,7 @@ def scale_neurons(
 def attention_layers(model: Any, batch: PromptBatch) -> list[int]:
     """Layers whose attention heads write something on this batch (not the organism's block 0)."""
     names = [models.head_result_hook(layer) for layer in range(int(model.cfg.n_layers))]
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):
         cache = models.cache_activations(model, batch.clean, names)
     return [layer for layer, name in enumerate(names) if bool(cache[name].abs().amax() > 0)]
 
