@@ -712,6 +712,9 @@ def test_default_sweep_layers() -> None:
 def test_default_comparison_layers() -> None:
     assert default_comparison_layers(4, [0, 1, 2, 3]) == [0, 1, 2, 3]  # a shallow model: every sweep layer
     assert default_comparison_layers(30, [0, 10, 19, 29]) == [10]  # a deep one: ROME's layer alone
+    # a sweep chosen by hand without ROME's layer (Gemma's 18 layers: a third is 6): the sweep layer nearest to it
+    assert default_comparison_layers(18, [2, 9]) == [9]
+    assert default_comparison_layers(18, [3, 9]) == [3]  # as near on both sides: the lower
 
 
 def test_departure_table_and_covariance_effect(tiny_gpt2, tiny_split) -> None:

@@ -108,10 +108,19 @@ def default_comparison_layers(n_layers: int, sweep_layers: Sequence[int]) -> lis
     every sweep layer on a model of at most :data:`SHALLOW_LAYERS` layers; on a deeper one, ROME's early-middle
     layer alone (a third of the depth, the layer :func:`default_sweep_layers` always visits), since each
     comparison costs a whole ROME sweep per layer (on SmolLM2-135M on 2 CPU cores, 2–3 min per layer for 20 edits
-    of the authors' ROME; the template-averaged one optimises about 4× as many rows)."""
+    of the authors' ROME; the template-averaged one optimises about 4× as many rows). When the sweep was chosen by
+    hand without that layer, the sweep layer nearest to it (the lower of two as near).
+
+    Example:
+        >>> default_comparison_layers(30, [0, 10, 19, 29]), default_comparison_layers(18, [2, 9])
+        ([10], [9])
+    """
     if n_layers <= SHALLOW_LAYERS:
         return list(sweep_layers)
-    return [n_layers // 3]
+    third = n_layers // 3
+    if not sweep_layers or third in sweep_layers:
+        return [third]
+    return [min(sweep_layers, key=lambda layer: (abs(layer - third), layer))]
 
 
 def apply_edit(
