@@ -156,43 +156,17 @@ def check_mlp_layer(model: Any, layer: int) -> int:
 
 
 @contextlib.contextmanager
-def without_edge_hooks(model: Any) -> Iterator[Any]:
-    """Context manager: switch off the per-head results and split q/k/v/MLP inputs that edge patching needs.
+def _edge_settings(model: Any, attn_result: bool) -> Iterator[Any]:
+    """Split q/k/v/MLP inputs off, per-head results ``attn_result``; the model's previous settings back on exit.
 
-    Neuron work reads only ``hook_post``, ``hook_pattern`` and the logits, and a forward pass without the
-    per-head tensors is about twice as fast; the model's previous settings are restored on exit.
-    """
-    cfg = model.cfg
-    previous = (cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in)
-    model.set_use_attn_result(False)
-    model.set_use_split_qkv_input(False)
-    model.set_use_hook_mlp_in(False)
-    try:
-        yield model
-    finally:
-        model.set_use_attn_result(previous[0])
-        model.set_use_split_qkv_input(previous[1])
-        model.set_use_hook_mlp_in(previous[2])
-
-
-@contextlib.contextmanager
-def only_head_results(model: Any) -> Iterator[Any]:
-    """Context manager: keep the per-head results (``attn.hook_result``), switch off the split q/k/v/MLP inputs.
-
-    Head ablation and head patching read and write each head's output and nothing an edge receives, so they do
-    not pay for the per-head copies of the residual stream that edge patching needs: on SmolLM2 a pass of 96
-    prompts of 45 tokens takes about half the time, with the same logits (tested equal on every exact family,
-    ``tests/test_families.py``). The model's previous settings are restored on exit.
-
-    Example:
-        >>> with only_head_results(model):  # doctest: +SKIP
-        ...     logits = run_with_heads_ablated(model, batch, ["a3.h1"])
+    A family whose bridge refuses per-head results (GPT-J, GPT-Neo, OPT) keeps its setting: there the results come
+    from ``attn.hook_z`` (:mod:`kc_utils.models.edge_points`, route 2).
     """
     cfg = model.cfg
     previous = (cfg.use_attn_result, cfg.use_split_qkv_input, cfg.use_hook_mlp_in)
     try:
-        model.set_use_attn_result(True)
-    except NotImplementedError:  # GPT-J, GPT-Neo, OPT: the results come from attn.hook_z (edge_points, route 2)
+        model.set_use_attn_result(attn_result)
+    except NotImplementedError:
         pass
     model.set_use_split_qkv_input(False)
     model.set_use_hook_mlp_in(False)
@@ -202,6 +176,30 @@ def only_head_results(model: Any) -> Iterator[Any]:
         model.set_use_attn_result(previous[0])
         model.set_use_split_qkv_input(previous[1])
         model.set_use_hook_mlp_in(previous[2])
+
+
+def without_edge_hooks(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """Context manager: switch off the per-head results and split q/k/v/MLP inputs that edge patching needs.
+
+    Neuron work reads only ``hook_post``, ``hook_pattern`` and the logits, and a forward pass without the
+    per-head tensors is about twice as fast; the model's previous settings are restored on exit.
+    """
+    return _edge_settings(model, attn_result=False)
+
+
+def only_head_results(model: Any) -> contextlib.AbstractContextManager[Any]:
+    """Context manager: keep the per-head results (``attn.hook_result``), switch off the split q/k/v/MLP inputs.
+
+    Head ablation and head patching read and write each head's output and nothing an edge receives, so they do
+    not pay for the per-head copies of the residual stream that edge patching needs: one row of notebook 05's
+    Table 2 on SmolLM2 takes 0.63x the CPU time (``benchmarks/head_passes_speed.py``), with the same logits (tested
+    equal on every exact family, ``tests/test_families.py``). The model's previous settings are restored on exit.
+
+    Example:
+        >>> with only_head_results(model):  # doctest: +SKIP
+        ...     logits = run_with_heads_ablated(model, batch, ["a3.h1"])
+    """
+    return _edge_settings(model, attn_result=True)
 
 
 def neuron_output_weights(model: Any, layer: int) -> torch.Tensor:
