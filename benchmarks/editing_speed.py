@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from _checkouts import ROOT, cpu_name, other_checkout, run_worker
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 PHASES = ("evaluator", "key_statistics", "rome", "ft-m")
 
 
@@ -84,25 +81,10 @@ def _worker(phase: str, model_name: str, n_edits: int, layer: int | None, seed: 
 
 
 def _run(checkout: Path, phase: str, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, str(HERE / "editing_speed.py"), "--worker", phase, "--model", args.model]
-    command += ["--edits", str(args.edits), "--seed", str(args.seed)]
+    worker = ["--worker", phase, "--model", args.model, "--edits", str(args.edits), "--seed", str(args.seed)]
     if args.layer is not None:
-        command += ["--layer", str(args.layer)]
-    done = subprocess.run(command, env=env, cwd=checkout, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker {phase} in {checkout} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+        worker += ["--layer", str(args.layer)]
+    return run_worker(Path(__file__), checkout, worker)
 
 
 def main() -> None:
@@ -120,9 +102,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.model, args.edits, args.layer, args.seed)))
         return
-    if args.other is None or not (args.other / "kc_utils").is_dir():
-        parser.error("--other must name another checkout of the project (a folder with kc_utils/)")
-    checkouts = {"this": ROOT, "other": args.other.resolve()}
+    checkouts = {"this": ROOT, "other": other_checkout(parser, args.other)}
     runs: dict[str, dict[str, list[dict]]] = {phase: {"this": [], "other": []} for phase in args.phases}
     for repeat in range(args.repeats):
         for phase in args.phases:
@@ -138,7 +118,7 @@ def main() -> None:
         same = {k: (by["this"][0].get(k), by["other"][0].get(k)) for k in ("metrics", "trace")}
         summary.append({"phase": phase, "this_s": this, "other_s": other, "ratio": this / other, "results": same})
     report = {
-        "cpu": _cpu(),
+        "cpu": cpu_name(),
         "threads": 1,
         "model": args.model,
         "edits": args.edits,

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
+from _checkouts import ROOT, other_checkout, run_worker
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 def _worker(model_name: str, relation: str, n_facts: int, steps: int, out: Path) -> dict:
@@ -49,13 +48,9 @@ def _worker(model_name: str, relation: str, n_facts: int, steps: int, out: Path)
 
 
 def _run(checkout: Path, args: argparse.Namespace, out: Path) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, str(HERE / "neuron_speed.py"), "--worker", str(out), "--model", args.model]
-    command += ["--relation", args.relation, "--facts", str(args.facts), "--steps", str(args.steps)]
-    done = subprocess.run(command, env=env, cwd=checkout, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker in {checkout} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    worker = ["--worker", str(out), "--model", args.model, "--relation", args.relation]
+    worker += ["--facts", str(args.facts), "--steps", str(args.steps)]
+    return run_worker(Path(__file__), checkout, worker)
 
 
 def main() -> None:
@@ -71,13 +66,13 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args.model, args.relation, args.facts, args.steps, args.worker)))
         return
-    if args.other is None or not (args.other / "kc_utils").is_dir():
-        parser.error("--other must name another checkout of the project (a folder with kc_utils/)")
+    other_root = other_checkout(parser, args.other)
     import torch
 
     results, saved = {}, {}
-    for which, checkout in (("other", args.other.resolve()), ("this", ROOT)):
-        path = Path(f"/tmp/neuron_speed_{which}.pt")
+    scratch = Path(tempfile.mkdtemp(prefix="neuron_speed_"))
+    for which, checkout in (("other", other_root), ("this", ROOT)):
+        path = scratch / f"{which}.pt"
         results[which] = _run(checkout, args, path)
         saved[which] = torch.load(path)
         print(f"{which:5s} {results[which]['cpu_s']:8.1f} s of CPU", flush=True)

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from _checkouts import ROOT, other_checkout, run_worker
+
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 
 
 def _flat(metrics: dict, prefix: str = "") -> dict[str, float]:
@@ -66,13 +64,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
 
 def _run(checkout: Path, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(checkout), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [sys.executable, str(HERE / "relation_circuit_speed.py"), "--worker", "--model", args.model]
-    command += ["--relation", args.relation]
-    done = subprocess.run(command, env=env, cwd=checkout, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"worker in {checkout} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_worker(Path(__file__), checkout, ["--worker", "--model", args.model, "--relation", args.relation])
 
 
 def main() -> None:
@@ -86,10 +78,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args)))
         return
-    if args.other is None or not (args.other / "kc_utils").is_dir():
-        parser.error("--other must name another checkout of the project (a folder with kc_utils/)")
+    other_root = other_checkout(parser, args.other)
     results = {}
-    for which, checkout in (("other", args.other.resolve()), ("this", ROOT)):
+    for which, checkout in (("other", other_root), ("this", ROOT)):
         results[which] = _run(checkout, args)
         print(f"{which:5s} {results[which]['cpu_s']:8.1f} s of CPU", flush=True)
     this, other = results["this"], results["other"]
