@@ -76,10 +76,13 @@ sweep: install
 	$(if $(strip $(GRID) $(SWEEP_ARGS)),,$(error make sweep needs GRID=<file.yaml> and/or SWEEP_ARGS="-n 01 -g knob=a,b"))
 	$(PY) -m kc_utils.sweep $(GRID) $(SWEEP_ARGS)
 
-# the other notebooks start longest first (their one-thread times on SmolLM2, 2026-12-07: 05 about 23 min, 06 14,
-# 03 12, 04 and 07 about 9), so that the longest does not start last and run alone at the end; notebooks not named
-# here follow in their numeric order
-LONGEST_FIRST ?= 05 06 03 04 07
+# the other notebooks start longest first, so that the longest does not start last and run alone at the end: the
+# order of MODEL's one-thread times where they were measured (SmolLM2, 2026-12-07: 05 about 23-26 min, 06 and 03 13-14,
+# 04 12, 07 9; Gemma-3-270M at 86ba892: 04 28, 03 25, 05 20, 06 17, 07 12), else SmolLM2's; notebooks not named
+# follow in their numeric order; LONGEST_FIRST="..." sets it by hand
+LONGEST_FIRST_smollm2-135m := 05 06 03 04 07
+LONGEST_FIRST_gemma-3-270m := 04 03 05 06 07
+LONGEST_FIRST ?= $(or $(LONGEST_FIRST_$(MODEL)),$(LONGEST_FIRST_smollm2-135m))
 OTHER_NOTEBOOKS := $(filter-out $(CHAINED_NOTEBOOKS),$(RUN_NOTEBOOKS))
 ORDERED_NOTEBOOKS := $(foreach n,$(LONGEST_FIRST),$(filter runs/$(n)_%,$(OTHER_NOTEBOOKS)))
 ORDERED_NOTEBOOKS += $(filter-out $(ORDERED_NOTEBOOKS),$(OTHER_NOTEBOOKS))

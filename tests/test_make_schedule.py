@@ -72,7 +72,7 @@ with open(os.environ["FAKE_LOG"], "a") as log:
 """
 
 
-def _run_order(tmp_path: Path, jobs: int) -> list[str]:
+def _run_order(tmp_path: Path, jobs: int, *make_args: str) -> list[str]:
     """Events ('start 01', 'end 01', ...) of `make run-notebooks` with every notebook's run faked.
 
     05 takes longest, 01 is short: the schedule make picks decides whether 02 follows 01 at once.
@@ -93,7 +93,7 @@ def _run_order(tmp_path: Path, jobs: int) -> list[str]:
     log = tmp_path / "events.log"
     subprocess.run(
         ["make", "--no-print-directory", f"-j{jobs}", "run-notebooks", f"JOBS={jobs}", f"PY={fake}"]
-        + ["PROGRESS_EVERY=0.05"],
+        + ["PROGRESS_EVERY=0.05", *make_args],
         cwd=project,
         capture_output=True,
         text=True,
@@ -128,12 +128,37 @@ def test_one_job_runs_the_notebooks_in_turn(tmp_path):
     assert events.index("start 02") == events.index("end 01") + 1
 
 
-def test_the_other_notebooks_start_longest_first(tmp_path):
-    """05, the longest on a real model, starts beside the pair; the rest in the Makefile's LONGEST_FIRST order."""
-    events = _run_order(tmp_path, jobs=2)
-    started = [e.split()[1] for e in events if e.startswith("start") and e.split()[1] not in ("01", "02")]
-    named = re.search(r"^LONGEST_FIRST \?= (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+def _model_order(model: str) -> list[str]:
+    """The Makefile's longest-first order for ``model``."""
+    return re.search(rf"^LONGEST_FIRST_{model} := (.*)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+
+
+def _started_after_the_pair(events: list[str]) -> list[str]:
+    return [e.split()[1] for e in events if e.startswith("start") and e.split()[1] not in ("01", "02")]
+
+
+def _expected(named: list[str]) -> list[str]:
     present = sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    expected = [n for n in named if n in present] + [n for n in present if n not in named and n not in ("01", "02")]
-    assert started == expected, events
-    assert events[:2] in (["start 01", "start 05"], ["start 05", "start 01"]), events
+    return [n for n in named if n in present] + [n for n in present if n not in named and n not in ("01", "02")]
+
+
+@pytest.mark.parametrize("model", [None, "smollm2-135m", "gemma-3-270m"])
+def test_the_other_notebooks_start_longest_first_in_the_models_order(tmp_path, model):
+    """A model's longest notebook starts beside the pair, the rest in its order; a model with no measured order (the
+    organism) takes SmolLM2's."""
+    events = _run_order(tmp_path, 2, *([f"MODEL={model}"] if model else []))
+    named = _model_order(model or "smollm2-135m")
+    assert _started_after_the_pair(events) == _expected(named), events
+    assert events[:2] in (["start 01", f"start {named[0]}"], [f"start {named[0]}", "start 01"]), events
+
+
+def test_the_two_real_models_orders_differ_and_name_each_notebook_once():
+    smollm2, gemma = _model_order("smollm2-135m"), _model_order("gemma-3-270m")
+    assert smollm2 != gemma
+    for order in (smollm2, gemma):
+        assert len(order) == len(set(order)) and not {"01", "02"} & set(order)
+
+
+def test_an_order_given_by_hand_wins(tmp_path):
+    events = _run_order(tmp_path, 2, "MODEL=gemma-3-270m", "LONGEST_FIRST=07 06")
+    assert _started_after_the_pair(events) == _expected(["07", "06"]), events
