@@ -22,10 +22,10 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-__all__ = ["ROOT", "cpu_name", "other_checkout", "run_worker"]
+__all__ = ["ROOT", "cpu_name", "cpu_ratio", "other_checkout", "other_then_this", "run_worker"]
 
 #: This checkout: the folder above ``benchmarks/``.
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,29 @@ def run_worker(script: Path, checkout: Path, worker_args: Sequence[str], threads
         return json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError) as error:
         raise RuntimeError(f"worker in {checkout} printed no JSON result last: {done.stdout[-500:]!r}") from error
+
+
+def other_then_this(other: Path, run: Callable[[str, Path], dict]) -> dict[str, dict]:
+    """``run("other", other)`` then ``run("this", ROOT)``; each result's ``cpu_s`` printed as it comes.
+
+    Examples:
+        >>> results = other_then_this(ROOT, lambda which, checkout: {"cpu_s": 2.0 if which == "this" else 4.0})
+        other      4.0 s of CPU
+        this       2.0 s of CPU
+        >>> cpu_ratio(results)["ratio"]
+        0.5
+    """
+    results = {}
+    for which, checkout in (("other", other), ("this", ROOT)):
+        results[which] = run(which, checkout)
+        print(f"{which:5s} {results[which]['cpu_s']:8.1f} s of CPU", flush=True)
+    return results
+
+
+def cpu_ratio(results: dict[str, dict]) -> dict[str, float]:
+    """The report's CPU fields from :func:`other_then_this`'s results: both times and ``this / other``."""
+    this, other = results["this"]["cpu_s"], results["other"]["cpu_s"]
+    return {"this_cpu_s": this, "other_cpu_s": other, "ratio": this / other}
 
 
 def cpu_name() -> str:

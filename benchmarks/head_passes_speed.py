@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from _checkouts import ROOT, other_checkout, run_worker
+from _checkouts import cpu_ratio, other_checkout, other_then_this, run_worker
 
 HERE = Path(__file__).resolve().parent
 
@@ -71,11 +71,7 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args)))
         return
-    other_root = other_checkout(parser, args.other)
-    results = {}
-    for which, checkout in (("other", other_root), ("this", ROOT)):
-        results[which] = _run(checkout, args)
-        print(f"{which:5s} {results[which]['cpu_s']:8.1f} s of CPU", flush=True)
+    results = other_then_this(other_checkout(parser, args.other), lambda which, checkout: _run(checkout, args))
     this, other = results["this"]["row"], results["other"]["row"]
     numeric = [k for k, v in other.items() if isinstance(v, float)]
     report = {
@@ -86,9 +82,7 @@ def main() -> None:
         "heads": this["heads"],
         "random_sets": args.random,
         "other": str(args.other),
-        "this_cpu_s": results["this"]["cpu_s"],
-        "other_cpu_s": results["other"]["cpu_s"],
-        "ratio": results["this"]["cpu_s"] / results["other"]["cpu_s"],
+        **cpu_ratio(results),
         "max_abs_difference_of_the_row": max(abs(this[k] - other[k]) for k in numeric),
         "row": this,
     }

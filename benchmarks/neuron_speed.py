@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _checkouts import ROOT, other_checkout, run_worker
+from _checkouts import cpu_ratio, other_checkout, other_then_this, run_worker
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,22 +69,16 @@ def main() -> None:
     other_root = other_checkout(parser, args.other)
     import torch
 
-    results, saved = {}, {}
     scratch = Path(tempfile.mkdtemp(prefix="neuron_speed_"))
-    for which, checkout in (("other", other_root), ("this", ROOT)):
-        path = scratch / f"{which}.pt"
-        results[which] = _run(checkout, args, path)
-        saved[which] = torch.load(path)
-        print(f"{which:5s} {results[which]['cpu_s']:8.1f} s of CPU", flush=True)
+    results = other_then_this(other_root, lambda which, checkout: _run(checkout, args, scratch / f"{which}.pt"))
+    saved = {which: torch.load(scratch / f"{which}.pt") for which in results}
     report = {
         "model": args.model,
         "relation": args.relation,
         "facts": args.facts,
         "steps": args.steps,
         "other": str(args.other),
-        "this_cpu_s": results["this"]["cpu_s"],
-        "other_cpu_s": results["other"]["cpu_s"],
-        "ratio": results["this"]["cpu_s"] / results["other"]["cpu_s"],
+        **cpu_ratio(results),
         "prompts": results["this"]["prompts"],
         "max_abs_score_difference": float((saved["this"]["scores"] - saved["other"]["scores"]).abs().max()),
         "largest_score": float(saved["other"]["scores"].abs().max()),

@@ -20,7 +20,7 @@ import json
 import time
 from pathlib import Path
 
-from _checkouts import ROOT, other_checkout, run_worker
+from _checkouts import cpu_ratio, other_checkout, other_then_this, run_worker
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,20 +78,14 @@ def main() -> None:
     if args.worker:
         print(json.dumps(_worker(args)))
         return
-    other_root = other_checkout(parser, args.other)
-    results = {}
-    for which, checkout in (("other", other_root), ("this", ROOT)):
-        results[which] = _run(checkout, args)
-        print(f"{which:5s} {results[which]['cpu_s']:8.1f} s of CPU", flush=True)
+    results = other_then_this(other_checkout(parser, args.other), lambda which, checkout: _run(checkout, args))
     this, other = results["this"], results["other"]
     shared = sorted(set(this["metrics"]) & set(other["metrics"]))
     report = {
         "model": args.model,
         "relation": args.relation,
         "other": str(args.other),
-        "this_cpu_s": this["cpu_s"],
-        "other_cpu_s": other["cpu_s"],
-        "ratio": this["cpu_s"] / other["cpu_s"],
+        **cpu_ratio(results),
         "edges": this["edges"],
         "metrics_compared": len(shared),
         "max_abs_metric_difference": max((abs(this["metrics"][k] - other["metrics"][k]) for k in shared), default=None),

@@ -14,7 +14,7 @@ BENCHMARKS = ROOT / "benchmarks"
 SPEED_BENCHMARKS = ["editing_speed.py", "head_passes_speed.py", "neuron_speed.py", "relation_circuit_speed.py"]
 
 sys.path.insert(0, str(BENCHMARKS))
-from _checkouts import other_checkout, run_worker  # noqa: E402
+from _checkouts import cpu_ratio, other_checkout, other_then_this, run_worker  # noqa: E402
 
 
 def _checkout(tmp_path: Path, name: str, marker: str) -> Path:
@@ -61,6 +61,20 @@ def test_other_checkout_needs_a_folder_with_kc_utils(tmp_path):
     for bad in (None, tmp_path / "missing", tmp_path):
         with pytest.raises(SystemExit):
             other_checkout(parser, bad)
+
+
+def test_the_other_checkout_runs_first_and_the_ratio_is_this_over_other(tmp_path, capsys):
+    calls = []
+    other = _checkout(tmp_path, "before", "old")
+
+    def run(which, checkout):
+        calls.append((which, checkout))
+        return {"cpu_s": {"other": 8.0, "this": 2.0}[which]}
+
+    results = other_then_this(other, run)
+    assert calls == [("other", other), ("this", ROOT)]
+    assert cpu_ratio(results) == {"this_cpu_s": 2.0, "other_cpu_s": 8.0, "ratio": 0.25}
+    assert capsys.readouterr().out.splitlines()[0].split() == ["other", "8.0", "s", "of", "CPU"]
 
 
 @pytest.mark.parametrize("script", SPEED_BENCHMARKS)
