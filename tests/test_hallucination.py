@@ -531,6 +531,15 @@ def test_describe_repair_on_hand_made_summaries():
         prose.describe_repair({"top1_group": 0.5}, ["a2.h2"])
 
 
+def test_describe_untested_repair_says_how_many_failures_and_what_to_raise():
+    text = prose.describe_untested_repair("country_language", 1, 48)
+    assert text.startswith("**Repair not tested on `country_language`**: 1 knowledge-present failure among 48 facts")
+    assert f"needs at least {rep.MIN_HOLDOUT_FAILURES}" in text and "`n_prompts` or `max_failures`" in text
+    assert "3 knowledge-present failures among 10" in prose.describe_untested_repair("r", 3, 10)
+    with pytest.raises(ValueError, match="enough for a held-out repair"):
+        prose.describe_untested_repair("r", rep.MIN_HOLDOUT_FAILURES, 10)
+
+
 def test_baseline_head_sets_are_exhaustive_when_few():
     pool = ["a1.h0", "a1.h1", "a1.h2", "a1.h3"]
     assert rep.baseline_head_sets(pool, 2, 10, exclude=["a1.h0"]) == [

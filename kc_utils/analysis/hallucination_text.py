@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from kc_utils.analysis.failure_kinds import PROMPT_KINDS
-from kc_utils.analysis.head_repair import ALPHA
+from kc_utils.analysis.head_repair import ALPHA, MIN_HOLDOUT_FAILURES
 
 __all__ = [
     "describe_case",
@@ -25,6 +25,7 @@ __all__ = [
     "describe_kinds",
     "describe_repair",
     "describe_survey",
+    "describe_untested_repair",
     "describe_wrong_answers",
 ]
 
@@ -114,6 +115,25 @@ def describe_repair(
             f"size can reach p < {ALPHA:g} here."
         )
     return text
+
+
+def describe_untested_repair(relation: str, n_failures: int, n_facts: int) -> str:
+    """Why no held-out repair is scored on ``relation``: ``n_failures`` knowledge-present failures among ``n_facts``
+    facts are fewer than :data:`~kc_utils.analysis.head_repair.MIN_HOLDOUT_FAILURES`, and the knobs that add some.
+
+    Example:
+        >>> describe_untested_repair("country_language", 1, 48)[:60]
+        '**Repair not tested on `country_language`**: 1 knowledge-pre'
+    """
+    if n_failures >= MIN_HOLDOUT_FAILURES:
+        raise ValueError(f"{n_failures} failures are enough for a held-out repair (at least {MIN_HOLDOUT_FAILURES})")
+    plural = "s" if n_failures != 1 else ""
+    return (
+        f"**Repair not tested on `{relation}`**: {n_failures} knowledge-present failure{plural} "
+        f"among {n_facts} facts, and a held-out test needs at least {MIN_HOLDOUT_FAILURES} (heads chosen on half, "
+        "scored on the other half). Raise `n_prompts` or `max_failures`, or choose a relation with more failures "
+        '(`relation="auto"` picks the one with the most).'
+    )
 
 
 def describe_wrong_answers(kinds: pd.DataFrame, group_column: str = "group") -> str:
