@@ -357,3 +357,57 @@ def test_fewshot_facts_of_the_organism_and_missing_relations():
     assert pool == list(trained) and len(queries) == 8 and set(queries) <= set(trained)
     assert template.count("{}") == 1
     assert icl.fewshot_facts(["substance_phase"], "kc-organism", 8, seed=1)[0] == facts  # deterministic
+
+
+# ------------------------------------------------------------------------------------- which sets Table 2 ablates
+NEW, ATTENTION = icl.TABLE2_HEAD_SETS
+SETS = {
+    "with_new": {NEW: ["a5.h1", "a5.h2"], ATTENTION: ["a3.h0", "a4.h1", "a5.h1"]},
+    "without_new": {NEW: [], ATTENTION: ["a3.h0", "a4.h1", "a2.h2"]},
+}
+
+
+def test_auto_ablates_the_attention_heads_beside_the_new_ones_only_on_a_small_graph():
+    small, left_small = icl.table2_head_sets(SETS, n_edges=479)
+    assert small == {"with_new": SETS["with_new"], "without_new": {ATTENTION: SETS["without_new"][ATTENTION]}}
+    assert left_small == []
+    large, left_large = icl.table2_head_sets(SETS, n_edges=70_651)
+    assert large == {"with_new": {NEW: ["a5.h1", "a5.h2"]}, "without_new": {ATTENTION: ["a3.h0", "a4.h1", "a2.h2"]}}
+    assert left_large == ["with_new"]  # where no head is new the attention heads still stand in
+    assert list(large["with_new"]) == [NEW] and list(small["with_new"]) == [NEW, ATTENTION]  # the main row comes first
+
+
+def test_an_explicit_setting_overrides_the_graph_size():
+    assert icl.table2_head_sets(SETS, n_edges=70_651, setting=True) == icl.table2_head_sets(SETS, n_edges=479)
+    assert icl.table2_head_sets(SETS, n_edges=479, setting=False)[1] == ["with_new"]
+    with pytest.raises(ValueError, match="ablate_attention_heads='yes'"):
+        icl.table2_head_sets(SETS, n_edges=479, setting="yes")
+    with pytest.raises(ValueError, match="no head set named 'most attention"):
+        icl.table2_head_sets({"r": {NEW: ["a1.h0"]}}, n_edges=479)
+
+
+def test_the_left_out_sentence_names_the_relations_and_times_the_rows():
+    text = icl_text.attention_sets_left_out_sentence(["word_sentiment", "adj_comparative"], 70_651, 4, 200.0)
+    assert "graph of 70,651 edges" in text and "graphs up to 2,000 edges" in text
+    assert "in 2 relations (word_sentiment, adj_comparative)" in text
+    assert "the 4 rows above took 3 min 20 s, 50 s each on average" in text
+    assert "in 1 relation (word_sentiment)" in icl_text.attention_sets_left_out_sentence(["word_sentiment"], 9, 1, 5)
+    assert icl_text.attention_sets_left_out_sentence([], 70_651, 4, 200.0) == ""
+
+
+def test_scores_of_a_prompt_do_not_depend_on_the_length_sorted_chunks(tiny_model):
+    prompts = [
+        *build_fewshot_prompts(tiny_model, FACTS[:5], 0, "sentence", TEMPLATE, pool=FACTS, seed=0, relation="short"),
+        *build_fewshot_prompts(tiny_model, FACTS[:5], 2, "sentence", TEMPLATE, pool=FACTS, seed=0, relation="long"),
+    ]
+    alone = {}
+    for p in prompts:  # one prompt per pass: no padding at all
+        batch = fewshot_batch(tiny_model, [p], None)
+        with torch.no_grad():
+            scores = answer_scores(tiny_model(batch.clean), batch)
+        alone[(p.relation, p.subject)] = (float(scores["top1"][0]), float(scores["prob"][0]))
+    for size in (3, 32):
+        chunked = icl._per_prompt_scores(tiny_model, prompts, shuffled=False, batch_size=size)
+        assert set(chunked) == set(alone)
+        for key, (top1, prob) in alone.items():
+            assert chunked[key][0] == top1 and chunked[key][1] == pytest.approx(prob, rel=1e-5, abs=1e-7)

@@ -25,7 +25,7 @@ far more than when as many random heads are ablated. The pieces, in the order a 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ from kc_utils import models
 from kc_utils.analysis.head_groups import answer_scores, group_test_summary, group_vs_random
 from kc_utils.analysis.heads import resolve_heads
 from kc_utils.analysis.lens import parse_node
+from kc_utils.circuits.budget import SMALL_GRAPH_EDGES
 from kc_utils.circuits.compare import CircuitDiff
 from kc_utils.data.fewshot import FewShotPrompt, build_fewshot_prompts, check_format, fewshot_batch, shuffled_batch
 from kc_utils.data.prompts import PromptBatch
@@ -48,6 +49,7 @@ __all__ = [
     "PAPER_TABLE2",
     "PAPER_TABLE2_SOURCE",
     "SPAN_BUCKETS",
+    "TABLE2_HEAD_SETS",
     "TABLE2_RELATIONS",
     "accuracy_by_k",
     "circuit_changes_table",
@@ -56,6 +58,7 @@ __all__ = [
     "span_attention",
     "span_masks",
     "table2",
+    "table2_head_sets",
     "table2_row",
 ]
 
@@ -173,12 +176,21 @@ def accuracy_by_k(
 
 
 def _per_prompt_scores(
-    model: Any, prompts: Sequence[FewShotPrompt], shuffled: bool, batch_size: int = 256
+    model: Any, prompts: Sequence[FewShotPrompt], shuffled: bool, batch_size: int = 32
 ) -> dict[tuple[str, str], tuple[float, float]]:
-    """``{(relation, subject): (top1, prob)}`` of the prompts (or of their shuffled twins)."""
+    """``{(relation, subject): (top1, prob)}`` of the prompts (or of their shuffled twins).
+
+    The prompts run shortest first, ``batch_size`` at a time, so that each pass pads its rows to a length near
+    their own: every relation's prompts in one batch would pad them all to the longest (on SmolLM2-135M, the
+    sentence-format prompts with 4 demonstrations run from 33 to 56 tokens). A prompt's scores do not depend on
+    the rows beside it.
+    """
+    texts = [p.shuffled_prompt if shuffled else p.prompt for p in prompts]
+    lengths = [len(ids) for ids in models.tokenize(model, texts)]
+    ordered = [prompts[i] for i in sorted(range(len(prompts)), key=lambda i: lengths[i])]
     out = {}
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start : start + batch_size]
         batch = shuffled_batch(model, chunk) if shuffled else fewshot_batch(model, chunk, None)
         with torch.no_grad(), models.without_edge_hooks(model):  # a plain pass: no per-head edge point is read
             scores = answer_scores(
@@ -290,6 +302,66 @@ def circuit_changes_table(diffs: dict[str, CircuitDiff]) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------- Table 2
+#: Table 2's head sets per relation, in the order the relation's main row is chosen: the heads new in the k-shot
+#: circuit, else the heads with the most attention to the demonstrations.
+TABLE2_HEAD_SETS = ("new in the k-shot circuit", "most attention to demonstrations")
+
+
+def table2_head_sets(
+    head_sets: Mapping[str, Mapping[str, Sequence[str]]], n_edges: int, setting: bool | str = "auto"
+) -> tuple[dict[str, dict[str, list[str]]], list[str]]:
+    """The head sets Table 2 ablates, per relation, and the relations whose attention set is left out.
+
+    Each set ablated is a row of ``n_random + 1`` ablated passes over the k-shot prompts. The heads new in the
+    k-shot circuit are always ablated (the paper's Table 2); the heads with the most attention to the
+    demonstrations stand in where no head is new, and beside them only when ``setting`` says so: ``True``,
+    ``False``, or ``"auto"`` (on graphs of at most
+    :data:`~kc_utils.circuits.budget.SMALL_GRAPH_EDGES` edges, the organism's, where a row takes seconds; on
+    SmolLM2-135M's 70,651-edge graph each of those rows took about a minute on one thread).
+
+    Args:
+        head_sets: ``{relation: {set name: heads}}`` with the names of :data:`TABLE2_HEAD_SETS`.
+        n_edges: edges of the model's graph (``Graph.from_model(model).n_edges``).
+        setting: ``True``, ``False`` or ``"auto"``.
+
+    Returns:
+        ``(sets, left_out)``: the non-empty sets to ablate, in :data:`TABLE2_HEAD_SETS` order, and the relations
+        whose attention set was not ablated (because the new heads were and ``setting`` left it out).
+
+    Raises:
+        ValueError: ``setting`` is none of the three, or a relation lacks one of :data:`TABLE2_HEAD_SETS`.
+
+    Example:
+        >>> sets = {"r1": {"new in the k-shot circuit": ["a5.h1"], "most attention to demonstrations": ["a3.h0"]},
+        ...         "r2": {"new in the k-shot circuit": [], "most attention to demonstrations": ["a3.h0"]}}
+        >>> chosen, left_out = table2_head_sets(sets, n_edges=70_651)
+        >>> chosen["r1"], chosen["r2"], left_out
+        ({'new in the k-shot circuit': ['a5.h1']}, {'most attention to demonstrations': ['a3.h0']}, ['r1'])
+        >>> _, left_out_on_the_organism = table2_head_sets(sets, n_edges=479)
+        >>> left_out_on_the_organism
+        []
+    """
+    if setting not in ("auto", True, False):
+        raise ValueError(f"ablate_attention_heads={setting!r}: use 'auto', True or False")
+    both = n_edges <= SMALL_GRAPH_EDGES if setting == "auto" else bool(setting)
+    new_name, attention_name = TABLE2_HEAD_SETS
+    chosen: dict[str, dict[str, list[str]]] = {}
+    left_out = []
+    for relation, sets in head_sets.items():
+        missing = [name for name in TABLE2_HEAD_SETS if name not in sets]
+        if missing:
+            raise ValueError(f"{relation}: no head set named {missing[0]!r}; give both of {TABLE2_HEAD_SETS}")
+        new, attention = list(sets[new_name]), list(sets[attention_name])
+        chosen[relation] = {}
+        if new:
+            chosen[relation][new_name] = new
+        if attention and (both or not new):
+            chosen[relation][attention_name] = attention
+        elif attention:
+            left_out.append(relation)
+    return chosen, left_out
+
+
 def table2_row(
     model: Any,
     batch: PromptBatch,

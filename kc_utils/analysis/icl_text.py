@@ -8,11 +8,25 @@ from __future__ import annotations
 
 import pandas as pd
 
-__all__ = ["accuracy_sentence", "circuit_change_sentence", "departures_sentence", "table2_sentence"]
+from kc_utils.circuits.budget import SMALL_GRAPH_EDGES
+
+__all__ = [
+    "accuracy_sentence",
+    "attention_sets_left_out_sentence",
+    "circuit_change_sentence",
+    "departures_sentence",
+    "table2_sentence",
+]
 
 
 def _pct(x: float) -> str:
     return "n/a" if x != x else f"{x:.0f}%"
+
+
+def _duration(seconds: float) -> str:
+    """``"3 min 05 s"``, or ``"42 s"`` under a minute."""
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s" if whole >= 60 else f"{whole} s"
 
 
 def _points(x: float) -> str:
@@ -120,6 +134,40 @@ def table2_sentence(table: pd.DataFrame, n_sigma: float = 2.0, min_points: float
             f"{_points(paper_drop)} in the paper ({_points(paper_random_drop)} for random heads)."
         )
     return text
+
+
+def attention_sets_left_out_sentence(left_out: list[str], n_edges: int, n_rows: int, seconds: float) -> str:
+    """What ``ablate_attention_heads="auto"`` left out of Table 2, and what adding it costs, from this run's timing.
+
+    Args:
+        left_out: relations whose heads with the most attention to the demonstrations were not ablated
+            (:func:`kc_utils.analysis.icl.table2_head_sets`).
+        n_edges: edges of the model's graph.
+        n_rows: Table-2 rows this run computed; ``seconds``: the time they took.
+
+    Returns:
+        ``""`` when nothing was left out; else the sentence.
+
+    Example:
+        >>> attention_sets_left_out_sentence(["adj_comparative", "word_sentiment"], 70_651, 5, 250.0)[:60]
+        'Left out on this graph of 70,651 edges (`ablate_attention_he'
+    """
+    if not left_out:
+        return ""
+    average = seconds / n_rows if n_rows else float("nan")
+    timing = (
+        f"here the {n_rows} rows above took {_duration(seconds)}, {_duration(average)} each on average"
+        if n_rows
+        else "no row was computed here to time"
+    )
+    return (
+        f'Left out on this graph of {n_edges:,} edges (`ablate_attention_heads="auto"` ablates them on graphs up '
+        f"to {SMALL_GRAPH_EDGES:,} edges): the ablation of the heads with the most attention to the demonstrations, "
+        f"beside the new heads, in {len(left_out)} relation{'s' if len(left_out) != 1 else ''} "
+        f"({', '.join(left_out)}). Where those heads look is in the section above. `ablate_attention_heads=True` "
+        f"adds one row for each, with its own random sets; {timing}. Table 2 above, one row per relation, does not "
+        "change with them."
+    )
 
 
 def departures_sentence(

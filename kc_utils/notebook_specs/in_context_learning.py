@@ -77,6 +77,16 @@ IN_CONTEXT_LEARNING = NotebookSpec(
             "heads with the most attention to the demonstrations, ablated when no head is new (and reported beside)",
         ),
         Knob(
+            "ablate_attention_heads",
+            "auto",
+            one_of(("auto", True, False)),
+            (
+                "also ablate the heads with the most attention to the demonstrations beside the new heads (a Table 2 "
+                "row each, with its own random sets): True, False or auto (graphs up to 2,000 edges; they always "
+                "stand in where no head is new)"
+            ),
+        ),
+        Knob(
             "n_random", 20, number(20, integer=True), "random head sets of the same size for the baseline (at least 20)"
         ),
         Knob(
