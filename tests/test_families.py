@@ -322,6 +322,26 @@ def test_head_work_without_split_inputs_equals_the_edge_hooked_pass(folders, loa
     assert (full - models.logits_at(model, batch.clean, rows, batch.last_pos)).abs().max() > 1e-4  # the hooks bite
 
 
+@pytest.mark.parametrize("family", EXACT)
+def test_the_residual_stream_and_final_norm_do_not_depend_on_the_edge_hooks(folders, loaded, family, batch_args):
+    """The logit lens (every block's output stream), the final norm's scale and the logits node's input read the
+    same with the edge hooks on, with only the head results, and with none (the lens and the direct logit
+    attribution run without them)."""
+    model, _ = _load(folders, loaded, family)
+    batch = make_batch(model, *batch_args)
+    names = [models.INPUT_HOOK, *(models.resid_post_hook(layer) for layer in range(model.cfg.n_layers))]
+    names += [models.LOGITS_INPUT_HOOK, models.final_norm_scale_hook()]
+    with torch.no_grad():
+        hooked = models.cache_activations(model, batch.clean, names)
+        with models.only_head_results(model):
+            heads_only = models.cache_activations(model, batch.clean, names)
+        with models.without_edge_hooks(model):
+            plain = models.cache_activations(model, batch.clean, names)
+    for name in names:
+        torch.testing.assert_close(heads_only[name], hooked[name], atol=ATOL, rtol=1e-5)
+        torch.testing.assert_close(plain[name], hooked[name], atol=ATOL, rtol=1e-5)
+
+
 def test_wrong_post_norm_shares_are_caught_at_load(folders, monkeypatch):
     """The load-time checks are not vacuous for post-norms: shares off by 1% refuse the model."""
     from kc_utils.models.edge_points import PostNorm

@@ -225,3 +225,21 @@ def test_first_rank_layers_bad_inputs():
         lens.first_rank_layers(_lens_table([[0]], [[0]]), max_rank=-1)
     with pytest.raises(ValueError, match="no prompts"):
         lens.summarise_first_rank_layers(pd.DataFrame())
+
+
+def test_residuals_without_the_edge_hooks_equal_those_of_a_pass_with_them(tiny_model, batch):
+    from kc_utils import models
+
+    names = [models.INPUT_HOOK] + [models.resid_post_hook(layer) for layer in range(tiny_model.cfg.n_layers)]
+    with torch.no_grad():  # the model as loaded: every edge point on
+        _, cache = models.run_with_cache(tiny_model, batch.clean, names)
+    stack = lens.residual_by_layer(tiny_model, batch.clean)
+    torch.testing.assert_close(stack, torch.stack([cache[n] for n in names]), atol=1e-5, rtol=1e-5)
+
+
+def test_a_lens_on_given_residuals_is_the_lens_and_wrong_ones_are_refused(tiny_model, batch):
+    residuals = lens.residual_by_layer(tiny_model, batch.clean)
+    given = lens.logit_lens(tiny_model, batch, SUBJECTS, residuals=residuals)
+    assert given.equals(lens.logit_lens(tiny_model, batch, SUBJECTS))
+    with pytest.raises(ValueError, match="do not fit this batch"):
+        lens.logit_lens(tiny_model, batch, SUBJECTS, residuals=residuals[:, :2])

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from kc_utils import models
-from kc_utils.analysis.lens import logit_lens
+from kc_utils.analysis.lens import logit_lens, residual_by_layer
 from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
 from kc_utils.data.prompts import PromptBatch, make_batch
 
@@ -155,9 +155,13 @@ def classify_prompts(
     _check_rank(last_max_rank, "last_max_rank")
     if rule not in KNOWLEDGE_RULES:
         raise ValueError(f"unknown rule {rule!r}; use one of {KNOWLEDGE_RULES}")
-    table = classify_from_lens(logit_lens(model, batch, subjects), subject_max_rank, last_max_rank, rule)
+    residuals = residual_by_layer(model, batch.clean)  # one pass: the lens, and the model's own last logits
+    table = classify_from_lens(
+        logit_lens(model, batch, subjects, residuals=residuals), subject_max_rank, last_max_rank, rule
+    )
+    rows = torch.arange(len(batch), device=residuals.device)
     with torch.no_grad():
-        final = models.last_logits(model, batch.clean, batch.last_pos).float().softmax(-1)
+        final = models.unembed(model, residuals[-1][rows, batch.last_pos]).float().softmax(-1)
     top = final.max(-1)
     table.insert(2, "subject", list(subjects))
     table.insert(3, "answer", list(batch.answers))

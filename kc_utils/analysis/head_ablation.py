@@ -225,7 +225,7 @@ def head_ablation_effects(
     names = resolve_heads(model, heads)
     if not names:
         raise ValueError("no heads to ablate: the circuit has no attention heads")
-    with torch.no_grad():
+    with torch.no_grad(), models.without_edge_hooks(model):
         clean_logprobs = models.last_logits(model, batch.clean, batch.last_pos).float().log_softmax(-1)  # [b, v]
     clean_probs = clean_logprobs.exp()
     answer_clean = clean_logprobs.gather(1, batch.answer[:, None])[:, 0]

@@ -218,7 +218,7 @@ def attention_patterns(
     labels = position_labels(model, batch, prompt_index)
     n = len(labels)
     layers = sorted({int(parse_node(model, h)[1]) for h in names})
-    with torch.no_grad():
+    with torch.no_grad(), models.without_edge_hooks(model):  # patterns only
         cache = models.cache_activations(
             model, batch.clean[prompt_index : prompt_index + 1], [models.attn_pattern_hook(layer) for layer in layers]
         )

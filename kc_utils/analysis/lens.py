@@ -153,10 +153,19 @@ def _check_targets(batch: PromptBatch, targets: Tensor | None) -> Int[Tensor, "b
 
 
 def residual_by_layer(model: Any, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "layer b p d"]:
-    """The residual stream before block 0 (index 0: embeddings) and after every block (1 … L)."""
+    """The residual stream before block 0 (index 0: embeddings) and after every block (1 … L).
+
+    The pass runs without the per-head tensors of edge patching (:func:`kc_utils.models.without_edge_hooks`): the
+    residual stream does not depend on them (tested on every exact family), and on SmolLM2-135M they cost most of a
+    lens pass.
+
+    Example:
+        >>> residual_by_layer(model, tokens).shape  # doctest: +SKIP
+        torch.Size([31, 2, 7, 576])
+    """
     n_layers = models.model_shape(model).n_layers
     names = [models.INPUT_HOOK] + [models.resid_post_hook(layer) for layer in range(n_layers)]
-    with torch.no_grad():
+    with torch.no_grad(), models.without_edge_hooks(model):
         cache = models.cache_activations(model, tokens, names)
     return torch.stack([cache[n] for n in names])
 
@@ -166,6 +175,7 @@ def logit_lens(
     batch: PromptBatch,
     subjects: Sequence[str] | None = None,
     targets: Int[Tensor, "b"] | None = None,
+    residuals: Float[Tensor, "layer b p d"] | None = None,
 ) -> pd.DataFrame:
     """Logit lens: the target's rank and probability after every block.
 
@@ -173,6 +183,8 @@ def logit_lens(
         batch: prompts (right-padded; read at ``batch.last_pos``).
         subjects: one subject per prompt; adds the best rank over the subject's positions.
         targets: ``Int[b]`` token per prompt (default: ``batch.answer``).
+        residuals: :func:`residual_by_layer` of ``batch.clean``, when the caller has it already (its last layer
+            also gives the model's own last-position logits: ``unembed(model, residuals[-1][rows, last_pos])``).
 
     Returns:
         A tidy frame, one row per prompt × layer, with columns ``prompt_index``, ``prompt``,
@@ -184,7 +196,12 @@ def logit_lens(
     """
     targets = _check_targets(batch, targets)
     mask = subject_mask(model, batch, subjects) if subjects is not None else None
-    stack = residual_by_layer(model, batch.clean)
+    stack = residual_by_layer(model, batch.clean) if residuals is None else residuals
+    if stack.shape[1:3] != batch.clean.shape:
+        raise ValueError(
+            f"residuals of shape {tuple(stack.shape)} do not fit this batch of shape {tuple(batch.clean.shape)}: "
+            "pass residual_by_layer(model, batch.clean), or leave residuals out"
+        )
     rows = torch.arange(len(batch), device=batch.clean.device)
     target_strings = models.token_strings(model, targets.tolist())
     records: list[dict[str, Any]] = []
@@ -305,7 +322,7 @@ def summarise_first_rank_layers(first: pd.DataFrame) -> dict[str, float]:
 # ----------------------------------------------------------------------------- frozen-scale unembedding
 def final_norm_scale(model: Any, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "b p"]:
     """The final norm's divisor on a clean run (LayerNorm std or RMS, eps included)."""
-    with torch.no_grad():
+    with torch.no_grad(), models.without_edge_hooks(model):
         cache = models.cache_activations(model, tokens, [models.final_norm_scale_hook()])
     return cache[models.final_norm_scale_hook()][..., 0]
 
@@ -452,7 +469,7 @@ def decompose_residual_with_cache(
     names = [models.INPUT_HOOK, models.LOGITS_INPUT_HOOK, models.final_norm_scale_hook()]
     for layer in range(n_layers):
         names += [models.head_result_hook(layer), models.mlp_out_hook(layer)]
-    with torch.no_grad():
+    with torch.no_grad(), models.only_head_results(model):  # head outputs, never an edge's split input
         cache = models.cache_activations(model, batch.clean, [*names, *extra_hooks])
     rows = torch.arange(len(batch), device=batch.clean.device)
     parts = [cache[models.INPUT_HOOK][rows, positions][None]]
