@@ -11,7 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
-SPEED_BENCHMARKS = ["editing_speed.py", "head_passes_speed.py", "neuron_speed.py", "relation_circuit_speed.py"]
+SPEED_BENCHMARKS = [
+    "accuracy_speed.py",
+    "editing_speed.py",
+    "failure_analysis_speed.py",
+    "head_passes_speed.py",
+    "neuron_speed.py",
+    "relation_circuit_speed.py",
+]
 
 sys.path.insert(0, str(BENCHMARKS))
 from _checkouts import cpu_ratio, other_checkout, other_then_this, run_worker  # noqa: E402

@@ -15,10 +15,10 @@ from kc_utils.analysis import hallucination_text as prose
 from kc_utils.analysis import head_repair as rep
 from kc_utils.analysis import wrong_answer_heads as wah
 from kc_utils.analysis.head_ablation import run_with_heads_ablated
-from kc_utils.analysis.head_groups import all_heads, group_ablation_summary
+from kc_utils.analysis.head_groups import all_heads, group_ablation_summary, score_row
 from kc_utils.analysis.lens import logit_lens, project_node
 from kc_utils.analysis.wrong_answers import AttributeIndex, name_wrong_answers
-from kc_utils.data.metrics import answer_logits
+from kc_utils.data.metrics import answer_logits, rank_of
 from kc_utils.data.prompts import make_batch
 from kc_utils.data.relations import Relation
 
@@ -368,9 +368,9 @@ def test_patching_from_other_prompts_equals_a_hand_made_swap(tiny_model):
         rep.patch_heads_from_prompts(tiny_model, batch, source, [])
 
 
-def test_patching_resumed_at_the_lowest_patched_layer_is_the_same(tiny_model, monkeypatch):
+def test_patching_resumed_at_the_lowest_patched_layer_is_the_same(tiny_model):
     """With the batch's streams recorded once, a patched pass resumes at its lowest layer: the same logits as the
-    hand-made swap at every layer, and repair tables equal to those of full passes (resumption switched off)."""
+    hand-made swap at every layer."""
     batch = make_batch(tiny_model, PROMPTS, ANSWERS)
     source = make_batch(tiny_model, SOURCES, ANSWERS)
     entering = models.streams_entering(tiny_model, batch.clean, range(tiny_model.cfg.n_layers))
@@ -379,18 +379,26 @@ def test_patching_resumed_at_the_lowest_patched_layer_is_the_same(tiny_model, mo
         by_hand = _patched_by_hand(tiny_model, batch, source, layer, 2)
         rows = torch.arange(len(batch))
         torch.testing.assert_close(resumed[:, 0], by_hand[rows, batch.last_pos], atol=1e-5, rtol=1e-5)
+
+
+def test_repairs_with_several_sets_per_pass_equal_one_full_pass_per_set(tiny_model):
+    """``repair`` and ``repair_by_each_head`` run their head sets side by side, each pass resumed at its sets'
+    lowest layer: every row equals the one a full pass per set gives (``patch_heads_from_prompts``)."""
+    batch = make_batch(tiny_model, PROMPTS, ANSWERS)
+    source = make_batch(tiny_model, SOURCES, ANSWERS)
+    seen = batch.at_last_position()
     heads = all_heads(tiny_model)
-    tables = [
-        rep.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=5, progress=False),
-        rep.repair_by_each_head(tiny_model, batch, source, heads),
-    ]
-    monkeypatch.setattr(models, "streams_entering", lambda model, tokens, layers: {})  # every pass in full
-    full = [
-        rep.repair(tiny_model, batch, ["a1.h2"], "patch", source=source, n_random=5, progress=False),
-        rep.repair_by_each_head(tiny_model, batch, source, heads),
-    ]
-    for resumed_table, full_table in zip(tables, full):
-        pd.testing.assert_frame_equal(resumed_table, full_table, check_exact=False, atol=1e-6)
+    each = rep.repair_by_each_head(tiny_model, batch, source, heads)
+    for head in heads:
+        alone = rep.patch_heads_from_prompts(tiny_model, batch, source, [head], last_only=True)[:, 0].float()
+        got = each[each["head"] == head].sort_values("prompt_index")
+        assert got["answer_rank"].tolist() == rank_of(alone, batch.answer).tolist()
+    table = rep.repair(tiny_model, batch, ["a1.h2", "a0.h1"], "patch", source=source, n_random=9, progress=False)
+    assert len(table) == 11
+    for _, row in table.iloc[1:].iterrows():
+        alone = rep.patch_heads_from_prompts(tiny_model, batch, source, list(row["heads"]), last_only=True)
+        expected = score_row(row["set"], row["heads"], alone, seen, row["draw"])
+        assert row["top1"] == expected["top1"] and row["prob"] == pytest.approx(expected["prob"], rel=1e-5, abs=1e-7)
 
 
 def test_repair_rate_where_the_answer_is_known(tiny_model):

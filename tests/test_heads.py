@@ -8,6 +8,7 @@ import pytest
 import torch
 from relations import factual_relation
 
+from kc_utils import models
 from kc_utils.analysis import head_ablation as ablation
 from kc_utils.analysis import heads, lens
 from kc_utils.circuits.graph import Graph
@@ -454,6 +455,23 @@ def test_evaluate_head_sets_equals_one_run_per_set(tiny_model, batch, test, how)
         else:
             expected = ablation.run_with_heads_ablated(tiny_model, batch, heads_set, how)
         torch.testing.assert_close(logits, expected[rows, batch.last_pos], atol=1e-4, rtol=0)
+
+
+def test_given_patch_values_are_written_and_checked(tiny_model, batch):
+    """Patching with ``patch_values`` writes them where the corrupt run's outputs would go: giving the corrupt run's
+    own outputs is the default patching; values for the wrong test or missing layers are refused."""
+    from kc_utils.analysis import head_groups
+
+    sets = [["a1.h2"], ["a0.h0", "a1.h1"]]
+    with torch.no_grad(), models.only_head_results(tiny_model):
+        corrupt = models.cache_activations(tiny_model, batch.corrupt, [models.head_result_hook(i) for i in (0, 1)])
+    values = {i: corrupt[models.head_result_hook(i)] for i in (0, 1)}
+    given = head_groups.evaluate_head_sets(tiny_model, batch, sets, "patching", patch_values=values)
+    torch.testing.assert_close(given, head_groups.evaluate_head_sets(tiny_model, batch, sets, "patching"))
+    with pytest.raises(ValueError, match="patch_values are written by test='patching'"):
+        head_groups.evaluate_head_sets(tiny_model, batch, sets, "ablation", patch_values=values)
+    with pytest.raises(ValueError, match=r"patch_values lack the layers \[0\]"):
+        head_groups.evaluate_head_sets(tiny_model, batch, sets, "patching", patch_values={1: values[1]})
 
 
 def test_group_vs_random_rows_overlap_and_summary(tiny_model, batch):

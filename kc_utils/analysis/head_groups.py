@@ -247,6 +247,7 @@ def evaluate_head_sets(
     means: dict[str, Tensor] | None = None,
     position: str = "last",
     sets_per_pass: int = 8,
+    patch_values: dict[int, Tensor] | None = None,
 ) -> Float[Tensor, "s b v"]:
     """Last-position logits with each set of heads ablated (or patched) together, several sets per pass.
 
@@ -262,6 +263,9 @@ def evaluate_head_sets(
             over the batch when not given).
         position: for patching, ``"last"`` or ``"all"``.
         sets_per_pass: sets per forward pass (memory grows with it).
+        patch_values: for patching, the head outputs to write instead of the corrupt run's: ``{layer: [b, p, h, d]}``
+            for every layer of the sets (e.g. another prompt's outputs placed at this batch's last positions, as
+            :func:`kc_utils.analysis.head_repair.repair` does); the batch then needs no corrupt prompts.
 
     Returns:
         ``[n_sets, b, vocab]`` logits at each prompt's last position.
@@ -282,7 +286,14 @@ def evaluate_head_sets(
     layers = sorted({int(parse_node(model, h)[1]) for h in named})
     device, b = batch.clean.device, len(batch)
     replacement: dict[int, Tensor] = {}  # layer -> [b, p, n_heads, d] (or broadcastable) values to write
-    if test == "patching":
+    if patch_values is not None and test != "patching":
+        raise ValueError(f"patch_values are written by test='patching', not test={test!r}")
+    if test == "patching" and patch_values is not None:
+        absent = [layer for layer in layers if layer not in patch_values]
+        if absent:
+            raise ValueError(f"patch_values lack the layers {absent} of the head sets; give [b, p, h, d] for each")
+        replacement = {layer: patch_values[layer] for layer in layers}
+    elif test == "patching":
         if batch.corrupt is None:
             raise ValueError("head-output patching needs corrupted prompts; build the batch with corrupt_prompts")
         with torch.no_grad(), models.only_head_results(model):

@@ -195,18 +195,40 @@ def repair(
                 }
             )
         return pd.DataFrame.from_records(rows)
-    taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
-    with torch.no_grad():
+    with torch.no_grad(), models.without_edge_hooks(model):
         plain = models.last_logits(model, batch.clean, batch.last_pos)[:, None]
     seen = batch.at_last_position()  # only the last positions are unembedded: logits [b, 1, v]
     rows.append(score_row("none", (), plain, seen, None))
-    # each set's pass resumes at its lowest layer from the batch's streams, recorded once
-    layers = sorted({layer for _, _, names in sets[1:] for layer in heads_by_layer(model, names)})
-    entering = models.streams_entering(model, batch.clean, layers)
-    for kind, draw, names in tqdm(sets[1:], desc="head sets", disable=not progress, leave=False):
-        patched = patch_heads_from_prompts(model, batch, source, names, taken, last_only=True, entering=entering)
-        rows.append(score_row(kind, names, patched, seen, draw))
+    patched = _patched_sets(model, batch, source, [names for _, _, names in sets[1:]], progress)
+    for (kind, draw, names), logits in zip(sets[1:], patched):
+        rows.append(score_row(kind, names, logits[:, None], seen, draw))
     return pd.DataFrame.from_records(rows)
+
+
+def _patched_sets(
+    model: Any, batch: PromptBatch, source: PromptBatch, sets: Sequence[Sequence[str]], progress: bool = False
+) -> Float[Tensor, "s b v"]:
+    """Last-position logits of ``batch`` with each set's last-position outputs taken from ``source``.
+
+    The same as :func:`patch_heads_from_prompts` once per set (tested), with several sets side by side in each
+    pass, each pass resumed at its sets' lowest layer (:func:`~kc_utils.analysis.head_groups.evaluate_head_sets`):
+    a baseline of 100 single heads over a few short prompts is 100 passes of a few rows each otherwise.
+    """
+    if len(source) != len(batch):
+        raise ValueError(f"the source has {len(source)} prompts but the batch {len(batch)}; pair them one to one")
+    taken = last_position_head_outputs(model, source)  # [layer, b, head, d]
+    rows = torch.arange(len(batch), device=batch.clean.device)
+    values = {}
+    for layer in sorted({layer for names in sets for layer in heads_by_layer(model, names)}):
+        value = torch.zeros((*batch.clean.shape, *taken.shape[2:]), dtype=taken.dtype, device=taken.device)
+        value[rows, batch.last_pos] = taken[layer]
+        values[layer] = value
+    chunk = 64  # sets per call: the progress bar moves between calls
+    parts = [
+        evaluate_head_sets(model, batch, sets[start : start + chunk], "patching", position="last", patch_values=values)
+        for start in tqdm(range(0, len(sets), chunk), desc="head sets", disable=not progress, leave=False)
+    ]
+    return torch.cat(parts)
 
 
 def repair_by_each_head(
@@ -218,13 +240,9 @@ def repair_by_each_head(
         One row per prompt × head: ``prompt_index``, ``head``, ``repaired`` (bool), ``answer_rank``.
     """
     names = resolve_heads(model, heads)
-    taken = last_position_head_outputs(model, source) if len(source) == len(batch) else None
-    # every head's pass resumes at its own layer from the batch's streams, recorded once
-    entering = models.streams_entering(model, batch.clean, sorted(heads_by_layer(model, names)))
     records = []
-    for name in names:
-        final = patch_heads_from_prompts(model, batch, source, [name], taken, True, entering)[:, 0].float()
-        ranks = rank_of(final, batch.answer)
+    for name, final in zip(names, _patched_sets(model, batch, source, [[name] for name in names])):
+        ranks = rank_of(final.float(), batch.answer)
         records += [
             {"prompt_index": i, "head": name, "repaired": bool(ranks[i] == 0), "answer_rank": int(ranks[i])}
             for i in range(len(batch))
