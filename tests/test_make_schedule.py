@@ -61,21 +61,34 @@ def test_threads_can_be_set_by_hand():
 
 # ----------------------------------------------------------------------------- the order notebooks run in
 FAKE_NOTEBOOK_RUN = """#!{python}
-# stands in for `python -m kc_utils.execute notebooks/X.ipynb runs/X.ipynb ...`: logs its start and end
+# stands in for `python -m kc_utils.execute notebooks/X.ipynb runs/X.ipynb ...`: logs its start and end. The notebook
+# named FAKE_HOLD (the longest) keeps its slot until every notebook in FAKE_OTHERS has ended, so that the others run
+# one after another in the other slot and their start order is make's, not a race between two starting processes.
 import os, sys, time
 name = os.path.basename(sys.argv[3])[:2]
-with open(os.environ["FAKE_LOG"], "a") as log:
+log_path = os.environ["FAKE_LOG"]
+with open(log_path, "a") as log:
     log.write(f"start {{name}}\\n")
-time.sleep({{"01": 0.2, "02": 0.4, "05": 1.5}}.get(name, 0.2))
-with open(os.environ["FAKE_LOG"], "a") as log:
+if name == os.environ.get("FAKE_HOLD"):
+    others = [n for n in os.environ["FAKE_OTHERS"].split(",") if n]
+    deadline = time.monotonic() + 120
+    while not all(f"end {{n}}" in open(log_path).read().split("\\n") for n in others):
+        if time.monotonic() > deadline:
+            sys.exit(f"{{name}} waited 120 s for {{others}} to end")
+        time.sleep(0.02)
+else:
+    time.sleep({{"01": 0.2, "02": 0.4}}.get(name, 0.1))
+with open(log_path, "a") as log:
     log.write(f"end {{name}}\\n")
 """
 
 
-def _run_order(tmp_path: Path, jobs: int, *make_args: str) -> list[str]:
+def _run_order(tmp_path: Path, jobs: int, *make_args: str, hold: str | None = None) -> list[str]:
     """Events ('start 01', 'end 01', ...) of `make run-notebooks` with every notebook's run faked.
 
-    05 takes longest, 01 is short: the schedule make picks decides whether 02 follows 01 at once.
+    ``hold`` (with ``jobs`` of 2) is the longest: it ends only after every other notebook but 01 and 02, which run
+    in the other slot, so the order they start in is make's; 01 is short, so the schedule make picks decides whether
+    02 follows 01 at once.
     """
     project = tmp_path / "project"
     (project / "notebooks").mkdir(parents=True)
@@ -91,6 +104,8 @@ def _run_order(tmp_path: Path, jobs: int, *make_args: str) -> list[str]:
     fake.write_text(FAKE_NOTEBOOK_RUN.format(python=sys.executable))
     fake.chmod(0o755)
     log = tmp_path / "events.log"
+    present = sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    others = ",".join(n for n in present if n not in ("01", "02", hold))
     subprocess.run(
         ["make", "--no-print-directory", f"-j{jobs}", "run-notebooks", f"JOBS={jobs}", f"PY={fake}"]
         + ["PROGRESS_EVERY=0.05", *make_args],
@@ -98,7 +113,7 @@ def _run_order(tmp_path: Path, jobs: int, *make_args: str) -> list[str]:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "MAKEFLAGS": "", "FAKE_LOG": str(log)},
+        env={**os.environ, "MAKEFLAGS": "", "FAKE_LOG": str(log), "FAKE_HOLD": hold or "", "FAKE_OTHERS": others},
     )
     return log.read_text().split("\n")[:-1]
 
@@ -112,7 +127,7 @@ def _most_at_once(events: list[str]) -> int:
 
 
 def test_notebook_02_starts_as_soon_as_01_is_done_and_jobs_bound_the_parallel_runs(tmp_path):
-    events = _run_order(tmp_path, jobs=2)
+    events = _run_order(tmp_path, jobs=2, hold="05")
     n_notebooks = len(list((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")))
     assert sorted(e for e in events if e.startswith("start")) == sorted({e for e in events if e.startswith("start")})
     assert len(events) == 2 * n_notebooks, events
@@ -146,8 +161,8 @@ def _expected(named: list[str]) -> list[str]:
 def test_the_other_notebooks_start_longest_first_in_the_models_order(tmp_path, model):
     """A model's longest notebook starts beside the pair, the rest in its order; a model with no measured order (the
     organism) takes SmolLM2's."""
-    events = _run_order(tmp_path, 2, *([f"MODEL={model}"] if model else []))
     named = _model_order(model or "smollm2-135m")
+    events = _run_order(tmp_path, 2, *([f"MODEL={model}"] if model else []), hold=named[0])
     assert _started_after_the_pair(events) == _expected(named), events
     assert events[:2] in (["start 01", f"start {named[0]}"], [f"start {named[0]}", "start 01"]), events
 
@@ -160,5 +175,5 @@ def test_the_two_real_models_orders_differ_and_name_each_notebook_once():
 
 
 def test_an_order_given_by_hand_wins(tmp_path):
-    events = _run_order(tmp_path, 2, "MODEL=gemma-3-270m", "LONGEST_FIRST=07 06")
+    events = _run_order(tmp_path, 2, "MODEL=gemma-3-270m", "LONGEST_FIRST=07 06", hold="07")
     assert _started_after_the_pair(events) == _expected(["07", "06"]), events
