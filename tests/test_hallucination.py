@@ -777,3 +777,122 @@ def test_failure_counts_agree_with_the_classification(tiny_model):
     assert row["n_prompts"] == 4 and sum(row[c] for c in COUNT_COLUMNS[1:]) == 4
     assert row["knowledge_present"] == (kinds["kind"] == "knowledge_present").sum()
     assert row["correct"] == (kinds["kind"] == "correct").sum()
+
+
+def test_a_classification_read_back_equals_classifying_again(tiny_model, monkeypatch):
+    relation = _capital_relation(list(zip(SUBJECTS, ANSWERS)))
+    index = AttributeIndex.from_relations(tiny_model, {"country_capital": relation})
+    template = "the capital of {} is"
+    done = fk.classify_relation(tiny_model, "country_capital", SUBJECTS, ANSWERS, template, index, subject_max_rank=5)
+    fresh = {
+        n: fk.classify_and_name(tiny_model, "country_capital", SUBJECTS[:n], ANSWERS[:n], template, index, 5)
+        for n in (2, 4)
+    }
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model ran although a classification served the call")
+
+    monkeypatch.setattr(fk, "classify_prompts", no_model)
+    for n, (kinds, batch) in fresh.items():
+        read, read_batch = fk.classify_and_name(
+            tiny_model, "country_capital", SUBJECTS[:n], ANSWERS[:n], template, index, 5, reuse=[done]
+        )
+        assert list(read.columns) == list(kinds.columns) and list(read.index) == list(kinds.index)
+        for column in ("kind", "final_rank", "subject_best_rank", "prediction_id", "wrong_kind"):
+            assert read[column].tolist() == kinds[column].tolist(), column
+        np.testing.assert_allclose(read["confidence"], kinds["confidence"], rtol=1e-5)  # the first rows of a batch
+        assert torch.equal(read_batch.clean, batch.clean) and read_batch.prompts == batch.prompts
+    read.loc[0, "kind"] = "changed"  # a copy: the kept table does not change
+    assert done.kinds.loc[0, "kind"] != "changed"
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["relation", "template", "threshold", "rule", "index", "not_a_prefix", "answers", "more_facts"],
+)
+def test_a_classification_serves_only_the_same_question(tiny_model, change):
+    relation = _capital_relation(list(zip(SUBJECTS, ANSWERS)))
+    index = AttributeIndex.from_relations(tiny_model, {"country_capital": relation})
+    done = fk.classify_relation(tiny_model, "country_capital", SUBJECTS[:3], ANSWERS[:3], "the capital of {} is", index)
+    asked = dict(
+        relation="country_capital",
+        subjects=SUBJECTS[:2],
+        answers=ANSWERS[:2],
+        template="the capital of {} is",
+        thresholds=(2, 2, "subject"),
+        index=index,
+    )
+    assert done.serves(**asked)
+    changed = {
+        "relation": {"relation": "capital"},
+        "template": {"template": "the capital city of {} is"},
+        "threshold": {"thresholds": (3, 2, "subject")},
+        "rule": {"thresholds": (2, 2, "either")},
+        "index": {"index": AttributeIndex.from_relations(tiny_model, {"country_capital": relation})},
+        "not_a_prefix": {"subjects": SUBJECTS[1:3], "answers": ANSWERS[1:3]},
+        "answers": {"answers": [ANSWERS[0], "Berlin"]},
+        "more_facts": {"subjects": SUBJECTS, "answers": ANSWERS},
+    }[change]
+    assert not done.serves(**{**asked, **changed})
+    with pytest.raises(ValueError, match="n must be between 1 and 3"):
+        done.first(4)
+
+
+def test_failure_counts_read_back_the_survey_classification(tiny_model, monkeypatch):
+    from kc_utils.analysis import failing_relation as fr
+
+    relation = _capital_relation(list(zip(SUBJECTS, ANSWERS)))
+    index = AttributeIndex.from_relations(tiny_model, {"country_capital": relation})
+    facts = {"country_capital": ("the capital of {} is", list(zip(SUBJECTS, ANSWERS))[:2])}
+    counts = fr.failure_counts(tiny_model, facts, index, progress=False, subject_max_rank=5)
+    done = fk.classify_relation(tiny_model, "country_capital", SUBJECTS, ANSWERS, "the capital of {} is", index, 5)
+    monkeypatch.setattr(fk, "classify_prompts", lambda *a, **k: pytest.fail("the lens ran again"))
+    again = fr.failure_counts(tiny_model, facts, index, progress=False, reuse=[done], subject_max_rank=5)
+    pd.testing.assert_frame_equal(again, counts)
+
+
+def test_the_survey_classifies_each_relation_once_and_the_analysis_reads_it(tiny_gpt2, monkeypatch):
+    from types import SimpleNamespace
+
+    from kc_utils.analysis import failing_relation as fr
+
+    index = AttributeIndex.from_token_facts(
+        [
+            ("capital", s, models.continuation_first_token(tiny_gpt2, p, a))
+            for p, s, a in zip(PROMPTS, SUBJECTS, ANSWERS)
+        ]
+    )
+    fact = [SimpleNamespace(subject=s, object=a) for s, a in zip(SUBJECTS, ANSWERS)]
+    split = SimpleNamespace(
+        relations={
+            "capital": SimpleNamespace(unseen_templates=["the capital of {} is"], trained=fact),
+            "none": SimpleNamespace(unseen_templates=["{} is"], trained=[]),
+        }
+    )
+    done = fr.split_classifications(
+        tiny_gpt2, split, ["capital", "none"], index, 3, progress=False, subject_max_rank=10_000
+    )
+    assert [(d.relation, d.subjects, d.template) for d in done] == [
+        ("capital", tuple(SUBJECTS[:3]), "the capital of {} is")
+    ]
+    arguments = (
+        tiny_gpt2,
+        "capital",
+        SUBJECTS[:3],
+        ANSWERS[:3],
+        "the capital of {} is",
+        "the official capital city of {} is",
+        index,
+    )
+    before = hal.analyse_failures(*arguments, subject_max_rank=10_000, n_random=3)
+    monkeypatch.setattr(fk, "classify_prompts", lambda *a, **k: pytest.fail("the lens ran again"))
+    after = hal.analyse_failures(*arguments, subject_max_rank=10_000, n_random=3, reuse=done)
+    pd.testing.assert_frame_equal(after.kinds, before.kinds)
+    assert after.failures == before.failures
+    if before.head_table is not None:
+        pd.testing.assert_frame_equal(after.head_table, before.head_table)
+    counts = fr.split_failure_counts(
+        tiny_gpt2, split, ["capital"], index, 2, progress=False, reuse=done, subject_max_rank=10_000
+    )
+    assert counts.iloc[0]["n_prompts"] == 2
+    assert counts.iloc[0]["knowledge_present"] == (before.kinds["kind"].iloc[:2] == "knowledge_present").sum()

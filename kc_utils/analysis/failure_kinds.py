@@ -24,6 +24,7 @@ the ranks along the layers. The steps that follow: :mod:`kc_utils.analysis.wrong
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,8 +39,10 @@ from kc_utils.data.prompts import PromptBatch, make_batch
 __all__ = [
     "KNOWLEDGE_RULES",
     "PROMPT_KINDS",
+    "Classification",
     "answered_and_unknown",
     "classify_and_name",
+    "classify_relation",
     "classify_from_lens",
     "classify_prompts",
     "pick_case",
@@ -172,6 +175,89 @@ def classify_prompts(
     return table
 
 
+@dataclass(frozen=True)
+class Classification:
+    """:func:`classify_and_name` of one relation's facts in one template, kept so that a later call reads it again.
+
+    Notebook 04 classifies each relation's facts once and reads the same rows three times: to pick the relation
+    with the most knowledge-present failures (its first facts), in section 1 and in the survey. On a model with a
+    large vocabulary the logit lens is most of that notebook's time (Gemma-3-270M unembeds every read position into
+    262,144 tokens after each block).
+
+    Attributes:
+        relation, template: what was asked (the template with a ``{}``).
+        subjects, answers: the facts, in batch order.
+        thresholds: ``(subject_max_rank, last_max_rank, rule)`` of the classification.
+        index: the known facts the wrong answers were named against.
+        kinds, batch: what :func:`classify_and_name` returned.
+
+    Example:
+        >>> done = classify_relation(model, "adj_comparative", subjects, answers, "{} becomes", index)  # doctest: +SKIP
+        >>> kinds, batch = classify_and_name(model, "adj_comparative", subjects[:32], answers[:32],
+        ...                                  "{} becomes", index, reuse=[done])  # doctest: +SKIP
+    """
+
+    relation: str
+    template: str
+    subjects: tuple[str, ...]
+    answers: tuple[str, ...]
+    thresholds: tuple[int, int, str]
+    index: AttributeIndex
+    kinds: pd.DataFrame
+    batch: PromptBatch
+
+    def serves(
+        self,
+        relation: str,
+        subjects: Sequence[str],
+        answers: Sequence[str],
+        template: str,
+        thresholds: tuple[int, int, str],
+        index: AttributeIndex,
+    ) -> bool:
+        """Whether these rows answer a call for ``relation``'s facts in ``template`` under ``thresholds``, named
+        against the same ``index``: the same relation, template, thresholds and index object, and the facts asked
+        are these facts or the first of them, in order."""
+        n = len(subjects)
+        return (
+            relation == self.relation
+            and template == self.template
+            and index is self.index
+            and tuple(thresholds) == self.thresholds
+            and 0 < n <= len(self.subjects)
+            and tuple(subjects) == self.subjects[:n]
+            and tuple(answers) == self.answers[:n]
+        )
+
+    def first(self, n: int) -> tuple[pd.DataFrame, PromptBatch]:
+        """``(kinds, batch)`` of the first ``n`` facts: a copy of the table's first ``n`` rows and the batch's first
+        ``n`` prompts (the whole batch when ``n`` is all of them; else trimmed to the longest of the ``n``)."""
+        if not 0 < n <= len(self.subjects):
+            raise ValueError(f"n must be between 1 and {len(self.subjects)}, got {n}")
+        if n == len(self.subjects):
+            return self.kinds.copy(), self.batch
+        return self.kinds.iloc[:n].copy(), self.batch.select(list(range(n)))
+
+
+def classify_relation(
+    model: Any,
+    relation: str,
+    subjects: Sequence[str],
+    answers: Sequence[str],
+    template: str,
+    index: AttributeIndex,
+    subject_max_rank: int = 2,
+    last_max_rank: int = 2,
+    rule: str = "subject",
+) -> Classification:
+    """:func:`classify_and_name`, kept with what it asked (a :class:`Classification`, for ``reuse``)."""
+    kinds, batch = classify_and_name(
+        model, relation, subjects, answers, template, index, subject_max_rank, last_max_rank, rule
+    )
+    thresholds = (subject_max_rank, last_max_rank, rule)
+    return Classification(relation, template, tuple(subjects), tuple(answers), thresholds, index, kinds, batch)
+
+
 def classify_and_name(
     model: Any,
     relation: str,
@@ -182,8 +268,15 @@ def classify_and_name(
     subject_max_rank: int = 2,
     last_max_rank: int = 2,
     rule: str = "subject",
+    reuse: Sequence[Classification] = (),
 ) -> tuple[pd.DataFrame, PromptBatch]:
     """:func:`classify_prompts` of the facts asked with ``template``, wrong answers named.
+
+    Args:
+        reuse: earlier classifications (:func:`classify_relation`); the first that
+            :meth:`~Classification.serves` this call is read instead of running the model. The first ``n`` rows
+            of a larger batch are the same measurement up to round-off (tested): the model reads each prompt on
+            its own, and right padding is never read.
 
     Returns:
         ``(kinds, batch)``: the classification with ``wrong_kind`` and ``wrong_relations``
@@ -194,6 +287,10 @@ def classify_and_name(
         raise ValueError(f"the template {template!r} needs a '{{}}' where the subject goes")
     if len(subjects) != len(answers):
         raise ValueError(f"{len(subjects)} subjects but {len(answers)} answers; give one answer per subject")
+    thresholds = (subject_max_rank, last_max_rank, rule)
+    for done in reuse:
+        if done.serves(relation, subjects, answers, template, thresholds, index):
+            return done.first(len(subjects))
     batch = make_batch(model, [template.replace("{}", s) for s in subjects], list(answers))
     kinds = classify_prompts(model, batch, subjects, subject_max_rank, last_max_rank, rule)
     named = name_wrong_answers(index, relation, list(subjects), kinds["prediction_id"].tolist(), batch.answer.tolist())

@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from kc_utils.analysis.failure_kinds import classify_and_name
+from kc_utils.analysis.failure_kinds import Classification, classify_and_name
 from kc_utils.analysis.head_groups import writing_heads
 from kc_utils.analysis.head_repair import (
     MIN_HOLDOUT_FAILURES,
@@ -115,6 +115,7 @@ def analyse_failures(
     max_failures: int | None = None,
     each_head: bool = True,
     progress: bool = False,
+    reuse: Sequence[Classification] = (),
 ) -> FailureAnalysis:
     """Classify ``relation``'s facts asked with ``template``; trace and repair the knowledge-present failures.
 
@@ -136,6 +137,9 @@ def analyse_failures(
         each_head: also patch every pool head alone
             (:func:`~kc_utils.analysis.head_repair.repair_by_each_head`; needs a source), and score the head
             that repairs most of the choosing half on the held-out half (``best_single``).
+        reuse: classifications already made of these facts in ``template``
+            (:func:`kc_utils.analysis.failing_relation.split_classifications`), read instead of running the
+            lens again where one serves (:func:`~kc_utils.analysis.failure_kinds.classify_and_name`).
     """
     if "{}" not in template or (source_template is not None and "{}" not in source_template):
         raise ValueError("templates need a '{}' where the subject goes")
@@ -143,7 +147,7 @@ def analyse_failures(
         raise ValueError("intervention='patch' needs a source_template")
     subjects, answers = list(subjects), list(answers)
     kinds, batch = classify_and_name(
-        model, relation, subjects, answers, template, index, subject_max_rank, last_max_rank, rule
+        model, relation, subjects, answers, template, index, subject_max_rank, last_max_rank, rule, reuse
     )
     if max_failures is not None and (isinstance(max_failures, bool) or max_failures < 1):
         raise ValueError(f"max_failures must be a whole number ≥ 1 or None, got {max_failures!r}")
