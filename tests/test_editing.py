@@ -17,6 +17,7 @@ from kc_utils.editing.covariance import (
     relation_texts,
     sampled_token_ids,
 )
+from kc_utils.editing.edit_targets import EditTargets
 from kc_utils.editing.edits_text import (
     describe_case,
     describe_covariance,
@@ -951,3 +952,62 @@ def test_rome_scale_auto_follows_the_post_norm(tiny_gpt2, tiny_gemma3) -> None:
     assert choose_rome_scale(tiny_gemma3, "residual")[0].lr_unit == "residual"
     with pytest.raises(ValueError, match="rome_scale"):
         choose_rome_scale(tiny_gpt2, "model")
+
+
+# ----------------------------------------------------------------------------- each edit optimised once
+def _two_requests() -> list[EditRequest]:
+    return [
+        EditRequest("the capital of France is", "France", "Tokyo", "Paris", "country_capital_city"),
+        EditRequest("the capital of Peru is", "Peru", "Rome", "Lima", "country_capital_city"),
+    ]
+
+
+def test_edit_targets_optimise_each_batch_once_and_keep_only_what_is_asked(tiny_gpt2, tiny_split, monkeypatch) -> None:
+    from kc_utils.editing import edit_targets as et
+
+    evaluator = EditEvaluator(tiny_gpt2, [build_probes(tiny_split, r) for r in _two_requests()], layers=[0, 1])
+    calls = []
+    real = et.rome_targets
+    monkeypatch.setattr(et, "rome_targets", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    config = RomeConfig(steps=3)
+    kept = et.EditTargets(only=[("rome", 0)])
+    first = kept.of(tiny_gpt2, "rome", evaluator.prepared, 0, config)
+    assert kept.of(tiny_gpt2, "rome", evaluator.prepared, 0, config) is first and calls == [0]  # read back
+    assert kept.kept("rome", evaluator.prepared, 0, config) is first and kept.computed == 1
+    alone = real(tiny_gpt2, evaluator.prepared[:1], 0, config)[0]  # a batch's target is a lone request's
+    torch.testing.assert_close(first[0].value, alone.value, rtol=1e-4, atol=1e-5)
+    assert kept.kept("rome", evaluator.prepared, 0, RomeConfig(steps=4)) is None  # another config: another entry
+    assert kept.kept("rome", evaluator.prepared[:1], 0, config) is None  # other requests
+    kept.of(tiny_gpt2, "rome", evaluator.prepared, 1, config)  # a layer not asked for: computed, never kept
+    assert kept.kept("rome", evaluator.prepared, 1, config) is None and calls == [0, 1]
+    assert kept.of(tiny_gpt2, "ft-m", evaluator.prepared, 0, ftm_config=FtmConfig(part="mlp")) is None
+    listed = RomeConfig(steps=3, templates=["{} is"])  # unhashable: computed, never kept
+    everything = et.EditTargets()
+    everything.of(tiny_gpt2, "rome", evaluator.prepared, 0, listed)
+    assert everything.computed == 0
+    with pytest.raises(EditError, match="unknown edit method"):
+        kept.of(tiny_gpt2, "memit", evaluator.prepared, 0)
+
+
+def test_the_leak_circuits_apply_the_sweeps_edits(tiny_gpt2, tiny_split, monkeypatch) -> None:
+    from kc_utils.editing import layer_sweep
+
+    evaluator = EditEvaluator(tiny_gpt2, [build_probes(tiny_split, r) for r in _two_requests()], layers=[0])
+    kept = EditTargets(only=[("rome", 0)])
+    configs = dict(rome_config=RomeConfig(steps=3), ftm_config=FtmConfig(max_steps=3))
+    sweep = edit_sweep(tiny_gpt2, evaluator, [0], ["rome"], progress=False, targets=kept, **configs)
+    optimised = kept.kept("rome", evaluator.prepared, 0, configs["rome_config"])
+    assert optimised is not None and list(sweep["steps"]) == [t.steps for t in optimised]
+    applied = []
+    real = layer_sweep.apply_edit
+
+    def recording(model, method, prepared, layer, stats, rome_config, ftm_config, target=None):
+        applied.append(target)
+        return real(model, method, prepared, layer, stats, rome_config, ftm_config, target)
+
+    monkeypatch.setattr(layer_sweep, "apply_edit", recording)
+    layer_sweep.leak_circuits(tiny_gpt2, evaluator, tiny_split, "rome", 0, 10, targets=kept, **configs)
+    assert applied and all(t is optimised[i] for i, t in enumerate(applied))
+    applied.clear()
+    layer_sweep.leak_circuits(tiny_gpt2, evaluator, tiny_split, "rome", 0, 10, **configs)  # without: optimised here
+    assert applied and all(t is None for t in applied)

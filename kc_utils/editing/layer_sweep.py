@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from kc_utils import models
 from kc_utils.editing.covariance import KeyStatistics
+from kc_utils.editing.edit_targets import EditTargets
 from kc_utils.editing.evaluation import METRICS, EditEvaluator, corrupt_twin
-from kc_utils.editing.ft_m import FtmConfig, FtmTarget, ft_m_edit, ftm_targets
+from kc_utils.editing.ft_m import FtmConfig, FtmTarget, ft_m_edit
 from kc_utils.editing.readout import leak_circuit_table, mlp_node
 from kc_utils.editing.request import EditError, EditRequest, PreparedRequest, check_layer
 from kc_utils.editing.reversible import EditResult
@@ -159,12 +160,15 @@ def edit_sweep(
     ftm_config: FtmConfig | None = None,
     locate: bool = True,
     progress: bool = True,
+    targets: EditTargets | None = None,
 ) -> pd.DataFrame:
     """One row per (method, layer, request): the six metrics, the update's size and, with ``locate``, where
     the edit lives (:meth:`EditEvaluator.location`; ``locate`` needs the evaluator built with these layers).
 
     Args:
         stats: ROME's ``C`` per layer (missing layers fall back to ``C = I``).
+        targets: where the optimised edits are kept (:class:`~kc_utils.editing.edit_targets.EditTargets`), for
+            :func:`leak_circuits` to read back; those it holds already are not optimised again.
 
     Raises:
         EditError: an unknown method or a layer out of range.
@@ -177,19 +181,16 @@ def edit_sweep(
     rome_config = rome_config or RomeConfig()
     ftm_config = ftm_config or FtmConfig()
     stats = stats or {}
+    kept = targets if targets is not None else EditTargets(only=())
     records = []
     bar = tqdm(total=len(methods) * len(layers) * len(evaluator), desc="edits", disable=not progress)
     for method in methods:
         for layer in layers:
             # each method's optimisation of every edit at this layer in one batch, then each edit applied in turn
-            if method == "rome":
-                targets: list[Any] | None = rome_targets(model, evaluator.prepared, layer, rome_config)
-            elif ftm_config.part == "out":
-                targets = ftm_targets(model, evaluator.prepared, layer, ftm_config)
-            else:  # the whole MLP's training is not batched
-                targets = None
+            # None: the whole MLP's FT-M training is not batched
+            optimised = kept.of(model, method, evaluator.prepared, layer, rome_config, ftm_config)
             for index, prepared in enumerate(evaluator.prepared):
-                target = targets[index] if targets is not None else None
+                target = optimised[index] if optimised is not None else None
                 edit = apply_edit(model, method, prepared, layer, stats, rome_config, ftm_config, target)
                 with edit:
                     row = {"method": method, "layer": layer, "edit": index, "subject": prepared.request.subject}
@@ -250,9 +251,14 @@ def leak_circuits(
     rome_config: RomeConfig | None = None,
     ftm_config: FtmConfig | None = None,
     seed: int = 0,
+    targets: EditTargets | None = None,
 ) -> pd.DataFrame:
     """Circuits of leaking and non-leaking subjects under the same edit, and how much they pass through the
     edited MLP.
+
+    ``targets``: the sweep's optimised edits (:class:`~kc_utils.editing.edit_targets.EditTargets` given to
+    :func:`edit_sweep`); where they hold ``method`` at ``layer`` the edits are applied from them, else each edit is
+    optimised here, alone.
 
     Edits are applied one at a time in the evaluator's order; for each of the first ``max_edits`` that leak,
     up to ``max_prompts`` leaking neighbours (answer: the new object) and as many non-leaking ones (answer:
@@ -265,11 +271,13 @@ def leak_circuits(
     """
     rows = []
     found = 0
+    optimised = None if targets is None else targets.kept(method, evaluator.prepared, layer, rome_config, ftm_config)
     for index, prepared in enumerate(evaluator.prepared):
         if found >= max_edits:
             break
         request = prepared.request
-        with apply_edit(model, method, prepared, layer, stats, rome_config, ftm_config):
+        target = None if optimised is None else optimised[index]
+        with apply_edit(model, method, prepared, layer, stats, rome_config, ftm_config, target):
             leaking, kept = evaluator.leaking_subjects(index)
             if not leaking:
                 continue
