@@ -277,6 +277,29 @@ def test_find_relation_circuit_without_evaluation_finds_the_same_circuit(tiny_gp
     assert found.curve.empty == (n_edges != "knee")  # the knee needs its curve; a fixed budget does not
 
 
+# the tiny relation has facts without a same-length twin by design: the mean-ablation warning is expected here (its
+# own test is in test_front_door.py)
+@pytest.mark.filterwarnings("ignore:tiny_capital.*no counterfactual subject")
+@pytest.mark.parametrize("n_edges", [30, "knee"])
+def test_dval_full_and_empty_read_from_the_size_curve_equal_their_own_passes(tiny_gpt2, n_edges):
+    from kc_utils.circuits.evaluate import evaluate_masks
+
+    dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
+    result = find_relation_circuit(tiny_gpt2, dataset, "factual", n_edges=n_edges, n_random=2, batch_size=3)
+    metrics = ["hit@10", "hit@1", "prob", "logit_diff"]
+    for split, facts in (("val", dataset.val), ("test", dataset.test)):
+        whole, none = evaluate_masks(
+            tiny_gpt2,
+            result.scored,
+            facts_to_batch(tiny_gpt2, facts),
+            list(full_and_empty(result.scored)),
+            metrics,
+            batch_size=3,
+        )
+        assert result.metrics[split]["full"] == whole and result.metrics[split]["empty"] == none  # exactly
+    assert result.curve.attrs["full"]["prob"] == result.metrics["val"]["full"]["prob"]
+
+
 def test_find_relation_circuit_refuses_bad_knobs_before_working(tiny_gpt2):
     dataset = build_circuit_dataset(tiny_gpt2, CAPITALS, n_val=4, n_test=4, top_k=1000, seed=0)
     with pytest.raises(ValueError, match="unknown method"):

@@ -87,6 +87,8 @@ KINDS = ("full", "circuit", "empty", "random", "nodes")
 _KNEE_SEARCH_CAP = 5000
 #: Sizes on the faithfulness curve of a graph larger than KNEE_MAX_EDGES.
 _LARGE_GRAPH_CURVE_POINTS = 16
+#: What :func:`find_relation_circuit`'s size curve scores at least (the size-curve figure reads them).
+_CURVE_METRICS = ("logit_diff", "hit@10", "hit@1")
 
 
 @dataclass
@@ -423,13 +425,18 @@ def find_relation_circuit(
                 DefaultChoiceWarning,
                 stacklevel=2,
             )
+    scored_metrics = list(dict.fromkeys([*metrics, "logit_diff"]))
     curve, knees = pd.DataFrame(), {}
     if evaluate or (method != "acdc" and resolved == "knee"):
         if scored.n_edges <= KNEE_MAX_EDGES:
             grid = size_grid(scored.n_edges)
         else:  # a real model's graph: fewer, log-spaced sizes (each costs a masked forward pass)
             grid = size_grid(scored.n_edges, _KNEE_SEARCH_CAP, n_points=_LARGE_GRAPH_CURVE_POINTS)
-        curve = size_curve(model, scored, val, grid, ablation, from_input=from_input, batch_size=batch_size)
+        # every scored metric on the curve too, so that its full and empty rows serve Dval's scores below
+        curve_metrics = list(dict.fromkeys([*_CURVE_METRICS, *scored_metrics]))
+        curve = size_curve(
+            model, scored, val, grid, ablation, curve_metrics, from_input=from_input, batch_size=batch_size
+        )
     if evaluate:
         for level in knee_levels:
             row = knee(curve, level)
@@ -438,17 +445,22 @@ def find_relation_circuit(
         circuit, budget = _select(scored, resolved, curve, knee_level, from_input)
     randoms, on_nodes = _baselines(scored, circuit, n_random, seed, from_input) if evaluate else ([], [])
     full, empty = full_and_empty(scored)
-    scored_metrics = list(dict.fromkeys([*metrics, "logit_diff"]))
     results: dict[str, dict[str, dict[str, float]]] = {}
     spread: dict[str, dict[str, dict[str, float]]] = {}
     faithfulness: dict[str, float] = {}
     for split, batch in (("val", val), ("test", test)):
         if batch is None or not evaluate:
             continue
-        masks = [full, circuit.in_graph, empty] + [r.in_graph for r in randoms] + [r.in_graph for r in on_nodes]
-        values = evaluate_masks(model, scored, batch, masks, scored_metrics, ablation, batch_size=batch_size)
-        whole, kept, none = values[:3]
-        random_values, node_values = values[3 : 3 + len(randoms)], values[3 + len(randoms) :]
+        masks = [circuit.in_graph] + [r.in_graph for r in randoms] + [r.in_graph for r in on_nodes]
+        # Dval's full model and empty circuit were scored on the curve, by the same passes (the same chunks)
+        ends = [] if split == "val" else [full, empty]
+        values = evaluate_masks(model, scored, batch, ends + masks, scored_metrics, ablation, batch_size=batch_size)
+        if split == "val":
+            whole, none = ({m: curve.attrs[end][m] for m in values[0]} for end in ("full", "empty"))
+        else:
+            whole, none, values = values[0], values[1], values[2:]
+        kept = values[0]
+        random_values, node_values = values[1 : 1 + len(randoms)], values[1 + len(randoms) :]
         random_mean, random_sd = mean_and_std(random_values)
         nodes_mean, nodes_sd = mean_and_std(node_values)
         results[split] = {"full": whole, "circuit": kept, "empty": none, "random": random_mean, "nodes": nodes_mean}
