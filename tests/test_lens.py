@@ -246,23 +246,6 @@ def test_a_lens_on_given_residuals_is_the_lens_and_wrong_ones_are_refused(tiny_m
         lens.logit_lens(tiny_model, batch, SUBJECTS, residuals=residuals[:, :2])
 
 
-def test_rank_and_prob_equal_the_one_rank_and_the_softmax():
-    from kc_utils.data.metrics import rank_of
-
-    generator = torch.Generator().manual_seed(0)
-    logits = torch.randn(64, 5000, generator=generator) * 4
-    logits[:8, :40] = logits[:8, :1]  # ties with the target count in its favour
-    logits[8, 3] = float("-inf")
-    target = torch.randint(0, 5000, (64,), generator=generator)
-    target[:8] = 0
-    target[8] = 3
-    expected_rank, expected_prob = rank_of(logits, target), logits.softmax(-1)[torch.arange(64), target]
-    ranks, probs = lens.rank_and_prob(logits.clone(), target)
-    assert torch.equal(ranks, expected_rank) and ranks.dtype == torch.long
-    torch.testing.assert_close(probs, expected_prob, rtol=1e-5, atol=1e-12)
-    assert ranks[8] == 4999 and probs[8] == 0  # a -inf target ranks below every finite token
-
-
 def test_the_lens_ranks_and_probabilities_equal_a_softmax_of_each_layer(tiny_model):
     batch = make_batch(tiny_model, ["the capital of France is", "the capital of Peru is"], ["Paris", "Lima"])
     table = lens.logit_lens(tiny_model, batch)

@@ -61,7 +61,6 @@ __all__ = [
     "parse_node",
     "project_node",
     "project_to_vocab",
-    "rank_and_prob",
     "residual_by_layer",
     "subject_mask",
     "subject_positions",
@@ -171,32 +170,6 @@ def residual_by_layer(model: Any, tokens: Int[Tensor, "b p"]) -> Float[Tensor, "
     return torch.stack([cache[n] for n in names])
 
 
-def rank_and_prob(
-    logits: Float[Tensor, "n v"], target: Int[Tensor, " n"]
-) -> tuple[Int[Tensor, " n"], Float[Tensor, " n"]]:
-    """The target's rank (:func:`kc_utils.data.metrics.rank_of`: tokens with a strictly higher logit) and its
-    probability in each row, reading ``logits`` in place: **they are overwritten** (the caller's last use).
-
-    The logit lens reads every layer's ``[n_read, vocab]`` logits once; on a 262,144-token vocabulary a softmax
-    written out and a boolean copy for the rank were together two thirds of the unembedding's own time. Here the
-    probability comes from the log-sum-exp (``exp(logit − logsumexp)``) and the rank from comparing the logits in
-    place. The rank is exactly :func:`~kc_utils.data.metrics.rank_of`'s; the probability differs from the softmax's
-    in the last digits of a float32 sum over the vocabulary (on Gemma-3-270M's lens at most 7e-5 relative, 3e-5
-    absolute: ``benchmarks/lens_speed.py``).
-
-    Example:
-        >>> rank_and_prob(torch.tensor([[2.0, 1.0, 3.0]]), torch.tensor([0]))
-        (tensor([1]), tensor([0.2447]))
-    """
-    if logits.shape[-1] >= 2**24:  # a float32 count is exact below 2**24
-        ranks = rank_of(logits, target)
-        return ranks, (logits.gather(-1, target[:, None])[:, 0] - logits.logsumexp(-1)).exp()
-    target_logit = logits.gather(-1, target[:, None])  # [n, 1]
-    probs = (target_logit[:, 0] - logits.logsumexp(-1)).exp()
-    ranks = logits.gt_(target_logit).sum(-1).long()  # in place: 1.0 where a token beats the target
-    return ranks, probs
-
-
 def logit_lens(
     model: Any,
     batch: PromptBatch,
@@ -242,9 +215,11 @@ def logit_lens(
     with torch.no_grad():
         for index in range(stack.shape[0]):
             logits = models.unembed(model, stack[index][at_prompt, at_position]).float()  # [n_read, v]
+            wanted = targets[at_prompt]
             ranks = torch.zeros(read.shape, dtype=torch.long, device=read.device)  # [b, p]; unread positions masked
             probs = torch.zeros(read.shape, dtype=torch.float, device=read.device)
-            ranks[at_prompt, at_position], probs[at_prompt, at_position] = rank_and_prob(logits, targets[at_prompt])
+            ranks[at_prompt, at_position] = rank_of(logits, wanted)
+            probs[at_prompt, at_position] = logits.softmax(-1).gather(-1, wanted[:, None])[:, 0]
             last_rank = ranks[rows, batch.last_pos]
             last_prob = probs[rows, batch.last_pos]
             if mask is not None:
