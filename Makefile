@@ -78,10 +78,10 @@ sweep: install
 
 # the other notebooks start longest first, so that the longest does not start last and run alone at the end: the
 # order of MODEL's one-thread times where they were measured (SmolLM2 at 7fcaae5: 05 18 min, 03 13, 06 12, 07 9,
-# 04 8; Gemma-3-270M at 86ba892: 04 28, 03 25, 05 20, 06 17, 07 12), else SmolLM2's; notebooks not named
-# follow in their numeric order; LONGEST_FIRST="..." sets it by hand
+# 04 8; Gemma-3-270M: 03 18 and 04 17 at 417eb61, 05 17 at 7fcaae5, 06 17 and 07 12 at 86ba892), else SmolLM2's;
+# notebooks not named follow in their numeric order; LONGEST_FIRST="..." sets it by hand
 LONGEST_FIRST_smollm2-135m := 05 03 06 07 04
-LONGEST_FIRST_gemma-3-270m := 04 03 05 06 07
+LONGEST_FIRST_gemma-3-270m := 03 05 06 04 07
 LONGEST_FIRST ?= $(or $(LONGEST_FIRST_$(MODEL)),$(LONGEST_FIRST_smollm2-135m))
 OTHER_NOTEBOOKS := $(filter-out $(CHAINED_NOTEBOOKS),$(RUN_NOTEBOOKS))
 ORDERED_NOTEBOOKS := $(foreach n,$(LONGEST_FIRST),$(filter runs/$(n)_%,$(OTHER_NOTEBOOKS)))
