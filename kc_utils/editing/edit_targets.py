@@ -74,7 +74,7 @@ class EditTargets:
         rome_config, ftm_config = rome_config or RomeConfig(), ftm_config or FtmConfig()
         if method == "ft-m" and ftm_config.part != "out":
             return None
-        key = self._key(method, requests, layer, rome_config if method == "rome" else ftm_config)
+        key = self._key(method, requests, layer, rome_config, ftm_config)
         if key is not None and key in self._kept:
             return self._kept[key]
         if method == "rome":
@@ -95,13 +95,22 @@ class EditTargets:
     ) -> list[Target] | None:
         """The targets :meth:`of` keeps for these arguments, or ``None`` when none were optimised (nothing is
         computed here)."""
-        config = (rome_config or RomeConfig()) if method == "rome" else (ftm_config or FtmConfig())
-        key = self._key(method, requests, layer, config)
+        key = self._key(method, requests, layer, rome_config, ftm_config)
         return None if key is None else self._kept.get(key)
 
-    def _key(self, method: str, requests: Sequence[PreparedRequest], layer: int, config: Any) -> Hashable | None:
+    def _key(
+        self,
+        method: str,
+        requests: Sequence[PreparedRequest],
+        layer: int,
+        rome_config: RomeConfig | None,
+        ftm_config: FtmConfig | None,
+    ) -> Hashable | None:
+        """What an entry is kept under (the method's own config, its default where ``None``), or ``None`` when it
+        is not kept: a ``(method, layer)`` outside ``only``, or an unhashable config."""
         if self._only is not None and (method, int(layer)) not in self._only:
             return None
+        config = (rome_config or RomeConfig()) if method == "rome" else (ftm_config or FtmConfig())
         key = (method, int(layer), config, tuple(p.request for p in requests))
         try:
             hash(key)
